@@ -1,0 +1,160 @@
+"""The one cache reader: a manifest-checked, memory-mapped, zero-copy view of the shards.
+
+Rows are read one at a time as numpy views into the mapped files (the nanoGPT memmap idiom): nothing is loaded
+whole, so resident memory stays flat however large the cache is. A split is a map-style sequence indexed across
+shards through the manifest's row counts, so any sampler can shuffle across shards.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.cache.schema import (MANIFEST, STORAGE, TOKENIZER_DIR, FieldSpec, fields_from_manifest, file_sha256,
+                                   read_manifest, safe_shard_path)
+from pipeline.errors import PipelineError
+
+VERIFY_MODES = ("full", "size", "none")
+
+
+class CacheSplit:
+    """Rows of one split across its shards. `split[i]` -> dict of numpy arrays shaped per the field kinds."""
+
+    def __init__(self, cache_dir: Path, name: str, meta: dict, fields: list[FieldSpec], columns: list[str] | None = None):
+        self.cache_dir, self.name, self.meta = cache_dir, name, meta
+        self.fields = {f.name: f for f in fields}
+        wanted = self.fields if columns is None else columns
+        for col in wanted:
+            if col not in self.fields:
+                raise PipelineError(f"{cache_dir / MANIFEST}: split '{name}' has no field '{col}' (has: {', '.join(self.fields)})")
+        self.columns = list(wanted)
+        self.shard_paths = [safe_shard_path(cache_dir, s["file"]) for s in meta["shards"]]
+        self.shard_starts = np.concatenate([[0], np.cumsum([s["rows"] for s in meta["shards"]])]).astype(np.int64)
+        self._views = None  # opened lazily, per process: DataLoader workers each map the files themselves
+
+    def __len__(self) -> int:
+        return int(self.shard_starts[-1])
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_views"] = None
+        return state
+
+    def _open(self) -> list:
+        """Per shard, per record batch: numpy views of every needed column (no copy: they point into the mapping)."""
+        views = []
+        for path in self.shard_paths:
+            reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+            batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+            starts = np.concatenate([[0], np.cumsum([b.num_rows for b in batches])]).astype(np.int64)
+            per_batch = []
+            for b in batches:
+                cols = {"example_id": b.column("example_id").to_numpy(), "length": b.column("length").to_numpy(),
+                        "label": b.column("label").to_numpy()}
+                ids = b.column("input_ids")
+                cols["input_ids"] = (ids.offsets.to_numpy(), ids.values.to_numpy())
+                for name in self.columns:
+                    arr = b.column(name)
+                    if self.fields[name].kind == "example":
+                        cols[name] = arr.values.to_numpy().reshape(len(arr), -1)
+                    else:
+                        cols[name] = (arr.offsets.to_numpy(), arr.values.to_numpy())
+                per_batch.append(cols)
+            views.append((starts, per_batch))
+        return views
+
+    def _locate(self, index: int) -> tuple[dict, int]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"row {index} out of range for split '{self.name}' with {len(self)} rows")
+        index %= len(self)
+        if self._views is None:
+            self._views = self._open()
+        shard = int(np.searchsorted(self.shard_starts, index, side="right")) - 1
+        starts, batches = self._views[shard]
+        local = index - self.shard_starts[shard]
+        b = int(np.searchsorted(starts, local, side="right")) - 1
+        return batches[b], int(local - starts[b])
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        cols, row = self._locate(index)
+        length = int(cols["length"][row])
+        offsets, values = cols["input_ids"]
+        out = {"example_id": int(cols["example_id"][row]), "label": int(cols["label"][row]), "length": length,
+               "input_ids": values[offsets[row]:offsets[row + 1]]}
+        for name in self.columns:
+            spec = self.fields[name]
+            if spec.kind == "example":
+                out[name] = cols[name][row]
+            else:
+                offsets, values = cols[name]
+                out[name] = values[offsets[row]:offsets[row + 1]].reshape(spec.shape(length))
+        return out
+
+    def lengths(self) -> np.ndarray:
+        """Token counts of all rows, read from the small `length` column only."""
+        out = []
+        for path in self.shard_paths:
+            table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all().select(["length"])
+            out.append(table.column("length").to_numpy())
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
+
+    def column(self, name: str) -> np.ndarray:
+        """A whole per-example column (example_id, label, length, or an 'example'-kind field) as one array."""
+        out = []
+        for path in self.shard_paths:
+            table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all().select([name])
+            col = table.column(name).combine_chunks()
+            out.append(col.flatten().to_numpy().reshape(len(col), -1) if pa.types.is_fixed_size_list(col.type) else col.to_numpy())
+        return np.concatenate(out)
+
+
+class TeacherCache:
+    """A cache directory opened through its manifest, with every shard checked against it."""
+
+    def __init__(self, cache_dir: Path | str, verify: str = "full"):
+        if verify not in VERIFY_MODES:
+            raise PipelineError(f"cache verify mode must be one of {VERIFY_MODES}, got '{verify}'")
+        self.cache_dir = Path(cache_dir)
+        self.manifest = read_manifest(self.cache_dir)
+        self.fields = fields_from_manifest(self.manifest)
+        for f in self.fields:
+            if f.dtype not in STORAGE:
+                raise PipelineError(f"{self.cache_dir / MANIFEST}: field '{f.name}' has unknown dtype '{f.dtype}'; rebuild the cache")
+        if verify != "none":
+            self.verify(full=verify == "full")
+
+    def verify(self, full: bool = True) -> None:
+        """Every listed shard exists with its recorded size (and, with `full`, its sha256)."""
+        remedy = "run `dvc pull` for the cache, or rerun the extract stage (`dvc repro -f extract`)"
+        for split, meta in self.manifest["splits"].items():
+            for shard in meta["shards"]:
+                path = safe_shard_path(self.cache_dir, shard["file"])
+                if not path.is_file():
+                    raise PipelineError(f"{path}: shard listed in the manifest is missing; {remedy}")
+                if path.stat().st_size != shard["bytes"]:
+                    raise PipelineError(f"{path}: shard is {path.stat().st_size} bytes, manifest says {shard['bytes']}; {remedy}")
+                if full and file_sha256(path) != shard["sha256"]:
+                    raise PipelineError(f"{path}: shard checksum does not match the manifest (corrupted); {remedy}")
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.manifest["splits"])
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.manifest["layers"])
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.manifest["label_names"])
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.cache_dir / TOKENIZER_DIR
+
+    def split(self, name: str, columns: list[str] | None = None) -> CacheSplit:
+        if name not in self.manifest["splits"]:
+            raise PipelineError(f"{self.cache_dir / MANIFEST}: no split '{name}' (has: {', '.join(self.splits)}); rerun extract")
+        return CacheSplit(self.cache_dir, name, self.manifest["splits"][name], self.fields, columns)

@@ -1,0 +1,140 @@
+"""The cache format: field kinds, the Arrow schema of a shard, and the manifest's checks.
+
+A cache is a directory: `manifest.json`, shards `<split>-<NNNNN>.arrow` (Arrow IPC file format, memory-mappable), and
+the tokenizer and teacher config the rows were made with. One row per example. Every field has a *kind* that says how
+its flat Arrow list unpacks, so per-token logits (NER) and attention maps are new fields, not a new format:
+
+- `example`: fixed width per example           -> shape (width,)          e.g. logits (num_labels,)
+- `token`:   `width` values per real token      -> shape (length, width)   e.g. hidden_4 (length, hidden); token_logits
+- `token_pair`: `width` maps of length x length -> shape (width, L, L)     e.g. attention_4 (heads, L, L)
+Only real tokens are stored, never padding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.errors import PipelineError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER_DIR = "tokenizer"
+TEACHER_CONFIG = "teacher_config.json"
+
+# storage dtype name -> (arrow type of stored values, numpy dtype the reader returns)
+STORAGE = {
+    "float32": (pa.float32(), np.float32),
+    "float16": (pa.float16(), np.float16),
+    "bfloat16": (pa.uint16(), np.uint16),  # bf16 bits, bit-exact; reinterpret with torch .view(torch.bfloat16)
+    "int32": (pa.int32(), np.int32),
+}
+KINDS = ("example", "token", "token_pair")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    kind: str
+    dtype: str
+    width: int
+
+    def arrow_type(self) -> pa.DataType:
+        value_type = STORAGE[self.dtype][0]
+        if self.kind == "example":
+            return pa.list_(value_type, self.width)
+        return pa.large_list(value_type)
+
+    def values_per_row(self, length: int) -> int:
+        return {"example": self.width, "token": self.width * length, "token_pair": self.width * length * length}[self.kind]
+
+    def shape(self, length: int) -> tuple[int, ...]:
+        return {"example": (self.width,), "token": (length, self.width), "token_pair": (self.width, length, length)}[self.kind]
+
+
+# Columns every cache has, in this order; teacher outputs follow.
+BASE_COLUMNS = [("example_id", pa.int64()), ("length", pa.int32()), ("label", pa.int64()), ("input_ids", pa.large_list(pa.int32()))]
+
+
+def hidden_field(layer: int) -> str:
+    return f"hidden_{layer}"
+
+
+def arrow_schema(fields: list[FieldSpec]) -> pa.Schema:
+    return pa.schema(BASE_COLUMNS + [(f.name, f.arrow_type()) for f in fields])
+
+
+def fields_from_manifest(manifest: dict) -> list[FieldSpec]:
+    return [FieldSpec(**f) for f in manifest["fields"]]
+
+
+def fields_to_manifest(fields: list[FieldSpec]) -> list[dict]:
+    return [asdict(f) for f in fields]
+
+
+def safe_shard_path(cache_dir: Path, name: str) -> Path:
+    """A manifest's shard name as a path inside `cache_dir`; names that escape it are refused."""
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in name or not name or len(pure.parts) != 1:
+        raise PipelineError(f"{cache_dir / MANIFEST}: shard name '{name}' points outside the cache directory; the manifest "
+                            "is corrupt or hostile: rerun the extract stage or `dvc pull` the cache")
+    return cache_dir / name
+
+
+def read_manifest(cache_dir: Path) -> dict:
+    path = Path(cache_dir) / MANIFEST
+    if not path.is_file():
+        raise PipelineError(f"{path}: no cache manifest; run `dvc repro extract` (or `dvc pull` the cache) first")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"{path}: manifest is not valid JSON ({exc}); rerun the extract stage or `dvc pull` the cache") from None
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise PipelineError(f"{path}: cache format version {version} but this code reads version {FORMAT_VERSION}; rerun the "
+                            "extract stage (`dvc repro extract`) to rebuild the cache")
+    return manifest
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def check_compatible(manifest: dict, *, cache_dir: Path | str = "cache", tokenizer_fingerprint: str | None = None,
+                     max_length: int | None = None, label_names: list[str] | None = None,
+                     layers: list[int] | None = None) -> None:
+    """Refuse a cache that does not match what the consumer expects, before any training step."""
+    where = Path(cache_dir) / MANIFEST
+    fix = "rerun `dvc repro extract` with matching params, or point the student at the right cache"
+    if tokenizer_fingerprint is not None and manifest["tokenizer"]["fingerprint"] != tokenizer_fingerprint:
+        raise PipelineError(f"{where}: cache was tokenized with a different tokenizer (fingerprint "
+                            f"{manifest['tokenizer']['fingerprint'][:12]} vs {tokenizer_fingerprint[:12]}); {fix}")
+    if max_length is not None and manifest["max_length"] != max_length:
+        raise PipelineError(f"{where}: cache max_length is {manifest['max_length']} but data.max_length is {max_length}; {fix}")
+    if label_names is not None and list(manifest["label_names"]) != list(label_names):
+        raise PipelineError(f"{where}: cache labels are {manifest['label_names']} but data.label_names is {label_names}; {fix}")
+    if layers is not None:
+        missing = [layer for layer in layers if layer not in manifest["layers"]]
+        if missing:
+            raise PipelineError(f"{where}: teacher layers {missing} are needed but the cache holds {manifest['layers']}; add "
+                                f"them to extract.layers and rerun extract, or set the hidden-state weight gamma to 0")

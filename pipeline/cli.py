@@ -1,0 +1,28 @@
+"""What every stage script shares: logging, the --params flag, and one-line errors for user mistakes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable
+
+from pipeline.config import Params, load_params
+from pipeline.errors import PipelineError
+
+
+def run_stage(main: Callable[[Params, argparse.Namespace], None], configure: Callable[[argparse.ArgumentParser], None] | None = None,
+              argv: list[str] | None = None) -> None:
+    """Parse args, load params.yaml, run `main`; a PipelineError becomes `error: <message>` on stderr and exit code 2."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    if configure:
+        configure(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("KD_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        main(load_params(args.params), args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

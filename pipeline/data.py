@@ -1,0 +1,223 @@
+"""Corpus loading (local files or the hub, through `datasets`), validation, label mapping and tokenization."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+# extension -> (datasets builder, builder kwargs). Delimited text is read as plain strings: no quoting (GLUE
+# sentences contain bare quotes) and no NA guessing (a review that says "null" is text, not missing).
+LOCAL_FORMATS = {
+    ".tsv": ("csv", {"delimiter": "\t", "quoting": 3, "keep_default_na": False, "na_filter": False}),
+    ".csv": ("csv", {"keep_default_na": False, "na_filter": False}),
+    ".jsonl": ("json", {}),
+    ".json": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+TEXT_FORMATS = {".tsv", ".csv", ".jsonl", ".json"}
+PREPARED_COLUMNS = ("example_id", "input_ids", "length", "label")
+
+
+@dataclass
+class Source:
+    """Where a split comes from: a local file, or a hub dataset `NAME[:CONFIG]@SPLIT`."""
+
+    spec: str
+    path: Path | None = None
+    hub_name: str | None = None
+    hub_config: str | None = None
+    hub_split: str | None = None
+
+    @property
+    def header_lines(self) -> int:
+        return 1 if self.path is not None and self.path.suffix in (".tsv", ".csv") else 0
+
+    def where(self, row: int) -> str:
+        """Human location of 0-based data row `row`: the file line for delimited text, the row index otherwise."""
+        if self.header_lines:
+            return f"{self.spec}, line {row + 1 + self.header_lines}"
+        return f"{self.spec}, row {row}"
+
+
+def parse_source(spec: str) -> Source:
+    path = Path(spec)
+    if path.suffix.lower() in LOCAL_FORMATS or path.exists() or "/" in spec and "@" not in spec:
+        if not path.is_file():
+            raise PipelineError(f"{spec}: data file not found; copy it there (README: 'Data') or set the params key to a "
+                                "hub id such as glue:sst2@train")
+        if path.suffix.lower() not in LOCAL_FORMATS:
+            raise PipelineError(f"{spec}: unsupported file type '{path.suffix}'; use one of {', '.join(LOCAL_FORMATS)}")
+        return Source(spec=spec, path=path)
+    name, _, split = spec.partition("@")
+    name, _, config = name.partition(":")
+    if not split:
+        raise PipelineError(f"'{spec}' is neither an existing file nor a hub id of the form NAME[:CONFIG]@SPLIT "
+                            "(e.g. glue:sst2@train)")
+    return Source(spec=spec, hub_name=name, hub_config=config or None, hub_split=split)
+
+
+def _check_utf8(path: Path) -> None:
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise PipelineError(f"{path}: file is empty; point the params key at a file with a header and rows")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise PipelineError(f"{path}, line {line}: bytes that are not UTF-8 ({raw[exc.start:exc.start + 4]!r}); "
+                            "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def load_source(source: Source) -> datasets.Dataset:
+    """Read one split with `datasets`."""
+    if source.path is None:
+        try:
+            return datasets.load_dataset(source.hub_name, source.hub_config, split=source.hub_split)
+        except Exception as exc:  # the hub raises many types; the user needs one line
+            raise PipelineError(f"{source.spec}: could not load from the hub ({type(exc).__name__}: {exc}); check the id, "
+                                "your connection, or use a local file") from None
+    suffix = source.path.suffix.lower()
+    if suffix in TEXT_FORMATS:
+        _check_utf8(source.path)
+    builder, kwargs = LOCAL_FORMATS[suffix]
+    try:
+        ds = datasets.load_dataset(builder, data_files=str(source.path), split="train", **kwargs)
+    except Exception as exc:
+        raise PipelineError(f"{source.spec}: could not parse as {suffix} ({type(exc).__name__}: {exc}); fix the file") from None
+    if len(ds) == 0:
+        raise PipelineError(f"{source.spec}: no data rows; point the params key at a non-empty file")
+    return ds
+
+
+def _label_key(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def infer_label_names(raw_labels: list) -> list[str]:
+    keys = sorted({k for k in map(_label_key, raw_labels) if k not in (None, "")})
+    if all(k.lstrip("-").isdigit() for k in keys):
+        keys.sort(key=int)
+    return keys
+
+
+def map_labels(raw_labels: list, label_names: list[str], source: Source, column: str) -> np.ndarray:
+    """Raw labels -> ids 0..K-1. A raw label is a label name, or an integer index into `label_names`."""
+    lookup = {name: i for i, name in enumerate(label_names)}
+    indices_ok = not any(n.lstrip("-").isdigit() for n in label_names)
+    out = np.empty(len(raw_labels), dtype=np.int64)
+    for row, value in enumerate(raw_labels):
+        key = _label_key(value)
+        if key in lookup:
+            out[row] = lookup[key]
+        elif indices_ok and key is not None and key.isdigit() and int(key) < len(label_names):
+            out[row] = int(key)
+        else:
+            raise PipelineError(f"{source.where(row)}: label {value!r} in column '{column}' is not one of {label_names}; "
+                                "fix the row or list the label in params 'data.label_names'")
+    return out
+
+
+def validate_texts(texts: list, source: Source, column: str) -> None:
+    for row, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise PipelineError(f"{source.where(row)}: empty text in column '{column}'; remove the row or fill in its text")
+
+
+def check_columns(ds: datasets.Dataset, source: Source, columns: dict[str, str]) -> None:
+    for key, column in columns.items():
+        if column not in ds.column_names:
+            raise PipelineError(f"{source.spec}: no column '{column}' (have: {', '.join(ds.column_names)}); set params "
+                                f"'{key}' to the right column")
+
+
+def prepare_split(source: Source, ds: datasets.Dataset, tokenizer, text_column: str, label_column: str,
+                  label_names: list[str], max_length: int, max_examples: int | None,
+                  seed: int) -> tuple[datasets.Dataset, dict]:
+    """Validate, subsample, map labels and tokenize one loaded split. Returns the prepared dataset and its stats."""
+    texts, raw_labels = ds[text_column], ds[label_column]
+    texts = [t if t is None or isinstance(t, str) else str(t) for t in texts]  # a column of numbers is still text
+    validate_texts(texts, source, text_column)
+    labels = map_labels(raw_labels, label_names, source, label_column)
+    ids = np.arange(len(texts), dtype=np.int64)
+    if max_examples is not None and max_examples < len(ids):
+        ids = np.sort(np.random.default_rng(seed).permutation(len(ids))[:max_examples])
+    texts = [texts[i] for i in ids]
+    full = tokenizer(texts, truncation=False, add_special_tokens=True)["input_ids"]
+    enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    truncated = int(sum(len(f) > max_length for f in full))
+    if truncated:
+        log.warning("%s: %d of %d texts are longer than max_length=%d tokens and were truncated", source.spec, truncated,
+                    len(texts), max_length)
+    prepared = datasets.Dataset.from_dict(
+        {"example_id": ids, "input_ids": [np.asarray(e, dtype=np.int32) for e in enc],
+         "length": np.array([len(e) for e in enc], dtype=np.int32), "label": labels[ids]},
+        features=datasets.Features({"example_id": datasets.Value("int64"),
+                                    "input_ids": datasets.List(datasets.Value("int32")),
+                                    "length": datasets.Value("int32"), "label": datasets.Value("int64")}))
+    stats = {"source": source.spec, "rows_in_source": len(raw_labels), "rows": len(prepared), "truncated": truncated,
+             "tokens": int(prepared.data.column("length").to_numpy().sum()), "fingerprint": split_fingerprint(prepared)}
+    return prepared, stats
+
+
+def prepare_corpus(data, tokenizer, seed: int) -> tuple[dict[str, datasets.Dataset], dict]:
+    """Load, validate and tokenize the train and dev splits named by a `DataConfig`. Returns splits and info.json."""
+    sources = {"train": parse_source(data.train), "dev": parse_source(data.dev)}
+    loaded = {}
+    for name, source in sources.items():
+        loaded[name] = load_source(source)
+        check_columns(loaded[name], source, {"data.text_column": data.text_column, "data.label_column": data.label_column})
+    label_names = data.label_names or infer_label_names(loaded["train"][data.label_column])
+    if len(label_names) < 2:
+        raise PipelineError(f"{data.train}: only {len(label_names)} distinct label(s) {label_names} in column "
+                            f"'{data.label_column}'; a classifier needs at least two")
+    splits, stats = {}, {}
+    for name, source in sources.items():
+        limit = data.max_train_examples if name == "train" else data.max_dev_examples
+        splits[name], stats[name] = prepare_split(source, loaded[name], tokenizer, data.text_column, data.label_column,
+                                                  label_names, data.max_length, limit, seed)
+    info = {"label_names": label_names, "max_length": data.max_length, "splits": stats}
+    return splits, info
+
+
+def split_fingerprint(ds: datasets.Dataset) -> str:
+    """sha256 over what a cache row is derived from: ids, token ids and labels."""
+    table = ds.data.table if hasattr(ds.data, "table") else ds.data
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(table.column("example_id").to_numpy()).tobytes())
+    tokens = table.column("input_ids").combine_chunks()
+    h.update(np.ascontiguousarray(tokens.offsets.to_numpy() - tokens.offsets[0].as_py()).tobytes())
+    h.update(np.ascontiguousarray(tokens.flatten().to_numpy()).astype(np.int32).tobytes())
+    h.update(np.ascontiguousarray(table.column("label").to_numpy()).tobytes())
+    return h.hexdigest()
+
+
+def save_prepared(out_dir: Path, splits: dict[str, datasets.Dataset], info: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, ds in splits.items():
+        ds.save_to_disk(str(out_dir / name))
+    (out_dir / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def load_prepared(prepared_dir: Path) -> tuple[dict[str, datasets.Dataset], dict]:
+    info_path = Path(prepared_dir) / "info.json"
+    if not info_path.is_file():
+        raise PipelineError(f"{info_path}: prepared data not found; run `dvc repro prepare` first")
+    info = json.loads(info_path.read_text())
+    splits = {name: datasets.load_from_disk(str(Path(prepared_dir) / name)) for name in info["splits"]}
+    return splits, info

@@ -1,0 +1,59 @@
+"""Stage two: train one student from the cache alone. The teacher is never built or run here; with init 'teacher'
+only the chosen tensors are read from its safetensors file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+
+from transformers import AutoTokenizer, set_seed
+
+from pipeline.cache import TeacherCache, check_compatible, hidden_field
+from pipeline.cache.schema import TEACHER_CONFIG
+from pipeline.config import DistillConfig, StudentSpec
+from pipeline.errors import PipelineError
+from pipeline.metrics import count_parameters
+from pipeline.models import build_student, tokenizer_fingerprint
+from pipeline.training import DistillationModule, hidden_layer_pairs, scratch_dir, train_student, training_arguments
+
+log = logging.getLogger(__name__)
+
+
+def distill_student(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: DistillConfig, *, seed: int,
+                    teacher_weights: Path | None, max_length: int | None = None, label_names: list[str] | None = None,
+                    verify: str = "full") -> dict:
+    """Build the student, check the cache fits it, distil, save with save_pretrained + tokenizer. Returns a summary."""
+    start = time.perf_counter()
+    cache = TeacherCache(cache_dir, verify=verify)
+    tokenizer = AutoTokenizer.from_pretrained(cache.tokenizer_dir)
+    teacher_config = json.loads((Path(cache_dir) / TEACHER_CONFIG).read_text())
+    n_teacher = cache.manifest["teacher"]["num_hidden_layers"]
+    pairs = hidden_layer_pairs(spec.num_layers, n_teacher, cache.layers) if cfg.gamma else []
+    if cfg.gamma and not pairs:
+        raise PipelineError(f"{cache_dir}: no cached teacher layer pairs with this student's {spec.num_layers} layers under the "
+                            f"uniform map (cache has {cache.layers}); add a layer to extract.layers or set gamma to 0")
+    check_compatible(cache.manifest, cache_dir=cache_dir, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+                     max_length=max_length, label_names=label_names, layers=[t for _, t in pairs])
+    set_seed(seed)
+    student, init_info = build_student(spec, teacher_config, cache.label_names, teacher_weights, seed)
+    module = DistillationModule(student, pairs, cache.manifest["hidden_size"], alpha=cfg.alpha, beta=cfg.beta,
+                                gamma=cfg.gamma, temperature=cfg.temperature)
+    columns = ["logits"] + [hidden_field(t) for _, t in pairs]
+    train, dev = cache.split("train", columns), cache.split("dev", columns)
+    args = training_arguments(scratch_dir(), epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+                              warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, seed=seed,
+                              logging_steps=cfg.logging_steps, num_workers=cfg.num_workers)
+    history = train_student(module, train, dev, args, [t for _, t in pairs], tokenizer.pad_token_id or 0)
+    out_dir = Path(out_dir)
+    student.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    evals = [h for h in history if "eval_accuracy" in h]
+    summary = {"seconds": round(time.perf_counter() - start, 1), "params": count_parameters(student),
+               "trained_params": count_parameters(module), "layer_pairs": pairs, "init": init_info.get("init"),
+               "init_teacher_layers": init_info.get("teacher_layers"), "train_rows": len(train),
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               "dev_accuracy_per_epoch": [round(h["eval_accuracy"], 4) for h in evals]}
+    return {"summary": summary, "history": history}

@@ -1,0 +1,109 @@
+"""Quality, size and speed of a saved classifier, measured the same way for the teacher and every student."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
+    """Accuracy and macro-F1 (F1 per class, unweighted mean over classes present in labels or predictions)."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    f1s = []
+    for c in range(num_labels):
+        tp = int(np.sum((predictions == c) & (labels == c)))
+        fp = int(np.sum((predictions == c) & (labels != c)))
+        fn = int(np.sum((predictions != c) & (labels == c)))
+        if tp + fp + fn:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    return {"accuracy": float(np.mean(predictions == labels)) if len(labels) else 0.0,
+            "f1": float(np.mean(f1s)) if f1s else 0.0}
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def weights_bytes(model_dir: Path) -> int:
+    return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
+
+
+def pad_batch(token_lists: list[np.ndarray], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(t) for t in token_lists)
+    ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_lists), width), dtype=torch.long)
+    for i, t in enumerate(token_lists):
+        ids[i, :len(t)] = torch.as_tensor(np.asarray(t, dtype=np.int64))
+        mask[i, :len(t)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: int = 64, pad_id: int = 0) -> np.ndarray:
+    """Logits for each token list, batched in length order (then restored) to keep padding small."""
+    model.eval()
+    order = np.argsort([len(t) for t in token_lists], kind="stable")
+    logits = np.zeros((len(token_lists), model.config.num_labels), dtype=np.float32)
+    for i in range(0, len(order), batch_size):
+        rows = order[i:i + batch_size]
+        ids, mask = pad_batch([token_lists[r] for r in rows], pad_id)
+        logits[rows] = model(input_ids=ids, attention_mask=mask).logits.float().numpy()
+    return logits
+
+
+@torch.no_grad()
+def cpu_latency_ms(model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: int, repeats: int, pad_id: int = 0) -> float:
+    """Median wall time (ms) of one forward pass on CPU over `repeats` batches of real dev examples (after one warm-up)."""
+    model.eval()
+    batches = [token_lists[(i * batch_size) % len(token_lists):][:batch_size] for i in range(repeats + 1)]
+    batches = [b if len(b) == batch_size else (b + token_lists)[:batch_size] for b in batches]
+    times = []
+    for i, batch in enumerate(batches):
+        ids, mask = pad_batch(batch, pad_id)
+        start = time.perf_counter()
+        model(input_ids=ids, attention_mask=mask)
+        if i:  # the first run is a warm-up
+            times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def evaluate_saved_model(model_dir: Path, cache_dir: Path, *, batch_size: int, latency_batch_sizes: list[int],
+                         latency_repeats: int) -> dict:
+    """Dev accuracy/F1 on the cache's dev rows (token ids and labels only), size, and CPU latency of a saved classifier."""
+    from transformers import AutoModelForSequenceClassification
+
+    from pipeline.cache import TeacherCache
+
+    from pipeline.errors import PipelineError
+
+    if not (Path(model_dir) / "config.json").is_file():
+        raise PipelineError(f"{model_dir}: no saved model (config.json missing); run the stage that trains it first")
+    dev = TeacherCache(cache_dir, verify="size").split("dev", columns=[])
+    rows = [dev[i] for i in range(len(dev))]
+    tokens = [r["input_ids"] for r in rows]
+    labels = np.array([r["label"] for r in rows])
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).to("cpu").eval()
+    pad_id = model.config.pad_token_id or 0
+    logits = predict(model, tokens, batch_size, pad_id)
+    result = classification_metrics(logits.argmax(-1), labels, model.config.num_labels)
+    result.update({"dev_rows": len(rows), "params": count_parameters(model), "size_mb": round(weights_bytes(model_dir) / 1e6, 2),
+                   "layers": model.config.num_hidden_layers, "hidden_size": model.config.hidden_size,
+                   "cpu_threads": torch.get_num_threads()})
+    for bs in latency_batch_sizes:
+        result[f"latency_ms_b{bs}"] = round(cpu_latency_ms(model, tokens, bs, latency_repeats, pad_id), 3)
+    return result
+
+
+def compare_to_teacher(student: dict, teacher: dict) -> dict:
+    """Retention (student / teacher accuracy and F1) and latency speedups (teacher / student)."""
+    out = {"retention": round(student["accuracy"] / teacher["accuracy"], 4) if teacher["accuracy"] else None,
+           "f1_retention": round(student["f1"] / teacher["f1"], 4) if teacher["f1"] else None,
+           "param_ratio": round(student["params"] / teacher["params"], 4)}
+    for key in student:
+        if key.startswith("latency_ms_") and teacher.get(key):
+            out[f"speedup_{key.removeprefix('latency_ms_')}"] = round(teacher[key] / student[key], 3)
+    return out

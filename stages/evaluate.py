@@ -1,0 +1,35 @@
+"""evaluate: dev accuracy, macro-F1, size and CPU latency of the teacher or a student; retention and speedup vs the teacher."""
+
+import json
+from pathlib import Path
+
+from pipeline.cli import run_stage
+from pipeline.errors import PipelineError
+from pipeline.metrics import compare_to_teacher, evaluate_saved_model
+
+
+def main(params, args):
+    cfg = params.evaluate
+    result = evaluate_saved_model(Path(args.model), Path(args.cache), batch_size=cfg.batch_size,
+                                  latency_batch_sizes=cfg.latency_batch_sizes, latency_repeats=cfg.latency_repeats)
+    if args.teacher_metrics:
+        path = Path(args.teacher_metrics)
+        if not path.is_file():
+            raise PipelineError(f"{path}: teacher metrics not found; run `dvc repro evaluate_teacher` first")
+        result.update(compare_to_teacher(result, json.loads(path.read_text())))
+    out = Path(args.metrics_root) / f"{args.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"evaluate {args.name}: {result}")
+
+
+def configure(p):
+    p.add_argument("--model", required=True, help="a saved classifier dir")
+    p.add_argument("--name", required=True, help="teacher or a student name; names the metrics file")
+    p.add_argument("--cache", default="artifacts/cache", help="dev rows come from the cache's dev split")
+    p.add_argument("--teacher-metrics", default=None, help="teacher metrics JSON to compute retention and speedup against")
+    p.add_argument("--metrics-root", default="artifacts/metrics")
+
+
+if __name__ == "__main__":
+    run_stage(main, configure)

@@ -1,0 +1,34 @@
+"""extract (stage one): run the teacher once over train and dev; write logits + hidden states to the cache."""
+
+from pathlib import Path
+
+from pipeline.cli import run_stage
+from pipeline.data import load_prepared
+from pipeline.errors import PipelineError
+from pipeline.extract import extract_cache, write_extract_report
+
+
+def main(params, args):
+    splits, info = load_prepared(Path(args.prepared))
+    if info["max_length"] != params.data.max_length:
+        raise PipelineError(f"{args.prepared}: prepared with max_length {info['max_length']} but data.max_length is "
+                            f"{params.data.max_length}; rerun prepare (`dvc repro`)")
+    cfg = params.extract
+    result = extract_cache(Path(args.teacher), splits, Path(args.out), layers=cfg.layers, dtype=cfg.dtype,
+                           batch_size=cfg.batch_size, shard_max_bytes=cfg.shard_max_mb << 20, device=cfg.device,
+                           max_length=info["max_length"], label_names=info["label_names"],
+                           dataset_fingerprints={k: v["fingerprint"] for k, v in info["splits"].items()})
+    write_extract_report(Path(args.metrics), result)
+    m = result["manifest"]
+    print(f"extract: {m['bytes'] / 1e6:.1f} MB in {sum(len(s['shards']) for s in m['splits'].values())} shards -> {args.out}")
+
+
+def configure(p):
+    p.add_argument("--prepared", default="data/prepared")
+    p.add_argument("--teacher", default="artifacts/teacher")
+    p.add_argument("--out", default="artifacts/cache")
+    p.add_argument("--metrics", default="artifacts/metrics/extract.json")
+
+
+if __name__ == "__main__":
+    run_stage(main, configure)
