@@ -66,7 +66,8 @@ def parse_source(spec: str) -> Source:
     return Source(spec=spec, hub_name=name, hub_config=config or None, hub_split=split)
 
 
-def _check_utf8(path: Path) -> None:
+def _check_text_file(path: Path, header_lines: int) -> None:
+    """Empty files, header-only files and non-UTF-8 bytes, caught before the parser turns them into obscure errors."""
     raw = path.read_bytes()
     if not raw.strip():
         raise PipelineError(f"{path}: file is empty; point the params key at a file with a header and rows")
@@ -76,6 +77,8 @@ def _check_utf8(path: Path) -> None:
         line = raw[: exc.start].count(b"\n") + 1
         raise PipelineError(f"{path}, line {line}: bytes that are not UTF-8 ({raw[exc.start:exc.start + 4]!r}); "
                             "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    if sum(1 for line in raw.splitlines() if line.strip()) <= header_lines:
+        raise PipelineError(f"{path}: no data rows; point the params key at a non-empty file")
 
 
 def load_source(source: Source) -> datasets.Dataset:
@@ -88,7 +91,7 @@ def load_source(source: Source) -> datasets.Dataset:
                                 "your connection, or use a local file") from None
     suffix = source.path.suffix.lower()
     if suffix in TEXT_FORMATS:
-        _check_utf8(source.path)
+        _check_text_file(source.path, source.header_lines)
     builder, kwargs = LOCAL_FORMATS[suffix]
     try:
         ds = datasets.load_dataset(builder, data_files=str(source.path), split="train", **kwargs)

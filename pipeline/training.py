@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from pipeline.cache import CacheSplit, hidden_field
@@ -145,25 +145,23 @@ class DistillationModule(nn.Module):
         return {"loss": loss, "logits": out.logits}
 
 
-class LossPartsCallback(TrainerCallback):
-    """Adds the mean of each loss part since the last log (ce, kl, hidden) to the Trainer's logs."""
+class DistillTrainer(LengthGroupedTrainer):
+    """Logs the mean of each loss part since the last log (loss_ce, loss_kl, loss_hidden) beside the total."""
 
-    def __init__(self, module: DistillationModule):
-        self.module = module
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None and "loss" in logs:
-            for k, values in self.module.running.items():
-                logs[f"loss_{k}"] = float(np.mean(values)) if values else float("nan")
-            self.module.running.clear()
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "loss" in logs:
+            for k, values in self.model.running.items():
+                logs[f"loss_{k}"] = float(np.mean(values))
+            self.model.running.clear()
+        super().log(logs, *args, **kwargs)
 
 
 def train_student(module: DistillationModule, train: CacheSplit, dev: CacheSplit, args: TrainingArguments,
                   layers: list[int], pad_token_id: int) -> list[dict]:
     """Distil into `module.student` from the cache splits; returns the Trainer's log history."""
-    trainer = LengthGroupedTrainer(model=module, args=args, train_dataset=train, eval_dataset=dev,
-                                   data_collator=CacheCollator(layers, pad_token_id), compute_metrics=_accuracy_metrics,
-                                   callbacks=[LossPartsCallback(module)], lengths=train.lengths())
+    trainer = DistillTrainer(model=module, args=args, train_dataset=train, eval_dataset=dev,
+                             data_collator=CacheCollator(layers, pad_token_id), compute_metrics=_accuracy_metrics,
+                             lengths=train.lengths())
     trainer.train()
     return trainer.state.log_history
 

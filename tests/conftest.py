@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny random BERT teachers with a real word-piece tokenizer, and a few hundred real SST-2 rows.
+
+Fixtures shrink the real thing (real data, real code paths) instead of mocking it; each test writes in its own tmp_path.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+from pipeline.config import DataConfig
+from pipeline.data import prepare_corpus, save_prepared
+from pipeline.extract import extract_cache
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("KD_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SST2 = SHARED_DATA / "sst2"
+
+needs_sst2 = pytest.mark.skipif(not (SST2 / "train.tsv").is_file(), reason=f"real SST-2 not found at {SST2} (set KD_SHARED_DATA)")
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def sst2_rows(split: str, n: int) -> list[str]:
+    lines = (SST2 / f"{split}.tsv").read_text(encoding="utf-8").splitlines()
+    return lines[: n + 1]  # header + n rows
+
+
+@pytest.fixture(scope="session")
+def sst2_small(tmp_path_factory) -> Path:
+    """300 train / 80 dev real SST-2 rows as tsv files."""
+    if not (SST2 / "train.tsv").is_file():
+        pytest.skip(f"real SST-2 not found at {SST2}")
+    out = tmp_path_factory.mktemp("sst2")
+    (out / "train.tsv").write_text("\n".join(sst2_rows("train", 300)) + "\n", encoding="utf-8")
+    (out / "dev.tsv").write_text("\n".join(sst2_rows("dev", 80)) + "\n", encoding="utf-8")
+    return out
+
+
+def make_tokenizer(out: Path, sst2_dir: Path) -> BertTokenizerFast:
+    words = collections.Counter(w for line in (sst2_dir / "train.tsv").read_text().splitlines()[1:]
+                                for w in line.split("\t")[1].split())
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [w for w, _ in words.most_common(400)]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+
+
+def make_tiny_teacher(out: Path, sst2_dir: Path, *, layers: int = 4, hidden: int = 32, heads: int = 4, seed: int = 0) -> Path:
+    """A random 4-layer BERT classifier with a word-piece tokenizer over real SST-2 words, saved like the teacher stage does."""
+    tokenizer = make_tokenizer(out, sst2_dir)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=2 * hidden, max_position_embeddings=128, num_labels=2,
+                        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1},
+                        architectures=["BertForSequenceClassification"])
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory, sst2_small) -> Path:
+    return make_tiny_teacher(tmp_path_factory.mktemp("teacher"), sst2_small)
+
+
+def data_config(sst2_dir: Path, **overrides) -> DataConfig:
+    settings = {"train": str(sst2_dir / "train.tsv"), "dev": str(sst2_dir / "dev.tsv"), "label_names": ["negative", "positive"],
+                "max_length": 32}
+    return DataConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory, sst2_small, tiny_teacher):
+    tokenizer = BertTokenizerFast.from_pretrained(tiny_teacher)
+    splits, info = prepare_corpus(data_config(sst2_small), tokenizer, seed=0)
+    out = tmp_path_factory.mktemp("prepared")
+    save_prepared(out, splits, info)
+    return splits, info
+
+
+def build_cache(teacher_dir: Path, prepared, out: Path, *, layers=(2, 4), dtype="float16", shard_max_bytes=1 << 16,
+                batch_size=16) -> dict:
+    splits, info = prepared
+    return extract_cache(teacher_dir, splits, out, layers=list(layers), dtype=dtype, batch_size=batch_size,
+                         shard_max_bytes=shard_max_bytes, device="cpu", max_length=info["max_length"],
+                         label_names=info["label_names"],
+                         dataset_fingerprints={k: v["fingerprint"] for k, v in info["splits"].items()})
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory, tiny_teacher, tiny_prepared) -> Path:
+    out = tmp_path_factory.mktemp("cache") / "cache"
+    build_cache(tiny_teacher, tiny_prepared, out)
+    return out

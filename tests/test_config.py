@@ -1,0 +1,88 @@
+"""params.yaml validation: each mistake a user can make gets one message naming the key and the fix."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import load_params, params_from_dict
+from pipeline.errors import PipelineError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _params(**sections):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for dotted, value in sections.items():
+        *path, last = dotted.split("__")
+        node = raw
+        for key in path:
+            node = node[key]
+        node[last] = value
+    return raw
+
+
+def test_the_shipped_params_are_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.students and params.extract.layers
+    for name in params.students:
+        cfg, seed = params.distill_for(name)
+        assert cfg.temperature > 0 and seed == params.seed
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"data": {"max_train_exampels": 5}}, r"unknown key 'data.max_train_exampels' \(did you mean 'max_train_examples'\?\)"),
+    ({"extract": {"layers": [2], "dtpye": "float16"}}, r"unknown key 'extract.dtpye' \(did you mean 'dtype'\?\)"),
+    ({"studnets": {}}, r"unknown key 'studnets' \(did you mean 'students'\?\)"),
+    ({"distill": {"epochs": "three"}}, r"'distill.epochs' must be a number, got 'three'"),
+    ({"extract": {"layers": "2,4"}}, r"'extract.layers' must be a list"),
+    ({"extract": {"dtype": "int4"}}, r"'extract.dtype' must be one of"),
+    ({"distill": {"temperature": 0}}, r"'distill.temperature' must be > 0"),
+    ({"data": {"max_length": -3}}, r"'data.max_length' must be > 0"),
+])
+def test_bad_sections_are_refused_with_the_key(raw, message):
+    raw = {**_params(), **raw}
+    with pytest.raises(PipelineError, match=message):
+        params_from_dict(raw)
+
+
+@pytest.mark.parametrize("student, message", [
+    ({"num_layers": 2, "hidden_size": 100, "num_heads": 12, "init": "random"}, r"'students.s.hidden_size' 100 is not divisible by its 12"),
+    ({"num_layers": 0, "hidden_size": 128}, r"'students.s.num_layers' must be > 0"),
+    ({"num_layers": 2, "hidden_size": -128}, r"'students.s.hidden_size' must be > 0"),
+    ({"num_layers": 2, "hidden_size": 128, "init": "pretrained"}, r"'students.s.init' must be one of"),
+    ({"num_layers": 2, "hidden_size": 128, "layers": 3}, r"unknown key 'students.s.layers'"),
+    ({"hidden_size": 128}, r"'students.s.num_layers' is required"),
+    ({"num_layers": 2, "hidden_size": 384, "init": "teacher", "init_layers": [1]}, r"names 1 teacher layers for 2 student layers"),
+])
+def test_bad_students_are_refused(student, message):
+    raw = _params()
+    raw["students"] = {"s": student}
+    with pytest.raises(PipelineError, match=message):
+        params_from_dict(raw)
+
+
+def test_student_names_must_be_path_safe():
+    raw = _params()
+    raw["students"] = {"../x": {"num_layers": 1, "hidden_size": 64}}
+    with pytest.raises(PipelineError, match="student name '../x'"):
+        params_from_dict(raw)
+
+
+def test_per_student_overrides_inherit_the_rest():
+    raw = _params()
+    raw["students"]["l3"]["temperature"] = 5.0
+    raw["students"]["l3"]["seed"] = 7
+    params = params_from_dict(raw)
+    cfg, seed = params.distill_for("l3")
+    assert (cfg.temperature, seed, cfg.epochs) == (5.0, 7, params.distill.epochs)
+    with pytest.raises(PipelineError, match="no student named 'nope'"):
+        params.distill_for("nope")
+
+
+def test_missing_params_file_and_bad_yaml(tmp_path):
+    with pytest.raises(PipelineError, match="params file not found"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(PipelineError, match="not valid YAML"):
+        load_params(tmp_path / "params.yaml")

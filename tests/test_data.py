@@ -1,0 +1,100 @@
+"""Corpus preparation on real SST-2 rows, and every bad input getting one message naming file, line/row and the fix."""
+
+import numpy as np
+import pytest
+from transformers import BertTokenizerFast
+
+from pipeline.data import parse_source, prepare_corpus
+from pipeline.errors import PipelineError
+from tests.conftest import data_config
+
+
+@pytest.fixture
+def tokenizer(tiny_teacher):
+    return BertTokenizerFast.from_pretrained(tiny_teacher)
+
+
+def _write(tmp_path, train: str, dev: str | None = None, suffix=".tsv"):
+    (tmp_path / f"train{suffix}").write_bytes(train.encode() if isinstance(train, str) else train)
+    (tmp_path / f"dev{suffix}").write_text(dev if dev is not None else "label\tsentence\n1\tfine\n0\tbad\n")
+    return tmp_path
+
+
+def test_prepares_real_sst2_with_ids_labels_and_fingerprints(sst2_small, tokenizer):
+    splits, info = prepare_corpus(data_config(sst2_small), tokenizer, seed=0)
+    assert info["label_names"] == ["negative", "positive"]
+    assert (len(splits["train"]), len(splits["dev"])) == (300, 80)
+    row = splits["train"][1]
+    assert row["example_id"] == 1 and row["label"] == 0  # "contains no wit , only labored gags"
+    assert row["input_ids"][0] == tokenizer.cls_token_id and row["input_ids"][-1] == tokenizer.sep_token_id
+    assert row["length"] == len(row["input_ids"])
+    assert len(info["splits"]["train"]["fingerprint"]) == 64
+
+
+def test_subset_is_seeded_and_sorted_by_id(sst2_small, tokenizer):
+    a, info_a = prepare_corpus(data_config(sst2_small, max_train_examples=50), tokenizer, seed=3)
+    b, info_b = prepare_corpus(data_config(sst2_small, max_train_examples=50), tokenizer, seed=3)
+    c, info_c = prepare_corpus(data_config(sst2_small, max_train_examples=50), tokenizer, seed=4)
+    ids = a["train"]["example_id"]
+    assert len(ids) == 50 and list(ids) == sorted(ids) and ids == b["train"]["example_id"]
+    assert info_a["splits"]["train"]["fingerprint"] == info_b["splits"]["train"]["fingerprint"] != info_c["splits"]["train"]["fingerprint"]
+
+
+def test_long_texts_are_truncated_and_counted_not_refused(tmp_path, tokenizer, sst2_small):
+    long = " ".join(["the"] * 100)
+    _write(tmp_path, f"label\tsentence\n1\t{long}\n0\tbad movie\n")
+    splits, info = prepare_corpus(data_config(tmp_path), tokenizer, seed=0)
+    assert info["splits"]["train"]["truncated"] == 1
+    assert max(splits["train"]["length"]) == 32
+
+
+def test_labels_inferred_when_label_names_is_null(tmp_path, tokenizer):
+    _write(tmp_path, "label\tsentence\npos\tgood\nneg\tbad\npos\tfine\n", "label\tsentence\nneg\tbad\n")
+    splits, info = prepare_corpus(data_config(tmp_path, label_names=None), tokenizer, seed=0)
+    assert info["label_names"] == ["neg", "pos"]
+    assert list(splits["train"]["label"]) == [1, 0, 1]
+
+
+@pytest.mark.parametrize("train, message", [
+    ("", r"train.tsv: file is empty"),
+    ("label\tsentence\n", r"train.tsv: no data rows"),
+    ("label\ttext\n1\tgood\n", r"train.tsv: no column 'sentence' \(have: label, text\); set params 'data.text_column'"),
+    ("score\tsentence\n1\tgood\n", r"no column 'label' .* 'data.label_column'"),
+    ("label\tsentence\n1\tgood\n0\t   \n", r"train.tsv, line 3: empty text in column 'sentence'"),
+    ("label\tsentence\n1\tgood\n0\t\n", r"train.tsv, line 3: empty text"),
+    ("label\tsentence\n1\tgood\n2\tbad\n", r"train.tsv, line 3: label '?2'? in column 'label' is not one of \['negative', 'positive'\]"),
+    ("label\tsentence\n1\tgood\nmaybe\tbad\n", r"line 3: label 'maybe'"),
+    (b"label\tsentence\n1\tgood\n0\tna\xefve caf\xe9\n", r"train.tsv, line 3: bytes that are not UTF-8 .* iconv"),
+])
+def test_bad_train_files_are_refused_with_location_and_fix(tmp_path, tokenizer, train, message):
+    _write(tmp_path, train)
+    with pytest.raises(PipelineError, match=message):
+        prepare_corpus(data_config(tmp_path), tokenizer, seed=0)
+
+
+def test_dev_label_outside_train_labels(tmp_path, tokenizer):
+    _write(tmp_path, "label\tsentence\n1\tgood\n0\tbad\n", "label\tsentence\n1\tok\n7\tweird\n")
+    with pytest.raises(PipelineError, match=r"dev.tsv, line 3: label '?7'?"):
+        prepare_corpus(data_config(tmp_path), tokenizer, seed=0)
+
+
+def test_missing_file_and_bad_source_spec(tmp_path):
+    with pytest.raises(PipelineError, match=r"nope/train.tsv: data file not found; copy it there .* hub id"):
+        parse_source("nope/train.tsv")
+    with pytest.raises(PipelineError, match="NAME\\[:CONFIG\\]@SPLIT"):
+        parse_source("glue")
+    src = parse_source("glue:sst2@validation")
+    assert (src.hub_name, src.hub_config, src.hub_split) == ("glue", "sst2", "validation")
+
+
+def test_jsonl_and_parquet_sources(tmp_path, tokenizer):
+    import pandas as pd
+
+    rows = pd.DataFrame({"sentence": ["a good film", "a bad film", "fine"], "label": [1, 0, 1]})
+    rows.to_json(tmp_path / "train.jsonl", orient="records", lines=True)
+    rows.to_parquet(tmp_path / "dev.parquet")
+    cfg = data_config(tmp_path)
+    cfg.train, cfg.dev = str(tmp_path / "train.jsonl"), str(tmp_path / "dev.parquet")
+    splits, _ = prepare_corpus(cfg, tokenizer, seed=0)
+    assert list(splits["train"]["label"]) == list(splits["dev"]["label"]) == [1, 0, 1]
+    assert np.all(np.array(splits["dev"]["length"]) > 2)

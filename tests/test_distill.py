@@ -1,0 +1,104 @@
+"""Stage two from the cache alone: no teacher directory, projections for other widths, saved students load anywhere."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from pipeline.cache import TeacherCache
+from pipeline.config import DistillConfig, StudentSpec
+from pipeline.distill import distill_student
+from pipeline.errors import PipelineError
+from pipeline.metrics import classification_metrics, compare_to_teacher, evaluate_saved_model
+from pipeline.training import CacheCollator, hidden_layer_pairs
+from tests.conftest import build_cache, make_tiny_teacher
+
+FAST = DistillConfig(epochs=1, batch_size=16, learning_rate=5e-4, logging_steps=2)
+
+
+def test_hidden_layer_pairs_keep_only_cached_teacher_layers():
+    assert hidden_layer_pairs(2, 4, [2, 4]) == [(1, 2), (2, 4)]
+    assert hidden_layer_pairs(3, 6, [2, 4, 6]) == [(1, 2), (2, 4), (3, 6)]
+    assert hidden_layer_pairs(3, 6, [6]) == [(3, 6)]
+
+
+def test_collator_pads_per_batch_and_restores_teacher_values(tiny_cache):
+    split = TeacherCache(tiny_cache).split("train", ["logits", "hidden_2"])
+    rows = [split[i] for i in (0, 5, len(split) - 1)]
+    batch = CacheCollator([2])(rows)
+    width = max(r["length"] for r in rows)
+    assert batch["input_ids"].shape == (3, width) and batch["teacher_hidden_2"].shape == (3, width, 32)
+    for i, r in enumerate(rows):
+        assert batch["attention_mask"][i].sum() == r["length"]
+        assert torch.equal(batch["teacher_hidden_2"][i, :r["length"]], torch.from_numpy(r["hidden_2"].astype(np.float32)))
+        assert not batch["teacher_hidden_2"][i, r["length"]:].any()
+
+
+def test_distill_runs_with_the_teacher_deleted_and_the_student_loads_in_a_pipeline(tmp_path, sst2_small, tiny_prepared):
+    teacher = make_tiny_teacher(tmp_path / "teacher", sst2_small)
+    build_cache(teacher, tiny_prepared, tmp_path / "cache")
+    shutil.rmtree(teacher)  # stage two must not need it
+    spec = StudentSpec(num_layers=2, hidden_size=16, num_heads=2, init="random")
+    result = distill_student(tmp_path / "cache", tmp_path / "student", spec, FAST, seed=0, teacher_weights=None,
+                             max_length=32, label_names=["negative", "positive"])
+    summary = result["summary"]
+    assert summary["layer_pairs"] == [[1, 2], [2, 4]] or summary["layer_pairs"] == [(1, 2), (2, 4)]
+    assert summary["trained_params"] == summary["params"] + 2 * (16 * 32 + 32)  # two learned 16->32 projections
+    losses = [h for h in result["history"] if "loss_hidden" in h]
+    assert losses and all(np.isfinite(h["loss"]) for h in losses)
+    clf = transformers.pipeline("text-classification", model=str(tmp_path / "student"), device="cpu")
+    out = clf("a gorgeous , witty , seductive movie .")
+    assert out[0]["label"] in ("negative", "positive")
+    saved = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert saved["num_hidden_layers"] == 2 and saved["hidden_size"] == 16
+
+
+def test_student_learns_from_soft_labels_alone(tmp_path, tiny_teacher, tiny_prepared):
+    """alpha=0: the student only sees the teacher's logits; it must end up agreeing with the teacher far above chance."""
+    cache = tmp_path / "cache"
+    build_cache(tiny_teacher, tiny_prepared, cache)
+    spec = StudentSpec(num_layers=2, hidden_size=32, init="teacher")
+    cfg = DistillConfig(epochs=3, batch_size=16, learning_rate=1e-3, alpha=0.0, beta=1.0, gamma=0.0, temperature=1.0)
+    distill_student(cache, tmp_path / "student", spec, cfg, seed=0, teacher_weights=tiny_teacher / "model.safetensors")
+    student = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "student").eval()
+    dev = TeacherCache(cache).split("dev")
+    agree = []
+    with torch.no_grad():
+        for i in range(len(dev)):
+            row = dev[i]
+            logits = student(input_ids=torch.tensor(row["input_ids"][None].astype(np.int64))).logits[0]
+            agree.append(int(logits.argmax()) == int(row["logits"].argmax()))
+    assert np.mean(agree) >= 0.8
+
+
+def test_cache_mismatch_is_refused_before_training(tiny_cache, tmp_path):
+    spec = StudentSpec(num_layers=2, hidden_size=32, init="random", num_heads=4)
+    with pytest.raises(PipelineError, match="cache max_length is 32 but data.max_length is 64"):
+        distill_student(tiny_cache, tmp_path / "s", spec, FAST, seed=0, teacher_weights=None, max_length=64)
+    with pytest.raises(PipelineError, match="cache labels are"):
+        distill_student(tiny_cache, tmp_path / "s", spec, FAST, seed=0, teacher_weights=None, label_names=["bad", "good"])
+    assert not (tmp_path / "s").exists()
+
+
+def test_no_cached_layer_pairs_with_gamma_is_refused(tmp_path, tiny_teacher, tiny_prepared):
+    build_cache(tiny_teacher, tiny_prepared, tmp_path / "cache", layers=[1])
+    spec = StudentSpec(num_layers=2, hidden_size=32, init="random", num_heads=4)
+    with pytest.raises(PipelineError, match=r"no cached teacher layer pairs .*cache has \[1\]"):
+        distill_student(tmp_path / "cache", tmp_path / "s", spec, FAST, seed=0, teacher_weights=None)
+
+
+def test_evaluate_reports_quality_size_latency_and_retention(tiny_teacher, tiny_cache):
+    result = evaluate_saved_model(tiny_teacher, tiny_cache, batch_size=32, latency_batch_sizes=[1, 4], latency_repeats=3)
+    assert 0 <= result["accuracy"] <= 1 and result["dev_rows"] == 80
+    assert result["params"] > 0 and result["size_mb"] > 0 and result["latency_ms_b1"] > 0 and result["latency_ms_b4"] > 0
+    cmp = compare_to_teacher({**result, "accuracy": result["accuracy"] / 2, "latency_ms_b1": result["latency_ms_b1"] / 4}, result)
+    assert cmp["retention"] == pytest.approx(0.5, abs=1e-3) and cmp["speedup_b1"] == pytest.approx(4, rel=1e-2)
+
+
+def test_classification_metrics_golden():
+    m = classification_metrics(np.array([0, 0, 1, 1, 1]), np.array([0, 1, 1, 1, 0]), 2)
+    # class 0: tp1 fp1 fn1 -> F1 0.5; class 1: tp2 fp1 fn1 -> F1 2/3
+    assert m["accuracy"] == pytest.approx(0.6) and m["f1"] == pytest.approx((0.5 + 2 / 3) / 2)

@@ -1,0 +1,70 @@
+"""Stage one on a tiny random teacher and real SST-2 rows: what lands in the cache is what the teacher said."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from pipeline.cache import TeacherCache
+from pipeline.errors import PipelineError
+from pipeline.extract import length_sorted_batches, normalize_layers
+from tests.conftest import build_cache
+
+
+def test_cache_holds_the_teachers_outputs_for_real_tokens_only(tiny_teacher, tiny_prepared, tiny_cache):
+    splits, _ = tiny_prepared
+    cache = TeacherCache(tiny_cache)
+    assert cache.layers == [2, 4] and cache.manifest["dtype"] == "float16"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher).eval()
+    train = cache.split("train")
+    by_id = {row["example_id"]: row for row in splits["train"]}
+    assert len(train) == len(by_id) and sorted(train.column("example_id")) == sorted(by_id)
+    for index in (0, len(train) // 2, len(train) - 1):
+        row = train[index]
+        source = by_id[row["example_id"]]
+        assert row["input_ids"].tolist() == source["input_ids"] and row["label"] == source["label"]
+        with torch.no_grad():  # alone, unpadded: padding in the extraction batch must not change anything
+            out = model(input_ids=torch.tensor([source["input_ids"]]), output_hidden_states=True)
+        np.testing.assert_allclose(row["logits"], out.logits[0].numpy(), rtol=1e-4, atol=1e-5)
+        for layer in (2, 4):
+            assert row[f"hidden_{layer}"].shape == (source["length"], 32)
+            np.testing.assert_allclose(row[f"hidden_{layer}"].astype(np.float32), out.hidden_states[layer][0].numpy(),
+                                       rtol=2e-3, atol=2e-3)
+
+
+def test_manifest_records_the_contract(tiny_cache, tiny_prepared):
+    manifest = TeacherCache(tiny_cache).manifest
+    _, info = tiny_prepared
+    for key in ("format_version", "teacher", "tokenizer", "max_length", "layers", "hidden_size", "dtype", "label_names",
+                "dataset", "splits", "fields"):
+        assert key in manifest, key
+    assert manifest["dataset"]["train"] == info["splits"]["train"]["fingerprint"]
+    assert len(manifest["teacher"]["fingerprint"]) == 64 and manifest["teacher"]["num_hidden_layers"] == 4
+    assert len(manifest["splits"]["train"]["shards"]) > 1  # 64 KiB shard limit in the fixture: rotation happened
+    assert (tiny_cache / "tokenizer" / "tokenizer.json").is_file() or (tiny_cache / "tokenizer" / "vocab.txt").is_file()
+
+
+def test_extraction_is_deterministic_and_bf16_is_supported(tiny_teacher, tiny_prepared, tmp_path):
+    a = build_cache(tiny_teacher, tiny_prepared, tmp_path / "a", dtype="bfloat16")
+    b = build_cache(tiny_teacher, tiny_prepared, tmp_path / "b", dtype="bfloat16")
+    shas = lambda m: [s["sha256"] for sp in m["manifest"]["splits"].values() for s in sp["shards"]]  # noqa: E731
+    assert shas(a) == shas(b)
+    row = TeacherCache(tmp_path / "a").split("dev")[0]
+    assert row["hidden_2"].dtype == np.uint16
+
+
+def test_length_sorting_cuts_padding(tiny_prepared):
+    lengths = np.array(tiny_prepared[0]["train"]["length"])
+    sorted_pad = sum(len(b) * lengths[b].max() for b in length_sorted_batches(lengths, 16)) / lengths.sum() - 1
+    naive_pad = sum(16 * lengths[i:i + 16].max() for i in range(0, len(lengths), 16)) / lengths.sum() - 1
+    assert sorted_pad < naive_pad / 3
+    batches = length_sorted_batches(lengths, 16)
+    assert sorted(np.concatenate(batches)) == list(range(len(lengths)))
+
+
+def test_layer_indices(tiny_teacher):
+    assert normalize_layers([-1, 0, 2, 2], 4) == [0, 2, 4]
+    with pytest.raises(PipelineError, match=r"extract.layers has 5, out of range: .* 0 \(embeddings\) .. 4"):
+        normalize_layers([5], 4)
+    with pytest.raises(PipelineError, match="extract.layers has -6"):
+        normalize_layers([-6], 4)

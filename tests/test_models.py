@@ -1,0 +1,72 @@
+"""Student construction: the uniform layer map and teacher-weight init copying exactly the chosen layers."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.config import StudentSpec
+from pipeline.errors import PipelineError
+from pipeline.models import build_student, uniform_layer_map
+
+
+@pytest.mark.parametrize("m, n, expected", [(3, 6, [2, 4, 6]), (2, 6, [3, 6]), (4, 6, [1, 3, 4, 6]), (6, 6, [1, 2, 3, 4, 5, 6]),
+                                            (1, 12, [12])])
+def test_uniform_layer_map(m, n, expected):
+    assert uniform_layer_map(m, n) == expected
+
+
+def _teacher(tiny_teacher):
+    return json.loads((tiny_teacher / "config.json").read_text()), load_file(tiny_teacher / "model.safetensors")
+
+
+@pytest.mark.parametrize("init_layers", [None, [1, 4], [3, 3]])
+def test_teacher_init_copies_exactly_the_chosen_layers(tiny_teacher, init_layers):
+    config, weights = _teacher(tiny_teacher)
+    spec = StudentSpec(num_layers=2, hidden_size=32, init="teacher", init_layers=init_layers)
+    student, info = build_student(spec, config, ["negative", "positive"], tiny_teacher / "model.safetensors", seed=0)
+    chosen = init_layers or [2, 4]
+    assert info["teacher_layers"] == chosen
+    state = student.state_dict()
+    for s_idx, t_layer in enumerate(chosen):
+        for t_idx in range(config["num_hidden_layers"]):
+            key = "encoder.layer.{}.attention.self.query.weight"
+            same = torch.equal(state["bert." + key.format(s_idx)], weights["bert." + key.format(t_idx)])
+            assert same == (t_idx == t_layer - 1), (s_idx, t_idx)
+    for key in ("bert.embeddings.word_embeddings.weight", "bert.embeddings.LayerNorm.weight", "bert.pooler.dense.weight",
+                "classifier.weight"):
+        assert torch.equal(state[key], weights[key]), key
+    # every student tensor but position ids came from the teacher
+    assert set(info["copied"]) == {k for k in state if "position_ids" not in k}
+
+
+def test_random_init_copies_nothing_and_is_seeded(tiny_teacher):
+    config, weights = _teacher(tiny_teacher)
+    spec = StudentSpec(num_layers=2, hidden_size=32, init="random", num_heads=4)
+    a, info = build_student(spec, config, ["negative", "positive"], None, seed=1)
+    b, _ = build_student(spec, config, ["negative", "positive"], None, seed=1)
+    assert "copied" not in info
+    assert not torch.equal(a.state_dict()["bert.embeddings.word_embeddings.weight"], weights["bert.embeddings.word_embeddings.weight"])
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_teacher_init_refuses_other_widths(tiny_teacher):
+    config, _ = _teacher(tiny_teacher)
+    spec = StudentSpec(num_layers=2, hidden_size=16, init="teacher", num_heads=4)
+    with pytest.raises(PipelineError, match="init 'teacher' needs the teacher's widths .* use init 'random'"):
+        build_student(spec, config, ["negative", "positive"], tiny_teacher / "model.safetensors", seed=0)
+
+
+def test_teacher_init_layer_out_of_range(tiny_teacher):
+    config, _ = _teacher(tiny_teacher)
+    spec = StudentSpec(num_layers=2, hidden_size=32, init="teacher", init_layers=[1, 5])
+    with pytest.raises(PipelineError, match="init layer 5 is out of range; the teacher has layers 1..4"):
+        build_student(spec, config, ["negative", "positive"], tiny_teacher / "model.safetensors", seed=0)
+
+
+def test_teacher_init_without_teacher_weights_names_the_fix(tiny_teacher, tmp_path):
+    config, _ = _teacher(tiny_teacher)
+    spec = StudentSpec(num_layers=2, hidden_size=32, init="teacher")
+    with pytest.raises(PipelineError, match="dvc pull artifacts/teacher"):
+        build_student(spec, config, ["negative", "positive"], tmp_path / "model.safetensors", seed=0)

