@@ -16,16 +16,31 @@ from pipeline.cache.schema import TEACHER_CONFIG
 from pipeline.config import DistillConfig, StudentSpec
 from pipeline.errors import PipelineError
 from pipeline.metrics import count_parameters
-from pipeline.models import build_student, tokenizer_fingerprint
+from pipeline.models import build_student, model_fingerprint, tokenizer_fingerprint
 from pipeline.training import DistillationModule, hidden_layer_pairs, scratch_dir, train_student, training_arguments
 
 log = logging.getLogger(__name__)
 
 
+def teacher_weights_for_init(teacher_dir: Path, manifest: dict) -> Path:
+    """The teacher's safetensors file for init 'teacher', checked against the teacher that made the cache."""
+    weights = Path(teacher_dir) / "model.safetensors"
+    if not weights.is_file():
+        raise PipelineError(f"{weights}: teacher weights needed for init 'teacher' are missing; run `dvc pull artifacts/teacher` "
+                            "(or the teacher stage), or use init 'random'")
+    if model_fingerprint(teacher_dir)["weights_sha256"] != manifest["teacher"]["weights_sha256"]:
+        raise PipelineError(f"{weights}: these teacher weights are not the ones the cache was extracted with; "
+                            "`dvc pull artifacts/teacher` for the matching teacher, or rerun extract (`dvc repro extract`)")
+    return weights
+
+
 def distill_student(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: DistillConfig, *, seed: int,
-                    teacher_weights: Path | None, max_length: int | None = None, label_names: list[str] | None = None,
+                    teacher_dir: Path | None = None, max_length: int | None = None, label_names: list[str] | None = None,
                     verify: str = "full") -> dict:
-    """Build the student, check the cache fits it, distil, save with save_pretrained + tokenizer. Returns a summary."""
+    """Build the student, check the cache fits it, distil, save with save_pretrained + tokenizer. Returns a summary.
+
+    `teacher_dir` is read only for init 'teacher' (the chosen tensors, lazily); init 'random' needs no teacher at all.
+    """
     start = time.perf_counter()
     cache = TeacherCache(cache_dir, verify=verify)
     tokenizer = AutoTokenizer.from_pretrained(cache.tokenizer_dir)
@@ -37,6 +52,7 @@ def distill_student(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: Dist
                             f"uniform map (cache has {cache.layers}); add a layer to extract.layers or set gamma to 0")
     check_compatible(cache.manifest, cache_dir=cache_dir, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
                      max_length=max_length, label_names=label_names, layers=[t for _, t in pairs])
+    teacher_weights = teacher_weights_for_init(teacher_dir, cache.manifest) if spec.init == "teacher" else None
     set_seed(seed)
     student, init_info = build_student(spec, teacher_config, cache.label_names, teacher_weights, seed)
     module = DistillationModule(student, pairs, cache.manifest["hidden_size"], alpha=cfg.alpha, beta=cfg.beta,

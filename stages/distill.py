@@ -13,8 +13,7 @@ def main(params, args):
         params.distill_for(args.student)  # raises the one-line error naming the known students
     spec = params.students[args.student]
     cfg, seed = params.distill_for(args.student)
-    weights = Path(args.teacher) / "model.safetensors" if spec.init == "teacher" else None
-    result = distill_student(Path(args.cache), Path(args.out_root) / args.student, spec, cfg, seed=seed, teacher_weights=weights,
+    result = distill_student(Path(args.cache), Path(args.out_root) / args.student, spec, cfg, seed=seed, teacher_dir=Path(args.teacher),
                              max_length=params.data.max_length, label_names=params.data.label_names, verify=args.verify)
     write_history_csv(result["history"], Path(args.plots_root) / f"{args.student}.csv")
     metrics = Path(args.metrics_root) / f"train_{args.student}.json"
@@ -26,7 +25,7 @@ def main(params, args):
 def configure(p):
     p.add_argument("--student", required=True, help="a name under `students` in params.yaml")
     p.add_argument("--cache", default="artifacts/cache")
-    p.add_argument("--teacher", default="artifacts/teacher", help="read only for init 'teacher' (weights, lazily)")
+    p.add_argument("--teacher", default="artifacts/teacher", help="read only for init 'teacher' (chosen tensors, lazily; checked against the cache's teacher fingerprint)")
     p.add_argument("--out-root", default="artifacts/students")
     p.add_argument("--metrics-root", default="artifacts/metrics")
     p.add_argument("--plots-root", default="artifacts/plots")

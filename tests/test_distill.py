@@ -42,7 +42,7 @@ def test_distill_runs_with_the_teacher_deleted_and_the_student_loads_in_a_pipeli
     build_cache(teacher, tiny_prepared, tmp_path / "cache")
     shutil.rmtree(teacher)  # stage two must not need it
     spec = StudentSpec(num_layers=2, hidden_size=16, num_heads=2, init="random")
-    result = distill_student(tmp_path / "cache", tmp_path / "student", spec, FAST, seed=0, teacher_weights=None,
+    result = distill_student(tmp_path / "cache", tmp_path / "student", spec, FAST, seed=0,
                              max_length=32, label_names=["negative", "positive"])
     summary = result["summary"]
     assert summary["layer_pairs"] == [[1, 2], [2, 4]] or summary["layer_pairs"] == [(1, 2), (2, 4)]
@@ -62,7 +62,7 @@ def test_student_learns_from_soft_labels_alone(tmp_path, tiny_teacher, tiny_prep
     build_cache(tiny_teacher, tiny_prepared, cache)
     spec = StudentSpec(num_layers=2, hidden_size=32, init="teacher")
     cfg = DistillConfig(epochs=3, batch_size=16, learning_rate=1e-3, alpha=0.0, beta=1.0, gamma=0.0, temperature=1.0)
-    distill_student(cache, tmp_path / "student", spec, cfg, seed=0, teacher_weights=tiny_teacher / "model.safetensors")
+    distill_student(cache, tmp_path / "student", spec, cfg, seed=0, teacher_dir=tiny_teacher)
     student = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "student").eval()
     dev = TeacherCache(cache).split("dev")
     agree = []
@@ -77,9 +77,9 @@ def test_student_learns_from_soft_labels_alone(tmp_path, tiny_teacher, tiny_prep
 def test_cache_mismatch_is_refused_before_training(tiny_cache, tmp_path):
     spec = StudentSpec(num_layers=2, hidden_size=32, init="random", num_heads=4)
     with pytest.raises(PipelineError, match="cache max_length is 32 but data.max_length is 64"):
-        distill_student(tiny_cache, tmp_path / "s", spec, FAST, seed=0, teacher_weights=None, max_length=64)
+        distill_student(tiny_cache, tmp_path / "s", spec, FAST, seed=0, max_length=64)
     with pytest.raises(PipelineError, match="cache labels are"):
-        distill_student(tiny_cache, tmp_path / "s", spec, FAST, seed=0, teacher_weights=None, label_names=["bad", "good"])
+        distill_student(tiny_cache, tmp_path / "s", spec, FAST, seed=0, label_names=["bad", "good"])
     assert not (tmp_path / "s").exists()
 
 
@@ -87,7 +87,7 @@ def test_no_cached_layer_pairs_with_gamma_is_refused(tmp_path, tiny_teacher, tin
     build_cache(tiny_teacher, tiny_prepared, tmp_path / "cache", layers=[1])
     spec = StudentSpec(num_layers=2, hidden_size=32, init="random", num_heads=4)
     with pytest.raises(PipelineError, match=r"no cached teacher layer pairs .*cache has \[1\]"):
-        distill_student(tmp_path / "cache", tmp_path / "s", spec, FAST, seed=0, teacher_weights=None)
+        distill_student(tmp_path / "cache", tmp_path / "s", spec, FAST, seed=0)
 
 
 def test_evaluate_reports_quality_size_latency_and_retention(tiny_teacher, tiny_cache):
@@ -102,3 +102,12 @@ def test_classification_metrics_golden():
     m = classification_metrics(np.array([0, 0, 1, 1, 1]), np.array([0, 1, 1, 1, 0]), 2)
     # class 0: tp1 fp1 fn1 -> F1 0.5; class 1: tp2 fp1 fn1 -> F1 2/3
     assert m["accuracy"] == pytest.approx(0.6) and m["f1"] == pytest.approx((0.5 + 2 / 3) / 2)
+
+
+def test_teacher_init_checks_the_teacher_against_the_cache(tmp_path, sst2_small, tiny_teacher, tiny_cache):
+    spec = StudentSpec(num_layers=2, hidden_size=32, init="teacher")
+    other = make_tiny_teacher(tmp_path / "other", sst2_small, seed=1)  # same shape, different weights
+    with pytest.raises(PipelineError, match="not the ones the cache was extracted with; `dvc pull artifacts/teacher`"):
+        distill_student(tiny_cache, tmp_path / "s", spec, FAST, seed=0, teacher_dir=other)
+    with pytest.raises(PipelineError, match="teacher weights needed for init 'teacher' are missing"):
+        distill_student(tiny_cache, tmp_path / "s", spec, FAST, seed=0, teacher_dir=tmp_path / "nowhere")

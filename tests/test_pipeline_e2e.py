@@ -40,8 +40,8 @@ def repo(tmp_path_factory) -> Path:
     for split in ("train", "dev"):
         shutil.copy(SST2 / f"{split}.tsv", repo / "data/raw/sst2" / f"{split}.tsv")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"].update(max_train_examples=400, max_dev_examples=200)
-    params["teacher"].update(epochs=1, learning_rate=1e-4)
+    params["data"].update(max_train_examples=1000, max_dev_examples=200)
+    params["teacher"].update(epochs=2)
     params["distill"].update(epochs=1)
     params["evaluate"].update(latency_repeats=3)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -61,7 +61,7 @@ def test_dvc_repro_builds_everything_then_nothing_then_only_the_changed_student(
 
     assert (repo / "artifacts/teacher/model.safetensors").is_file()
     manifest = json.loads((repo / "artifacts/cache/manifest.json").read_text())
-    assert manifest["splits"]["train"]["rows"] == 400 and manifest["splits"]["dev"]["rows"] == 200
+    assert manifest["splits"]["train"]["rows"] == 1000 and manifest["splits"]["dev"]["rows"] == 200
     teacher = json.loads((repo / "artifacts/metrics/teacher.json").read_text())
     assert 0.6 < teacher["accuracy"] <= 1.0 and teacher["params"] > 20_000_000
     for s in students:
