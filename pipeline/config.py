@@ -69,6 +69,7 @@ class DistillConfig:
     gamma: float = field(default=1.0, metadata={"help": "weight of hidden-state MSE over uniformly paired layers"})
     num_workers: int = 0
     logging_steps: int = 10
+    verify_cache: str = field(default="lazy", metadata={"help": "lazy (CRC per record batch on first read), full (sha256 of every shard first), size"})
 
 
 @dataclass
@@ -216,6 +217,8 @@ def validate(params: Params) -> Params:
         _check_positive(getattr(s, key), f"distill.{key}")
     for key in ("alpha", "beta", "gamma", "warmup_ratio", "weight_decay", "num_workers"):
         _check_positive(getattr(s, key), f"distill.{key}", allow_zero=True)
+    if s.verify_cache not in ("lazy", "full", "size"):
+        raise PipelineError(f"params.yaml: 'distill.verify_cache' must be lazy, full or size, got '{s.verify_cache}'")
     if not params.students:
         raise PipelineError("params.yaml: 'students' is empty; add at least one student (see README)")
     for name, spec in params.students.items():

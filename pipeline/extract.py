@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import datasets
 import numpy as np
@@ -16,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from pipeline.cache import CacheBatch, CacheWriter, FieldSpec, hidden_field
-from pipeline.cache.schema import TEACHER_CONFIG, TOKENIZER_DIR
+from pipeline.cache.schema import TEACHER_CONFIG, TOKENIZER_DIR, file_sha256, write_json_atomic
 from pipeline.errors import PipelineError
 from pipeline.models import model_fingerprint, tokenizer_fingerprint
 
@@ -55,10 +58,58 @@ def _to_storage(t: torch.Tensor, dtype: str) -> np.ndarray:
     return t.to(torch.float16).cpu().numpy()
 
 
+JOURNAL = "journal.json"
+
+
+def work_dir_for(out_dir: Path) -> Path:
+    """Where an extraction in progress lives: beside the cache, not inside it, so `dvc repro` (which deletes a stage's
+    outputs before running it) leaves finished shards of an interrupted run alone."""
+    return out_dir.parent / f".{out_dir.name}.partial"
+
+
+def _job_key(meta: dict, fields: list[FieldSpec], batch_size: int, shard_max_bytes: int) -> str:
+    """Everything that decides the bytes of the shards; a work dir made under another key is discarded."""
+    spec = {"meta": meta, "fields": [f.__dict__ for f in fields], "batch_size": batch_size, "shard_max_bytes": shard_max_bytes}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _load_journal(work: Path, key: str) -> dict[str, dict]:
+    """Verified progress of an interrupted run: per split, the shards whose sha256 still matches, in order."""
+    journal = work / JOURNAL
+    state = {}
+    if journal.is_file():
+        saved = json.loads(journal.read_text())
+        if saved.get("key") == key:
+            for split, entry in saved["splits"].items():
+                good = []
+                for shard in entry["shards"]:
+                    path = work / shard["record"]["file"]
+                    if not (path.is_file() and path.stat().st_size == shard["record"]["bytes"]
+                            and file_sha256(path) == shard["record"]["sha256"]):
+                        break
+                    good.append(shard)
+                state[split] = {"shards": good, "done": entry["done"] and len(good) == len(entry["shards"])}
+    keep = {s["record"]["file"] for entry in state.values() for s in entry["shards"]}
+    if work.exists():
+        for path in work.iterdir():  # partial shards (.tmp), shards past a bad one, files of another job
+            if path.name not in keep:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return state
+
+
+def _save_journal(work: Path, key: str, state: dict) -> None:
+    write_json_atomic(work / JOURNAL, {"key": key, "splits": state})
+
+
 def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_dir: Path, *, layers: list[int], dtype: str,
                   batch_size: int, shard_max_bytes: int, device: str, max_length: int, label_names: list[str],
-                  dataset_fingerprints: dict[str, str]) -> dict:
-    """Write the cache for `splits` to `out_dir` (replacing what is there). Returns the manifest plus timing stats."""
+                  dataset_fingerprints: dict[str, str], on_batch: Callable[[str, int], None] | None = None) -> dict:
+    """Write the cache for `splits` to `out_dir`. Returns the manifest plus timing stats.
+
+    Work happens in `work_dir_for(out_dir)` with a journal of completed shards; rerun after a crash (even `kill -9`),
+    finished shards are checked against their sha256 and kept, the rest is computed, and the result is byte-identical
+    to an uninterrupted run. The finished cache is moved into `out_dir` in one rename at the end.
+    """
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
     dev = resolve_device(device)
     model = AutoModelForSequenceClassification.from_pretrained(teacher_dir).to(dev).eval()
@@ -67,12 +118,6 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
     layers = normalize_layers(layers, n_layers)
     fields = [FieldSpec("logits", "example", "float32", model.config.num_labels)]
     fields += [FieldSpec(hidden_field(layer), "token", dtype, hidden) for layer in layers]
-
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    tokenizer.save_pretrained(out_dir / TOKENIZER_DIR)
-    shutil.copy(teacher_dir / "config.json", out_dir / TEACHER_CONFIG)
     meta = {
         "teacher": {**model_fingerprint(teacher_dir), "model_type": model.config.model_type, "num_hidden_layers": n_layers},
         "tokenizer": {"fingerprint": tokenizer_fingerprint(tokenizer), "dir": TOKENIZER_DIR},
@@ -80,19 +125,34 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
         "dataset": dataset_fingerprints,
         "versions": {"torch": torch.__version__.split("+")[0], "transformers": transformers.__version__},
     }
+
+    work = work_dir_for(out_dir)
+    key = _job_key(meta, fields, batch_size, shard_max_bytes)
+    state = _load_journal(work, key)
+    state = {name: state[name] for name in splits if name in state}  # split order decides manifest order
+    work.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(work / TOKENIZER_DIR)
+    shutil.copy(teacher_dir / "config.json", work / TEACHER_CONFIG)
     pad_id = tokenizer.pad_token_id or 0
     stats = {}
-    with CacheWriter(out_dir, fields, meta, shard_max_bytes) as writer:
+    resume = {name: [s["record"] for s in entry["shards"]] for name, entry in state.items()}
+    with CacheWriter(work, fields, meta, shard_max_bytes, resume=resume) as writer:
         for split, ds in splits.items():
+            entry = state.setdefault(split, {"shards": [], "done": False})
             table = ds.data.table if hasattr(ds.data, "table") else ds.data
             lengths = table.column("length").to_numpy()
             ids_col = table.column("input_ids").combine_chunks()
             offsets, flat_ids = ids_col.offsets.to_numpy(), ids_col.values.to_numpy()
             example_ids, labels = table.column("example_id").to_numpy(), table.column("label").to_numpy()
             batches = length_sorted_batches(lengths, batch_size)
+            first = len(batches) if entry["done"] else (entry["shards"][-1]["batch_end"] if entry["shards"] else 0)
+            if first:
+                log.info("extract %s: resuming after batch %d of %d (%d shards verified)", split, first, len(batches),
+                         len(entry["shards"]))
             padded = real = 0
             start = time.perf_counter()
-            for rows in tqdm(batches, desc=f"extract {split}", unit="batch"):
+            for bi in tqdm(range(first, len(batches)), desc=f"extract {split}", unit="batch", initial=first, total=len(batches)):
+                rows = batches[bi]
                 width = int(lengths[rows].max())
                 input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
                 for j, r in enumerate(rows):  # one slice copy per row to pad; the model call dominates
@@ -104,13 +164,28 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
                 fields_out = {"logits": out.logits.float().cpu().numpy()}
                 for layer in layers:
                     fields_out[hidden_field(layer)] = _to_storage(out.hidden_states[layer][mask], dtype)
-                writer.write(split, CacheBatch(example_id=example_ids[rows], length=lengths[rows], label=labels[rows],
-                                               input_ids=ids_t[mask].cpu().numpy().astype(np.int32), fields=fields_out))
+                record = writer.write(split, CacheBatch(example_id=example_ids[rows], length=lengths[rows], label=labels[rows],
+                                                        input_ids=ids_t[mask].cpu().numpy().astype(np.int32), fields=fields_out))
+                if record is not None:
+                    entry["shards"].append({"record": record, "batch_end": bi + 1})
+                    _save_journal(work, key, state)
                 padded += len(rows) * width
                 real += int(lengths[rows].sum())
-            stats[split] = {"seconds": time.perf_counter() - start, "rows": len(ds), "tokens": real,
-                            "padding_fraction": 1 - real / max(padded, 1)}
+                if on_batch is not None:
+                    on_batch(split, bi)
+            if not entry["done"]:
+                record = writer.finish_split(split)
+                if record is not None:
+                    entry["shards"].append({"record": record, "batch_end": len(batches)})
+                entry["done"] = True
+                _save_journal(work, key, state)
+            stats[split] = {"seconds": time.perf_counter() - start, "rows": len(ds), "tokens": int(lengths.sum()),
+                            "resumed_batches": first, "padding_fraction": 1 - real / max(padded, 1)}
         manifest = writer.close()
+    (work / JOURNAL).unlink()
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(work, out_dir)
     return {"manifest": manifest, "stats": stats}
 
 

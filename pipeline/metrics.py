@@ -82,7 +82,7 @@ def evaluate_saved_model(model_dir: Path, cache_dir: Path, *, batch_size: int, l
 
     if not (Path(model_dir) / "config.json").is_file():
         raise PipelineError(f"{model_dir}: no saved model (config.json missing); run the stage that trains it first")
-    dev = TeacherCache(cache_dir, verify="size").split("dev", columns=[])
+    dev = TeacherCache(cache_dir, verify="lazy").split("dev", columns=[])
     rows = [dev[i] for i in range(len(dev))]
     tokens = [r["input_ids"] for r in rows]
     labels = np.array([r["label"] for r in rows])

@@ -14,7 +14,7 @@ def main(params, args):
     spec = params.students[args.student]
     cfg, seed = params.distill_for(args.student)
     result = distill_student(Path(args.cache), Path(args.out_root) / args.student, spec, cfg, seed=seed, teacher_dir=Path(args.teacher),
-                             max_length=params.data.max_length, label_names=params.data.label_names, verify=args.verify)
+                             max_length=params.data.max_length, label_names=params.data.label_names, verify=cfg.verify_cache)
     write_history_csv(result["history"], Path(args.plots_root) / f"{args.student}.csv")
     metrics = Path(args.metrics_root) / f"train_{args.student}.json"
     metrics.parent.mkdir(parents=True, exist_ok=True)
@@ -29,8 +29,6 @@ def configure(p):
     p.add_argument("--out-root", default="artifacts/students")
     p.add_argument("--metrics-root", default="artifacts/metrics")
     p.add_argument("--plots-root", default="artifacts/plots")
-    p.add_argument("--verify", default="full", choices=["full", "size", "none"],
-                   help="shard check before training: full = sha256 of every shard, size = sizes only")
 
 
 if __name__ == "__main__":

@@ -157,3 +157,23 @@ def test_check_compatible_refuses_each_mismatch(tmp_path, kwargs, message):
     check_compatible(manifest, tokenizer_fingerprint="t" * 64, max_length=64, label_names=["a", "b"], layers=[3])
     with pytest.raises(PipelineError, match=message):
         check_compatible(manifest, cache_dir=tmp_path, **kwargs)
+
+
+def test_flipped_byte_stops_lazy_reads_at_the_batch_that_holds_it(tmp_path):
+    manifest = _write(tmp_path, _rows("float16"), "float16", rows_per_batch=2)
+    shard = tmp_path / manifest["splits"]["train"]["shards"][0]["file"]
+    split = TeacherCache(tmp_path, verify="lazy").split("train")
+    clean = [split[i]["hidden_3"].tobytes() for i in range(len(split))]
+    # flip one byte inside row 4's hidden state (batch 2): find it by its bytes in the file
+    data = bytearray(shard.read_bytes())
+    at = bytes(data).find(clean[4][:16])
+    assert at > 0
+    data[at + 3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    split = TeacherCache(tmp_path, verify="lazy").split("train")  # sizes still match: opening is fine
+    for i in range(4):
+        split[i]  # batches 0 and 1 are intact
+    with pytest.raises(PipelineError, match=r"train-00000\.arrow: record batch 2 does not match its checksum.*dvc pull"):
+        split[4]
+    unchecked = TeacherCache(tmp_path, verify="size").split("train")
+    assert unchecked[4]["hidden_3"].tobytes() != clean[4]  # the flip is real: only the checksum stood between it and training

@@ -13,17 +13,21 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.cache.schema import (MANIFEST, STORAGE, TOKENIZER_DIR, FieldSpec, fields_from_manifest, file_sha256,
-                                   read_manifest, safe_shard_path)
+                                   read_manifest, record_batch_crc32, safe_shard_path)
 from pipeline.errors import PipelineError
 
-VERIFY_MODES = ("full", "size", "none")
+# full: sha256 of every shard at open. lazy: sizes at open, then each record batch's CRC-32 on first touch (the
+# default: a flipped byte stops training at the batch that holds it, and no time is spent up front). size: sizes only.
+REMEDY = "run `dvc pull` for the cache, or rebuild it (`dvc repro -f extract`)"
+VERIFY_MODES = ("full", "lazy", "size", "none")
 
 
 class CacheSplit:
     """Rows of one split across its shards. `split[i]` -> dict of numpy arrays shaped per the field kinds."""
 
-    def __init__(self, cache_dir: Path, name: str, meta: dict, fields: list[FieldSpec], columns: list[str] | None = None):
-        self.cache_dir, self.name, self.meta = cache_dir, name, meta
+    def __init__(self, cache_dir: Path, name: str, meta: dict, fields: list[FieldSpec], columns: list[str] | None = None,
+                 check_batches: bool = False):
+        self.cache_dir, self.name, self.meta, self.check_batches = cache_dir, name, meta, check_batches
         self.fields = {f.name: f for f in fields}
         wanted = self.fields if columns is None else columns
         for col in wanted:
@@ -46,8 +50,11 @@ class CacheSplit:
         """Per shard, per record batch: numpy views of every needed column (no copy: they point into the mapping)."""
         views = []
         for path in self.shard_paths:
-            reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
-            batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+            try:
+                reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+                batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+            except (pa.ArrowException, OSError) as exc:
+                raise PipelineError(f"{path}: shard is unreadable ({exc}); {REMEDY}") from None
             starts = np.concatenate([[0], np.cumsum([b.num_rows for b in batches])]).astype(np.int64)
             per_batch = []
             for b in batches:
@@ -61,6 +68,7 @@ class CacheSplit:
                         cols[name] = arr.values.to_numpy().reshape(len(arr), -1)
                     else:
                         cols[name] = (arr.offsets.to_numpy(), arr.values.to_numpy())
+                cols["_batch"] = b
                 per_batch.append(cols)
             views.append((starts, per_batch))
         return views
@@ -75,7 +83,14 @@ class CacheSplit:
         starts, batches = self._views[shard]
         local = index - self.shard_starts[shard]
         b = int(np.searchsorted(starts, local, side="right")) - 1
-        return batches[b], int(local - starts[b])
+        cols = batches[b]
+        if self.check_batches and "_checked" not in cols:
+            expected = self.meta["shards"][shard].get("batch_crc32")
+            if expected is not None and (b >= len(expected) or record_batch_crc32(cols["_batch"]) != expected[b]):
+                raise PipelineError(f"{self.shard_paths[shard]}: record batch {b} does not match its checksum in the manifest "
+                                    f"(corrupted); {REMEDY}")
+            cols["_checked"] = True
+        return cols, int(local - starts[b])
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         cols, row = self._locate(index)
@@ -113,7 +128,7 @@ class CacheSplit:
 class TeacherCache:
     """A cache directory opened through its manifest, with every shard checked against it."""
 
-    def __init__(self, cache_dir: Path | str, verify: str = "full"):
+    def __init__(self, cache_dir: Path | str, verify: str = "lazy"):
         if verify not in VERIFY_MODES:
             raise PipelineError(f"cache verify mode must be one of {VERIFY_MODES}, got '{verify}'")
         self.cache_dir = Path(cache_dir)
@@ -122,12 +137,13 @@ class TeacherCache:
         for f in self.fields:
             if f.dtype not in STORAGE:
                 raise PipelineError(f"{self.cache_dir / MANIFEST}: field '{f.name}' has unknown dtype '{f.dtype}'; rebuild the cache")
+        self.verify_mode = verify
         if verify != "none":
             self.verify(full=verify == "full")
 
     def verify(self, full: bool = True) -> None:
         """Every listed shard exists with its recorded size (and, with `full`, its sha256)."""
-        remedy = "run `dvc pull` for the cache, or rerun the extract stage (`dvc repro -f extract`)"
+        remedy = REMEDY
         for split, meta in self.manifest["splits"].items():
             for shard in meta["shards"]:
                 path = safe_shard_path(self.cache_dir, shard["file"])
@@ -157,4 +173,5 @@ class TeacherCache:
     def split(self, name: str, columns: list[str] | None = None) -> CacheSplit:
         if name not in self.manifest["splits"]:
             raise PipelineError(f"{self.cache_dir / MANIFEST}: no split '{name}' (has: {', '.join(self.splits)}); rerun extract")
-        return CacheSplit(self.cache_dir, name, self.manifest["splits"][name], self.fields, columns)
+        return CacheSplit(self.cache_dir, name, self.manifest["splits"][name], self.fields, columns,
+                          check_batches=self.verify_mode == "lazy")

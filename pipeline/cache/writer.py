@@ -1,7 +1,8 @@
 """The one cache writer: rows in, sharded Arrow IPC files and a manifest out.
 
-A shard is written under a hidden temporary name and renamed only when complete and fsynced; the manifest is
-written last, atomically, so a reader never sees a partial shard or a manifest listing one.
+A shard is written under a hidden temporary name, fsynced, and renamed only when complete; the manifest is written
+last, atomically, so a reader never sees a partial shard or a manifest listing one. Completed shards can be handed
+back in (`resume`) so an interrupted extraction continues where it stopped.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.cache.schema import (FORMAT_VERSION, MANIFEST, FieldSpec, arrow_schema, fields_to_manifest, file_sha256,
-                                   write_json_atomic)
+                                   shard_batch_crc32, write_json_atomic)
 from pipeline.errors import PipelineError
 
 
@@ -36,9 +37,9 @@ class CacheBatch:
 
 
 class _ShardedSplit:
-    def __init__(self, cache_dir: Path, split: str, schema: pa.Schema, max_bytes: int):
+    def __init__(self, cache_dir: Path, split: str, schema: pa.Schema, max_bytes: int, done: list[dict]):
         self.cache_dir, self.split, self.schema, self.max_bytes = cache_dir, split, schema, max_bytes
-        self.shards: list[dict] = []
+        self.shards: list[dict] = list(done)
         self._sink = self._writer = None
         self._rows = self._tokens = self._bytes = 0
 
@@ -49,7 +50,7 @@ class _ShardedSplit:
     def _tmp(self) -> Path:
         return self.cache_dir / f".{self._name}.tmp"
 
-    def write(self, batch: pa.RecordBatch, tokens: int) -> None:
+    def write(self, batch: pa.RecordBatch, tokens: int) -> dict | None:
         if self._writer is None:
             self._sink = pa.OSFile(str(self._tmp()), "wb")
             self._writer = pa.ipc.new_file(self._sink, self.schema)
@@ -57,43 +58,52 @@ class _ShardedSplit:
         self._rows += batch.num_rows
         self._tokens += tokens
         self._bytes += batch.nbytes
-        if self._bytes >= self.max_bytes:
-            self.close_shard()
+        return self.close_shard() if self._bytes >= self.max_bytes else None
 
-    def close_shard(self) -> None:
+    def close_shard(self) -> dict | None:
         if self._writer is None:
-            return
+            return None
         self._writer.close()
         self._sink.flush()
         os.fsync(self._sink.fileno())
         self._sink.close()
         tmp, final = self._tmp(), self.cache_dir / self._name
         os.replace(tmp, final)
-        self.shards.append({"file": final.name, "rows": self._rows, "tokens": self._tokens,
-                            "bytes": final.stat().st_size, "sha256": file_sha256(final)})
+        record = {"file": final.name, "rows": self._rows, "tokens": self._tokens, "bytes": final.stat().st_size,
+                  "sha256": file_sha256(final), "batch_crc32": shard_batch_crc32(final)}
+        self.shards.append(record)
         self._sink = self._writer = None
         self._rows = self._tokens = self._bytes = 0
+        return record
 
     def abort(self) -> None:
         if self._writer is not None:
             try:
                 self._writer.close()
                 self._sink.close()
+            except OSError:
+                pass
             finally:
                 self._tmp().unlink(missing_ok=True)
             self._sink = self._writer = None
 
 
 class CacheWriter:
-    """Writes a teacher cache. Use as a context manager; the manifest appears only on a clean exit."""
+    """Writes a teacher cache. Use as a context manager; the manifest appears only on `close()` after a clean run.
 
-    def __init__(self, cache_dir: Path | str, fields: list[FieldSpec], meta: dict, shard_max_bytes: int = 256 << 20):
+    `resume` maps a split to the shard records already complete in `cache_dir` (from an interrupted run); writing
+    continues with the next shard number.
+    """
+
+    def __init__(self, cache_dir: Path | str, fields: list[FieldSpec], meta: dict, shard_max_bytes: int = 256 << 20,
+                 resume: dict[str, list[dict]] | None = None):
         self.cache_dir = Path(cache_dir)
         self.fields = fields
         self.meta = meta
         self.schema = arrow_schema(fields)
         self.shard_max_bytes = shard_max_bytes
-        self._splits: dict[str, _ShardedSplit] = {}
+        self._splits = {name: _ShardedSplit(self.cache_dir, name, self.schema, shard_max_bytes, done)
+                        for name, done in (resume or {}).items()}
         self.cache_dir.mkdir(parents=True, exist_ok=True)
 
     def _record_batch(self, batch: CacheBatch) -> pa.RecordBatch:
@@ -106,36 +116,48 @@ class CacheWriter:
                   pa.LargeListArray.from_arrays(pa.array(token_offsets), pa.array(np.asarray(batch.input_ids, dtype=np.int32)))]
         for spec in self.fields:
             values = np.ascontiguousarray(batch.fields[spec.name]).reshape(-1)
-            per_row = np.array([spec.values_per_row(int(n)) for n in lengths]) if spec.kind == "token_pair" else None
             if spec.kind == "example":
                 arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(values), spec.width))
                 continue
-            offsets = token_offsets * spec.width if per_row is None else np.concatenate([[0], np.cumsum(per_row)])
+            if spec.kind == "token":
+                offsets = token_offsets * spec.width
+            else:
+                offsets = np.concatenate([[0], np.cumsum(spec.width * lengths * lengths)])
             if len(values) != offsets[-1]:
                 raise ValueError(f"field {spec.name}: {len(values)} values, expected {offsets[-1]}")
             arrays.append(pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values)))
         return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
-    def write(self, split: str, batch: CacheBatch) -> None:
-        if split not in self._splits:
-            self._splits[split] = _ShardedSplit(self.cache_dir, split, self.schema, self.shard_max_bytes)
+    def _io(self, split: str, action, *args):
         try:
-            self._splits[split].write(self._record_batch(batch), int(np.sum(batch.length)))
+            return action(*args)
         except OSError as exc:
+            self.abort()
             raise PipelineError(f"{self.cache_dir}: could not write a {split} shard ({exc.strerror or exc}); free disk space "
-                                "or fix permissions, then rerun the extract stage") from None
+                                "or fix permissions, then rerun the extract stage (finished shards are kept)") from None
+
+    def write(self, split: str, batch: CacheBatch) -> dict | None:
+        """Append rows; returns the shard record if this write completed a shard."""
+        if split not in self._splits:
+            self._splits[split] = _ShardedSplit(self.cache_dir, split, self.schema, self.shard_max_bytes, [])
+        return self._io(split, self._splits[split].write, self._record_batch(batch), int(np.sum(batch.length)))
+
+    def finish_split(self, split: str) -> dict | None:
+        """Close the split's open shard; returns its record if there was one."""
+        if split not in self._splits:
+            self._splits[split] = _ShardedSplit(self.cache_dir, split, self.schema, self.shard_max_bytes, [])
+        return self._io(split, self._splits[split].close_shard)
 
     def close(self) -> dict:
         """Close open shards and write the manifest; returns it."""
         splits = {}
         for name, split in self._splits.items():
-            split.close_shard()
+            self._io(name, split.close_shard)
             splits[name] = {"rows": sum(s["rows"] for s in split.shards), "tokens": sum(s["tokens"] for s in split.shards),
                             "shards": split.shards}
         manifest = {"format_version": FORMAT_VERSION, **self.meta, "fields": fields_to_manifest(self.fields),
-                    "splits": splits,
-                    "bytes": sum(s["bytes"] for sp in splits.values() for s in sp["shards"])}
-        write_json_atomic(self.cache_dir / MANIFEST, manifest)
+                    "splits": splits, "bytes": sum(s["bytes"] for sp in splits.values() for s in sp["shards"])}
+        self._io("manifest", write_json_atomic, self.cache_dir / MANIFEST, manifest)
         return manifest
 
     def abort(self) -> None:
