@@ -30,6 +30,7 @@ class DataConfig:
     dev: str = field(default="data/raw/sst2/dev.tsv", metadata={"help": "as train; the split all dev metrics are computed on"})
     text_column: str = "sentence"
     label_column: str = "label"
+    id_column: str | None = field(default=None, metadata={"help": "integer example ids column; null = row number in the file"})
     label_names: list[str] | None = field(default=None, metadata={"help": "names of labels 0..K-1; null = sorted labels seen in train"})
     max_train_examples: int | None = field(default=None, metadata={"help": "seeded random subset of train; null = all"})
     max_dev_examples: int | None = None

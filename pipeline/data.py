@@ -149,18 +149,37 @@ def check_columns(ds: datasets.Dataset, source: Source, columns: dict[str, str])
                                 f"'{key}' to the right column")
 
 
+def example_ids(ds: datasets.Dataset, source: Source, id_column: str | None) -> np.ndarray:
+    """Integer ids per row: the id column's values (unique), or the row number when there is none."""
+    if id_column is None:
+        return np.arange(len(ds), dtype=np.int64)
+    ids, first_seen = np.empty(len(ds), dtype=np.int64), {}
+    for row, value in enumerate(ds[id_column]):
+        key = _label_key(value)
+        if key is None or not key.lstrip("-").isdigit():
+            raise PipelineError(f"{source.where(row)}: id {value!r} in column '{id_column}' is not an integer; fix it or set "
+                                "data.id_column to null to number rows")
+        if int(key) in first_seen:
+            raise PipelineError(f"{source.where(row)}: duplicate id {key} in column '{id_column}' (first at "
+                                f"{source.where(first_seen[int(key)]).split(', ')[-1]}); make ids unique or set data.id_column to null")
+        first_seen[int(key)] = row
+        ids[row] = int(key)
+    return ids
+
+
 def prepare_split(source: Source, ds: datasets.Dataset, tokenizer, text_column: str, label_column: str,
-                  label_names: list[str], max_length: int, max_examples: int | None,
-                  seed: int) -> tuple[datasets.Dataset, dict]:
+                  label_names: list[str], max_length: int, max_examples: int | None, seed: int,
+                  id_column: str | None = None) -> tuple[datasets.Dataset, dict]:
     """Validate, subsample, map labels and tokenize one loaded split. Returns the prepared dataset and its stats."""
     texts, raw_labels = ds[text_column], ds[label_column]
     texts = [t if t is None or isinstance(t, str) else str(t) for t in texts]  # a column of numbers is still text
     validate_texts(texts, source, text_column)
     labels = map_labels(raw_labels, label_names, source, label_column)
-    ids = np.arange(len(texts), dtype=np.int64)
-    if max_examples is not None and max_examples < len(ids):
-        ids = np.sort(np.random.default_rng(seed).permutation(len(ids))[:max_examples])
-    texts = [texts[i] for i in ids]
+    all_ids = example_ids(ds, source, id_column)
+    rows = np.arange(len(texts), dtype=np.int64)
+    if max_examples is not None and max_examples < len(rows):
+        rows = np.sort(np.random.default_rng(seed).permutation(len(rows))[:max_examples])
+    texts = [texts[i] for i in rows]
     full = tokenizer(texts, truncation=False, add_special_tokens=True)["input_ids"]
     enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     truncated = int(sum(len(f) > max_length for f in full))
@@ -168,8 +187,8 @@ def prepare_split(source: Source, ds: datasets.Dataset, tokenizer, text_column: 
         log.warning("%s: %d of %d texts are longer than max_length=%d tokens and were truncated", source.spec, truncated,
                     len(texts), max_length)
     prepared = datasets.Dataset.from_dict(
-        {"example_id": ids, "input_ids": [np.asarray(e, dtype=np.int32) for e in enc],
-         "length": np.array([len(e) for e in enc], dtype=np.int32), "label": labels[ids]},
+        {"example_id": all_ids[rows], "input_ids": [np.asarray(e, dtype=np.int32) for e in enc],
+         "length": np.array([len(e) for e in enc], dtype=np.int32), "label": labels[rows]},
         features=datasets.Features({"example_id": datasets.Value("int64"),
                                     "input_ids": datasets.List(datasets.Value("int32")),
                                     "length": datasets.Value("int32"), "label": datasets.Value("int64")}))
@@ -184,7 +203,10 @@ def prepare_corpus(data, tokenizer, seed: int) -> tuple[dict[str, datasets.Datas
     loaded = {}
     for name, source in sources.items():
         loaded[name] = load_source(source)
-        check_columns(loaded[name], source, {"data.text_column": data.text_column, "data.label_column": data.label_column})
+        columns = {"data.text_column": data.text_column, "data.label_column": data.label_column}
+        if data.id_column is not None:
+            columns["data.id_column"] = data.id_column
+        check_columns(loaded[name], source, columns)
     label_names = data.label_names or infer_label_names(loaded["train"][data.label_column])
     if len(label_names) < 2:
         raise PipelineError(f"{data.train}: only {len(label_names)} distinct label(s) {label_names} in column "
@@ -193,7 +215,7 @@ def prepare_corpus(data, tokenizer, seed: int) -> tuple[dict[str, datasets.Datas
     for name, source in sources.items():
         limit = data.max_train_examples if name == "train" else data.max_dev_examples
         splits[name], stats[name] = prepare_split(source, loaded[name], tokenizer, data.text_column, data.label_column,
-                                                  label_names, data.max_length, limit, seed)
+                                                  label_names, data.max_length, limit, seed, data.id_column)
     info = {"label_names": label_names, "max_length": data.max_length, "splits": stats}
     return splits, info
 

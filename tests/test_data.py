@@ -98,3 +98,17 @@ def test_jsonl_and_parquet_sources(tmp_path, tokenizer):
     splits, _ = prepare_corpus(cfg, tokenizer, seed=0)
     assert list(splits["train"]["label"]) == list(splits["dev"]["label"]) == [1, 0, 1]
     assert np.all(np.array(splits["dev"]["length"]) > 2)
+
+
+def test_id_column_is_used_and_duplicates_or_non_integers_refused(tmp_path, tokenizer):
+    _write(tmp_path, "id\tlabel\tsentence\n10\t1\tgood\n7\t0\tbad\n", "id\tlabel\tsentence\n3\t1\tok\n")
+    splits, _ = prepare_corpus(data_config(tmp_path, id_column="id"), tokenizer, seed=0)
+    assert list(splits["train"]["example_id"]) == [10, 7]
+    _write(tmp_path, "id\tlabel\tsentence\n10\t1\tgood\n11\t0\tbad\n10\t0\tworse\n", "id\tlabel\tsentence\n3\t1\tok\n")
+    with pytest.raises(PipelineError, match=r"train.tsv, line 4: duplicate id 10 in column 'id' \(first at line 2\)"):
+        prepare_corpus(data_config(tmp_path, id_column="id"), tokenizer, seed=0)
+    _write(tmp_path, "id\tlabel\tsentence\nx1\t1\tgood\n", "id\tlabel\tsentence\n3\t1\tok\n")
+    with pytest.raises(PipelineError, match=r"line 2: id 'x1' in column 'id' is not an integer"):
+        prepare_corpus(data_config(tmp_path, id_column="id"), tokenizer, seed=0)
+    with pytest.raises(PipelineError, match=r"no column 'uid' .* 'data.id_column'"):
+        prepare_corpus(data_config(tmp_path, id_column="uid"), tokenizer, seed=0)

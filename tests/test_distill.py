@@ -111,3 +111,15 @@ def test_teacher_init_checks_the_teacher_against_the_cache(tmp_path, sst2_small,
         distill_student(tiny_cache, tmp_path / "s", spec, FAST, seed=0, teacher_dir=other)
     with pytest.raises(PipelineError, match="teacher weights needed for init 'teacher' are missing"):
         distill_student(tiny_cache, tmp_path / "s", spec, FAST, seed=0, teacher_dir=tmp_path / "nowhere")
+
+
+def test_same_seed_gives_bit_identical_students_and_metrics(tmp_path, tiny_cache):
+    spec = StudentSpec(num_layers=2, hidden_size=16, num_heads=2, init="random")
+    runs = []
+    for name in ("a", "b"):
+        distill_student(tiny_cache, tmp_path / name, spec, FAST, seed=3)
+        metrics = evaluate_saved_model(tmp_path / name, tiny_cache, batch_size=32, latency_batch_sizes=[], latency_repeats=1)
+        runs.append(((tmp_path / name / "model.safetensors").read_bytes(), metrics["accuracy"], metrics["f1"]))
+    assert runs[0] == runs[1]
+    distill_student(tiny_cache, tmp_path / "c", spec, FAST, seed=4)
+    assert (tmp_path / "c" / "model.safetensors").read_bytes() != runs[0][0]
