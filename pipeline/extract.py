@@ -112,7 +112,7 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
     """
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
     dev = resolve_device(device)
-    model = AutoModelForSequenceClassification.from_pretrained(teacher_dir).to(dev).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True).to(dev).eval()
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     n_layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
     layers = normalize_layers(layers, n_layers)

@@ -86,7 +86,7 @@ def evaluate_saved_model(model_dir: Path, cache_dir: Path, *, batch_size: int, l
     rows = [dev[i] for i in range(len(dev))]
     tokens = [r["input_ids"] for r in rows]
     labels = np.array([r["label"] for r in rows])
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).to("cpu").eval()
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).to("cpu").eval()
     pad_id = model.config.pad_token_id or 0
     logits = predict(model, tokens, batch_size, pad_id)
     result = classification_metrics(logits.argmax(-1), labels, model.config.num_labels)

@@ -89,7 +89,12 @@ def load_classifier(path: str, num_labels: int | None = None, label_names: list[
             raise PipelineError(f"{path}: classifier has {config.num_labels} labels but the data has {num_labels}; "
                                 "fine-tune it (teacher.epochs > 0) or fix data.label_names")
         kwargs = {"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}} if label_names else {}
-    return AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+    try:  # safetensors only: a pickled checkpoint can run code when loaded
+        return AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                                  use_safetensors=True, **kwargs)
+    except OSError as exc:
+        raise PipelineError(f"{path}: no safetensors weights could be loaded ({str(exc).splitlines()[0]}); this tool loads only "
+                            "safetensors checkpoints: convert it (save_pretrained with safe_serialization) or pick another") from None
 
 
 def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
