@@ -12,8 +12,9 @@ import pytest
 from pipeline.data import save_prepared
 from pipeline.extract import work_dir_for
 
-# Runs extract_cache in a fresh process; at the Nth finished batch it arms a timer that SIGKILLs the process a few
-# milliseconds later, so the kill lands anywhere: mid-forward, mid-shard-write, between rename and journal update.
+# Runs extract_cache in a fresh process; when the batch at absolute position N (train batches first, then dev) finishes,
+# it arms a timer that SIGKILLs the process a few milliseconds later, so the kill lands anywhere: mid-forward,
+# mid-shard-write, between rename and journal update. Positions are absolute so a resumed run still reaches them.
 CHILD = r"""
 import json, os, signal, sys, threading
 from pathlib import Path
@@ -26,11 +27,11 @@ from pipeline.extract import extract_cache
 torch.set_num_threads(1)
 prepared, teacher, out, kill_after, delay = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
 splits, info = load_prepared(Path(prepared))
-seen = [0]
+train_batches = (len(splits["train"]) + 7) // 8
 
 def on_batch(split, index):
-    seen[0] += 1
-    if seen[0] == kill_after:
+    position = index + 1 + (train_batches if split == "dev" else 0)
+    if position == kill_after:
         threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
 
 result = extract_cache(Path(teacher), splits, Path(out), layers=[1, 2, 4], dtype="float16", batch_size=8,
