@@ -21,7 +21,7 @@ from pipeline.errors import PipelineError
 
 STUDENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 STUDENT_INITS = ("random", "teacher")
-CACHE_DTYPES = ("float16", "bfloat16")
+CACHE_DTYPES = ("float16", "bfloat16", "int8")
 
 
 @dataclass
@@ -51,7 +51,7 @@ class TeacherConfig:
 @dataclass
 class ExtractConfig:
     layers: list[int] = field(default_factory=lambda: [2, 4, 6], metadata={"help": "hidden_states indices to cache: 0 = embeddings, N = last layer; negative counts from the end"})
-    dtype: str = field(default="float16", metadata={"help": "float16 or bfloat16 (stored bit-exact as uint16)"})
+    dtype: str = field(default="float16", metadata={"help": "float16, bfloat16 (stored bit-exact as uint16), or int8 (per-token absmax scale)"})
     batch_size: int = 64
     shard_max_mb: int = field(default=256, metadata={"help": "a shard is closed once it holds this many MB"})
     device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu, cuda, cuda:N"})

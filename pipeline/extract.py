@@ -18,8 +18,8 @@ import transformers
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from pipeline.cache import CacheBatch, CacheWriter, FieldSpec, hidden_field
-from pipeline.cache.schema import TEACHER_CONFIG, TOKENIZER_DIR, file_sha256, write_json_atomic
+from pipeline.cache import CacheBatch, CacheWriter, FieldSpec, hidden_field, token_fields
+from pipeline.cache.schema import SCALE_SUFFIX, TEACHER_CONFIG, TOKENIZER_DIR, file_sha256, write_json_atomic
 from pipeline.errors import PipelineError
 from pipeline.models import model_fingerprint, tokenizer_fingerprint
 
@@ -52,10 +52,20 @@ def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarr
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _to_storage(t: torch.Tensor, dtype: str) -> np.ndarray:
+def quantize_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token absmax int8: q = round(x / s), s = max|x| / 127 stored as fp16 (q is computed with the stored s)."""
+    scale = (t.float().abs().amax(dim=-1, keepdim=True) / 127).clamp_min(1e-8).half().float()
+    return torch.round(t.float() / scale).clamp_(-127, 127).to(torch.int8), scale.half()
+
+
+def to_storage(t: torch.Tensor, dtype: str, name: str) -> dict[str, np.ndarray]:
+    """A (tokens, width) float tensor -> the arrays of its stored field(s) (see `token_fields`)."""
     if dtype == "bfloat16":
-        return t.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
-    return t.to(torch.float16).cpu().numpy()
+        return {name: t.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)}
+    if dtype == "int8":
+        q, scale = quantize_int8(t)
+        return {name: q.cpu().numpy(), name + SCALE_SUFFIX: scale.cpu().numpy()}
+    return {name: t.to(torch.float16).cpu().numpy()}
 
 
 JOURNAL = "journal.json"
@@ -117,7 +127,7 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
     n_layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
     layers = normalize_layers(layers, n_layers)
     fields = [FieldSpec("logits", "example", "float32", model.config.num_labels)]
-    fields += [FieldSpec(hidden_field(layer), "token", dtype, hidden) for layer in layers]
+    fields += [f for layer in layers for f in token_fields(hidden_field(layer), dtype, hidden)]
     meta = {
         "teacher": {**model_fingerprint(teacher_dir), "model_type": model.config.model_type, "num_hidden_layers": n_layers},
         "tokenizer": {"fingerprint": tokenizer_fingerprint(tokenizer), "dir": TOKENIZER_DIR},
@@ -163,7 +173,7 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
                     out = model(input_ids=ids_t, attention_mask=mask.long(), output_hidden_states=True)
                 fields_out = {"logits": out.logits.float().cpu().numpy()}
                 for layer in layers:
-                    fields_out[hidden_field(layer)] = _to_storage(out.hidden_states[layer][mask], dtype)
+                    fields_out.update(to_storage(out.hidden_states[layer][mask], dtype, hidden_field(layer)))
                 record = writer.write(split, CacheBatch(example_id=example_ids[rows], length=lengths[rows], label=labels[rows],
                                                         input_ids=ids_t[mask].cpu().numpy().astype(np.int32), fields=fields_out))
                 if record is not None:

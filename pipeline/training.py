@@ -145,6 +145,26 @@ class DistillationModule(nn.Module):
         return {"loss": loss, "logits": out.logits}
 
 
+class OnlineDistillationModule(DistillationModule):
+    """Online KD, the baseline the cache is measured against: the same module, loss and Trainer, with the teacher run
+    inside every training step instead of its outputs read from the cache."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, pairs: list[tuple[int, int]], **loss_weights):
+        super().__init__(student, pairs, teacher.config.hidden_size, **loss_weights)
+        self.teacher = teacher.eval().requires_grad_(False)  # frozen: the Trainer's optimizer skips it
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # no dropout in the teacher, as in extraction
+        return self
+
+    def forward(self, input_ids, attention_mask, labels, **_):
+        with torch.no_grad():
+            out = self.teacher(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=bool(self.gamma and self.pairs))
+        hidden = {f"teacher_{hidden_field(t)}": out.hidden_states[t] for _, t in self.pairs} if self.gamma and self.pairs else {}
+        return super().forward(input_ids, attention_mask, labels, out.logits, **hidden)
+
+
 class DistillTrainer(LengthGroupedTrainer):
     """Logs the mean of each loss part since the last log (loss_ce, loss_kl, loss_hidden) beside the total."""
 
@@ -162,6 +182,14 @@ def train_student(module: DistillationModule, train: CacheSplit, dev: CacheSplit
     trainer = DistillTrainer(model=module, args=args, train_dataset=train, eval_dataset=dev,
                              data_collator=CacheCollator(layers, pad_token_id), compute_metrics=_accuracy_metrics,
                              lengths=train.lengths())
+    trainer.train()
+    return trainer.state.log_history
+
+
+def train_student_online(module: OnlineDistillationModule, train_ds, tokenizer, args: TrainingArguments) -> list[dict]:
+    """Online-KD twin of `train_student`: prepared rows (token ids, labels) in, teacher called each step."""
+    trainer = DistillTrainer(model=module, args=args, train_dataset=_TokenDataset(train_ds),
+                             data_collator=DataCollatorWithPadding(tokenizer), lengths=np.asarray(train_ds["length"]))
     trainer.train()
     return trainer.state.log_history
 

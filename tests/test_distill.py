@@ -123,3 +123,25 @@ def test_same_seed_gives_bit_identical_students_and_metrics(tmp_path, tiny_cache
     assert runs[0] == runs[1]
     distill_student(tiny_cache, tmp_path / "c", spec, FAST, seed=4)
     assert (tmp_path / "c" / "model.safetensors").read_bytes() != runs[0][0]
+
+
+def test_online_kd_baseline_sees_the_same_teacher_outputs_as_the_cache(tiny_teacher, tiny_cache):
+    """The online module's teacher call reproduces what the cache stored, so P3 compares like with like."""
+    from pipeline.training import DistillationModule, OnlineDistillationModule
+
+    teacher = transformers.AutoModelForSequenceClassification.from_pretrained(tiny_teacher)
+    student = transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=teacher.config.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=128, num_labels=2))
+    weights = dict(alpha=0.5, beta=0.5, gamma=1.0, temperature=2.0)
+    online = OnlineDistillationModule(student, teacher, [(1, 2), (2, 4)], **weights).train()
+    assert not online.teacher.training and not any(p.requires_grad for p in online.teacher.parameters())
+    offline = DistillationModule(student, [(1, 2), (2, 4)], 32, **weights).train()
+    offline.projections = online.projections
+    split = TeacherCache(tiny_cache).split("train", ["logits", "hidden_2", "hidden_4"])
+    batch = CacheCollator([2, 4])([split[i] for i in range(8)])
+    torch.manual_seed(0)
+    student.eval()  # no dropout in the student either: the two losses must agree up to fp16 storage of the cache
+    got = online(batch["input_ids"], batch["attention_mask"], batch["labels"])["loss"]
+    want = offline(**batch)["loss"]
+    torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)

@@ -68,3 +68,27 @@ def test_layer_indices(tiny_teacher):
         normalize_layers([5], 4)
     with pytest.raises(PipelineError, match="extract.layers has -6"):
         normalize_layers([-6], 4)
+
+
+def test_int8_cache_dequantizes_within_half_a_step_at_hidden_plus_2_bytes(tiny_teacher, tiny_prepared, tmp_path):
+    from pipeline.extract import quantize_int8
+
+    x = torch.randn(50, 32) * torch.logspace(-2, 2, 50)[:, None]  # tokens of very different magnitudes
+    q, scale = quantize_int8(x)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float16 and q.abs().max() <= 127
+    err = (q.float() * scale.float() - x).abs()
+    assert torch.all(err <= scale.float() / 2 + 1e-6)
+
+    fp16 = build_cache(tiny_teacher, tiny_prepared, tmp_path / "fp16", dtype="float16")["manifest"]
+    int8 = build_cache(tiny_teacher, tiny_prepared, tmp_path / "int8", dtype="int8")["manifest"]
+    tokens = sum(s["tokens"] for s in fp16["splits"].values())
+    per_token_layer = (fp16["bytes"] - int8["bytes"]) / tokens / 2  # two cached layers
+    # fp16 2H vs int8 H + 2 (scale): saves H - 2 bytes per token per layer, less the scale column's row offsets
+    assert per_token_layer == pytest.approx((2 * 32) - (32 + 2), rel=0.05)
+    a, b = TeacherCache(tmp_path / "fp16").split("train"), TeacherCache(tmp_path / "int8").split("train")
+    assert "hidden_2_scale" not in b[0]
+    for i in (0, 7, len(a) - 1):
+        ref, deq = a[i]["hidden_2"].astype(np.float32), b[i]["hidden_2"]
+        assert deq.dtype == np.float32 and deq.shape == ref.shape
+        step = np.abs(ref).max(axis=1, keepdims=True) / 127
+        assert np.all(np.abs(deq - ref) <= step * 0.51 + 2e-3)  # half a step (+ the fp16 rounding of the reference)

@@ -7,17 +7,19 @@ shards through the manifest's row counts, so any sampler can shuffle across shar
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.cache.schema import (MANIFEST, STORAGE, TOKENIZER_DIR, FieldSpec, fields_from_manifest, file_sha256,
+from pipeline.cache.schema import (MANIFEST, SCALE_SUFFIX, STORAGE, TOKENIZER_DIR, FieldSpec, fields_from_manifest, file_sha256,
                                    read_manifest, record_batch_crc32, safe_shard_path)
 from pipeline.errors import PipelineError
 
 # full: sha256 of every shard at open. lazy: sizes at open, then each record batch's CRC-32 on first touch (the
 # default: a flipped byte stops training at the batch that holds it, and no time is spent up front). size: sizes only.
+RELEASE_EVERY = 512  # rows read between page releases: bounds resident cache pages to about this many rows' worth
 REMEDY = "run `dvc pull` for the cache, or rebuild it (`dvc repro -f extract`)"
 VERIFY_MODES = ("full", "lazy", "size", "none")
 
@@ -29,21 +31,25 @@ class CacheSplit:
                  check_batches: bool = False):
         self.cache_dir, self.name, self.meta, self.check_batches = cache_dir, name, meta, check_batches
         self.fields = {f.name: f for f in fields}
-        wanted = self.fields if columns is None else columns
+        wanted = [f for f in self.fields if not f.endswith(SCALE_SUFFIX)] if columns is None else list(columns)
         for col in wanted:
             if col not in self.fields:
                 raise PipelineError(f"{cache_dir / MANIFEST}: split '{name}' has no field '{col}' (has: {', '.join(self.fields)})")
-        self.columns = list(wanted)
+        self.columns = wanted
+        # int8 fields come back dequantized: their scales are read along with them
+        self._read = wanted + [c + SCALE_SUFFIX for c in wanted if self.fields[c].dtype == "int8"]
         self.shard_paths = [safe_shard_path(cache_dir, s["file"]) for s in meta["shards"]]
         self.shard_starts = np.concatenate([[0], np.cumsum([s["rows"] for s in meta["shards"]])]).astype(np.int64)
         self._views = None  # opened lazily, per process: DataLoader workers each map the files themselves
+        self._maps: list[mmap.mmap] = []
+        self._reads = 0
 
     def __len__(self) -> int:
         return int(self.shard_starts[-1])
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_views"] = None
+        state["_views"], state["_maps"] = None, []
         return state
 
     def _open(self) -> list:
@@ -51,7 +57,10 @@ class CacheSplit:
         views = []
         for path in self.shard_paths:
             try:
-                reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+                with open(path, "rb") as f:
+                    mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                self._maps.append(mapping)
+                reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapping)))  # zero-copy over our own mapping
                 batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
             except (pa.ArrowException, OSError) as exc:
                 raise PipelineError(f"{path}: shard is unreadable ({exc}); {REMEDY}") from None
@@ -62,7 +71,7 @@ class CacheSplit:
                         "label": b.column("label").to_numpy()}
                 ids = b.column("input_ids")
                 cols["input_ids"] = (ids.offsets.to_numpy(), ids.values.to_numpy())
-                for name in self.columns:
+                for name in self._read:
                     arr = b.column(name)
                     if self.fields[name].kind == "example":
                         cols[name] = arr.values.to_numpy().reshape(len(arr), -1)
@@ -92,7 +101,16 @@ class CacheSplit:
             cols["_checked"] = True
         return cols, int(local - starts[b])
 
+    def _release_pages(self) -> None:
+        """Drop the mapped pages read so far from this process (they stay in the OS page cache; views stay valid and
+        fault back in on access), so resident memory does not grow with the cache however many rows are read."""
+        for mapping in self._maps:
+            mapping.madvise(mmap.MADV_DONTNEED)
+
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        self._reads += 1
+        if self._reads % RELEASE_EVERY == 0:
+            self._release_pages()
         cols, row = self._locate(index)
         length = int(cols["length"][row])
         offsets, values = cols["input_ids"]
@@ -102,9 +120,12 @@ class CacheSplit:
             spec = self.fields[name]
             if spec.kind == "example":
                 out[name] = cols[name][row]
-            else:
-                offsets, values = cols[name]
-                out[name] = values[offsets[row]:offsets[row + 1]].reshape(spec.shape(length))
+                continue
+            offsets, values = cols[name]
+            out[name] = values[offsets[row]:offsets[row + 1]].reshape(spec.shape(length))
+            if spec.dtype == "int8":
+                offsets, scales = cols[name + SCALE_SUFFIX]
+                out[name] = out[name].astype(np.float32) * scales[offsets[row]:offsets[row + 1]].astype(np.float32)[:, None]
         return out
 
     def lengths(self) -> np.ndarray:

