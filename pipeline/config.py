@@ -21,6 +21,9 @@ from pipeline.errors import PipelineError
 
 STUDENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 STUDENT_INITS = ("random", "teacher")
+DISTILL_OVERRIDES = ("epochs", "learning_rate", "temperature", "alpha", "beta", "gamma", "logit_loss", "hidden_loss",
+                     "temperature_end", "layer_map", "layer_pairs")
+LOGIT_LOSSES, HIDDEN_LOSSES, LAYER_MAPS = ("kl", "soft_ce", "mse"), ("mse", "cosine"), ("uniform", "last")
 CACHE_DTYPES = ("float16", "bfloat16", "int8")
 
 
@@ -67,7 +70,12 @@ class DistillConfig:
     temperature: float = 2.0
     alpha: float = field(default=0.5, metadata={"help": "weight of hard-label cross-entropy"})
     beta: float = field(default=0.5, metadata={"help": "weight of T^2 * KL(teacher || student) at temperature T"})
-    gamma: float = field(default=1.0, metadata={"help": "weight of hidden-state MSE over uniformly paired layers"})
+    gamma: float = field(default=1.0, metadata={"help": "weight of the hidden-state loss over paired layers"})
+    logit_loss: str = field(default="kl", metadata={"help": "kl (T^2 KL), soft_ce (T^2 soft cross-entropy), mse (raw logits)"})
+    hidden_loss: str = field(default="mse", metadata={"help": "mse or cosine, over real tokens"})
+    temperature_end: float | None = field(default=None, metadata={"help": "null = constant T; else T decays linearly to this"})
+    layer_map: str = field(default="uniform", metadata={"help": "uniform (student m <-> teacher floor(m N / M)) or last"})
+    layer_pairs: list[list[int]] | None = field(default=None, metadata={"help": "explicit [[student, teacher], ...]; 0 = embeddings"})
     num_workers: int = 0
     logging_steps: int = 10
     verify_cache: str = field(default="lazy", metadata={"help": "lazy (CRC per record batch on first read), full (sha256 of every shard first), size"})
@@ -88,6 +96,11 @@ class StudentSpec:
     alpha: float | None = None
     beta: float | None = None
     gamma: float | None = None
+    logit_loss: str | None = None
+    hidden_loss: str | None = None
+    temperature_end: float | None = None
+    layer_map: str | None = None
+    layer_pairs: list[list[int]] | None = None
     seed: int | None = None
 
     @property
@@ -129,8 +142,7 @@ class Params:
         if name not in self.students:
             raise PipelineError(f"params.yaml: no student named '{name}' under 'students' (have: {', '.join(self.students) or 'none'})")
         spec = self.students[name]
-        overrides = {k: getattr(spec, k) for k in ("epochs", "learning_rate", "temperature", "alpha", "beta", "gamma")
-                     if getattr(spec, k) is not None}
+        overrides = {k: getattr(spec, k) for k in DISTILL_OVERRIDES if getattr(spec, k) is not None}
         return dataclasses.replace(self.distill, **overrides), (spec.seed if spec.seed is not None else self.seed)
 
 
@@ -197,6 +209,19 @@ def _check_positive(value: float | None, key: str, allow_zero: bool = False) -> 
         raise PipelineError(f"params.yaml: '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def _check_choice(value, key: str, dotted: str) -> None:
+    choices = {"logit_loss": LOGIT_LOSSES, "hidden_loss": HIDDEN_LOSSES, "layer_map": LAYER_MAPS}.get(key)
+    if value is None:
+        return
+    if choices and value not in choices:
+        raise PipelineError(f"params.yaml: '{dotted}' must be one of {choices}, got '{value}'")
+    if key == "layer_pairs" and any(len(pair) != 2 or min(pair) < 0 for pair in value):
+        raise PipelineError(f"params.yaml: '{dotted}' must be a list of [student_layer, teacher_layer] pairs of layers >= 0 "
+                            f"(0 = embeddings), got {value}")
+    if key == "temperature_end" and value <= 0:
+        raise PipelineError(f"params.yaml: '{dotted}' must be > 0, got {value}")
+
+
 def validate(params: Params) -> Params:
     """Value checks that need more than a type: sizes, choices, student shapes."""
     d, t, e, s = params.data, params.teacher, params.extract, params.distill
@@ -218,6 +243,11 @@ def validate(params: Params) -> Params:
         _check_positive(getattr(s, key), f"distill.{key}")
     for key in ("alpha", "beta", "gamma", "warmup_ratio", "weight_decay", "num_workers"):
         _check_positive(getattr(s, key), f"distill.{key}", allow_zero=True)
+    for owner, key, value in [("distill", k, getattr(s, k)) for k in ("logit_loss", "hidden_loss", "layer_map", "layer_pairs",
+                                                                      "temperature_end")] + \
+            [(f"students.{n}", k, getattr(sp, k)) for n, sp in params.students.items()
+             for k in ("logit_loss", "hidden_loss", "layer_map", "layer_pairs", "temperature_end")]:
+        _check_choice(value, key, f"{owner}.{key}")
     if s.verify_cache not in ("lazy", "full", "size"):
         raise PipelineError(f"params.yaml: 'distill.verify_cache' must be lazy, full or size, got '{s.verify_cache}'")
     if not params.students:

@@ -46,23 +46,24 @@ def distill_student(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: Dist
     tokenizer = AutoTokenizer.from_pretrained(cache.tokenizer_dir)
     teacher_config = json.loads((Path(cache_dir) / TEACHER_CONFIG).read_text())
     n_teacher = cache.manifest["teacher"]["num_hidden_layers"]
-    pairs = hidden_layer_pairs(spec.num_layers, n_teacher, cache.layers) if cfg.gamma else []
+    pairs = hidden_layer_pairs(spec.num_layers, n_teacher, cache.layers, cfg.layer_map, cfg.layer_pairs) if cfg.gamma else []
     if cfg.gamma and not pairs:
         raise PipelineError(f"{cache_dir}: no cached teacher layer pairs with this student's {spec.num_layers} layers under the "
-                            f"uniform map (cache has {cache.layers}); add a layer to extract.layers or set gamma to 0")
+                            f"{cfg.layer_map} map (cache has {cache.layers}); add a layer to extract.layers or set gamma to 0")
     check_compatible(cache.manifest, cache_dir=cache_dir, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
                      max_length=max_length, label_names=label_names, layers=[t for _, t in pairs])
     teacher_weights = teacher_weights_for_init(teacher_dir, cache.manifest) if spec.init == "teacher" else None
     set_seed(seed)
     student, init_info = build_student(spec, teacher_config, cache.label_names, teacher_weights, seed)
     module = DistillationModule(student, pairs, cache.manifest["hidden_size"], alpha=cfg.alpha, beta=cfg.beta,
-                                gamma=cfg.gamma, temperature=cfg.temperature)
-    columns = ["logits"] + [hidden_field(t) for _, t in pairs]
+                                gamma=cfg.gamma, temperature=cfg.temperature, logit_loss=cfg.logit_loss,
+                                hidden_loss=cfg.hidden_loss, temperature_end=cfg.temperature_end)
+    columns = ["logits"] + sorted({hidden_field(t) for _, t in pairs})
     train, dev = cache.split("train", columns), cache.split("dev", columns)
     args = training_arguments(scratch_dir(), epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                               warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, seed=seed,
                               logging_steps=cfg.logging_steps, num_workers=cfg.num_workers)
-    history = train_student(module, train, dev, args, [t for _, t in pairs], tokenizer.pad_token_id or 0)
+    history = train_student(module, train, dev, args, sorted({t for _, t in pairs}), tokenizer.pad_token_id or 0)
     out_dir = Path(out_dir)
     student.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -22,6 +22,39 @@ def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
     return kl * temperature**2
 
 
+def soft_cross_entropy_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * mean over examples of -sum softmax(teacher/T) * log softmax(student/T); equals the KL loss plus the
+    teacher's entropy (a constant), so gradients match KL's."""
+    p_teacher = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    return -(p_teacher * log_p_student).sum(-1).mean() * temperature**2
+
+
+def logit_mse_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between raw logits (Ba & Caruana, 2014); no temperature."""
+    return F.mse_loss(student_logits.float(), teacher_logits.float())
+
+
+LOGIT_LOSSES = ("kl", "soft_ce", "mse")
+HIDDEN_LOSSES = ("mse", "cosine")
+
+
+def logit_loss(kind: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    if kind == "kl":
+        return kd_kl_loss(student_logits, teacher_logits, temperature)
+    if kind == "soft_ce":
+        return soft_cross_entropy_loss(student_logits, teacher_logits, temperature)
+    if kind == "mse":
+        return logit_mse_loss(student_logits, teacher_logits)
+    raise ValueError(f"unknown logit loss '{kind}' (one of {LOGIT_LOSSES})")
+
+
+def hidden_cosine_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real tokens of 1 - cos(student, teacher) (DistilBERT's cosine embedding loss, target +1)."""
+    mask = attention_mask.bool()
+    return (1 - F.cosine_similarity(student_hidden[mask].float(), teacher_hidden[mask].float(), dim=-1)).mean()
+
+
 def hidden_mse_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the real (unmasked) tokens and all hidden dims; padding never contributes."""
     mask = attention_mask.bool()
@@ -30,8 +63,10 @@ def hidden_mse_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, 
 
 def distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor,
                       hidden_pairs: list[tuple[torch.Tensor, torch.Tensor]], attention_mask: torch.Tensor, *,
-                      alpha: float, beta: float, gamma: float, temperature: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """alpha*CE(labels) + beta*T^2*KL(teacher||student) + gamma*mean over pairs of hidden MSE.
+                      alpha: float, beta: float, gamma: float, temperature: float, logit_kind: str = "kl",
+                      hidden_kind: str = "mse") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """alpha*CE(labels) + beta*logit loss (default T^2*KL(teacher||student)) + gamma*mean over pairs of the hidden
+    loss (default MSE over real tokens).
 
     `hidden_pairs` holds (projected student hidden, teacher hidden) per paired layer. Returns the total and its parts.
     """
@@ -41,9 +76,10 @@ def distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor, teache
         parts["ce"] = hard_label_loss(student_logits, labels)
         total = total + alpha * parts["ce"]
     if beta:
-        parts["kl"] = kd_kl_loss(student_logits, teacher_logits, temperature)
-        total = total + beta * parts["kl"]
+        parts["kl" if logit_kind == "kl" else logit_kind] = soft = logit_loss(logit_kind, student_logits, teacher_logits, temperature)
+        total = total + beta * soft
     if gamma and hidden_pairs:
-        parts["hidden"] = torch.stack([hidden_mse_loss(s, t, attention_mask) for s, t in hidden_pairs]).mean()
+        hidden_loss = hidden_cosine_loss if hidden_kind == "cosine" else hidden_mse_loss
+        parts["hidden"] = torch.stack([hidden_loss(s, t, attention_mask) for s, t in hidden_pairs]).mean()
         total = total + gamma * parts["hidden"]
     return total, parts

@@ -18,6 +18,7 @@ from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from pipeline.cache import CacheSplit, hidden_field
+from pipeline.errors import PipelineError
 from pipeline.losses import distillation_loss
 from pipeline.metrics import classification_metrics
 from pipeline.models import uniform_layer_map
@@ -111,8 +112,22 @@ class CacheCollator:
         return batch
 
 
-def hidden_layer_pairs(student_layers: int, teacher_layers: int, cached: list[int]) -> list[tuple[int, int]]:
-    """(student layer, teacher layer) by the uniform map, kept where that teacher layer is in the cache."""
+def hidden_layer_pairs(student_layers: int, teacher_layers: int, cached: list[int], layer_map: str = "uniform",
+                       explicit: list[list[int]] | None = None) -> list[tuple[int, int]]:
+    """(student layer, teacher layer) pairs for the hidden-state loss; layer 0 is the embedding output.
+
+    Explicit pairs are taken as given (a teacher layer missing from the cache is then an error, raised by the cache
+    check). `uniform` pairs student m with teacher floor(m N / M), `last` pairs only the last layers; both keep just the
+    pairs whose teacher layer is in the cache.
+    """
+    if explicit:
+        for m, t in explicit:
+            if m > student_layers or t > teacher_layers:
+                raise PipelineError(f"params.yaml: layer pair [{m}, {t}] is out of range: the student has layers 0..{student_layers}, "
+                                    f"the teacher 0..{teacher_layers}")
+        return [(int(m), int(t)) for m, t in explicit]
+    if layer_map == "last":
+        return [(student_layers, teacher_layers)] if teacher_layers in cached else []
     return [(m, t) for m, t in enumerate(uniform_layer_map(student_layers, teacher_layers), start=1) if t in cached]
 
 
@@ -120,10 +135,13 @@ class DistillationModule(nn.Module):
     """Student + learned projections; forward returns the distillation loss computed from cached teacher outputs."""
 
     def __init__(self, student: nn.Module, pairs: list[tuple[int, int]], teacher_hidden: int, *, alpha: float, beta: float,
-                 gamma: float, temperature: float):
+                 gamma: float, temperature: float, logit_loss: str = "kl", hidden_loss: str = "mse",
+                 temperature_end: float | None = None):
         super().__init__()
         self.student, self.pairs = student, pairs
         self.alpha, self.beta, self.gamma, self.temperature = alpha, beta, gamma, temperature
+        self.logit_loss, self.hidden_loss = logit_loss, hidden_loss
+        self.temperature_start, self.temperature_end = temperature, temperature_end
         s_hidden = student.config.hidden_size
         # A learned linear map when widths differ (TinyBERT); identity otherwise, so equal widths add no parameters.
         self.projections = nn.ModuleDict({str(m): nn.Linear(s_hidden, teacher_hidden) if s_hidden != teacher_hidden else nn.Identity()
@@ -138,7 +156,8 @@ class DistillationModule(nn.Module):
             hidden_pairs = [(self.projections[str(m)](out.hidden_states[m]), teacher_hidden[f"teacher_{hidden_field(t)}"])
                             for m, t in self.pairs]
         loss, parts = distillation_loss(out.logits, labels, teacher_logits, hidden_pairs, attention_mask, alpha=self.alpha,
-                                        beta=self.beta, gamma=self.gamma, temperature=self.temperature)
+                                        beta=self.beta, gamma=self.gamma, temperature=self.temperature,
+                                        logit_kind=self.logit_loss, hidden_kind=self.hidden_loss)
         if self.training:
             for k, v in parts.items():
                 self.running.setdefault(k, []).append(float(v.detach()))
@@ -166,13 +185,21 @@ class OnlineDistillationModule(DistillationModule):
 
 
 class DistillTrainer(LengthGroupedTrainer):
-    """Logs the mean of each loss part since the last log (loss_ce, loss_kl, loss_hidden) beside the total."""
+    """Sets the scheduled temperature each step; logs the mean of each loss part since the last log beside the total."""
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        module = self.model
+        if module.temperature_end is not None and self.state.max_steps:
+            progress = self.state.global_step / self.state.max_steps
+            module.temperature = module.temperature_start + (module.temperature_end - module.temperature_start) * progress
+        return super().training_step(model, inputs, *args, **kwargs)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:
             for k, values in self.model.running.items():
                 logs[f"loss_{k}"] = float(np.mean(values))
             self.model.running.clear()
+            logs["temperature"] = self.model.temperature
         super().log(logs, *args, **kwargs)
 
 

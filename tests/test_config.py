@@ -86,3 +86,21 @@ def test_missing_params_file_and_bad_yaml(tmp_path):
     (tmp_path / "params.yaml").write_text("data: [unclosed\n")
     with pytest.raises(PipelineError, match="not valid YAML"):
         load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("logit_loss", "kl_div", r"'distill.logit_loss' must be one of \('kl', 'soft_ce', 'mse'\)"),
+    ("hidden_loss", "l1", r"'distill.hidden_loss' must be one of"),
+    ("layer_map", "skip", r"'distill.layer_map' must be one of"),
+    ("layer_pairs", [[1, 2, 3]], r"'distill.layer_pairs' must be a list of \[student_layer, teacher_layer\] pairs"),
+    ("temperature_end", -1.0, r"'distill.temperature_end' must be > 0"),
+])
+def test_method_choices_are_validated(key, value, message):
+    raw = _params()
+    raw["distill"][key] = value
+    with pytest.raises(PipelineError, match=message):
+        params_from_dict(raw)
+    raw = _params()
+    raw["students"]["l3"][key] = value
+    with pytest.raises(PipelineError, match=message.replace("distill", "students.l3")):
+        params_from_dict(raw)

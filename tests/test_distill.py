@@ -145,3 +145,31 @@ def test_online_kd_baseline_sees_the_same_teacher_outputs_as_the_cache(tiny_teac
     got = online(batch["input_ids"], batch["attention_mask"], batch["labels"])["loss"]
     want = offline(**batch)["loss"]
     torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)
+
+
+def test_layer_maps_uniform_last_and_explicit():
+    assert hidden_layer_pairs(3, 6, [2, 4, 6], "last") == [(3, 6)]
+    assert hidden_layer_pairs(3, 6, [2, 6], "last") == [(3, 6)]
+    assert hidden_layer_pairs(3, 6, [2, 4], "last") == []
+    assert hidden_layer_pairs(2, 6, [0, 2, 4, 6], "uniform", [[0, 0], [2, 6]]) == [(0, 0), (2, 6)]
+    with pytest.raises(PipelineError, match=r"layer pair \[3, 6\] is out of range: the student has layers 0..2"):
+        hidden_layer_pairs(2, 6, [6], "uniform", [[3, 6]])
+
+
+def test_explicit_pairs_need_their_teacher_layers_cached(tiny_cache, tmp_path):
+    spec = StudentSpec(num_layers=2, hidden_size=32, init="random", num_heads=4)
+    cfg = DistillConfig(epochs=1, batch_size=16, layer_pairs=[[0, 0], [2, 4]])
+    with pytest.raises(PipelineError, match=r"teacher layers \[0\] are needed but the cache holds \[2, 4\]; add them to extract.layers"):
+        distill_student(tiny_cache, tmp_path / "s", spec, cfg, seed=0)
+
+
+def test_cosine_soft_ce_and_decaying_temperature_train_end_to_end(tiny_cache, tmp_path):
+    spec = StudentSpec(num_layers=2, hidden_size=16, num_heads=2, init="random")
+    cfg = DistillConfig(epochs=2, batch_size=16, logging_steps=2, logit_loss="soft_ce", hidden_loss="cosine",
+                        temperature=4.0, temperature_end=1.0, layer_map="last")
+    result = distill_student(tiny_cache, tmp_path / "s", spec, cfg, seed=0)
+    logs = [h for h in result["history"] if "loss_soft_ce" in h]
+    temps = [h["temperature"] for h in logs]
+    assert len(logs) >= 5 and "loss_hidden" in logs[0] and "loss_kl" not in logs[0]
+    assert temps == sorted(temps, reverse=True) and temps[0] <= 4.0 and 1.0 <= temps[-1] < 1.5
+    assert result["summary"]["layer_pairs"] == [(2, 4)]

@@ -61,3 +61,33 @@ def test_kl_gradient_scale_is_temperature_independent_in_the_limit(temperature):
     s = torch.tensor([[0.01, -0.01]], requires_grad=True)
     kd_kl_loss(s, torch.zeros(1, 2), temperature).backward()
     assert_close(s.grad, torch.tensor([[0.005, -0.005]]), rtol=0.01, atol=1e-6)
+
+
+GOLDEN_SOFT_CE_T2 = 4.465624805679267  # T^2 * mean(-sum softmax(t/T) * log_softmax(s/T)) at T=2
+GOLDEN_LOGIT_MSE = 1.2950000000000002  # mean((s - t)^2)
+GOLDEN_COSINE = 0.5797889869955775  # mean over the 3 real tokens of 1 - cos(s, t)
+
+
+def test_soft_cross_entropy_golden_and_equal_to_kl_plus_teacher_entropy():
+    from pipeline.losses import soft_cross_entropy_loss
+
+    assert_close(soft_cross_entropy_loss(STUDENT, TEACHER, 2.0), torch.tensor(GOLDEN_SOFT_CE_T2))
+    p = torch.softmax(TEACHER / 2.0, -1)
+    entropy = -(p * p.log()).sum(-1).mean() * 4.0
+    assert_close(soft_cross_entropy_loss(STUDENT, TEACHER, 2.0), kd_kl_loss(STUDENT, TEACHER, 2.0) + entropy)
+
+
+def test_logit_mse_and_hidden_cosine_golden():
+    from pipeline.losses import hidden_cosine_loss, logit_mse_loss
+
+    assert_close(logit_mse_loss(STUDENT, TEACHER), torch.tensor(GOLDEN_LOGIT_MSE))
+    assert_close(hidden_cosine_loss(S_HID, T_HID, MASK), torch.tensor(GOLDEN_COSINE))
+    assert_close(hidden_cosine_loss(T_HID * 3, T_HID + 0 * MASK[..., None], MASK), torch.tensor(0.0), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kind, part, golden", [("soft_ce", "soft_ce", GOLDEN_SOFT_CE_T2), ("mse", "mse", GOLDEN_LOGIT_MSE)])
+def test_distillation_loss_selects_the_logit_and_hidden_losses(kind, part, golden):
+    total, parts = distillation_loss(STUDENT, LABELS, TEACHER, [(S_HID, T_HID)], MASK, alpha=0.0, beta=1.0, gamma=2.0,
+                                     temperature=2.0, logit_kind=kind, hidden_kind="cosine")
+    assert_close(parts[part], torch.tensor(golden))
+    assert_close(total, torch.tensor(golden + 2 * GOLDEN_COSINE))
