@@ -24,6 +24,7 @@ STUDENT_INITS = ("random", "teacher")
 DISTILL_OVERRIDES = ("epochs", "learning_rate", "temperature", "alpha", "beta", "gamma", "logit_loss", "hidden_loss",
                      "temperature_end", "layer_map", "layer_pairs")
 LOGIT_LOSSES, HIDDEN_LOSSES, LAYER_MAPS = ("kl", "soft_ce", "mse"), ("mse", "cosine"), ("uniform", "last")
+OPTIMIZERS, SCHEDULERS = ("adamw", "adam", "sgd"), ("linear", "cosine", "step")
 CACHE_DTYPES = ("float16", "bfloat16", "int8")
 
 
@@ -76,6 +77,12 @@ class DistillConfig:
     temperature_end: float | None = field(default=None, metadata={"help": "null = constant T; else T decays linearly to this"})
     layer_map: str = field(default="uniform", metadata={"help": "uniform (student m <-> teacher floor(m N / M)) or last"})
     layer_pairs: list[list[int]] | None = field(default=None, metadata={"help": "explicit [[student, teacher], ...]; 0 = embeddings"})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw, adam, or sgd (with momentum)"})
+    momentum: float = 0.9
+    scheduler: str = field(default="linear", metadata={"help": "linear or cosine (after warm-up), or step: x step_gamma at each of step_stages"})
+    step_gamma: float = 0.5
+    step_stages: int = 3
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping; 0 = off"})
     num_workers: int = 0
     logging_steps: int = 10
     verify_cache: str = field(default="lazy", metadata={"help": "lazy (CRC per record batch on first read), full (sha256 of every shard first), size"})
@@ -85,7 +92,8 @@ class DistillConfig:
 class StudentSpec:
     num_layers: int
     hidden_size: int
-    init: str = field(default="random", metadata={"help": "random, or teacher: copy embeddings and init_layers of the teacher"})
+    init: str = field(default="random", metadata={"help": "random; teacher (copy embeddings and init_layers of the teacher); "
+                                                            "or pretrained:<dir> (a local HF BERT checkpoint)"})
     num_heads: int | None = field(default=None, metadata={"help": "null = the teacher's for init teacher, else hidden_size / 64"})
     intermediate_size: int | None = field(default=None, metadata={"help": "null = the teacher's for init teacher, else 4 * hidden_size"})
     init_layers: list[int] | None = field(default=None, metadata={"help": "teacher layers (1-based) copied when init=teacher; null = uniform map"})
@@ -248,6 +256,13 @@ def validate(params: Params) -> Params:
             [(f"students.{n}", k, getattr(sp, k)) for n, sp in params.students.items()
              for k in ("logit_loss", "hidden_loss", "layer_map", "layer_pairs", "temperature_end")]:
         _check_choice(value, key, f"{owner}.{key}")
+    if s.optimizer not in OPTIMIZERS:
+        raise PipelineError(f"params.yaml: 'distill.optimizer' must be one of {OPTIMIZERS}, got '{s.optimizer}'")
+    if s.scheduler not in SCHEDULERS:
+        raise PipelineError(f"params.yaml: 'distill.scheduler' must be one of {SCHEDULERS}, got '{s.scheduler}'")
+    _check_positive(s.step_stages, "distill.step_stages")
+    for key in ("momentum", "step_gamma", "max_grad_norm"):
+        _check_positive(getattr(s, key), f"distill.{key}", allow_zero=True)
     if s.verify_cache not in ("lazy", "full", "size"):
         raise PipelineError(f"params.yaml: 'distill.verify_cache' must be lazy, full or size, got '{s.verify_cache}'")
     if not params.students:
@@ -263,8 +278,9 @@ def validate(params: Params) -> Params:
         if spec.num_heads is not None and spec.hidden_size % spec.heads:
             raise PipelineError(f"params.yaml: '{k}.hidden_size' {spec.hidden_size} is not divisible by its {spec.heads} attention "
                                 f"heads; set '{k}.num_heads' to a divisor of {spec.hidden_size}")
-        if spec.init not in STUDENT_INITS:
-            raise PipelineError(f"params.yaml: '{k}.init' must be one of {STUDENT_INITS}, got '{spec.init}'")
+        if spec.init not in STUDENT_INITS and not (spec.init.startswith("pretrained:") and len(spec.init) > len("pretrained:")):
+            raise PipelineError(f"params.yaml: '{k}.init' must be one of {STUDENT_INITS} or pretrained:<checkpoint dir>, "
+                                f"got '{spec.init}'")
         if spec.init_layers is not None and len(spec.init_layers) != spec.num_layers:
             raise PipelineError(f"params.yaml: '{k}.init_layers' names {len(spec.init_layers)} teacher layers for "
                                 f"{spec.num_layers} student layers; give exactly one per student layer")

@@ -17,7 +17,8 @@ from pipeline.config import DistillConfig, StudentSpec
 from pipeline.errors import PipelineError
 from pipeline.metrics import count_parameters
 from pipeline.models import build_student, model_fingerprint, tokenizer_fingerprint
-from pipeline.training import DistillationModule, hidden_layer_pairs, scratch_dir, train_student, training_arguments
+from pipeline.training import (DistillationModule, hidden_layer_pairs, optimizer_choice, scratch_dir, train_student,
+                               training_arguments)
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,11 @@ def distill_student(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: Dist
     train, dev = cache.split("train", columns), cache.split("dev", columns)
     args = training_arguments(scratch_dir(), epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                               warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, seed=seed,
-                              logging_steps=cfg.logging_steps, num_workers=cfg.num_workers)
-    history = train_student(module, train, dev, args, sorted({t for _, t in pairs}), tokenizer.pad_token_id or 0)
+                              logging_steps=cfg.logging_steps, num_workers=cfg.num_workers, scheduler=cfg.scheduler,
+                              max_grad_norm=cfg.max_grad_norm)
+    history = train_student(module, train, dev, args, sorted({t for _, t in pairs}), tokenizer.pad_token_id or 0,
+                            optimizer=optimizer_choice(cfg.optimizer, cfg.learning_rate, cfg.momentum),
+                            staged=(cfg.step_stages, cfg.step_gamma) if cfg.scheduler == "step" else None)
     out_dir = Path(out_dir)
     student.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -140,8 +140,10 @@ def build_student(spec: StudentSpec, teacher_config: dict, label_names: list[str
         raise PipelineError(f"params.yaml: student hidden_size {spec.hidden_size} is not divisible by its {spec.heads} attention "
                             f"heads; set num_heads to a divisor of {spec.hidden_size}")
     config = student_config(spec, teacher_config, label_names)
-    student = BertForSequenceClassification(config)
     info = {"init": spec.init}
+    if spec.init.startswith("pretrained:"):
+        return load_pretrained_student(spec.init.split(":", 1)[1], spec, teacher_config, label_names), info
+    student = BertForSequenceClassification(config)
     if spec.init == "teacher":
         t_hidden, t_ffn, t_heads = (teacher_config["hidden_size"], teacher_config["intermediate_size"],
                                     teacher_config["num_attention_heads"])
@@ -157,6 +159,26 @@ def build_student(spec: StudentSpec, teacher_config: dict, label_names: list[str
         info["teacher_layers"] = layers
         info["copied"] = copy_teacher_weights(student, Path(teacher_weights), layers)
     return student, info
+
+
+def load_pretrained_student(path: str, spec: StudentSpec, teacher_config: dict, label_names: list[str]):
+    """A local BERT checkpoint as the student (its classification head is new when it has none or another size)."""
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except OSError as exc:
+        raise PipelineError(f"{path}: student init 'pretrained:{path}' found no checkpoint config ({str(exc).splitlines()[0]}); "
+                            "point it at a local dir saved with save_pretrained") from None
+    if config.model_type != "bert":
+        raise PipelineError(f"{path}: pretrained student must be a BERT checkpoint, this is '{config.model_type}'")
+    if config.vocab_size != teacher_config["vocab_size"]:
+        raise PipelineError(f"{path}: vocabulary of {config.vocab_size} tokens but the cache's token ids come from a "
+                            f"{teacher_config['vocab_size']}-token vocabulary; use a checkpoint with the teacher's tokenizer")
+    if (config.num_hidden_layers, config.hidden_size) != (spec.num_layers, spec.hidden_size):
+        raise PipelineError(f"{path}: checkpoint has {config.num_hidden_layers} layers of width {config.hidden_size}; set the "
+                            f"student's num_layers / hidden_size to match")
+    return BertForSequenceClassification.from_pretrained(
+        path, use_safetensors=True, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+        label2id={n: i for i, n in enumerate(label_names)}, ignore_mismatched_sizes=True)
 
 
 def _teacher_key_map(student_keys: list[str], teacher_keys: set[str], layers: list[int]) -> dict[str, str]:

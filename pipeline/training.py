@@ -26,27 +26,59 @@ from pipeline.models import uniform_layer_map
 log = logging.getLogger(__name__)
 
 
-class LengthGroupedTrainer(Trainer):
-    """A Trainer whose training batches group examples of similar length (padding is per batch), given the lengths."""
+def optimizer_choice(name: str, learning_rate: float, momentum: float = 0.9) -> tuple[type, dict] | None:
+    """Trainer's `optimizer_cls_and_kwargs` for `name`; None keeps the Trainer's AdamW (decoupled weight decay).
+    The Trainer still builds the parameter groups (no decay on biases and norms), so Adam's decay is plain L2."""
+    if name == "adam":
+        return torch.optim.Adam, {"lr": learning_rate}
+    if name == "sgd":
+        return torch.optim.SGD, {"lr": learning_rate, "momentum": momentum}
+    return None
 
-    def __init__(self, *args, lengths: np.ndarray, **kwargs):
+
+def step_schedule(warmup_steps: int, total_steps: int, stages: int, gamma: float):
+    """Linear warm-up, then the rate multiplied by `gamma` at the start of each of `stages` equal stages after the first."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        return gamma ** min(stages - 1, stages * step // max(1, total_steps))
+    return factor
+
+
+class LengthGroupedTrainer(Trainer):
+    """A Trainer whose training batches group examples of similar length (padding is per batch), given the lengths.
+
+    `staged` = (stages, gamma) replaces the scheduler with `step_schedule`.
+    """
+
+    def __init__(self, *args, lengths: np.ndarray, staged: tuple[int, float] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.lengths = [int(n) for n in lengths]
+        self.staged = staged
 
     def _get_train_sampler(self, train_dataset=None):
         generator = torch.Generator().manual_seed(self.args.seed)
         return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                     lengths=self.lengths, generator=generator)
 
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.staged is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        schedule = step_schedule(self.args.get_warmup_steps(num_training_steps), num_training_steps, *self.staged)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, schedule)
+        return self.lr_scheduler
+
 
 def training_arguments(output_dir: Path | str, *, epochs: float, batch_size: int, learning_rate: float, warmup_ratio: float,
                        weight_decay: float, seed: int, logging_steps: int = 10, num_workers: int = 0,
-                       eval_each_epoch: bool = True) -> TrainingArguments:
-    """AdamW with linear warm-up and linear decay; nothing saved by the Trainer (stages save with save_pretrained)."""
+                       eval_each_epoch: bool = True, scheduler: str = "linear", max_grad_norm: float = 1.0) -> TrainingArguments:
+    """Warm-up then linear (or cosine) decay, clipping at `max_grad_norm`; nothing saved by the Trainer (stages save
+    with save_pretrained). A 'step' scheduler is set up by `LengthGroupedTrainer(staged=...)`."""
     return TrainingArguments(
         output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=max(batch_size, 64), learning_rate=learning_rate, warmup_steps=warmup_ratio,
-        weight_decay=weight_decay, lr_scheduler_type="linear", optim="adamw_torch", seed=seed, data_seed=seed,
+        weight_decay=weight_decay, lr_scheduler_type="cosine" if scheduler == "cosine" else "linear", optim="adamw_torch",
+        max_grad_norm=max_grad_norm, seed=seed, data_seed=seed,
         logging_steps=logging_steps, save_strategy="no", eval_strategy="epoch" if eval_each_epoch else "no",
         report_to="none", use_cpu=not torch.cuda.is_available(), dataloader_num_workers=num_workers,
         dataloader_pin_memory=torch.cuda.is_available(), label_names=["labels"], disable_tqdm=False,
@@ -204,11 +236,12 @@ class DistillTrainer(LengthGroupedTrainer):
 
 
 def train_student(module: DistillationModule, train: CacheSplit, dev: CacheSplit, args: TrainingArguments,
-                  layers: list[int], pad_token_id: int) -> list[dict]:
+                  layers: list[int], pad_token_id: int, optimizer: tuple[type, dict] | None = None,
+                  staged: tuple[int, float] | None = None) -> list[dict]:
     """Distil into `module.student` from the cache splits; returns the Trainer's log history."""
     trainer = DistillTrainer(model=module, args=args, train_dataset=train, eval_dataset=dev,
                              data_collator=CacheCollator(layers, pad_token_id), compute_metrics=_accuracy_metrics,
-                             lengths=train.lengths())
+                             lengths=train.lengths(), optimizer_cls_and_kwargs=optimizer, staged=staged)
     trainer.train()
     return trainer.state.log_history
 

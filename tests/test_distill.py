@@ -173,3 +173,39 @@ def test_cosine_soft_ce_and_decaying_temperature_train_end_to_end(tiny_cache, tm
     assert len(logs) >= 5 and "loss_hidden" in logs[0] and "loss_kl" not in logs[0]
     assert temps == sorted(temps, reverse=True) and temps[0] <= 4.0 and 1.0 <= temps[-1] < 1.5
     assert result["summary"]["layer_pairs"] == [(2, 4)]
+
+
+def test_step_schedule_warms_up_then_steps_down():
+    from pipeline.training import step_schedule
+
+    f = step_schedule(warmup_steps=10, total_steps=90, stages=3, gamma=0.5)
+    assert [f(0), f(5), f(10)] == [0.0, 0.5, 1.0]
+    assert [f(29), f(30), f(59), f(60), f(89)] == [1.0, 0.5, 0.5, 0.25, 0.25]
+
+
+@pytest.mark.parametrize("optimizer, scheduler, cls", [("adam", "step", "Adam"), ("sgd", "cosine", "SGD"),
+                                                        ("adamw", "linear", "AdamW")])
+def test_optimizers_and_schedulers_are_the_ones_asked_for(tiny_cache, tmp_path, optimizer, scheduler, cls, monkeypatch):
+    from pipeline import training
+
+    seen = {}
+    real = training.DistillTrainer.train
+
+    def spy(self, *a, **k):
+        out = real(self, *a, **k)
+        seen["optimizer"] = type(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer).__name__
+        seen["lrs"] = [h["learning_rate"] for h in self.state.log_history if "learning_rate" in h]
+        seen["clip"] = self.args.max_grad_norm
+        return out
+
+    monkeypatch.setattr(training.DistillTrainer, "train", spy)
+    spec = StudentSpec(num_layers=1, hidden_size=16, num_heads=2, init="random")
+    cfg = DistillConfig(epochs=3, batch_size=16, logging_steps=1, warmup_ratio=0.0, optimizer=optimizer, scheduler=scheduler,
+                        max_grad_norm=0.5, learning_rate=1e-3)
+    distill_student(tiny_cache, tmp_path / "s", spec, cfg, seed=0)
+    assert seen["optimizer"] == cls and seen["clip"] == 0.5
+    lrs = seen["lrs"]
+    if scheduler == "step":
+        assert sorted(set(round(x, 8) for x in lrs), reverse=True) == [1e-3, 5e-4, 2.5e-4]
+    else:
+        assert lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[0] / 5

@@ -70,3 +70,21 @@ def test_teacher_init_without_teacher_weights_names_the_fix(tiny_teacher, tmp_pa
     spec = StudentSpec(num_layers=2, hidden_size=32, init="teacher")
     with pytest.raises(PipelineError, match="dvc pull artifacts/teacher"):
         build_student(spec, config, ["negative", "positive"], tmp_path / "model.safetensors", seed=0)
+
+
+def test_pretrained_init_loads_a_local_bert_checkpoint(tiny_teacher, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    config, _ = _teacher(tiny_teacher)
+    ckpt = BertModel(BertConfig(vocab_size=config["vocab_size"], hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=32, max_position_embeddings=128))
+    ckpt.save_pretrained(tmp_path / "ckpt")
+    spec = StudentSpec(num_layers=2, hidden_size=16, num_heads=2, init=f"pretrained:{tmp_path / 'ckpt'}")
+    student, info = build_student(spec, config, ["negative", "positive"], None, seed=0)
+    assert torch.equal(student.bert.encoder.layer[1].output.dense.weight, ckpt.encoder.layer[1].output.dense.weight)
+    assert student.config.num_labels == 2 and info["init"].startswith("pretrained:")
+    wrong = StudentSpec(num_layers=3, hidden_size=16, num_heads=2, init=f"pretrained:{tmp_path / 'ckpt'}")
+    with pytest.raises(PipelineError, match="checkpoint has 2 layers of width 16"):
+        build_student(wrong, config, ["negative", "positive"], None, seed=0)
+    with pytest.raises(PipelineError, match="found no checkpoint config"):
+        build_student(StudentSpec(num_layers=2, hidden_size=16, init=f"pretrained:{tmp_path / 'none'}"), config, ["a", "b"], None, 0)
