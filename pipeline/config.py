@@ -129,6 +129,11 @@ class StudentSpec:
 
 
 @dataclass
+class EnsembleSpec:
+    members: list[str] = field(metadata={"help": "student names whose logits are averaged"})
+
+
+@dataclass
 class EvaluateConfig:
     batch_size: int = 64
     latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
@@ -142,8 +147,16 @@ class Params:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     students: dict[str, StudentSpec] = field(default_factory=dict)
+    ensembles: dict[str, EnsembleSpec] = field(default_factory=dict)
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def role(self, name: str) -> str:
+        """teacher, ensemble, baseline (a student trained on hard labels only), or student."""
+        if name == "teacher" or name in self.ensembles:
+            return "teacher" if name == "teacher" else "ensemble"
+        cfg, _ = self.distill_for(name)
+        return "baseline (hard labels)" if cfg.beta == 0 and cfg.gamma == 0 else "student"
 
     def distill_for(self, name: str) -> tuple[DistillConfig, int]:
         """The distill settings and seed of one student: its own overrides on top of the distill section."""
@@ -284,6 +297,13 @@ def validate(params: Params) -> Params:
         if spec.init_layers is not None and len(spec.init_layers) != spec.num_layers:
             raise PipelineError(f"params.yaml: '{k}.init_layers' names {len(spec.init_layers)} teacher layers for "
                                 f"{spec.num_layers} student layers; give exactly one per student layer")
+    for name, ens in params.ensembles.items():
+        if not STUDENT_NAME.match(name) or name in params.students or name == "teacher":
+            raise PipelineError(f"params.yaml: ensemble name '{name}' must be path-safe and differ from the students' names")
+        unknown = [m for m in ens.members if m not in params.students]
+        if unknown or len(ens.members) < 2:
+            raise PipelineError(f"params.yaml: 'ensembles.{name}.members' must name at least two students from 'students' "
+                                f"(unknown: {unknown})")
     return params
 
 

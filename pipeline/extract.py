@@ -6,7 +6,9 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -111,6 +113,46 @@ def _save_journal(work: Path, key: str, state: dict) -> None:
     write_json_atomic(work / JOURNAL, {"key": key, "splits": state})
 
 
+class _ShardWriterThread:
+    """Writes batches and keeps the journal on a background thread, so Arrow building, file writes and shard hashing
+    overlap the next teacher forward. The bounded queue caps memory; a writer error is raised in the main thread."""
+
+    def __init__(self, writer: CacheWriter, work: Path, key: str, state: dict, depth: int = 2):
+        self.writer, self.work, self.key, self.state = writer, work, key, state
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="cache-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain after a failure so the producer never blocks
+            kind, split, batch, batch_end = item
+            try:
+                entry = self.state[split]
+                record = self.writer.write(split, batch) if kind == "batch" else self.writer.finish_split(split)
+                if record is not None:
+                    entry["shards"].append({"record": record, "batch_end": batch_end})
+                if kind == "finish":
+                    entry["done"] = True
+                if record is not None or kind == "finish":
+                    _save_journal(self.work, self.key, self.state)
+            except BaseException as exc:  # re-raised in the main thread by put()/close()
+                self.error = exc
+
+    def put(self, kind: str, split: str, batch: CacheBatch | None, batch_end: int) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((kind, split, batch, batch_end))
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_dir: Path, *, layers: list[int], dtype: str,
                   batch_size: int, shard_max_bytes: int, device: str, max_length: int, label_names: list[str],
                   dataset_fingerprints: dict[str, str], on_batch: Callable[[str, int], None] | None = None) -> dict:
@@ -147,56 +189,59 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
     stats = {}
     resume = {name: [s["record"] for s in entry["shards"]] for name, entry in state.items()}
     with CacheWriter(work, fields, meta, shard_max_bytes, resume=resume) as writer:
-        for split, ds in splits.items():
-            entry = state.setdefault(split, {"shards": [], "done": False})
-            table = ds.data.table if hasattr(ds.data, "table") else ds.data
-            lengths = table.column("length").to_numpy()
-            ids_col = table.column("input_ids").combine_chunks()
-            offsets, flat_ids = ids_col.offsets.to_numpy(), ids_col.values.to_numpy()
-            example_ids, labels = table.column("example_id").to_numpy(), table.column("label").to_numpy()
-            batches = length_sorted_batches(lengths, batch_size)
-            first = len(batches) if entry["done"] else (entry["shards"][-1]["batch_end"] if entry["shards"] else 0)
-            if first:
-                log.info("extract %s: resuming after batch %d of %d (%d shards verified)", split, first, len(batches),
-                         len(entry["shards"]))
-            padded = real = 0
-            start = time.perf_counter()
-            for bi in tqdm(range(first, len(batches)), desc=f"extract {split}", unit="batch", initial=first, total=len(batches)):
-                rows = batches[bi]
-                width = int(lengths[rows].max())
-                input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-                for j, r in enumerate(rows):  # one slice copy per row to pad; the model call dominates
-                    input_ids[j, :lengths[r]] = flat_ids[offsets[r]:offsets[r + 1]]
-                ids_t = torch.from_numpy(input_ids).to(dev, non_blocking=True)
-                mask = (torch.arange(width)[None, :] < torch.from_numpy(lengths[rows].astype(np.int64))[:, None]).to(dev)
-                with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                    out = model(input_ids=ids_t, attention_mask=mask.long(), output_hidden_states=True)
-                fields_out = {"logits": out.logits.float().cpu().numpy()}
-                for layer in layers:
-                    fields_out.update(to_storage(out.hidden_states[layer][mask], dtype, hidden_field(layer)))
-                record = writer.write(split, CacheBatch(example_id=example_ids[rows], length=lengths[rows], label=labels[rows],
-                                                        input_ids=ids_t[mask].cpu().numpy().astype(np.int32), fields=fields_out))
-                if record is not None:
-                    entry["shards"].append({"record": record, "batch_end": bi + 1})
-                    _save_journal(work, key, state)
-                padded += len(rows) * width
-                real += int(lengths[rows].sum())
-                if on_batch is not None:
-                    on_batch(split, bi)
-            if not entry["done"]:
-                record = writer.finish_split(split)
-                if record is not None:
-                    entry["shards"].append({"record": record, "batch_end": len(batches)})
-                entry["done"] = True
-                _save_journal(work, key, state)
-            stats[split] = {"seconds": time.perf_counter() - start, "rows": len(ds), "tokens": int(lengths.sum()),
-                            "resumed_batches": first, "padding_fraction": 1 - real / max(padded, 1)}
+        sink = _ShardWriterThread(writer, work, key, state)
+        try:
+            _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, pad_id, stats, on_batch)
+        finally:
+            sink.close()
         manifest = writer.close()
     (work / JOURNAL).unlink()
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(work, out_dir)
     return {"manifest": manifest, "stats": stats}
+
+
+def _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, pad_id, stats, on_batch) -> None:
+    """The hot loop: length-sorted batches through the teacher; rows handed to the writer thread."""
+    for split, ds in splits.items():
+        entry = state.setdefault(split, {"shards": [], "done": False})
+        table = ds.data.table if hasattr(ds.data, "table") else ds.data
+        lengths = table.column("length").to_numpy()
+        ids_col = table.column("input_ids").combine_chunks()
+        offsets, flat_ids = ids_col.offsets.to_numpy(), ids_col.values.to_numpy()
+        example_ids, labels = table.column("example_id").to_numpy(), table.column("label").to_numpy()
+        batches = length_sorted_batches(lengths, batch_size)
+        first = len(batches) if entry["done"] else (entry["shards"][-1]["batch_end"] if entry["shards"] else 0)
+        if first:
+            log.info("extract %s: resuming after batch %d of %d (%d shards verified)", split, first, len(batches),
+                     len(entry["shards"]))
+        padded = real = 0
+        start = time.perf_counter()
+        for bi in tqdm(range(first, len(batches)), desc=f"extract {split}", unit="batch", initial=first, total=len(batches)):
+            rows = batches[bi]
+            width = int(lengths[rows].max())
+            input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+            for j, r in enumerate(rows):  # one slice copy per row to pad; the model call dominates
+                input_ids[j, :lengths[r]] = flat_ids[offsets[r]:offsets[r + 1]]
+            ids_t = torch.from_numpy(input_ids).to(dev, non_blocking=True)
+            mask = (torch.arange(width)[None, :] < torch.from_numpy(lengths[rows].astype(np.int64))[:, None]).to(dev)
+            with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                out = model(input_ids=ids_t, attention_mask=mask.long(), output_hidden_states=True)
+            fields_out = {"logits": out.logits.float().cpu().numpy()}
+            for layer in layers:
+                fields_out.update(to_storage(out.hidden_states[layer][mask], dtype, hidden_field(layer)))
+            sink.put("batch", split, CacheBatch(example_id=example_ids[rows], length=lengths[rows], label=labels[rows],
+                                                input_ids=ids_t[mask].cpu().numpy().astype(np.int32), fields=fields_out),
+                     bi + 1)
+            padded += len(rows) * width
+            real += int(lengths[rows].sum())
+            if on_batch is not None:
+                on_batch(split, bi)
+        if not entry["done"]:
+            sink.put("finish", split, None, len(batches))
+        stats[split] = {"seconds": time.perf_counter() - start, "rows": len(ds), "tokens": int(lengths.sum()),
+                        "resumed_batches": first, "padding_fraction": 1 - real / max(padded, 1)}
 
 
 def write_extract_report(path: Path, result: dict) -> None:

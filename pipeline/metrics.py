@@ -107,3 +107,47 @@ def compare_to_teacher(student: dict, teacher: dict) -> dict:
         if key.startswith("latency_ms_") and teacher.get(key):
             out[f"speedup_{key.removeprefix('latency_ms_')}"] = round(teacher[key] / student[key], 3)
     return out
+
+
+class EnsembleClassifier(torch.nn.Module):
+    """Averages the logits of several classifiers; evaluated exactly like a single model."""
+
+    def __init__(self, members: list[torch.nn.Module]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.config = members[0].config
+
+    def forward(self, input_ids, attention_mask):
+        from types import SimpleNamespace
+
+        logits = torch.stack([m(input_ids=input_ids, attention_mask=attention_mask).logits.float() for m in self.members])
+        return SimpleNamespace(logits=logits.mean(0))
+
+
+def evaluate_ensemble(member_dirs: list[Path], cache_dir: Path, *, batch_size: int, latency_batch_sizes: list[int],
+                      latency_repeats: int) -> dict:
+    """Accuracy/F1, total params and size, and CPU latency (all members run) of the logit-averaging ensemble."""
+    from transformers import AutoModelForSequenceClassification
+
+    from pipeline.cache import TeacherCache
+    from pipeline.errors import PipelineError
+
+    for d in member_dirs:
+        if not (Path(d) / "config.json").is_file():
+            raise PipelineError(f"{d}: ensemble member has no saved model; train it first (its distill stage)")
+    members = [AutoModelForSequenceClassification.from_pretrained(d, use_safetensors=True).eval() for d in member_dirs]
+    if len({m.config.num_labels for m in members}) != 1:
+        raise PipelineError(f"ensemble members disagree on the number of labels: {[str(d) for d in member_dirs]}")
+    model = EnsembleClassifier(members).eval()
+    dev = TeacherCache(cache_dir, verify="lazy").split("dev", columns=[])
+    rows = [dev[i] for i in range(len(dev))]
+    tokens = [r["input_ids"] for r in rows]
+    pad_id = model.config.pad_token_id or 0
+    result = classification_metrics(predict(model, tokens, batch_size, pad_id).argmax(-1), np.array([r["label"] for r in rows]),
+                                     model.config.num_labels)
+    result.update({"dev_rows": len(rows), "members": [Path(d).name for d in member_dirs], "params": count_parameters(model),
+                   "size_mb": round(sum(weights_bytes(d) for d in member_dirs) / 1e6, 2),
+                   "layers": sum(m.config.num_hidden_layers for m in members), "cpu_threads": torch.get_num_threads()})
+    for bs in latency_batch_sizes:
+        result[f"latency_ms_b{bs}"] = round(cpu_latency_ms(model, tokens, bs, latency_repeats, pad_id), 3)
+    return result

@@ -164,7 +164,7 @@ def build_student(spec: StudentSpec, teacher_config: dict, label_names: list[str
 def load_pretrained_student(path: str, spec: StudentSpec, teacher_config: dict, label_names: list[str]):
     """A local BERT checkpoint as the student (its classification head is new when it has none or another size)."""
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)  # students are plain BERT
     except OSError as exc:
         raise PipelineError(f"{path}: student init 'pretrained:{path}' found no checkpoint config ({str(exc).splitlines()[0]}); "
                             "point it at a local dir saved with save_pretrained") from None

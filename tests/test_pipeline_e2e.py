@@ -61,9 +61,13 @@ def first_repro(repo) -> str:
 @pytest.mark.slow
 @needs_sst2
 def test_dvc_repro_builds_everything_then_nothing_then_only_the_changed_student(repo, first_repro):
-    students = list(yaml.safe_load((repo / "params.yaml").read_text())["students"])
-    expected = {"prepare", "teacher", "extract", "evaluate_teacher"} | {f"distill@{s}" for s in students} | {f"evaluate@{s}" for s in students}
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    students, ensembles = list(params["students"]), list(params["ensembles"])
+    expected = ({"prepare", "teacher", "extract", "evaluate_teacher", "report"} | {f"distill@{s}" for s in students}
+                | {f"evaluate@{s}" for s in students} | {f"ensemble@{e}" for e in ensembles})
     assert _ran(first_repro) == expected
+    report = (repo / "artifacts/report/report.md").read_text()
+    assert all(f"| {name} |" in report for name in ["teacher", *students, *ensembles])
 
     assert (repo / "artifacts/teacher/model.safetensors").is_file()
     manifest = json.loads((repo / "artifacts/cache/manifest.json").read_text())
@@ -87,7 +91,8 @@ def test_dvc_repro_builds_everything_then_nothing_then_only_the_changed_student(
     params["students"][changed]["learning_rate"] = 3e-4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = _run([sys.executable, "-m", "dvc", "repro"], repo)
-    assert _ran(third.stdout) == {f"distill@{changed}", f"evaluate@{changed}"}
+    # only that student, plus what summarises all students (ensembles, the report); never extract or the teacher
+    assert _ran(third.stdout) == {f"distill@{changed}", f"evaluate@{changed}", "report"} | {f"ensemble@{e}" for e in ensembles}
     status = _run([sys.executable, "-m", "dvc", "status"], repo)
     assert "up to date" in status.stdout
 

@@ -1,0 +1,30 @@
+"""ensemble@<name>: average the logits of named students; evaluated like a student (accuracy, F1, params, latency)."""
+
+import json
+from pathlib import Path
+
+from pipeline.cli import run_stage
+from pipeline.metrics import compare_to_teacher, evaluate_ensemble
+
+
+def main(params, args):
+    spec = params.ensembles[args.name]
+    cfg = params.evaluate
+    result = evaluate_ensemble([Path(args.students_root) / m for m in spec.members], Path(args.cache), batch_size=cfg.batch_size,
+                               latency_batch_sizes=cfg.latency_batch_sizes, latency_repeats=cfg.latency_repeats)
+    result.update(compare_to_teacher(result, json.loads(Path(args.teacher_metrics).read_text())))
+    out = Path(args.metrics_root) / f"{args.name}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"ensemble {args.name}: {result}")
+
+
+def configure(p):
+    p.add_argument("--name", required=True, help="a name under `ensembles` in params.yaml")
+    p.add_argument("--students-root", default="artifacts/students")
+    p.add_argument("--cache", default="artifacts/cache")
+    p.add_argument("--teacher-metrics", default="artifacts/metrics/teacher.json")
+    p.add_argument("--metrics-root", default="artifacts/metrics")
+
+
+if __name__ == "__main__":
+    run_stage(main, configure)

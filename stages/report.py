@@ -1,0 +1,22 @@
+"""report: one table (teacher, students, baselines, ensembles) and charts from the metrics -> artifacts/report/."""
+
+from pathlib import Path
+
+from pipeline.cli import run_stage
+from pipeline.report import render_report
+
+
+def main(params, args):
+    names = ["teacher", *params.students, *params.ensembles]
+    md = render_report(Path(args.metrics), Path(args.plots), Path(args.out), {n: params.role(n) for n in names})
+    print(md.split("\n\n")[1])
+
+
+def configure(p):
+    p.add_argument("--metrics", default="artifacts/metrics")
+    p.add_argument("--plots", default="artifacts/plots")
+    p.add_argument("--out", default="artifacts/report")
+
+
+if __name__ == "__main__":
+    run_stage(main, configure)

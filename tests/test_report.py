@@ -1,0 +1,59 @@
+"""The report renders from fixture metrics: the table, the advice, and the charts."""
+
+import json
+
+import pytest
+
+from pipeline.report import render_report, svg_chart
+
+
+def _metrics(d, name, acc, params, b32, layers=3, **extra):
+    (d / f"{name}.json").write_text(json.dumps({"accuracy": acc, "f1": acc - 0.01, "params": params, "size_mb": params * 4e-6,
+                                                "latency_ms_b1": b32 / 10, "latency_ms_b32": b32, "layers": layers,
+                                                "hidden_size": 384, **extra}))
+
+
+@pytest.fixture
+def fixture_dirs(tmp_path):
+    metrics, plots = tmp_path / "metrics", tmp_path / "plots"
+    metrics.mkdir()
+    plots.mkdir()
+    _metrics(metrics, "teacher", 0.90, 22_000_000, 50.0, layers=6)
+    _metrics(metrics, "small", 0.895, 17_000_000, 25.0)
+    _metrics(metrics, "tiny", 0.85, 15_000_000, 12.0, layers=2)
+    _metrics(metrics, "hard", 0.87, 17_000_000, 25.0)
+    _metrics(metrics, "both", 0.90, 32_000_000, 37.0, members=["small", "tiny"])
+    (metrics / "train_small.json").write_text(json.dumps({"seconds": 123.0, "peak_rss_mb": 1500.0}))
+    (metrics / "extract.json").write_text(json.dumps({"bytes": 1}))
+    (plots / "small.csv").write_text("step,epoch,loss,eval_accuracy\n10,0.5,0.6,\n20,1.0,0.4,0.88\n30,1.5,0.3,\n40,2.0,0.25,0.895\n")
+    return metrics, plots
+
+
+def test_report_table_advice_and_charts(fixture_dirs, tmp_path):
+    metrics, plots = fixture_dirs
+    kinds = {"small": "student", "tiny": "student", "hard": "baseline (hard labels)", "both": "ensemble"}
+    md = render_report(metrics, plots, tmp_path / "report", kinds)
+    lines = md.splitlines()
+    table = [line for line in lines if line.startswith("| ") and "---" not in line][1:]
+    assert [row.split("|")[1].strip() for row in table] == ["teacher", "both", "small", "hard", "tiny"]
+    small = next(row for row in table if row.startswith("| small "))
+    assert "99.4%" in small and "2.00×" in small and "123 s" in small and "1500 MB" in small
+    assert "| hard | baseline (hard labels) |" in md and "small+tiny" in md
+    assert "Fastest within 1 point of the teacher: **small** (2.00× faster" in md  # tiny is 5 points below, both is an ensemble
+    for chart in ("accuracy_vs_params", "accuracy_vs_latency", "training_loss", "dev_accuracy"):
+        svg = (tmp_path / "report" / f"{chart}.svg").read_text()
+        assert svg.startswith("<svg") and "<circle" in svg
+    assert (tmp_path / "report" / "training_loss.svg").read_text().count("<polyline") == 1  # only small has a curve
+
+
+def test_report_needs_the_teacher(tmp_path):
+    (tmp_path / "m").mkdir()
+    with pytest.raises(FileNotFoundError, match="teacher.json"):
+        render_report(tmp_path / "m", tmp_path, tmp_path / "r", {})
+
+
+def test_svg_chart_handles_empty_and_single_points(tmp_path):
+    svg_chart({}, tmp_path / "a.svg", x_label="x", y_label="y", title="t")
+    assert "no data" in (tmp_path / "a.svg").read_text()
+    svg_chart({"one": [(1.0, 2.0)]}, tmp_path / "b.svg", x_label="x", y_label="y", title="t")
+    assert "<circle" in (tmp_path / "b.svg").read_text()
