@@ -6,6 +6,8 @@ import argparse
 import logging
 import os
 import sys
+import time
+from pathlib import Path
 from typing import Callable
 
 from pipeline.config import Params, load_params
@@ -21,8 +23,10 @@ def run_stage(main: Callable[[Params, argparse.Namespace], None], configure: Cal
         configure(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("KD_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    start = time.perf_counter()
     try:
         main(load_params(args.params), args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    print(f"{Path(sys.argv[0]).stem}: done in {time.perf_counter() - start:.1f} s (after imports)")

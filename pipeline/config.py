@@ -22,7 +22,7 @@ from pipeline.errors import PipelineError
 STUDENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 STUDENT_INITS = ("random", "teacher")
 DISTILL_OVERRIDES = ("epochs", "learning_rate", "temperature", "alpha", "beta", "gamma", "logit_loss", "hidden_loss",
-                     "temperature_end", "layer_map", "layer_pairs")
+                     "temperature_end", "layer_map", "layer_pairs", "attention_weight", "attention_loss", "value_weight")
 LOGIT_LOSSES, HIDDEN_LOSSES, LAYER_MAPS = ("kl", "soft_ce", "mse"), ("mse", "cosine"), ("uniform", "last")
 OPTIMIZERS, SCHEDULERS = ("adamw", "adam", "sgd"), ("linear", "cosine", "step")
 CACHE_DTYPES = ("float16", "bfloat16", "int8")
@@ -55,6 +55,8 @@ class TeacherConfig:
 @dataclass
 class ExtractConfig:
     layers: list[int] = field(default_factory=lambda: [2, 4, 6], metadata={"help": "hidden_states indices to cache: 0 = embeddings, N = last layer; negative counts from the end"})
+    attentions: list[int] = field(default_factory=list, metadata={"help": "teacher layers (1..N) whose attention maps to cache (heads x len x len)"})
+    values: list[int] = field(default_factory=list, metadata={"help": "teacher layers (1..N) whose value vectors to cache (MiniLM value relation)"})
     dtype: str = field(default="float16", metadata={"help": "float16, bfloat16 (stored bit-exact as uint16), or int8 (per-token absmax scale)"})
     batch_size: int = 64
     shard_max_mb: int = field(default=256, metadata={"help": "a shard is closed once it holds this many MB"})
@@ -72,6 +74,9 @@ class DistillConfig:
     alpha: float = field(default=0.5, metadata={"help": "weight of hard-label cross-entropy"})
     beta: float = field(default=0.5, metadata={"help": "weight of T^2 * KL(teacher || student) at temperature T"})
     gamma: float = field(default=1.0, metadata={"help": "weight of the hidden-state loss over paired layers"})
+    attention_weight: float = field(default=0.0, metadata={"help": "weight of the attention loss over paired cached attention layers"})
+    attention_loss: str = field(default="kl", metadata={"help": "kl (MiniLM attention distributions) or mse (TinyBERT-style)"})
+    value_weight: float = field(default=0.0, metadata={"help": "weight of MiniLM value-relation KL, last student layer <-> last teacher layer"})
     logit_loss: str = field(default="kl", metadata={"help": "kl (T^2 KL), soft_ce (T^2 soft cross-entropy), mse (raw logits)"})
     hidden_loss: str = field(default="mse", metadata={"help": "mse or cosine, over real tokens"})
     temperature_end: float | None = field(default=None, metadata={"help": "null = constant T; else T decays linearly to this"})
@@ -104,6 +109,9 @@ class StudentSpec:
     alpha: float | None = None
     beta: float | None = None
     gamma: float | None = None
+    attention_weight: float | None = None
+    attention_loss: str | None = None
+    value_weight: float | None = None
     logit_loss: str | None = None
     hidden_loss: str | None = None
     temperature_end: float | None = None
@@ -137,7 +145,7 @@ class EnsembleSpec:
 class EvaluateConfig:
     batch_size: int = 64
     latency_batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
-    latency_repeats: int = field(default=10, metadata={"help": "timed runs per batch size; the median is reported"})
+    latency_repeats: int = field(default=30, metadata={"help": "timed runs per batch size; the median is reported"})
 
 
 @dataclass
@@ -231,7 +239,8 @@ def _check_positive(value: float | None, key: str, allow_zero: bool = False) -> 
 
 
 def _check_choice(value, key: str, dotted: str) -> None:
-    choices = {"logit_loss": LOGIT_LOSSES, "hidden_loss": HIDDEN_LOSSES, "layer_map": LAYER_MAPS}.get(key)
+    choices = {"logit_loss": LOGIT_LOSSES, "hidden_loss": HIDDEN_LOSSES, "layer_map": LAYER_MAPS,
+               "attention_loss": ("kl", "mse")}.get(key)
     if value is None:
         return
     if choices and value not in choices:
@@ -264,11 +273,13 @@ def validate(params: Params) -> Params:
         _check_positive(getattr(s, key), f"distill.{key}")
     for key in ("alpha", "beta", "gamma", "warmup_ratio", "weight_decay", "num_workers"):
         _check_positive(getattr(s, key), f"distill.{key}", allow_zero=True)
-    for owner, key, value in [("distill", k, getattr(s, k)) for k in ("logit_loss", "hidden_loss", "layer_map", "layer_pairs",
-                                                                      "temperature_end")] + \
-            [(f"students.{n}", k, getattr(sp, k)) for n, sp in params.students.items()
-             for k in ("logit_loss", "hidden_loss", "layer_map", "layer_pairs", "temperature_end")]:
+    checked = ("logit_loss", "hidden_loss", "layer_map", "layer_pairs", "temperature_end", "attention_loss")
+    for owner, key, value in [("distill", k, getattr(s, k)) for k in checked] + \
+            [(f"students.{n}", k, getattr(sp, k)) for n, sp in params.students.items() for k in checked]:
         _check_choice(value, key, f"{owner}.{key}")
+    for owner, obj in [("distill", s), *((f"students.{n}", sp) for n, sp in params.students.items())]:
+        for key in ("attention_weight", "value_weight"):
+            _check_positive(getattr(obj, key), f"{owner}.{key}", allow_zero=True)
     if s.optimizer not in OPTIMIZERS:
         raise PipelineError(f"params.yaml: 'distill.optimizer' must be one of {OPTIMIZERS}, got '{s.optimizer}'")
     if s.scheduler not in SCHEDULERS:

@@ -9,9 +9,10 @@ import resource
 import time
 from pathlib import Path
 
+import torch
 from transformers import AutoTokenizer, set_seed
 
-from pipeline.cache import TeacherCache, check_compatible, hidden_field
+from pipeline.cache import TeacherCache, attention_field, check_compatible, hidden_field, value_field
 from pipeline.cache.schema import TEACHER_CONFIG
 from pipeline.config import DistillConfig, StudentSpec
 from pipeline.errors import PipelineError
@@ -51,15 +52,41 @@ def distill_student(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: Dist
     if cfg.gamma and not pairs:
         raise PipelineError(f"{cache_dir}: no cached teacher layer pairs with this student's {spec.num_layers} layers under the "
                             f"{cfg.layer_map} map (cache has {cache.layers}); add a layer to extract.layers or set gamma to 0")
+    n_heads = cache.manifest.get("num_heads", teacher_config.get("num_attention_heads"))
+    att_pairs = hidden_layer_pairs(spec.num_layers, n_teacher, cache.manifest.get("attentions", []), cfg.layer_map) \
+        if cfg.attention_weight else []
+    if cfg.attention_weight and not att_pairs:
+        raise PipelineError(f"{cache_dir}: attention_weight > 0 but no cached teacher attention layer pairs with this student's "
+                            f"{spec.num_layers} layers (cache has attentions {cache.manifest.get('attentions', [])}); add layers "
+                            "to extract.attentions and rerun extract, or set attention_weight to 0")
+    value_pair = (spec.num_layers, n_teacher) if cfg.value_weight else None
     check_compatible(cache.manifest, cache_dir=cache_dir, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-                     max_length=max_length, label_names=label_names, layers=[t for _, t in pairs])
+                     max_length=max_length, label_names=label_names, layers=[t for _, t in pairs],
+                     values=[value_pair[1]] if value_pair else None)
+    resolved = spec.resolved(teacher_config)
+    if att_pairs and resolved.heads != n_heads:
+        raise PipelineError(f"params.yaml: the attention loss compares heads one to one: the student has {resolved.heads} heads, "
+                            f"the teacher {n_heads}; set num_heads to {n_heads} or attention_weight to 0")
+    if value_pair and resolved.hidden_size % n_heads:
+        raise PipelineError(f"params.yaml: value relations use the teacher's {n_heads} heads, which must divide the student's "
+                            f"hidden_size {resolved.hidden_size}; change hidden_size or set value_weight to 0")
     teacher_weights = teacher_weights_for_init(teacher_dir, cache.manifest) if spec.init == "teacher" else None
     set_seed(seed)
     student, init_info = build_student(spec, teacher_config, cache.label_names, teacher_weights, seed)
+    if att_pairs:
+        student.set_attn_implementation("eager")  # attention maps are only materialised by the eager kernel
+        # HF returns attention weights after dropout; zeroed entries would swamp the KL, so the student trains without it
+        student.config.attention_probs_dropout_prob = 0.0
+        for module in student.modules():
+            if type(module).__name__.endswith("SelfAttention") and isinstance(getattr(module, "dropout", None), torch.nn.Dropout):
+                module.dropout.p = 0.0
     module = DistillationModule(student, pairs, cache.manifest["hidden_size"], alpha=cfg.alpha, beta=cfg.beta,
                                 gamma=cfg.gamma, temperature=cfg.temperature, logit_loss=cfg.logit_loss,
-                                hidden_loss=cfg.hidden_loss, temperature_end=cfg.temperature_end)
-    columns = ["logits"] + sorted({hidden_field(t) for _, t in pairs})
+                                hidden_loss=cfg.hidden_loss, temperature_end=cfg.temperature_end, attention_pairs=att_pairs,
+                                attention_weight=cfg.attention_weight, attention_loss=cfg.attention_loss,
+                                value_pair=value_pair, value_weight=cfg.value_weight, relation_heads=n_heads)
+    columns = ["logits"] + sorted({hidden_field(t) for _, t in pairs}) + [attention_field(t) for _, t in att_pairs] + \
+        ([value_field(value_pair[1])] if value_pair else [])
     train, dev = cache.split("train", columns), cache.split("dev", columns)
     args = training_arguments(scratch_dir(), epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                               warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, seed=seed,
@@ -69,11 +96,14 @@ def distill_student(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: Dist
                             optimizer=optimizer_choice(cfg.optimizer, cfg.learning_rate, cfg.momentum),
                             staged=(cfg.step_stages, cfg.step_gamma) if cfg.scheduler == "step" else None)
     out_dir = Path(out_dir)
+    if att_pairs:
+        student.set_attn_implementation("sdpa")  # serve with the fused kernel
     student.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     evals = [h for h in history if "eval_accuracy" in h]
     summary = {"seconds": round(time.perf_counter() - start, 1), "params": count_parameters(student),
-               "trained_params": count_parameters(module), "layer_pairs": pairs, "init": init_info.get("init"),
+               "trained_params": count_parameters(module), "layer_pairs": pairs, "attention_pairs": att_pairs,
+               "value_pair": value_pair, "init": init_info.get("init"),
                "init_teacher_layers": init_info.get("teacher_layers"), "train_rows": len(train),
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                "dev_accuracy_per_epoch": [round(h["eval_accuracy"], 4) for h in evals]}

@@ -20,7 +20,7 @@ import transformers
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from pipeline.cache import CacheBatch, CacheWriter, FieldSpec, hidden_field, token_fields
+from pipeline.cache import CacheBatch, CacheWriter, FieldSpec, attention_field, hidden_field, token_fields, value_field
 from pipeline.cache.schema import SCALE_SUFFIX, TEACHER_CONFIG, TOKENIZER_DIR, file_sha256, write_json_atomic
 from pipeline.errors import PipelineError
 from pipeline.models import model_fingerprint, tokenizer_fingerprint
@@ -46,6 +46,26 @@ def normalize_layers(layers: list[int], num_hidden_layers: int) -> list[int]:
                                 f"0 (embeddings) .. {num_hidden_layers} (last layer)")
         out.append(index)
     return sorted(set(out))
+
+
+def normalize_model_layers(layers: list[int], num_hidden_layers: int, key: str) -> list[int]:
+    """Transformer layer numbers 1..N (negative from the end) -> sorted unique; for attentions and values."""
+    out = []
+    for layer in layers:
+        index = layer + num_hidden_layers + 1 if layer < 0 else layer
+        if not 1 <= index <= num_hidden_layers:
+            raise PipelineError(f"params.yaml: {key} has {layer}, out of range: the teacher has layers 1 .. {num_hidden_layers}")
+        out.append(index)
+    return sorted(set(out))
+
+
+def value_projection(model, layer: int):
+    """The self-attention value projection of transformer layer `layer` (1-based) of a BERT-like model."""
+    try:
+        return model.base_model.encoder.layer[layer - 1].attention.self.value
+    except AttributeError:
+        raise PipelineError(f"extract.values: the teacher ({type(model).__name__}) has no BERT-style "
+                            "encoder.layer[i].attention.self.value; cache values only for BERT-like teachers") from None
 
 
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -155,7 +175,8 @@ class _ShardWriterThread:
 
 def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_dir: Path, *, layers: list[int], dtype: str,
                   batch_size: int, shard_max_bytes: int, device: str, max_length: int, label_names: list[str],
-                  dataset_fingerprints: dict[str, str], on_batch: Callable[[str, int], None] | None = None) -> dict:
+                  dataset_fingerprints: dict[str, str], on_batch: Callable[[str, int], None] | None = None,
+                  attentions: list[int] = (), values: list[int] = ()) -> dict:
     """Write the cache for `splits` to `out_dir`. Returns the manifest plus timing stats.
 
     Work happens in `work_dir_for(out_dir)` with a journal of completed shards; rerun after a crash (even `kill -9`),
@@ -164,16 +185,24 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
     """
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
     dev = resolve_device(device)
-    model = AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True).to(dev).eval()
+    # attention maps need the eager implementation: fused kernels never materialise them
+    model = AutoModelForSequenceClassification.from_pretrained(
+        teacher_dir, use_safetensors=True, **({"attn_implementation": "eager"} if attentions else {})).to(dev).eval()
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
-    n_layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
+    n_layers, hidden, heads = model.config.num_hidden_layers, model.config.hidden_size, model.config.num_attention_heads
     layers = normalize_layers(layers, n_layers)
+    attentions = normalize_model_layers(list(attentions), n_layers, "extract.attentions")
+    values = normalize_model_layers(list(values), n_layers, "extract.values")
     fields = [FieldSpec("logits", "example", "float32", model.config.num_labels)]
     fields += [f for layer in layers for f in token_fields(hidden_field(layer), dtype, hidden)]
+    att_dtype = "float16" if dtype == "int8" else dtype  # probabilities: per-token absmax int8 does not apply
+    fields += [FieldSpec(attention_field(layer), "token_pair", att_dtype, heads) for layer in attentions]
+    fields += [f for layer in values for f in token_fields(value_field(layer), dtype, hidden)]
     meta = {
         "teacher": {**model_fingerprint(teacher_dir), "model_type": model.config.model_type, "num_hidden_layers": n_layers},
         "tokenizer": {"fingerprint": tokenizer_fingerprint(tokenizer), "dir": TOKENIZER_DIR},
         "max_length": max_length, "layers": layers, "hidden_size": hidden, "dtype": dtype, "label_names": label_names,
+        "attentions": attentions, "values": values, "num_heads": heads,
         "dataset": dataset_fingerprints,
         "versions": {"torch": torch.__version__.split("+")[0], "transformers": transformers.__version__},
     }
@@ -190,10 +219,16 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
     resume = {name: [s["record"] for s in entry["shards"]] for name, entry in state.items()}
     with CacheWriter(work, fields, meta, shard_max_bytes, resume=resume) as writer:
         sink = _ShardWriterThread(writer, work, key, state)
+        captured: dict[int, torch.Tensor] = {}
+        hooks = [value_projection(model, layer).register_forward_hook(
+            lambda module, args, output, layer=layer: captured.__setitem__(layer, output)) for layer in values]
         try:
-            _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, pad_id, stats, on_batch)
+            _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, pad_id, stats, on_batch,
+                            attentions, att_dtype, captured)
         finally:
             sink.close()
+            for hook in hooks:
+                hook.remove()
         manifest = writer.close()
     (work / JOURNAL).unlink()
     if out_dir.exists():
@@ -202,7 +237,8 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
     return {"manifest": manifest, "stats": stats}
 
 
-def _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, pad_id, stats, on_batch) -> None:
+def _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, pad_id, stats, on_batch, attentions=(),
+                    att_dtype="float16", captured=None) -> None:
     """The hot loop: length-sorted batches through the teacher; rows handed to the writer thread."""
     for split, ds in splits.items():
         entry = state.setdefault(split, {"shards": [], "done": False})
@@ -227,10 +263,19 @@ def _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, 
             ids_t = torch.from_numpy(input_ids).to(dev, non_blocking=True)
             mask = (torch.arange(width)[None, :] < torch.from_numpy(lengths[rows].astype(np.int64))[:, None]).to(dev)
             with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                out = model(input_ids=ids_t, attention_mask=mask.long(), output_hidden_states=True)
+                out = model(input_ids=ids_t, attention_mask=mask.long(), output_hidden_states=True,
+                            output_attentions=bool(attentions))
             fields_out = {"logits": out.logits.float().cpu().numpy()}
             for layer in layers:
                 fields_out.update(to_storage(out.hidden_states[layer][mask], dtype, hidden_field(layer)))
+            if attentions:
+                lens = lengths[rows].tolist()
+                for layer in attentions:  # only the real-token block of each example's heads x len x len map
+                    att = out.attentions[layer - 1]
+                    flat = torch.cat([att[j, :, :n, :n].reshape(-1) for j, n in enumerate(lens)])
+                    fields_out.update(to_storage(flat, att_dtype, attention_field(layer)))
+            for layer, value in (captured or {}).items():
+                fields_out.update(to_storage(value[mask], dtype, value_field(layer)))
             sink.put("batch", split, CacheBatch(example_id=example_ids[rows], length=lengths[rows], label=labels[rows],
                                                 input_ids=ids_t[mask].cpu().numpy().astype(np.int32), fields=fields_out),
                      bi + 1)

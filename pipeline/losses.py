@@ -61,6 +61,40 @@ def hidden_mse_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, 
     return F.mse_loss(student_hidden[mask].float(), teacher_hidden[mask].float())
 
 
+def attention_kl_loss(student_att: torch.Tensor, teacher_att: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """MiniLM attention transfer: KL(teacher row || student row) of attention distributions (B, heads, T, T), averaged
+    over heads and real query tokens; padded keys carry no teacher mass, padded queries are skipped."""
+    mask = attention_mask.bool()
+    t, s = teacher_att.float(), student_att.float().clamp_min(1e-12)
+    kl = torch.special.xlogy(t, t) - t * s.log()  # t log t - t log s, with 0 log 0 = 0
+    per_row = kl.sum(-1)  # (B, heads, T)
+    return per_row.masked_select(mask[:, None, :].expand_as(per_row)).mean()
+
+
+def attention_mse_loss(student_att: torch.Tensor, teacher_att: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """TinyBERT-style attention MSE, here on attention probabilities, over real (query, key) pairs and all heads."""
+    mask = attention_mask.bool()
+    pair = (mask[:, None, :, None] & mask[:, None, None, :]).expand_as(student_att)
+    return F.mse_loss(student_att.float().masked_select(pair), teacher_att.float().masked_select(pair))
+
+
+def value_relation(values: torch.Tensor, attention_mask: torch.Tensor, heads: int) -> torch.Tensor:
+    """MiniLM value relation softmax(V_h V_h^T / sqrt(d)) per relation head over real keys: (B, T, H) -> (B, heads, T, T)."""
+    b, t, h = values.shape
+    v = values.float().view(b, t, heads, h // heads).transpose(1, 2)
+    scores = v @ v.transpose(-1, -2) / (h // heads) ** 0.5
+    scores = scores.masked_fill(~attention_mask.bool()[:, None, None, :], float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def value_relation_loss(student_values: torch.Tensor, teacher_values: torch.Tensor, attention_mask: torch.Tensor,
+                        heads: int) -> torch.Tensor:
+    """MiniLM value-relation transfer: KL between teacher and student value relations with `heads` relation heads
+    (the widths may differ; each must divide by `heads`)."""
+    return attention_kl_loss(value_relation(student_values, attention_mask, heads),
+                             value_relation(teacher_values, attention_mask, heads), attention_mask)
+
+
 def distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor,
                       hidden_pairs: list[tuple[torch.Tensor, torch.Tensor]], attention_mask: torch.Tensor, *,
                       alpha: float, beta: float, gamma: float, temperature: float, logit_kind: str = "kl",

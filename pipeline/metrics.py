@@ -56,17 +56,21 @@ def predict(model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: i
 
 
 @torch.no_grad()
-def cpu_latency_ms(model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: int, repeats: int, pad_id: int = 0) -> float:
-    """Median wall time (ms) of one forward pass on CPU over `repeats` batches of real dev examples (after one warm-up)."""
+def cpu_latency_ms(model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: int, repeats: int, pad_id: int = 0,
+                   warmup: int = 3) -> float:
+    """Median wall time (ms) of one forward pass on CPU: `repeats` passes over the same fixed batches of real dev
+    examples, after `warmup` untimed passes (the same inputs for every model, so models compare like for like)."""
     model.eval()
-    batches = [token_lists[(i * batch_size) % len(token_lists):][:batch_size] for i in range(repeats + 1)]
-    batches = [b if len(b) == batch_size else (b + token_lists)[:batch_size] for b in batches]
+    n_batches = min(repeats, max(1, len(token_lists) // batch_size), 8)
+    batches = [(token_lists * (1 + batch_size // max(len(token_lists), 1)))[i * batch_size:(i + 1) * batch_size]
+               for i in range(n_batches)]
+    inputs = [pad_batch(b, pad_id) for b in batches]
     times = []
-    for i, batch in enumerate(batches):
-        ids, mask = pad_batch(batch, pad_id)
+    for i in range(warmup + repeats):
+        ids, mask = inputs[i % len(inputs)]
         start = time.perf_counter()
         model(input_ids=ids, attention_mask=mask)
-        if i:  # the first run is a warm-up
+        if i >= warmup:
             times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 

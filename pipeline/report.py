@@ -58,6 +58,10 @@ def load_metrics(metrics_dir: Path) -> dict[str, dict]:
     return models
 
 
+def _fmt(value, spec: str, unit: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{unit}"
+
+
 def _curve(csv_path: Path, key: str) -> list[tuple[float, float]]:
     if not csv_path.is_file():
         return []
@@ -83,10 +87,10 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
         ret = "—" if n == "teacher" else f"{100 * m['accuracy'] / teacher['accuracy']:.1f}%"
         speed = "1.00×" if n == "teacher" else (f"{teacher['latency_ms_b32'] / m['latency_ms_b32']:.2f}×"
                                                  if m.get("latency_ms_b32") and teacher.get("latency_ms_b32") else "—")
-        lat = f"{m.get('latency_ms_b1', float('nan')):.2f} / {m.get('latency_ms_b32', float('nan')):.1f}"
+        lat = f"{_fmt(m.get('latency_ms_b1'), '.2f')} / {_fmt(m.get('latency_ms_b32'), '.1f')}"
         rows.append(f"| {n} | {kinds.get(n, 'teacher' if n == 'teacher' else 'student')} | {shape} | {m['params'] / 1e6:.1f} M "
                     f"| {m['size_mb']:.1f} MB | {100 * m['accuracy']:.2f} | {100 * m['f1']:.2f} | {ret} | {lat} | {speed} "
-                    f"| {train.get('seconds', float('nan')):.0f} s | {train.get('peak_rss_mb', float('nan')):.0f} MB |")
+                    f"| {_fmt(train.get('seconds'), '.0f', ' s')} | {_fmt(train.get('peak_rss_mb'), '.0f', ' MB')} |")
     students = [n for n in order if n != "teacher"]
     near = [n for n in students if models[n]["accuracy"] >= teacher["accuracy"] - 0.01 and kinds.get(n) != "ensemble"]
     fastest = min(near, key=lambda n: models[n].get("latency_ms_b32", float("inf"))) if near else None

@@ -17,9 +17,9 @@ from torch import nn
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from pipeline.cache import CacheSplit, hidden_field
+from pipeline.cache import CacheSplit, attention_field, hidden_field, value_field
 from pipeline.errors import PipelineError
-from pipeline.losses import distillation_loss
+from pipeline.losses import attention_kl_loss, attention_mse_loss, distillation_loss, value_relation_loss
 from pipeline.metrics import classification_metrics
 from pipeline.models import uniform_layer_map
 
@@ -121,10 +121,12 @@ def _to_float(x: np.ndarray) -> torch.Tensor:
 
 
 class CacheCollator:
-    """Cache rows -> a padded batch: token ids, mask, labels, teacher logits and teacher hidden states (B, T, H)."""
+    """Cache rows -> a padded batch: token ids, mask, labels, teacher logits, hidden states and values (B, T, H), and
+    attention maps (B, heads, T, T), zero where padded."""
 
-    def __init__(self, layers: list[int], pad_token_id: int = 0):
+    def __init__(self, layers: list[int], pad_token_id: int = 0, attentions: list[int] = (), values: list[int] = ()):
         self.layers, self.pad_token_id = layers, pad_token_id
+        self.attentions, self.values = list(attentions), list(values)
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         width = max(r["length"] for r in rows)
@@ -135,18 +137,23 @@ class CacheCollator:
             mask[i, :r["length"]] = 1
         batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([r["label"] for r in rows]),
                  "teacher_logits": torch.from_numpy(np.stack([r["logits"] for r in rows]).astype(np.float32))}
-        for layer in self.layers:
-            name = hidden_field(layer)
+        for name in [hidden_field(layer) for layer in self.layers] + [value_field(layer) for layer in self.values]:
             hid = torch.zeros((len(rows), width, rows[0][name].shape[-1]), dtype=torch.float32)
             for i, r in enumerate(rows):
                 hid[i, :r["length"]] = _to_float(r[name])
             batch[f"teacher_{name}"] = hid
+        for name in [attention_field(layer) for layer in self.attentions]:
+            att = torch.zeros((len(rows), rows[0][name].shape[0], width, width), dtype=torch.float32)
+            for i, r in enumerate(rows):
+                att[i, :, :r["length"], :r["length"]] = _to_float(r[name])
+            batch[f"teacher_{name}"] = att
         return batch
 
 
 def hidden_layer_pairs(student_layers: int, teacher_layers: int, cached: list[int], layer_map: str = "uniform",
                        explicit: list[list[int]] | None = None) -> list[tuple[int, int]]:
-    """(student layer, teacher layer) pairs for the hidden-state loss; layer 0 is the embedding output.
+    """(student layer, teacher layer) pairs for the hidden-state loss (layer 0 = embedding output), or, without
+    `explicit`, for the attention loss over cached attention layers.
 
     Explicit pairs are taken as given (a teacher layer missing from the cache is then an error, raised by the cache
     check). `uniform` pairs student m with teacher floor(m N / M), `last` pairs only the last layers; both keep just the
@@ -164,12 +171,26 @@ def hidden_layer_pairs(student_layers: int, teacher_layers: int, cached: list[in
 
 
 class DistillationModule(nn.Module):
-    """Student + learned projections; forward returns the distillation loss computed from cached teacher outputs."""
+    """Student + learned projections; forward returns the distillation loss computed from cached teacher outputs.
+
+    Optional MiniLM/TinyBERT terms: `attention_weight` x attention loss over `attention_pairs`, and `value_weight` x
+    value-relation KL between the student's layer and the teacher's layer of `value_pair`, with `relation_heads` heads.
+    """
 
     def __init__(self, student: nn.Module, pairs: list[tuple[int, int]], teacher_hidden: int, *, alpha: float, beta: float,
                  gamma: float, temperature: float, logit_loss: str = "kl", hidden_loss: str = "mse",
-                 temperature_end: float | None = None):
+                 temperature_end: float | None = None, attention_pairs: list[tuple[int, int]] = (),
+                 attention_weight: float = 0.0, attention_loss: str = "kl", value_pair: tuple[int, int] | None = None,
+                 value_weight: float = 0.0, relation_heads: int = 1):
         super().__init__()
+        self.attention_pairs = list(attention_pairs) if attention_weight else []
+        self.attention_weight, self.attention_loss = attention_weight, attention_loss
+        self.value_pair = value_pair if value_weight else None
+        self.value_weight, self.relation_heads = value_weight, relation_heads
+        self._student_values = None
+        if self.value_pair is not None:
+            projection = student.base_model.encoder.layer[self.value_pair[0] - 1].attention.self.value
+            projection.register_forward_hook(lambda module, args, output: setattr(self, "_student_values", output))
         self.student, self.pairs = student, pairs
         self.alpha, self.beta, self.gamma, self.temperature = alpha, beta, gamma, temperature
         self.logit_loss, self.hidden_loss = logit_loss, hidden_loss
@@ -182,7 +203,8 @@ class DistillationModule(nn.Module):
 
     def forward(self, input_ids, attention_mask, labels, teacher_logits, **teacher_hidden):
         need_hidden = bool(self.gamma and self.pairs)
-        out = self.student(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_hidden)
+        out = self.student(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_hidden,
+                           output_attentions=bool(self.attention_pairs))
         hidden_pairs = []
         if need_hidden:
             hidden_pairs = [(self.projections[str(m)](out.hidden_states[m]), teacher_hidden[f"teacher_{hidden_field(t)}"])
@@ -190,6 +212,15 @@ class DistillationModule(nn.Module):
         loss, parts = distillation_loss(out.logits, labels, teacher_logits, hidden_pairs, attention_mask, alpha=self.alpha,
                                         beta=self.beta, gamma=self.gamma, temperature=self.temperature,
                                         logit_kind=self.logit_loss, hidden_kind=self.hidden_loss)
+        if self.attention_pairs:
+            att_loss = attention_kl_loss if self.attention_loss == "kl" else attention_mse_loss
+            parts["attention"] = torch.stack([att_loss(out.attentions[m - 1], teacher_hidden[f"teacher_{attention_field(t)}"],
+                                                       attention_mask) for m, t in self.attention_pairs]).mean()
+            loss = loss + self.attention_weight * parts["attention"]
+        if self.value_pair is not None:
+            parts["value"] = value_relation_loss(self._student_values, teacher_hidden[f"teacher_{value_field(self.value_pair[1])}"],
+                                                 attention_mask, self.relation_heads)
+            loss = loss + self.value_weight * parts["value"]
         if self.training:
             for k, v in parts.items():
                 self.running.setdefault(k, []).append(float(v.detach()))
@@ -210,6 +241,9 @@ class OnlineDistillationModule(DistillationModule):
         return self
 
     def forward(self, input_ids, attention_mask, labels, **_):
+        if self.attention_pairs or self.value_pair is not None:
+            raise PipelineError("the online-KD baseline covers the logit and hidden-state losses; set attention_weight and "
+                                "value_weight to 0")
         with torch.no_grad():
             out = self.teacher(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=bool(self.gamma and self.pairs))
         hidden = {f"teacher_{hidden_field(t)}": out.hidden_states[t] for _, t in self.pairs} if self.gamma and self.pairs else {}
@@ -239,8 +273,10 @@ def train_student(module: DistillationModule, train: CacheSplit, dev: CacheSplit
                   layers: list[int], pad_token_id: int, optimizer: tuple[type, dict] | None = None,
                   staged: tuple[int, float] | None = None) -> list[dict]:
     """Distil into `module.student` from the cache splits; returns the Trainer's log history."""
+    collator = CacheCollator(layers, pad_token_id, [t for _, t in module.attention_pairs],
+                             [module.value_pair[1]] if module.value_pair else [])
     trainer = DistillTrainer(model=module, args=args, train_dataset=train, eval_dataset=dev,
-                             data_collator=CacheCollator(layers, pad_token_id), compute_metrics=_accuracy_metrics,
+                             data_collator=collator, compute_metrics=_accuracy_metrics,
                              lengths=train.lengths(), optimizer_cls_and_kwargs=optimizer, staged=staged)
     trainer.train()
     return trainer.state.log_history

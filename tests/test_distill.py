@@ -209,3 +209,33 @@ def test_optimizers_and_schedulers_are_the_ones_asked_for(tiny_cache, tmp_path, 
         assert sorted(set(round(x, 8) for x in lrs), reverse=True) == [1e-3, 5e-4, 2.5e-4]
     else:
         assert lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[0] / 5
+
+
+def test_attention_and_value_relation_losses_train_from_the_cache(tmp_path, tiny_teacher, tiny_prepared):
+    cache = tmp_path / "cache"
+    build_cache(tiny_teacher, tiny_prepared, cache, attentions=[2, 4], values=[4])
+    spec = StudentSpec(num_layers=2, hidden_size=32, init="teacher")
+    cfg = DistillConfig(epochs=4, batch_size=16, logging_steps=2, learning_rate=1e-3, alpha=0.0, beta=0.0, gamma=0.0,
+                        attention_weight=1.0, value_weight=1.0)
+    result = distill_student(cache, tmp_path / "s", spec, cfg, seed=0, teacher_dir=tiny_teacher)
+    logs = [h for h in result["history"] if "loss_attention" in h]
+    assert logs and all(np.isfinite(h["loss_attention"]) and np.isfinite(h["loss_value"]) for h in logs)
+    assert result["summary"]["attention_pairs"] == [(1, 2), (2, 4)] and result["summary"]["value_pair"] == (2, 4)
+    # trained on these two terms alone, the student's attention and value relations move towards the teacher's
+    assert np.mean([h["loss_attention"] for h in logs[-3:]]) < 0.7 * np.mean([h["loss_attention"] for h in logs[:3]])
+    assert np.mean([h["loss_value"] for h in logs[-3:]]) < 0.7 * np.mean([h["loss_value"] for h in logs[:3]])
+    saved = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert saved.get("_attn_implementation", saved.get("attn_implementation", "sdpa")) in ("sdpa", None)
+    transformers.pipeline("text-classification", model=str(tmp_path / "s"), device="cpu")("a fine film")
+
+
+def test_attention_loss_needs_cached_maps_and_equal_heads(tmp_path, tiny_teacher, tiny_prepared, tiny_cache):
+    spec = StudentSpec(num_layers=2, hidden_size=32, init="random", num_heads=4)
+    with pytest.raises(PipelineError, match=r"no cached teacher attention layer pairs .* add layers to extract.attentions"):
+        distill_student(tiny_cache, tmp_path / "s", spec, DistillConfig(epochs=1, attention_weight=1.0), seed=0)
+    with pytest.raises(PipelineError, match=r"teacher values of layers \[4\] are needed but the cache holds \[\]"):
+        distill_student(tiny_cache, tmp_path / "s", spec, DistillConfig(epochs=1, value_weight=1.0), seed=0)
+    build_cache(tiny_teacher, tiny_prepared, tmp_path / "att", attentions=[4])
+    two_heads = StudentSpec(num_layers=2, hidden_size=32, init="random", num_heads=2)
+    with pytest.raises(PipelineError, match="the student has 2 heads, the teacher 4"):
+        distill_student(tmp_path / "att", tmp_path / "s", two_heads, DistillConfig(epochs=1, attention_weight=1.0), seed=0)

@@ -92,3 +92,30 @@ def test_int8_cache_dequantizes_within_half_a_step_at_hidden_plus_2_bytes(tiny_t
         assert deq.dtype == np.float32 and deq.shape == ref.shape
         step = np.abs(ref).max(axis=1, keepdims=True) / 127
         assert np.all(np.abs(deq - ref) <= step * 0.51 + 2e-3)  # half a step (+ the fp16 rounding of the reference)
+
+
+def test_attention_maps_and_values_are_cached_for_real_tokens_only(tiny_teacher, tiny_prepared, tmp_path):
+    splits, _ = tiny_prepared
+    manifest = build_cache(tiny_teacher, tiny_prepared, tmp_path / "c", attentions=[2, -1], values=[4])["manifest"]
+    assert (manifest["attentions"], manifest["values"], manifest["num_heads"]) == ([2, 4], [4], 4)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_teacher, attn_implementation="eager").eval()
+    captured = {}
+    model.bert.encoder.layer[3].attention.self.value.register_forward_hook(lambda m, a, out: captured.__setitem__("v", out))
+    by_id = {row["example_id"]: row for row in splits["train"]}
+    split = TeacherCache(tmp_path / "c").split("train")
+    for index in (0, len(split) - 1):
+        row = split[index]
+        n = row["length"]
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([by_id[row["example_id"]]["input_ids"]]), output_attentions=True)
+        assert row["attention_2"].shape == (4, n, n) and row["value_4"].shape == (n, 32)
+        np.testing.assert_allclose(row["attention_2"].astype(np.float32), out.attentions[1][0].numpy(), atol=1e-3)
+        np.testing.assert_allclose(row["attention_4"].astype(np.float32).sum(-1), np.ones((4, n)), atol=5e-3)
+        np.testing.assert_allclose(row["value_4"].astype(np.float32), captured["v"][0].numpy(), rtol=2e-3, atol=2e-3)
+    hidden_only = build_cache(tiny_teacher, tiny_prepared, tmp_path / "h")["manifest"]
+    extra = manifest["bytes"] - hidden_only["bytes"]
+    tokens_sq = sum(int(n) ** 2 for ds in splits.values() for n in ds["length"])
+    tokens = sum(int(n) for ds in splits.values() for n in ds["length"])
+    assert extra == pytest.approx(2 * (2 * 4 * tokens_sq) + 2 * 32 * tokens, rel=0.05)  # 2 maps x heads x len^2 x 2 B + values
+    with pytest.raises(PipelineError, match=r"extract.attentions has 5, out of range: the teacher has layers 1 .. 4"):
+        build_cache(tiny_teacher, tiny_prepared, tmp_path / "x", attentions=[5])

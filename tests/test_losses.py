@@ -91,3 +91,38 @@ def test_distillation_loss_selects_the_logit_and_hidden_losses(kind, part, golde
                                      temperature=2.0, logit_kind=kind, hidden_kind="cosine")
     assert_close(parts[part], torch.tensor(golden))
     assert_close(total, torch.tensor(golden + 2 * GOLDEN_COSINE))
+
+
+# attention maps (B=2, heads=2, T=3) from these scores with padded keys masked; example 2 has 2 real tokens
+ATT_S = torch.tensor([[[[0.1257, -0.1321, 0.6404], [0.1049, -0.5357, 0.3616], [1.304, 0.9471, -0.7037]], [[-1.2654, -0.6233, 0.0413], [-2.325, -0.2188, -1.2459], [-0.7323, -0.5443, -0.3163]]], [[[0.4116, 1.0425, -0.1285], [1.3665, -0.6652, 0.3515], [0.9035, 0.094, -0.7435]], [[-0.9217, -0.4577, 0.2202], [-1.0096, -0.2092, -0.1592], [0.5408, 0.2147, 0.3554]]]])  # noqa: E501
+ATT_T = torch.tensor([[[[-0.6538, -0.1296, 0.784], [1.4934, -1.2591, 1.5139], [1.3459, 0.7813, 0.2645]], [[-0.3139, 1.458, 1.9603], [1.8016, 1.3151, 0.3574], [-1.2083, -0.0045, 0.6565]]], [[[-1.2884, 0.3951, 0.4299], [0.696, -1.1841, -0.6617], [-0.4364, -1.1698, 1.7394]], [[-0.4959, 0.329, -0.2586], [1.5835, 1.3204, 0.6334], [-2.2035, 0.052, 0.6837]]]])  # noqa: E501
+ATT_MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
+GOLDEN_ATT_KL = 0.13514541648585077  # mean over real query rows and heads of sum_k t log(t/s) over real keys
+GOLDEN_ATT_MSE = 0.028291958840957213  # mean over real (query, key) pairs and heads of (s - t)^2
+GOLDEN_VALUE_RELATION = 0.04355041256329466  # 2 relation heads of width 2, third token padded
+
+
+def _probs(scores):
+    return torch.softmax(scores.masked_fill(~ATT_MASK.bool()[:, None, None, :], float("-inf")), -1)
+
+
+def test_attention_losses_golden():
+    from pipeline.losses import attention_kl_loss, attention_mse_loss
+
+    s, t = _probs(ATT_S), _probs(ATT_T)
+    t_padded = t.clone()
+    t_padded[1, :, 2, :] = 0  # the cache stores only real tokens: padded query rows arrive as zeros
+    assert_close(attention_kl_loss(s, t_padded, ATT_MASK), torch.tensor(GOLDEN_ATT_KL))
+    assert_close(attention_mse_loss(s, t_padded, ATT_MASK), torch.tensor(GOLDEN_ATT_MSE))
+    assert_close(attention_kl_loss(t, t_padded, ATT_MASK), torch.tensor(0.0), atol=1e-6, rtol=0)
+
+
+def test_value_relation_loss_golden():
+    from pipeline.losses import value_relation_loss
+
+    v_s = torch.tensor([[[0.5, -1.0, 0.2, 0.3], [1.0, 0.1, -0.4, 0.8], [9.0, 9.0, 9.0, 9.0]]])
+    v_t = torch.tensor([[[0.1, 0.4, -0.3, 1.2], [-0.7, 0.2, 0.5, 0.1], [0.0, 0.0, 0.0, 0.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert_close(value_relation_loss(v_s, v_t, mask, heads=2), torch.tensor(GOLDEN_VALUE_RELATION))
+    wide = torch.cat([v_t, v_t], -1)  # other widths work: relations are token x token
+    assert value_relation_loss(wide, v_t, mask, heads=2) >= 0

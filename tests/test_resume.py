@@ -3,6 +3,7 @@
 import hashlib
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,8 +81,8 @@ def test_kill_minus_nine_at_random_points_then_resume_is_byte_identical(tmp_path
                     assert hashlib.sha256(path.read_bytes()).hexdigest() == shard["record"]["sha256"]
         else:  # the timer fired after the run had finished: a complete cache, started over next time
             assert _digest(out) == want
-            import shutil
             shutil.rmtree(out)
+    print(f"kill -9 resume: {killed} of {len(points)} runs killed mid-extraction, all resumed to a byte-identical cache")
     assert killed >= 10, f"only {killed} of {len(points)} runs were killed"
 
     final = _extract(prepared, tiny_teacher, out)

@@ -69,6 +69,14 @@ def hidden_field(layer: int) -> str:
     return f"hidden_{layer}"
 
 
+def attention_field(layer: int) -> str:
+    return f"attention_{layer}"
+
+
+def value_field(layer: int) -> str:
+    return f"value_{layer}"
+
+
 def token_fields(name: str, dtype: str, width: int) -> list[FieldSpec]:
     """The stored fields of one per-token float tensor: itself, plus a per-token scale when quantized to int8."""
     if dtype == "int8":
@@ -147,7 +155,8 @@ def write_json_atomic(path: Path, obj: dict) -> None:
 
 def check_compatible(manifest: dict, *, cache_dir: Path | str = "cache", tokenizer_fingerprint: str | None = None,
                      max_length: int | None = None, label_names: list[str] | None = None,
-                     layers: list[int] | None = None) -> None:
+                     layers: list[int] | None = None, attentions: list[int] | None = None,
+                     values: list[int] | None = None) -> None:
     """Refuse a cache that does not match what the consumer expects, before any training step."""
     where = Path(cache_dir) / MANIFEST
     fix = "rerun `dvc repro extract` with matching params, or point the student at the right cache"
@@ -163,3 +172,9 @@ def check_compatible(manifest: dict, *, cache_dir: Path | str = "cache", tokeniz
         if missing:
             raise PipelineError(f"{where}: teacher layers {missing} are needed but the cache holds {manifest['layers']}; add "
                                 f"them to extract.layers and rerun extract, or set the hidden-state weight gamma to 0")
+    for wanted, key, weight in ((attentions, "attentions", "attention_weight"), (values, "values", "value_weight")):
+        held = manifest.get(key, [])
+        missing = [layer for layer in (wanted or []) if layer not in held]
+        if missing:
+            raise PipelineError(f"{where}: teacher {key} of layers {missing} are needed but the cache holds {held}; add them to "
+                                f"extract.{key} and rerun extract, or set {weight} to 0")
