@@ -57,7 +57,7 @@ def main():
             model(input_ids=x.to(device), attention_mask=m.to(device), output_hidden_states=True)
     with Timer() as bare, torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         for x, m in batches:
-            out = model(input_ids=x.to(device, non_blocking=True), attention_mask=m.to(device, non_blocking=True),
+            model(input_ids=x.to(device, non_blocking=True), attention_mask=m.to(device, non_blocking=True),
                         output_hidden_states=True)
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -10,7 +10,6 @@ and compares dev accuracy.
 
 import argparse
 import shutil
-from pathlib import Path
 
 import numpy as np
 
