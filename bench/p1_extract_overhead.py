@@ -58,7 +58,7 @@ def main():
     with Timer() as bare, torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         for x, m in batches:
             model(input_ids=x.to(device, non_blocking=True), attention_mask=m.to(device, non_blocking=True),
-                        output_hidden_states=True)
+                  output_hidden_states=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
     out_dir = WORK / "p1_cache"
