@@ -132,3 +132,20 @@ def test_stage_one_on_machine_a_stage_two_on_machine_b_through_a_dvc_remote(repo
     on_a = json.loads((repo / "artifacts/metrics/r2.json").read_text())
     on_b = json.loads((b / "artifacts/metrics/r2.json").read_text())
     assert (on_b["accuracy"], on_b["f1"], on_b["params"]) == (on_a["accuracy"], on_a["f1"], on_a["params"])
+
+
+@pytest.mark.slow
+@needs_sst2
+def test_dvc_exp_run_reuses_the_cache_and_exp_show_lists_student_metrics(repo, first_repro):
+    dvc = [sys.executable, "-m", "dvc"]
+    status = _run(dvc + ["status"], repo).stdout
+    if "up to date" not in status:  # earlier tests may leave param edits: record them first so the experiment is clean
+        _run(dvc + ["repro"], repo)
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline", "--allow-empty"]):
+        _run(cmd, repo)
+    out = _run(dvc + ["exp", "run", "-n", "l2-lr", "-S", "students.l2.learning_rate=2e-4"], repo).stdout
+    ran = _ran(out)
+    assert "distill@l2" in ran and not ran & {"prepare", "teacher", "extract", "distill@l3", "distill@r2"}
+    shown = json.loads(_run(dvc + ["exp", "show", "--json"], repo).stdout)
+    text = json.dumps(shown)
+    assert "l2-lr" in text and "artifacts/metrics/l2.json" in text and "accuracy" in text
