@@ -36,27 +36,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def normalize_layers(layers: list[int], num_hidden_layers: int) -> list[int]:
-    """hidden_states indices (0 = embeddings, N = last layer; negative from the end) -> sorted unique 0..N."""
+def _layer_indices(layers: list[int], num_hidden_layers: int, lowest: int, key: str, valid: str) -> list[int]:
+    """Layer numbers (negative from the end) -> sorted unique indices in lowest..N, or one error naming the key."""
     out = []
     for layer in layers:
         index = layer + num_hidden_layers + 1 if layer < 0 else layer
-        if not 0 <= index <= num_hidden_layers:
-            raise PipelineError(f"params.yaml: extract.layers has {layer}, out of range: the teacher has hidden states "
-                                f"0 (embeddings) .. {num_hidden_layers} (last layer)")
+        if not lowest <= index <= num_hidden_layers:
+            raise PipelineError(f"params.yaml: {key} has {layer}, out of range: the teacher has {valid}")
         out.append(index)
     return sorted(set(out))
+
+
+def normalize_layers(layers: list[int], num_hidden_layers: int) -> list[int]:
+    """hidden_states indices: 0 = embeddings, N = last layer."""
+    return _layer_indices(layers, num_hidden_layers, 0, "extract.layers",
+                          f"hidden states 0 (embeddings) .. {num_hidden_layers} (last layer)")
 
 
 def normalize_model_layers(layers: list[int], num_hidden_layers: int, key: str) -> list[int]:
-    """Transformer layer numbers 1..N (negative from the end) -> sorted unique; for attentions and values."""
-    out = []
-    for layer in layers:
-        index = layer + num_hidden_layers + 1 if layer < 0 else layer
-        if not 1 <= index <= num_hidden_layers:
-            raise PipelineError(f"params.yaml: {key} has {layer}, out of range: the teacher has layers 1 .. {num_hidden_layers}")
-        out.append(index)
-    return sorted(set(out))
+    """Transformer layer numbers 1..N, for attentions and values."""
+    return _layer_indices(layers, num_hidden_layers, 1, key, f"layers 1 .. {num_hidden_layers}")
 
 
 def value_projection(model, layer: int):

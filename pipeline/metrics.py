@@ -8,6 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoModelForSequenceClassification
+
+from pipeline.cache import TeacherCache
+from pipeline.errors import PipelineError
 
 
 def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
@@ -75,30 +79,34 @@ def cpu_latency_ms(model: torch.nn.Module, token_lists: list[np.ndarray], batch_
     return statistics.median(times)
 
 
-def evaluate_saved_model(model_dir: Path, cache_dir: Path, *, batch_size: int, latency_batch_sizes: list[int],
-                         latency_repeats: int) -> dict:
-    """Dev accuracy/F1 on the cache's dev rows (token ids and labels only), size, and CPU latency of a saved classifier."""
-    from transformers import AutoModelForSequenceClassification
-
-    from pipeline.cache import TeacherCache
-
-    from pipeline.errors import PipelineError
-
+def _load_classifier(model_dir: Path):
     if not (Path(model_dir) / "config.json").is_file():
         raise PipelineError(f"{model_dir}: no saved model (config.json missing); run the stage that trains it first")
+    return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).to("cpu").eval()
+
+
+def _score(model: torch.nn.Module, cache_dir: Path, batch_size: int, latency_batch_sizes: list[int],
+           latency_repeats: int) -> dict:
+    """Accuracy/F1 on the cache's dev rows (token ids and labels only) and median CPU latency per batch size."""
     dev = TeacherCache(cache_dir, verify="lazy").split("dev", columns=[])
     rows = [dev[i] for i in range(len(dev))]
     tokens = [r["input_ids"] for r in rows]
-    labels = np.array([r["label"] for r in rows])
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).to("cpu").eval()
     pad_id = model.config.pad_token_id or 0
     logits = predict(model, tokens, batch_size, pad_id)
-    result = classification_metrics(logits.argmax(-1), labels, model.config.num_labels)
-    result.update({"dev_rows": len(rows), "params": count_parameters(model), "size_mb": round(weights_bytes(model_dir) / 1e6, 2),
-                   "layers": model.config.num_hidden_layers, "hidden_size": model.config.hidden_size,
-                   "cpu_threads": torch.get_num_threads()})
+    result = classification_metrics(logits.argmax(-1), np.array([r["label"] for r in rows]), model.config.num_labels)
+    result.update({"dev_rows": len(rows), "params": count_parameters(model), "cpu_threads": torch.get_num_threads()})
     for bs in latency_batch_sizes:
         result[f"latency_ms_b{bs}"] = round(cpu_latency_ms(model, tokens, bs, latency_repeats, pad_id), 3)
+    return result
+
+
+def evaluate_saved_model(model_dir: Path, cache_dir: Path, *, batch_size: int, latency_batch_sizes: list[int],
+                         latency_repeats: int) -> dict:
+    """Dev accuracy/F1, size and CPU latency of a saved classifier."""
+    model = _load_classifier(model_dir)
+    result = _score(model, cache_dir, batch_size, latency_batch_sizes, latency_repeats)
+    result.update({"size_mb": round(weights_bytes(model_dir) / 1e6, 2), "layers": model.config.num_hidden_layers,
+                   "hidden_size": model.config.hidden_size})
     return result
 
 
@@ -131,27 +139,11 @@ class EnsembleClassifier(torch.nn.Module):
 def evaluate_ensemble(member_dirs: list[Path], cache_dir: Path, *, batch_size: int, latency_batch_sizes: list[int],
                       latency_repeats: int) -> dict:
     """Accuracy/F1, total params and size, and CPU latency (all members run) of the logit-averaging ensemble."""
-    from transformers import AutoModelForSequenceClassification
-
-    from pipeline.cache import TeacherCache
-    from pipeline.errors import PipelineError
-
-    for d in member_dirs:
-        if not (Path(d) / "config.json").is_file():
-            raise PipelineError(f"{d}: ensemble member has no saved model; train it first (its distill stage)")
-    members = [AutoModelForSequenceClassification.from_pretrained(d, use_safetensors=True).eval() for d in member_dirs]
+    members = [_load_classifier(d) for d in member_dirs]
     if len({m.config.num_labels for m in members}) != 1:
         raise PipelineError(f"ensemble members disagree on the number of labels: {[str(d) for d in member_dirs]}")
-    model = EnsembleClassifier(members).eval()
-    dev = TeacherCache(cache_dir, verify="lazy").split("dev", columns=[])
-    rows = [dev[i] for i in range(len(dev))]
-    tokens = [r["input_ids"] for r in rows]
-    pad_id = model.config.pad_token_id or 0
-    result = classification_metrics(predict(model, tokens, batch_size, pad_id).argmax(-1), np.array([r["label"] for r in rows]),
-                                     model.config.num_labels)
-    result.update({"dev_rows": len(rows), "members": [Path(d).name for d in member_dirs], "params": count_parameters(model),
+    result = _score(EnsembleClassifier(members).eval(), cache_dir, batch_size, latency_batch_sizes, latency_repeats)
+    result.update({"members": [Path(d).name for d in member_dirs],
                    "size_mb": round(sum(weights_bytes(d) for d in member_dirs) / 1e6, 2),
-                   "layers": sum(m.config.num_hidden_layers for m in members), "cpu_threads": torch.get_num_threads()})
-    for bs in latency_batch_sizes:
-        result[f"latency_ms_b{bs}"] = round(cpu_latency_ms(model, tokens, bs, latency_repeats, pad_id), 3)
+                   "layers": sum(m.config.num_hidden_layers for m in members)})
     return result
