@@ -22,7 +22,8 @@ from pipeline.errors import PipelineError
 STUDENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 STUDENT_INITS = ("random", "teacher")
 DISTILL_OVERRIDES = ("epochs", "learning_rate", "temperature", "alpha", "beta", "gamma", "logit_loss", "hidden_loss",
-                     "temperature_end", "layer_map", "layer_pairs", "attention_weight", "attention_loss", "value_weight")
+                     "temperature_end", "layer_map", "layer_pairs", "attention_weight", "attention_loss", "value_weight", "seeds",
+                     "transfer")
 LOGIT_LOSSES, HIDDEN_LOSSES, LAYER_MAPS = ("kl", "soft_ce", "mse"), ("mse", "cosine"), ("uniform", "last")
 OPTIMIZERS, SCHEDULERS = ("adamw", "adam", "sgd"), ("linear", "cosine", "step")
 CACHE_DTYPES = ("float16", "bfloat16", "int8")
@@ -39,6 +40,9 @@ class DataConfig:
     max_train_examples: int | None = field(default=None, metadata={"help": "seeded random subset of train; null = all"})
     max_dev_examples: int | None = None
     max_length: int = 128
+    transfer: str | None = field(default=None, metadata={"help": "unlabeled transfer set (Hinton): texts the teacher labels once "
+                                                                 "in extract and KD students also learn from; labels ignored; null = none"})
+    max_transfer_examples: int | None = field(default=None, metadata={"help": "seeded random subset of the transfer texts; null = all"})
 
 
 @dataclass
@@ -91,6 +95,10 @@ class DistillConfig:
     num_workers: int = 0
     logging_steps: int = 10
     verify_cache: str = field(default="lazy", metadata={"help": "lazy (CRC per record batch on first read), full (sha256 of every shard first), size"})
+    transfer: bool = field(default=True, metadata={"help": "KD students also train on the cache's transfer rows (teacher "
+                                                           "signal only); hard-label-only students never do"})
+    seeds: int = field(default=1, metadata={"help": "train each student under this many seeds (seed, seed+1, ...); the first is "
+                                                    "the shipped checkpoint, evaluate and report give mean +- std over all"})
 
 
 @dataclass
@@ -117,6 +125,8 @@ class StudentSpec:
     temperature_end: float | None = None
     layer_map: str | None = None
     layer_pairs: list[list[int]] | None = None
+    seeds: int | None = None
+    transfer: bool | None = None
     seed: int | None = None
 
     @property
@@ -173,6 +183,11 @@ class Params:
         spec = self.students[name]
         overrides = {k: getattr(spec, k) for k in DISTILL_OVERRIDES if getattr(spec, k) is not None}
         return dataclasses.replace(self.distill, **overrides), (spec.seed if spec.seed is not None else self.seed)
+
+    def seeds_for(self, name: str) -> list[int]:
+        """The seeds one student is trained under: its seed, then seed+1, ... (`seeds` of them); the first is shipped."""
+        cfg, seed = self.distill_for(name)
+        return [seed + i for i in range(cfg.seeds)]
 
 
 def _type_name(tp: Any) -> str:
@@ -258,6 +273,7 @@ def validate(params: Params) -> Params:
     _check_positive(d.max_length, "data.max_length")
     _check_positive(d.max_train_examples, "data.max_train_examples")
     _check_positive(d.max_dev_examples, "data.max_dev_examples")
+    _check_positive(d.max_transfer_examples, "data.max_transfer_examples")
     if d.label_names is not None and len(set(d.label_names)) != len(d.label_names):
         raise PipelineError(f"params.yaml: 'data.label_names' has duplicates: {d.label_names}")
     _check_positive(t.epochs, "teacher.epochs", allow_zero=True)
@@ -269,7 +285,7 @@ def validate(params: Params) -> Params:
         raise PipelineError(f"params.yaml: 'extract.dtype' must be one of {CACHE_DTYPES}, got '{e.dtype}'")
     _check_positive(e.batch_size, "extract.batch_size")
     _check_positive(e.shard_max_mb, "extract.shard_max_mb")
-    for key in ("epochs", "batch_size", "learning_rate", "temperature", "logging_steps"):
+    for key in ("epochs", "batch_size", "learning_rate", "temperature", "logging_steps", "seeds"):
         _check_positive(getattr(s, key), f"distill.{key}")
     for key in ("alpha", "beta", "gamma", "warmup_ratio", "weight_decay", "num_workers"):
         _check_positive(getattr(s, key), f"distill.{key}", allow_zero=True)
@@ -295,7 +311,8 @@ def validate(params: Params) -> Params:
         k = f"students.{name}"
         if not STUDENT_NAME.match(name) or name == "teacher":
             raise PipelineError(f"params.yaml: student name '{name}' must be letters, digits, '_', '.', '-' and not 'teacher'")
-        for key in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "epochs", "learning_rate", "temperature"):
+        for key in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "epochs", "learning_rate", "temperature",
+                    "seeds"):
             _check_positive(getattr(spec, key), f"{k}.{key}")
         for key in ("alpha", "beta", "gamma"):
             _check_positive(getattr(spec, key), f"{k}.{key}", allow_zero=True)

@@ -186,15 +186,19 @@ def prepare_split(source: Source, ds: datasets.Dataset, tokenizer, text_column: 
     if truncated:
         log.warning("%s: %d of %d texts are longer than max_length=%d tokens and were truncated", source.spec, truncated,
                     len(texts), max_length)
-    prepared = datasets.Dataset.from_dict(
-        {"example_id": all_ids[rows], "input_ids": [np.asarray(e, dtype=np.int32) for e in enc],
-         "length": np.array([len(e) for e in enc], dtype=np.int32), "label": labels[rows]},
-        features=datasets.Features({"example_id": datasets.Value("int64"),
-                                    "input_ids": datasets.List(datasets.Value("int32")),
-                                    "length": datasets.Value("int32"), "label": datasets.Value("int64")}))
+    prepared = _tokenized_split(all_ids[rows], enc, labels[rows])
     stats = {"source": source.spec, "rows_in_source": len(raw_labels), "rows": len(prepared), "truncated": truncated,
              "tokens": int(prepared.data.column("length").to_numpy().sum()), "fingerprint": split_fingerprint(prepared)}
     return prepared, stats
+
+
+def _tokenized_split(ids: np.ndarray, enc: list[list[int]], labels: np.ndarray) -> datasets.Dataset:
+    return datasets.Dataset.from_dict(
+        {"example_id": ids, "input_ids": [np.asarray(e, dtype=np.int32) for e in enc],
+         "length": np.array([len(e) for e in enc], dtype=np.int32), "label": labels},
+        features=datasets.Features({"example_id": datasets.Value("int64"),
+                                    "input_ids": datasets.List(datasets.Value("int32")),
+                                    "length": datasets.Value("int32"), "label": datasets.Value("int64")}))
 
 
 def prepare_corpus(data, tokenizer, seed: int) -> tuple[dict[str, datasets.Dataset], dict]:
@@ -216,8 +220,50 @@ def prepare_corpus(data, tokenizer, seed: int) -> tuple[dict[str, datasets.Datas
         limit = data.max_train_examples if name == "train" else data.max_dev_examples
         splits[name], stats[name] = prepare_split(source, loaded[name], tokenizer, data.text_column, data.label_column,
                                                   label_names, data.max_length, limit, seed, data.id_column)
+    if data.transfer is not None:
+        splits["transfer"], stats["transfer"] = prepare_transfer(
+            parse_source(data.transfer), data, tokenizer, seed, loaded["train"], sources["train"], splits["train"],
+            loaded["dev"])
     info = {"label_names": label_names, "max_length": data.max_length, "splits": stats}
     return splits, info
+
+
+UNLABELED = -1  # the label of a transfer row: the teacher's outputs are its only target
+
+
+def prepare_transfer(source: Source, data, tokenizer, seed: int, train_ds: datasets.Dataset, train_source: Source,
+                     train_prepared: datasets.Dataset, dev_ds: datasets.Dataset) -> tuple[datasets.Dataset, dict]:
+    """The unlabeled transfer split: texts only (any label column is ignored), minus every text that tokenizes like a
+    dev text (no leakage into dev metrics) or a labeled training example (no double counting) and minus repeats, then
+    a seeded subset. Pointing `data.transfer` at the training file itself turns the rows that max_train_examples left
+    out into the transfer set."""
+    same_as_train = source.path is not None and train_source.path is not None and source.path.resolve() == train_source.path.resolve()
+    ds = train_ds if same_as_train else load_source(source)
+    check_columns(ds, source, {"data.text_column": data.text_column})
+    texts = [t if t is None or isinstance(t, str) else str(t) for t in ds[data.text_column]]
+    validate_texts(texts, source, data.text_column)
+    encode = lambda batch: tokenizer(batch, truncation=True, max_length=data.max_length)["input_ids"]  # noqa: E731
+    enc = encode(texts)
+    dev_texts = [str(t) for t in dev_ds[data.text_column]]
+    held_out = {tuple(e) for e in encode(dev_texts)} | {tuple(e) for e in train_prepared["input_ids"]}
+    keep, seen = [], set()
+    for row, ids in enumerate(enc):
+        key = tuple(ids)
+        if key not in held_out and key not in seen:
+            seen.add(key)
+            keep.append(row)
+    rows = np.asarray(keep, dtype=np.int64)
+    if data.max_transfer_examples is not None and data.max_transfer_examples < len(rows):
+        rows = np.sort(np.random.default_rng(seed + 1).permutation(rows)[:data.max_transfer_examples])
+    if not len(rows):
+        raise PipelineError(f"{source.spec}: no transfer texts left after removing those also in train or dev; point "
+                            "data.transfer at other texts or set it to null")
+    enc = [enc[i] for i in rows]
+    prepared = _tokenized_split(example_ids(ds, source, data.id_column)[rows], enc, np.full(len(rows), UNLABELED))
+    stats = {"source": source.spec, "rows_in_source": len(texts), "overlap_removed": len(texts) - len(keep), "rows": len(prepared),
+             "truncated": int(sum(len(e) > data.max_length for e in tokenizer([texts[i] for i in rows])["input_ids"])),
+             "tokens": int(prepared.data.column("length").to_numpy().sum()), "fingerprint": split_fingerprint(prepared)}
+    return prepared, stats
 
 
 def split_fingerprint(ds: datasets.Dataset) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -17,8 +19,8 @@ from pipeline.cache.schema import TEACHER_CONFIG
 from pipeline.config import DistillConfig, StudentSpec
 from pipeline.errors import PipelineError
 from pipeline.metrics import count_parameters
-from pipeline.models import build_student, model_fingerprint, tokenizer_fingerprint
-from pipeline.training import (DistillationModule, hidden_layer_pairs, optimizer_choice, scratch_dir, train_student,
+from pipeline.models import PROVENANCE, SEEDS_DIR, build_student, model_fingerprint, tokenizer_fingerprint
+from pipeline.training import (ConcatSplits, DistillationModule, hidden_layer_pairs, optimizer_choice, scratch_dir, train_student,
                                training_arguments)
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,10 @@ def distill_student(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: Dist
     columns = ["logits"] + sorted({hidden_field(t) for _, t in pairs}) + [attention_field(t) for _, t in att_pairs] + \
         ([value_field(value_pair[1])] if value_pair else [])
     train, dev = cache.split("train", columns), cache.split("dev", columns)
+    teacher_signal = bool(cfg.beta or (cfg.gamma and pairs) or att_pairs or value_pair)
+    transfer = cache.split("transfer", columns) if cfg.transfer and teacher_signal and "transfer" in cache.splits else None
+    if transfer is not None:  # unlabeled rows: the teacher's outputs are their only target
+        train = ConcatSplits([train, transfer])
     args = training_arguments(scratch_dir(), epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
                               warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, seed=seed,
                               logging_steps=cfg.logging_steps, num_workers=cfg.num_workers, scheduler=cfg.scheduler,
@@ -104,7 +110,30 @@ def distill_student(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: Dist
     summary = {"seconds": round(time.perf_counter() - start, 1), "params": count_parameters(student),
                "trained_params": count_parameters(module), "layer_pairs": pairs, "attention_pairs": att_pairs,
                "value_pair": value_pair, "init": init_info.get("init"),
-               "init_teacher_layers": init_info.get("teacher_layers"), "train_rows": len(train),
+               "init_teacher_layers": init_info.get("teacher_layers"), "train_rows": len(train) - (len(transfer) if transfer is not None else 0),
+               "transfer_rows": len(transfer) if transfer is not None else 0,
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                "dev_accuracy_per_epoch": [round(h["eval_accuracy"], 4) for h in evals]}
     return {"summary": summary, "history": history}
+
+
+def distill_seeds(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: DistillConfig, *, seeds: list[int], **kwargs) -> dict:
+    """Train the student once per seed: the first seed is the shipped checkpoint in `out_dir`, the others go to
+    `out_dir/seeds/<seed>/` so evaluate and report can give mean +- std. `out_dir/distill.json` records the seeds."""
+    out_dir = Path(out_dir)
+    shutil.rmtree(out_dir / SEEDS_DIR, ignore_errors=True)  # never mix in runs of an earlier seed list
+    runs = []
+    for i, seed in enumerate(seeds):
+        log.info("student %s: seed %d (%d of %d)", out_dir.name, seed, i + 1, len(seeds))
+        result = distill_student(cache_dir, out_dir if i == 0 else out_dir / SEEDS_DIR / str(seed), spec, cfg, seed=seed, **kwargs)
+        runs.append((seed, result))
+    primary = runs[0][1]
+    summary = dict(primary["summary"], seed=seeds[0], seeds=seeds,
+                   seed_runs=[{"seed": s, "seconds": r["summary"]["seconds"],
+                               "dev_accuracy_per_epoch": r["summary"]["dev_accuracy_per_epoch"]} for s, r in runs])
+    seconds = [r["summary"]["seconds"] for _, r in runs]
+    summary["seconds_mean"] = round(statistics.mean(seconds), 1)
+    summary["seconds_std"] = round(statistics.stdev(seconds), 1) if len(seconds) > 1 else 0.0
+    (out_dir / PROVENANCE).write_text(json.dumps({"seed": seeds[0], "seeds": seeds}, indent=2) + "\n")
+    return {"summary": summary, "history": primary["history"]}
+

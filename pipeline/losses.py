@@ -7,8 +7,14 @@ import torch.nn.functional as F
 
 
 def hard_label_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy with the gold labels."""
-    return F.cross_entropy(student_logits.float(), labels)
+    """Cross-entropy with the gold labels, averaged over the labeled examples; unlabeled ones (label < 0, the
+    transfer set) are skipped, and a batch without labels contributes zero."""
+    labeled = labels >= 0
+    if bool(labeled.all()):
+        return F.cross_entropy(student_logits.float(), labels)
+    if not bool(labeled.any()):
+        return student_logits.float().sum() * 0.0
+    return F.cross_entropy(student_logits[labeled].float(), labels[labeled])
 
 
 def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

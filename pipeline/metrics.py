@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from pipeline.cache import TeacherCache
+from pipeline.cache.schema import TEACHER_CONFIG
 from pipeline.errors import PipelineError
+from pipeline.models import seed_model_dirs
 
 
 def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
@@ -60,24 +63,43 @@ def predict(model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: i
 
 
 @torch.no_grad()
-def cpu_latency_ms(model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: int, repeats: int, pad_id: int = 0,
-                   warmup: int = 3) -> float:
-    """Median wall time (ms) of one forward pass on CPU: `repeats` passes over the same fixed batches of real dev
-    examples, after `warmup` untimed passes (the same inputs for every model, so models compare like for like)."""
-    model.eval()
+def paired_latency_ms(models: list[torch.nn.Module], token_lists: list[np.ndarray], batch_size: int, repeats: int,
+                      pad_id: int = 0, warmup: int = 3) -> list[float]:
+    """Median wall time (ms) of one CPU forward pass for each model: `repeats` passes over the same fixed batches of
+    real dev examples after `warmup` untimed ones. With several models the passes are interleaved (model A, model B,
+    A, B, ...) so a slow spell of a shared machine hits all of them alike and their ratio stays stable."""
+    for model in models:
+        model.eval()
     n_batches = min(repeats, max(1, len(token_lists) // batch_size), 8)
     batches = [(token_lists * (1 + batch_size // max(len(token_lists), 1)))[i * batch_size:(i + 1) * batch_size]
                for i in range(n_batches)]
     inputs = [pad_batch(b, pad_id) for b in batches]
-    times = []
+    times: list[list[float]] = [[] for _ in models]
     for i in range(warmup + repeats):
         ids, mask = inputs[i % len(inputs)]
-        start = time.perf_counter()
-        model(input_ids=ids, attention_mask=mask)
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        for k, model in enumerate(models):
+            start = time.perf_counter()
+            model(input_ids=ids, attention_mask=mask)
+            if i >= warmup:
+                times[k].append((time.perf_counter() - start) * 1000)
+    return [statistics.median(t) for t in times]
 
+
+def cpu_latency_ms(model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: int, repeats: int, pad_id: int = 0,
+                   warmup: int = 3) -> float:
+    """Median CPU latency (ms) of one model (see paired_latency_ms)."""
+    return paired_latency_ms([model], token_lists, batch_size, repeats, pad_id, warmup)[0]
+
+
+def teacher_shaped_model(cache_dir: Path, num_labels: int) -> torch.nn.Module:
+    """A classifier with the teacher's architecture (from the cache's teacher_config.json) and random weights: the
+    latency reference for speedups. Dense CPU inference time does not depend on weight values, so students are timed
+    interleaved with it in one process without the teacher's weights (stage two never needs them)."""
+    raw = json.loads((Path(cache_dir) / TEACHER_CONFIG).read_text())
+    config = AutoConfig.for_model(**{k: v for k, v in raw.items() if k not in ("architectures", "id2label", "label2id")})
+    config.num_labels = num_labels
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_config(config).to("cpu").eval()
 
 def _load_classifier(model_dir: Path):
     if not (Path(model_dir) / "config.json").is_file():
@@ -86,8 +108,9 @@ def _load_classifier(model_dir: Path):
 
 
 def _score(model: torch.nn.Module, cache_dir: Path, batch_size: int, latency_batch_sizes: list[int],
-           latency_repeats: int) -> dict:
-    """Accuracy/F1 on the cache's dev rows (token ids and labels only) and median CPU latency per batch size."""
+           latency_repeats: int, reference: torch.nn.Module | None = None) -> dict:
+    """Accuracy/F1 on the cache's dev rows (token ids and labels only) and median CPU latency per batch size; with a
+    `reference` model, both are timed interleaved and speedup_b<N> = reference latency / model latency."""
     dev = TeacherCache(cache_dir, verify="lazy").split("dev", columns=[])
     rows = [dev[i] for i in range(len(dev))]
     tokens = [r["input_ids"] for r in rows]
@@ -96,30 +119,56 @@ def _score(model: torch.nn.Module, cache_dir: Path, batch_size: int, latency_bat
     result = classification_metrics(logits.argmax(-1), np.array([r["label"] for r in rows]), model.config.num_labels)
     result.update({"dev_rows": len(rows), "params": count_parameters(model), "cpu_threads": torch.get_num_threads()})
     for bs in latency_batch_sizes:
-        result[f"latency_ms_b{bs}"] = round(cpu_latency_ms(model, tokens, bs, latency_repeats, pad_id), 3)
+        if reference is None:
+            result[f"latency_ms_b{bs}"] = round(cpu_latency_ms(model, tokens, bs, latency_repeats, pad_id), 3)
+            continue
+        mine, ref = paired_latency_ms([model, reference], tokens, bs, latency_repeats, pad_id)
+        result.update({f"latency_ms_b{bs}": round(mine, 3), f"teacher_shaped_latency_ms_b{bs}": round(ref, 3),
+                       f"speedup_b{bs}": round(ref / mine, 3)})
+    return result
+
+
+def _seed_spread(result: dict, per_seed: list[tuple[int, dict]]) -> dict:
+    """Add seeds, per-seed accuracy and mean +- sample std of accuracy and F1 over the seed runs."""
+    result["seeds"] = [s for s, _ in per_seed]
+    result["accuracy_per_seed"] = [round(r["accuracy"], 6) for _, r in per_seed]
+    for key in ("accuracy", "f1"):
+        values = [r[key] for _, r in per_seed]
+        result[f"{key}_mean"] = round(statistics.mean(values), 6)
+        result[f"{key}_std"] = round(statistics.stdev(values), 6) if len(values) > 1 else 0.0
     return result
 
 
 def evaluate_saved_model(model_dir: Path, cache_dir: Path, *, batch_size: int, latency_batch_sizes: list[int],
-                         latency_repeats: int) -> dict:
-    """Dev accuracy/F1, size and CPU latency of a saved classifier."""
+                         latency_repeats: int, against_teacher_shape: bool = False) -> dict:
+    """Dev accuracy/F1, size and CPU latency of a saved classifier (its shipped checkpoint); for a student trained
+    under several seeds also each seed run's accuracy and the mean +- std. `against_teacher_shape` times it
+    interleaved with a teacher-shaped model and reports speedups from that one measurement."""
+    runs = seed_model_dirs(model_dir)
     model = _load_classifier(model_dir)
-    result = _score(model, cache_dir, batch_size, latency_batch_sizes, latency_repeats)
+    reference = teacher_shaped_model(cache_dir, model.config.num_labels) if against_teacher_shape else None
+    result = _score(model, cache_dir, batch_size, latency_batch_sizes, latency_repeats, reference)
     result.update({"size_mb": round(weights_bytes(model_dir) / 1e6, 2), "layers": model.config.num_hidden_layers,
                    "hidden_size": model.config.hidden_size})
+    if runs[0][0] is not None:
+        per_seed = [(runs[0][0], result)] + [(s, _score(_load_classifier(d), cache_dir, batch_size, [], 0)) for s, d in runs[1:]]
+        _seed_spread(result, per_seed)
     return result
 
-
 def compare_to_teacher(student: dict, teacher: dict) -> dict:
-    """Retention (student / teacher accuracy and F1) and latency speedups (teacher / student)."""
-    out = {"retention": round(student["accuracy"] / teacher["accuracy"], 4) if teacher["accuracy"] else None,
-           "f1_retention": round(student["f1"] / teacher["f1"], 4) if teacher["f1"] else None,
+    """Retention (student / teacher accuracy and F1; and of the seed mean when there is one) and, for batch sizes not
+    already timed against a teacher-shaped model, latency speedups from the teacher's own metrics."""
+    ratio = lambda a, b: round(a / b, 4) if b else None  # noqa: E731
+    out = {"retention": ratio(student["accuracy"], teacher["accuracy"]), "f1_retention": ratio(student["f1"], teacher["f1"]),
            "param_ratio": round(student["params"] / teacher["params"], 4)}
+    if "accuracy_mean" in student:
+        out["retention_mean"] = ratio(student["accuracy_mean"], teacher["accuracy"])
+        out["retention_std"] = ratio(student["accuracy_std"], teacher["accuracy"])
     for key in student:
-        if key.startswith("latency_ms_") and teacher.get(key):
-            out[f"speedup_{key.removeprefix('latency_ms_')}"] = round(teacher[key] / student[key], 3)
+        speedup = f"speedup_{key.removeprefix('latency_ms_')}"
+        if key.startswith("latency_ms_") and teacher.get(key) and speedup not in student:
+            out[speedup] = round(teacher[key] / student[key], 3)
     return out
-
 
 class EnsembleClassifier(torch.nn.Module):
     """Averages the logits of several classifiers; evaluated exactly like a single model."""
@@ -137,13 +186,23 @@ class EnsembleClassifier(torch.nn.Module):
 
 
 def evaluate_ensemble(member_dirs: list[Path], cache_dir: Path, *, batch_size: int, latency_batch_sizes: list[int],
-                      latency_repeats: int) -> dict:
-    """Accuracy/F1, total params and size, and CPU latency (all members run) of the logit-averaging ensemble."""
+                      latency_repeats: int, against_teacher_shape: bool = False) -> dict:
+    """Accuracy/F1, total params and size, and CPU latency (all members run) of the logit-averaging ensemble of the
+    members' shipped checkpoints; when the members were trained under several seeds, the ensemble of each seed index
+    (members' k-th runs) is scored too and the mean +- std reported."""
+    runs = [seed_model_dirs(d) for d in member_dirs]
     members = [_load_classifier(d) for d in member_dirs]
     if len({m.config.num_labels for m in members}) != 1:
         raise PipelineError(f"ensemble members disagree on the number of labels: {[str(d) for d in member_dirs]}")
-    result = _score(EnsembleClassifier(members).eval(), cache_dir, batch_size, latency_batch_sizes, latency_repeats)
+    reference = teacher_shaped_model(cache_dir, members[0].config.num_labels) if against_teacher_shape else None
+    result = _score(EnsembleClassifier(members).eval(), cache_dir, batch_size, latency_batch_sizes, latency_repeats, reference)
     result.update({"members": [Path(d).name for d in member_dirs],
                    "size_mb": round(sum(weights_bytes(d) for d in member_dirs) / 1e6, 2),
                    "layers": sum(m.config.num_hidden_layers for m in members)})
+    n_seeds = min(len(r) for r in runs)
+    if all(r[0][0] is not None for r in runs) and n_seeds > 1:
+        per_seed = [(0, result)] + [(k, _score(EnsembleClassifier([_load_classifier(r[k][1]) for r in runs]).eval(), cache_dir,
+                                               batch_size, [], 0)) for k in range(1, n_seeds)]
+        _seed_spread(result, per_seed)
+        result["seeds"] = [[r[k][0] for r in runs] for k in range(n_seeds)]  # the members' seeds in each ensemble
     return result

@@ -216,3 +216,22 @@ def copy_teacher_weights(student: torch.nn.Module, weights_path: Path, layers: l
     if missing:
         log.warning("init 'teacher': %d student tensors were not found in the teacher and stay random: %s", len(missing), missing[:5])
     return copied
+
+
+SEEDS_DIR, PROVENANCE = "seeds", "distill.json"  # a student's extra seed runs; its seed list
+
+
+def seed_model_dirs(model_dir: Path) -> list[tuple[int | None, Path]]:
+    """(seed, dir) of every seed run of a saved student, the shipped one first; [(None, model_dir)] for a model
+    that was not trained by distill (the teacher, any other checkpoint)."""
+    model_dir = Path(model_dir)
+    prov = model_dir / PROVENANCE
+    if not prov.is_file():
+        return [(None, model_dir)]
+    seeds = json.loads(prov.read_text())["seeds"]
+    dirs = [(seeds[0], model_dir)] + [(s, model_dir / SEEDS_DIR / str(s)) for s in seeds[1:]]
+    missing = [str(d) for _, d in dirs if not (d / "config.json").is_file()]
+    if missing:
+        raise PipelineError(f"{prov}: lists seed runs that are not on disk ({', '.join(missing)}); rerun the distill stage "
+                            "(`dvc repro distill@<student>`) or `dvc pull` the student")
+    return dirs

@@ -62,6 +62,35 @@ def _fmt(value, spec: str, unit: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{unit}"
 
 
+def _n_seeds(m: dict) -> int:
+    return len(m.get("seeds") or [None])
+
+
+def mean_accuracy(m: dict) -> float:
+    """The figure models are compared on: the mean over seed runs when there are several, else the one run's."""
+    return m.get("accuracy_mean", m["accuracy"])
+
+
+def _pm(m: dict, key: str, scale: float = 100.0, spec: str = ".2f") -> str:
+    """'84.21 ± 0.30' over seed runs, or the single run's value."""
+    if _n_seeds(m) > 1 and f"{key}_mean" in m:
+        return f"{scale * m[f'{key}_mean']:{spec}} ± {scale * m[f'{key}_std']:{spec}}"
+    return f"{scale * m[key]:{spec}}"
+
+
+def _speedup(m: dict, teacher: dict) -> float | None:
+    """Speedup at batch 32: timed interleaved against a teacher-shaped model when evaluate did so, else from the
+    teacher's own latency measurement."""
+    if m.get("speedup_b32"):
+        return m["speedup_b32"]
+    return teacher["latency_ms_b32"] / m["latency_ms_b32"] if m.get("latency_ms_b32") and teacher.get("latency_ms_b32") else None
+
+
+def _same_shape(a: dict, b: dict) -> bool:
+    return "members" not in a and "members" not in b and (a.get("layers"), a.get("hidden_size"), a.get("params")) == \
+        (b.get("layers"), b.get("hidden_size"), b.get("params"))
+
+
 def _curve(csv_path: Path, key: str) -> list[tuple[float, float]]:
     if not csv_path.is_file():
         return []
@@ -70,48 +99,71 @@ def _curve(csv_path: Path, key: str) -> list[tuple[float, float]]:
 
 
 def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict[str, str]) -> str:
-    """Write report.md and its charts to `out_dir`; returns the markdown. `kinds` maps a model name to its role."""
+    """Write report.md and its charts to `out_dir`; returns the markdown. `kinds` maps a model name to its role.
+    Accuracy, F1, retention and training time are mean ± sample std over a student's seed runs when it has several."""
     out_dir.mkdir(parents=True, exist_ok=True)
     models = load_metrics(metrics_dir)
     if "teacher" not in models:
         raise FileNotFoundError(f"{metrics_dir}/teacher.json: no teacher metrics; run evaluate_teacher first")
     teacher = models["teacher"]
-    order = ["teacher"] + sorted((n for n in models if n != "teacher"), key=lambda n: -models[n]["accuracy"])
-    head = ("| model | role | layers×hidden | params | size | dev acc | macro-F1 | retention | latency b1 / b32 (ms) "
+    t_acc = teacher["accuracy"]
+    order = ["teacher"] + sorted((n for n in models if n != "teacher"), key=lambda n: -mean_accuracy(models[n]))
+    head = ("| model | role | layers×hidden | params | size | seeds | dev acc | macro-F1 | retention | latency b1 / b32 (ms) "
             "| speedup b32 | train time | peak RSS |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for n in order:
         m = models[n]
         train = m.get("train", {})
         shape = f"{m.get('layers', '?')}×{m.get('hidden_size', '?')}" if "members" not in m else "+".join(m["members"])
-        ret = "—" if n == "teacher" else f"{100 * m['accuracy'] / teacher['accuracy']:.1f}%"
-        speed = "1.00×" if n == "teacher" else (f"{teacher['latency_ms_b32'] / m['latency_ms_b32']:.2f}×"
-                                                 if m.get("latency_ms_b32") and teacher.get("latency_ms_b32") else "—")
+        ret = "—" if n == "teacher" else (
+            f"{100 * m['accuracy_mean'] / t_acc:.1f} ± {100 * m['accuracy_std'] / t_acc:.1f}%" if _n_seeds(m) > 1
+            else f"{100 * m['accuracy'] / t_acc:.1f}%")
+        speedup = _speedup(m, teacher)
+        speed = "1.00×" if n == "teacher" else _fmt(speedup, ".2f", "×")
         lat = f"{_fmt(m.get('latency_ms_b1'), '.2f')} / {_fmt(m.get('latency_ms_b32'), '.1f')}"
+        t_time = (f"{train['seconds_mean']:.0f} ± {train['seconds_std']:.0f} s" if len(train.get("seeds", [])) > 1
+                  else _fmt(train.get("seconds"), ".0f", " s"))
         rows.append(f"| {n} | {kinds.get(n, 'teacher' if n == 'teacher' else 'student')} | {shape} | {m['params'] / 1e6:.1f} M "
-                    f"| {m['size_mb']:.1f} MB | {100 * m['accuracy']:.2f} | {100 * m['f1']:.2f} | {ret} | {lat} | {speed} "
-                    f"| {_fmt(train.get('seconds'), '.0f', ' s')} | {_fmt(train.get('peak_rss_mb'), '.0f', ' MB')} |")
+                    f"| {m['size_mb']:.1f} MB | {_n_seeds(m)} | {_pm(m, 'accuracy')} | {_pm(m, 'f1')} | {ret} | {lat} | {speed} "
+                    f"| {t_time} | {_fmt(train.get('peak_rss_mb'), '.0f', ' MB')} |")
     students = [n for n in order if n != "teacher"]
-    near = [n for n in students if models[n]["accuracy"] >= teacher["accuracy"] - 0.01 and kinds.get(n) != "ensemble"]
+    near = [n for n in students if mean_accuracy(models[n]) >= t_acc - 0.01 and kinds.get(n) != "ensemble"]
     fastest = min(near, key=lambda n: models[n].get("latency_ms_b32", float("inf"))) if near else None
-    best = max(students, key=lambda n: models[n]["accuracy"]) if students else None
-    advice = [f"- Most accurate: **{best}** ({100 * models[best]['accuracy']:.2f}, "
-              f"{100 * models[best]['accuracy'] / teacher['accuracy']:.1f}% of the teacher)." if best else "- No students yet."]
+    best = max(students, key=lambda n: mean_accuracy(models[n])) if students else None
+    advice = [f"- Most accurate: **{best}** ({_pm(models[best], 'accuracy')}, "
+              f"{100 * mean_accuracy(models[best]) / t_acc:.1f}% of the teacher)." if best else "- No students yet."]
     advice.append(f"- Fastest within 1 point of the teacher: **{fastest}** "
-                  f"({teacher['latency_ms_b32'] / models[fastest]['latency_ms_b32']:.2f}× faster at batch 32)." if fastest
+                  f"({_fmt(_speedup(models[fastest], teacher), '.2f', '×')} faster at batch 32)." if fastest
                   else "- No single student is within 1 point of the teacher.")
-    svg_chart({n: [(models[n]["params"] / 1e6, 100 * models[n]["accuracy"])] for n in order}, out_dir / "accuracy_vs_params.svg",
+    for base in (n for n in students if kinds.get(n, "").startswith("baseline")):
+        rivals = [n for n in students if n != base and kinds.get(n) == "student" and _same_shape(models[n], models[base])]
+        if rivals:
+            top = max(rivals, key=lambda n: mean_accuracy(models[n]))
+            gain = 100 * (mean_accuracy(models[top]) - mean_accuracy(models[base]))
+            advice.append(f"- Distillation vs the hard-label baseline **{base}** (same shape): best KD student **{top}** "
+                          f"{gain:+.2f} points ({_n_seeds(models[top])} vs {_n_seeds(models[base])} seeds).")
+    seeded = [n for n in order if _n_seeds(models[n]) > 1]
+    per_seed = []
+    if seeded:
+        per_seed = ["Dev accuracy of each seed run (the first is the shipped checkpoint; an ensemble's k-th run averages "
+                    "its members' k-th runs):", "", "| model | seeds | dev acc per seed |", "|---|---|---|"]
+        per_seed += [f"| {n} | {', '.join('+'.join(map(str, s)) if isinstance(s, list) else str(s) for s in models[n]['seeds'])} "
+                     f"| {', '.join(f'{100 * a:.2f}' for a in models[n]['accuracy_per_seed'])} |" for n in seeded]
+        per_seed.append("")
+    svg_chart({n: [(models[n]["params"] / 1e6, 100 * mean_accuracy(models[n]))] for n in order}, out_dir / "accuracy_vs_params.svg",
               x_label="parameters (M)", y_label="dev accuracy (%)", title="Accuracy against size", lines=False)
-    svg_chart({n: [(models[n]["latency_ms_b32"], 100 * models[n]["accuracy"])] for n in order if models[n].get("latency_ms_b32")},
+    svg_chart({n: [(models[n]["latency_ms_b32"], 100 * mean_accuracy(models[n]))] for n in order if models[n].get("latency_ms_b32")},
               out_dir / "accuracy_vs_latency.svg", x_label="CPU latency, batch 32 (ms)", y_label="dev accuracy (%)",
               title="Accuracy against latency", lines=False)
     svg_chart({n: _curve(Path(plots_dir) / f"{n}.csv", "loss") for n in order}, out_dir / "training_loss.svg",
               x_label="step", y_label="training loss", title="Learning curves")
     svg_chart({n: _curve(Path(plots_dir) / f"{n}.csv", "eval_accuracy") for n in order}, out_dir / "dev_accuracy.svg",
               x_label="step", y_label="dev accuracy", title="Dev accuracy at each epoch end")
-    md = "\n".join(["# Distillation report", "", "Which student to ship:", *advice, "", *rows, "",
-                    "Retention = student ÷ teacher dev accuracy; speedup = teacher ÷ model CPU latency at batch 32; train "
-                    "time and peak RSS are those of the model's own training stage (the teacher's is its fine-tuning).",
+    md = "\n".join(["# Distillation report", "", "Which student to ship:", *advice, "", *rows, "", *per_seed,
+                    "Dev accuracy, macro-F1, retention (student ÷ teacher dev accuracy) and train time are mean ± sample "
+                    "std over the seed runs where a model has more than one (`distill.seeds`), else the single run. "
+                    "Speedup = latency of a teacher-shaped model ÷ the model's, timed interleaved in one process at batch "
+                    "32 (CPU). Peak RSS is that of the model's own training stage (the teacher's is its fine-tuning).",
                     "", "![accuracy vs params](accuracy_vs_params.svg) ![accuracy vs latency](accuracy_vs_latency.svg)", "",
                     "![training loss](training_loss.svg) ![dev accuracy](dev_accuracy.svg)", ""])
     (out_dir / "report.md").write_text(md)

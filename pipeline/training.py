@@ -120,6 +120,14 @@ def _to_float(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(x, dtype=np.float32))
 
 
+class ConcatSplits(torch.utils.data.ConcatDataset):
+    """Several cache splits read as one training set (labeled train + unlabeled transfer rows); lengths() feeds the
+    length-grouped sampler."""
+
+    def lengths(self) -> np.ndarray:
+        return np.concatenate([d.lengths() for d in self.datasets])
+
+
 class CacheCollator:
     """Cache rows -> a padded batch: token ids, mask, labels, teacher logits, hidden states and values (B, T, H), and
     attention maps (B, heads, T, T), zero where padded."""

@@ -1,10 +1,10 @@
-"""distill@<student> (stage two): train one student from the cache alone, save it with its tokenizer."""
+"""distill@<student> (stage two): train one student from the cache alone (once per seed), save it with its tokenizer."""
 
 import json
 from pathlib import Path
 
 from pipeline.cli import run_stage
-from pipeline.distill import distill_student
+from pipeline.distill import distill_seeds
 from pipeline.training import write_history_csv
 
 
@@ -12,9 +12,10 @@ def main(params, args):
     if args.student not in params.students:
         params.distill_for(args.student)  # raises the one-line error naming the known students
     spec = params.students[args.student]
-    cfg, seed = params.distill_for(args.student)
-    result = distill_student(Path(args.cache), Path(args.out_root) / args.student, spec, cfg, seed=seed, teacher_dir=Path(args.teacher),
-                             max_length=params.data.max_length, label_names=params.data.label_names, verify=cfg.verify_cache)
+    cfg, _ = params.distill_for(args.student)
+    result = distill_seeds(Path(args.cache), Path(args.out_root) / args.student, spec, cfg, seeds=params.seeds_for(args.student),
+                           teacher_dir=Path(args.teacher), max_length=params.data.max_length,
+                           label_names=params.data.label_names, verify=cfg.verify_cache)
     write_history_csv(result["history"], Path(args.plots_root) / f"{args.student}.csv")
     metrics = Path(args.metrics_root) / f"train_{args.student}.json"
     metrics.parent.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,10 @@ def make_tokenizer(out: Path, sst2_dir: Path) -> BertTokenizerFast:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [w for w, _ in words.most_common(400)]
     out.mkdir(parents=True, exist_ok=True)
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+    # loaded from the directory: transformers 5's BertTokenizerFast(vocab_file=...) ignores the file (every word [UNK])
+    tokenizer = BertTokenizerFast.from_pretrained(out, do_lower_case=True)
+    assert tokenizer.unk_token_id not in tokenizer("the film")["input_ids"], "tiny tokenizer lost its vocabulary"
+    return tokenizer
 
 
 def make_tiny_teacher(out: Path, sst2_dir: Path, *, layers: int = 4, hidden: int = 32, heads: int = 4, seed: int = 0) -> Path:

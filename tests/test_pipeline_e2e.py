@@ -149,3 +149,32 @@ def test_dvc_exp_run_reuses_the_cache_and_exp_show_lists_student_metrics(repo, f
     shown = json.loads(_run(dvc + ["exp", "show", "--json"], repo).stdout)
     text = json.dumps(shown)
     assert "l2-lr" in text and "artifacts/metrics/l2.json" in text and "accuracy" in text
+
+
+@pytest.mark.slow
+@needs_sst2
+def test_a_queued_sweep_reuses_the_cache_and_exp_show_lists_every_point(repo, first_repro):
+    """`dvc exp run --queue` twice, `dvc exp run --run-all`: each point trains only its student; none reruns extract."""
+    dvc = [sys.executable, "-m", "dvc"]
+    if "up to date" not in _run(dvc + ["status"], repo).stdout:
+        _run(dvc + ["repro"], repo)
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "sweep base", "--allow-empty"]):
+        _run(cmd, repo)
+    names = {"r2-lr1": "1e-3", "r2-lr2": "2e-3"}
+    for name, lr in names.items():
+        _run(dvc + ["exp", "run", "--queue", "-n", name, "-S", f"students.r2.learning_rate={lr}"], repo)
+    _run(dvc + ["exp", "run", "--run-all"], repo)
+    for name in names:
+        logs = _run(dvc + ["queue", "logs", name], repo).stdout
+        ran = _ran(logs)
+        assert "distill@r2" in ran and not ran & {"prepare", "teacher", "extract", "distill@l3", "distill@l2"}, logs[-2000:]
+    shown = json.loads(_run(dvc + ["exp", "show", "--json"], repo).stdout)
+    found = {}
+    for exp in (e for base in shown for e in (base.get("experiments") or [])):
+        for rev in exp.get("revs", []):
+            data = rev.get("data", {})
+            if data.get("name") in names:
+                found[data["name"]] = (data["params"]["params.yaml"]["data"]["students"]["r2"]["learning_rate"],
+                                       data["metrics"]["artifacts/metrics/r2.json"]["data"]["accuracy"])
+    assert set(found) == set(names) and {lr for lr, _ in found.values()} == {1e-3, 2e-3}, json.dumps(shown)[:3000]
+    assert all(0 <= acc <= 1 for _, acc in found.values())

@@ -57,3 +57,21 @@ def test_svg_chart_handles_empty_and_single_points(tmp_path):
     assert "no data" in (tmp_path / "a.svg").read_text()
     svg_chart({"one": [(1.0, 2.0)]}, tmp_path / "b.svg", x_label="x", y_label="y", title="t")
     assert "<circle" in (tmp_path / "b.svg").read_text()
+
+
+def test_report_gives_mean_and_std_over_seeds_and_the_gain_over_the_baseline(tmp_path):
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    _metrics(metrics, "teacher", 0.90, 22_000_000, 50.0, layers=6)
+    seeded = lambda accs: {"seeds": [1, 2, 3], "accuracy_per_seed": accs, "accuracy_mean": sum(accs) / 3,  # noqa: E731
+                           "accuracy_std": 0.01, "f1_mean": sum(accs) / 3 - 0.01, "f1_std": 0.02}
+    _metrics(metrics, "kd", 0.88, 17_000_000, 25.0, speedup_b32=1.9, **seeded([0.88, 0.89, 0.87]))
+    _metrics(metrics, "hard", 0.87, 17_000_000, 25.0, **seeded([0.87, 0.85, 0.86]))
+    (metrics / "train_kd.json").write_text(json.dumps({"seconds": 100.0, "seeds": [1, 2, 3], "seconds_mean": 110.0,
+                                                       "seconds_std": 8.0}))
+    md = render_report(metrics, tmp_path, tmp_path / "report", {"kd": "student", "hard": "baseline (hard labels)"})
+    kd = next(line for line in md.splitlines() if line.startswith("| kd "))
+    # mean ± std of accuracy and F1 (in points), retention of the mean, the interleaved speedup, train time over seeds
+    assert "| 3 | 88.00 ± 1.00 | 87.00 ± 2.00 | 97.8 ± 1.1% |" in kd and "| 1.90× |" in kd and "110 ± 8 s" in kd
+    assert "best KD student **kd** +2.00 points (3 vs 3 seeds)" in md
+    assert "| hard | 1, 2, 3 | 87.00, 85.00, 86.00 |" in md
