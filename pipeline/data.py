@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,6 +280,9 @@ def split_fingerprint(ds: datasets.Dataset) -> str:
 
 
 def save_prepared(out_dir: Path, splits: dict[str, datasets.Dataset], info: dict) -> None:
+    """Each split with save_to_disk plus info.json, replacing whatever `out_dir` held."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, ds in splits.items():
         ds.save_to_disk(str(out_dir / name))

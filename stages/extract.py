@@ -1,4 +1,4 @@
-"""extract (stage one): run the teacher once over train and dev; write logits + hidden states to the cache."""
+"""extract (stage one): run the teacher once over train, dev and any transfer texts; write logits + hidden states to the cache."""
 
 from pathlib import Path
 
@@ -10,6 +10,10 @@ from pipeline.extract import extract_cache, write_extract_report
 
 def main(params, args):
     splits, info = load_prepared(Path(args.prepared))
+    if Path(args.transfer).exists():  # the unlabeled transfer split, when data.transfer names one
+        transfer, transfer_info = load_prepared(Path(args.transfer))
+        splits.update(transfer)
+        info["splits"].update(transfer_info["splits"])
     if info["max_length"] != params.data.max_length:
         raise PipelineError(f"{args.prepared}: prepared with max_length {info['max_length']} but data.max_length is "
                             f"{params.data.max_length}; rerun prepare (`dvc repro`)")
@@ -26,6 +30,7 @@ def main(params, args):
 
 def configure(p):
     p.add_argument("--prepared", default="data/prepared")
+    p.add_argument("--transfer", default="data/transfer", help="prepared transfer split (optional)")
     p.add_argument("--teacher", default="artifacts/teacher")
     p.add_argument("--out", default="artifacts/cache")
     p.add_argument("--metrics", default="artifacts/metrics/extract.json")

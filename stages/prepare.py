@@ -1,6 +1,7 @@
-"""prepare: read train/dev with `datasets`, validate, map labels, tokenize with the teacher's tokenizer -> data/prepared/."""
+"""prepare: read train/dev (and the unlabeled transfer texts, if any) with `datasets`, validate, map labels, tokenize
+with the teacher's tokenizer -> data/prepared/ (train, dev) and data/transfer/ (apart, so the teacher, which never
+sees it, does not retrain when only the transfer set changes)."""
 
-import shutil
 from pathlib import Path
 
 from pipeline.cli import run_stage
@@ -12,13 +13,18 @@ def main(params, args):
     tokenizer = load_tokenizer(params.teacher.model, params.teacher.trust_remote_code)
     splits, info = prepare_corpus(params.data, tokenizer, params.seed)
     info["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
-    out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
-    save_prepared(out, splits, info)
-    for name, stats in info["splits"].items():
+    transfer = {k: splits.pop(k) for k in ("transfer",) if k in splits}
+    transfer_info = {**info, "splits": {k: info["splits"].pop(k) for k in transfer}}
+    save_prepared(Path(args.out), splits, info)
+    save_prepared(Path(args.transfer_out), transfer, transfer_info)
+    for name, stats in {**info["splits"], **transfer_info["splits"]}.items():
         print(f"prepare: {name}: {stats['rows']} rows, {stats['tokens']} tokens, {stats['truncated']} truncated")
 
 
+def configure(p):
+    p.add_argument("--out", default="data/prepared")
+    p.add_argument("--transfer-out", default="data/transfer", help="the transfer split (empty when data.transfer is null)")
+
+
 if __name__ == "__main__":
-    run_stage(main, lambda p: p.add_argument("--out", default="data/prepared"))
+    run_stage(main, configure)

@@ -40,7 +40,7 @@ def repo(tmp_path_factory) -> Path:
     for split in ("train", "dev"):
         shutil.copy(SST2 / f"{split}.tsv", repo / "data/raw/sst2" / f"{split}.tsv")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"].update(max_train_examples=1000, max_dev_examples=200)
+    params["data"].update(max_train_examples=1000, max_dev_examples=200, max_transfer_examples=500)
     params["teacher"].update(epochs=2)
     params["distill"].update(epochs=1)
     params["evaluate"].update(latency_repeats=3)
@@ -72,6 +72,7 @@ def test_dvc_repro_builds_everything_then_nothing_then_only_the_changed_student(
     assert (repo / "artifacts/teacher/model.safetensors").is_file()
     manifest = json.loads((repo / "artifacts/cache/manifest.json").read_text())
     assert manifest["splits"]["train"]["rows"] == 1000 and manifest["splits"]["dev"]["rows"] == 200
+    assert manifest["splits"]["transfer"]["rows"] == 500
     teacher = json.loads((repo / "artifacts/metrics/teacher.json").read_text())
     assert 0.6 < teacher["accuracy"] <= 1.0 and teacher["params"] > 20_000_000
     specs = yaml.safe_load((repo / "params.yaml").read_text())["students"]
@@ -162,7 +163,8 @@ def test_a_queued_sweep_reuses_the_cache_and_exp_show_lists_every_point(repo, fi
         _run(cmd, repo)
     names = {"r2-lr1": "1e-3", "r2-lr2": "2e-3"}
     for name, lr in names.items():
-        _run(dvc + ["exp", "run", "--queue", "-n", name, "-S", f"students.r2.learning_rate={lr}"], repo)
+        # a queued experiment runs in a copy of the repo: git-ignored raw data comes along only with -C (--copy-paths)
+        _run(dvc + ["exp", "run", "--queue", "-C", "data/raw/sst2", "-n", name, "-S", f"++students.r2.learning_rate={lr}"], repo)
     _run(dvc + ["exp", "run", "--run-all"], repo)
     for name in names:
         logs = _run(dvc + ["queue", "logs", name], repo).stdout
@@ -172,9 +174,9 @@ def test_a_queued_sweep_reuses_the_cache_and_exp_show_lists_every_point(repo, fi
     found = {}
     for exp in (e for base in shown for e in (base.get("experiments") or [])):
         for rev in exp.get("revs", []):
-            data = rev.get("data", {})
-            if data.get("name") in names:
-                found[data["name"]] = (data["params"]["params.yaml"]["data"]["students"]["r2"]["learning_rate"],
+            data, name = rev.get("data") or {}, rev.get("name")
+            if name in names:
+                found[name] = (data["params"]["params.yaml"]["data"]["students"]["r2"]["learning_rate"],
                                        data["metrics"]["artifacts/metrics/r2.json"]["data"]["accuracy"])
     assert set(found) == set(names) and {lr for lr, _ in found.values()} == {1e-3, 2e-3}, json.dumps(shown)[:3000]
     assert all(0 <= acc <= 1 for _, acc in found.values())
