@@ -9,6 +9,7 @@ and compares dev accuracy.
 """
 
 import argparse
+import dataclasses
 import shutil
 
 import numpy as np
@@ -26,6 +27,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--student", default="l3")
+    ap.add_argument("--epochs", type=float, default=2.0, help="distill epochs over the labeled rows (the figure used 2)")
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
     teacher = ROOT / "artifacts/teacher"
@@ -34,7 +36,8 @@ def main():
     splits, info = load_prepared(ROOT / "data/prepared")
     spec = params.students[args.student]
     cfg, _ = params.distill_for(args.student)
-    result = {"student": args.student, "seeds": args.seeds, "train_rows": len(splits["train"]), "runs": {}}
+    cfg = dataclasses.replace(cfg, epochs=args.epochs)
+    result = {"student": args.student, "seeds": args.seeds, "epochs": args.epochs, "train_rows": len(splits["train"]), "runs": {}}
     for dtype in ("float16", "int8"):
         cache = WORK / f"p4_cache_{dtype}"
         shutil.rmtree(cache, ignore_errors=True)

@@ -45,7 +45,8 @@ def repo(tmp_path_factory) -> Path:
     params["distill"].update(epochs=1)
     params["evaluate"].update(latency_repeats=3)
     # a student that needs no teacher weights, for the cross-machine flow below
-    params["students"]["r2"] = {"num_layers": 2, "hidden_size": 128, "num_heads": 2, "init": "random"}
+    # (trained under 2 seeds: the seed-spread path through the real stages)
+    params["students"]["r2"] = {"num_layers": 2, "hidden_size": 128, "num_heads": 2, "init": "random", "seeds": 2}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "fixture"]):
@@ -83,6 +84,13 @@ def test_dvc_repro_builds_everything_then_nothing_then_only_the_changed_student(
         assert floor < m["accuracy"] <= 1.0 and 0 < m["f1"] <= 1.0
         assert m["params"] < teacher["params"] and m["speedup_b32"] > 1.2
         assert (repo / f"artifacts/students/{s}/tokenizer.json").is_file()
+
+    r2 = json.loads((repo / "artifacts/metrics/r2.json").read_text())
+    assert r2["seeds"] == [42, 43] and len(r2["accuracy_per_seed"]) == 2 and r2["accuracy_per_seed"][0] == r2["accuracy"]
+    assert (repo / "artifacts/students/r2/seeds/43/model.safetensors").is_file()
+    assert "| r2 | 42, 43 |" in report  # the per-seed table
+    l3 = json.loads((repo / "artifacts/metrics/train_l3.json").read_text())
+    assert l3["transfer_rows"] == 500 and json.loads((repo / "artifacts/metrics/train_l3_hard.json").read_text())["transfer_rows"] == 0
 
     second = _run([sys.executable, "-m", "dvc", "repro"], repo)
     assert _ran(second.stdout) == set()
