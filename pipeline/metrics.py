@@ -98,8 +98,10 @@ def teacher_shaped_model(cache_dir: Path, num_labels: int) -> torch.nn.Module:
     raw = json.loads((Path(cache_dir) / TEACHER_CONFIG).read_text())
     config = AutoConfig.for_model(**{k: v for k, v in raw.items() if k not in ("architectures", "id2label", "label2id")})
     config.num_labels = num_labels
-    torch.manual_seed(0)
-    return AutoModelForSequenceClassification.from_config(config).to("cpu").eval()
+    with torch.random.fork_rng():  # the caller's RNG stream stays untouched
+        torch.manual_seed(0)
+        return AutoModelForSequenceClassification.from_config(config).to("cpu").eval()
+
 
 def _load_classifier(model_dir: Path):
     if not (Path(model_dir) / "config.json").is_file():
