@@ -92,6 +92,7 @@ def distill_student(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: Dist
     train, dev = cache.split("train", columns), cache.split("dev", columns)
     teacher_signal = bool(cfg.beta or (cfg.gamma and pairs) or att_pairs or value_pair)
     transfer = cache.split("transfer", columns) if cfg.transfer and teacher_signal and "transfer" in cache.splits else None
+    labeled_rows, transfer_rows = len(train), len(transfer) if transfer is not None else 0
     if transfer is not None:  # unlabeled rows: the teacher's outputs are their only target
         train = ConcatSplits([train, transfer])
     args = training_arguments(scratch_dir(), epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
@@ -110,8 +111,8 @@ def distill_student(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: Dist
     summary = {"seconds": round(time.perf_counter() - start, 1), "params": count_parameters(student),
                "trained_params": count_parameters(module), "layer_pairs": pairs, "attention_pairs": att_pairs,
                "value_pair": value_pair, "init": init_info.get("init"),
-               "init_teacher_layers": init_info.get("teacher_layers"), "train_rows": len(train) - (len(transfer) if transfer is not None else 0),
-               "transfer_rows": len(transfer) if transfer is not None else 0,
+               "init_teacher_layers": init_info.get("teacher_layers"), "train_rows": labeled_rows,
+               "transfer_rows": transfer_rows,
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                "dev_accuracy_per_epoch": [round(h["eval_accuracy"], 4) for h in evals]}
     return {"summary": summary, "history": history}
