@@ -25,6 +25,25 @@ RESULTS = ROOT / "bench" / "results"
 SST2 = Path(os.environ.get("KD_SHARED_DATA", ROOT.parent / "shared" / "data")) / "sst2"
 
 
+SHAPES = {"minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+          "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)}
+
+
+def random_teacher(shape: str, tokenizer_dir: Path) -> Path:
+    """A classifier of a named shape with random weights (speed does not depend on them) and a real tokenizer, for
+    machines without the hub or the MiniLM package (the lent GPU machine)."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    out = WORK / f"random_{shape}"
+    if not (out / "model.safetensors").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=len(tokenizer), num_labels=2, **SHAPES[shape])
+        BertForSequenceClassification(config).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    return out
+
+
 def teacher_dir() -> Path:
     """The fine-tuned teacher of the default run if there is one, else MiniLM with a fresh head (fine for speed)."""
     if (ROOT / "artifacts/teacher/model.safetensors").is_file():

@@ -79,14 +79,32 @@ def quantize_int8(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(t.float() / scale).clamp_(-127, 127).to(torch.int8), scale.half()
 
 
-def to_storage(t: torch.Tensor, dtype: str, name: str) -> dict[str, np.ndarray]:
-    """A (tokens, width) float tensor -> the arrays of its stored field(s) (see `token_fields`)."""
+def to_storage(t: torch.Tensor, dtype: str, name: str) -> dict[str, torch.Tensor]:
+    """A (tokens, width) float tensor -> the tensors of its stored field(s) (see `token_fields`), on t's device."""
     if dtype == "bfloat16":
-        return {name: t.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)}
+        return {name: t.to(torch.bfloat16).view(torch.int16)}
     if dtype == "int8":
         q, scale = quantize_int8(t)
-        return {name: q.cpu().numpy(), name + SCALE_SUFFIX: scale.cpu().numpy()}
-    return {name: t.to(torch.float16).cpu().numpy()}
+        return {name: q, name + SCALE_SUFFIX: scale}
+    return {name: t.to(torch.float16)}
+
+
+def to_host(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, np.ndarray], torch.cuda.Event | None]:
+    """Device tensors -> numpy arrays on the host. From a GPU: non-blocking copies into pinned memory and the CUDA event
+    after which the arrays hold the data (the writer thread waits on it), so the next forward is queued at once."""
+    def numpy(t: torch.Tensor) -> np.ndarray:
+        return t.numpy().view(np.uint16) if t.dtype == torch.int16 else t.numpy()
+
+    if not any(t.is_cuda for t in tensors.values()):
+        return {name: numpy(t) for name, t in tensors.items()}, None
+    host = {}
+    for name, t in tensors.items():
+        pinned = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        pinned.copy_(t, non_blocking=True)
+        host[name] = numpy(pinned)  # the array keeps the pinned tensor alive
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
 
 
 JOURNAL = "journal.json"
@@ -147,23 +165,40 @@ class _ShardWriterThread:
         while (item := self.queue.get()) is not None:
             if self.error is not None:
                 continue  # drain after a failure so the producer never blocks
-            kind, split, batch, batch_end = item
+            kind, split, batch, batch_end, ready = item
             try:
+                if ready is not None:
+                    ready.synchronize()  # the batch's device->host copies have landed
                 entry = self.state[split]
-                record = self.writer.write(split, batch) if kind == "batch" else self.writer.finish_split(split)
-                if record is not None:
-                    entry["shards"].append({"record": record, "batch_end": batch_end})
+                # a shard enters the journal once it is renamed and hashed, tagged with the batch count it ends at
+                done = (self.writer.write(split, batch, tag=batch_end) if kind == "batch"
+                        else self.writer.finish_split(split, tag=batch_end))
+                for record, tag in done:
+                    entry["shards"].append({"record": record, "batch_end": tag})
                 if kind == "finish":
                     entry["done"] = True
-                if record is not None or kind == "finish":
+                if done or kind == "finish":
                     _save_journal(self.work, self.key, self.state)
             except BaseException as exc:  # re-raised in the main thread by put()/close()
                 self.error = exc
+                self._salvage()
 
-    def put(self, kind: str, split: str, batch: CacheBatch | None, batch_end: int) -> None:
+    def _salvage(self) -> None:
+        """Journal the shards that finished hashing before the failure, so a rerun keeps them."""
+        try:
+            salvaged = self.writer.salvage()
+            for split, done in salvaged.items():
+                self.state.setdefault(split, {"shards": [], "done": False})["shards"].extend(
+                    {"record": record, "batch_end": tag} for record, tag in done)
+            if any(salvaged.values()):
+                _save_journal(self.work, self.key, self.state)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            log.exception("could not journal the finished shards after a write error")
+
+    def put(self, kind: str, split: str, batch: CacheBatch | None, batch_end: int, ready=None) -> None:
         if self.error is not None:
             raise self.error
-        self.queue.put((kind, split, batch, batch_end))
+        self.queue.put((kind, split, batch, batch_end, ready))
 
     def close(self) -> None:
         self.queue.put(None)
@@ -253,31 +288,40 @@ def _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, 
                      len(entry["shards"]))
         padded = real = 0
         start = time.perf_counter()
+        cuda = dev.type == "cuda"
         for bi in tqdm(range(first, len(batches)), desc=f"extract {split}", unit="batch", initial=first, total=len(batches)):
             rows = batches[bi]
-            width = int(lengths[rows].max())
+            lens = lengths[rows]
+            width = int(lens.max())
             input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
             for j, r in enumerate(rows):  # one slice copy per row to pad; the model call dominates
-                input_ids[j, :lengths[r]] = flat_ids[offsets[r]:offsets[r + 1]]
-            ids_t = torch.from_numpy(input_ids).to(dev, non_blocking=True)
-            mask = (torch.arange(width)[None, :] < torch.from_numpy(lengths[rows].astype(np.int64))[:, None]).to(dev)
-            with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                out = model(input_ids=ids_t, attention_mask=mask.long(), output_hidden_states=True,
+                input_ids[j, :lens[j]] = flat_ids[offsets[r]:offsets[r + 1]]
+            mask = np.arange(width)[None, :] < lens[:, None]
+            # everything the device needs goes over in one non-blocking step; real tokens are picked on the device by
+            # index (a boolean mask there would make the host wait for the GPU before it can queue the next batch)
+            host_in = [torch.from_numpy(input_ids), torch.from_numpy(mask.astype(np.int64)), torch.from_numpy(np.flatnonzero(mask))]
+            ids_t, mask_t, real = (t.pin_memory().to(dev, non_blocking=True) if cuda else t for t in host_in)
+            with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+                out = model(input_ids=ids_t, attention_mask=mask_t, output_hidden_states=True,
                             output_attentions=bool(attentions))
-            fields_out = {"logits": out.logits.float().cpu().numpy()}
+
+            def tokens(t: torch.Tensor) -> torch.Tensor:  # (batch, width, d) -> (real tokens, d), row-major
+                return t.reshape(-1, t.shape[-1]).index_select(0, real)
+
+            device_out = {"logits": out.logits.float()}
             for layer in layers:
-                fields_out.update(to_storage(out.hidden_states[layer][mask], dtype, hidden_field(layer)))
+                device_out.update(to_storage(tokens(out.hidden_states[layer]), dtype, hidden_field(layer)))
             if attentions:
-                lens = lengths[rows].tolist()
                 for layer in attentions:  # only the real-token block of each example's heads x len x len map
                     att = out.attentions[layer - 1]
-                    flat = torch.cat([att[j, :, :n, :n].reshape(-1) for j, n in enumerate(lens)])
-                    fields_out.update(to_storage(flat, att_dtype, attention_field(layer)))
+                    flat = torch.cat([att[j, :, :n, :n].reshape(-1) for j, n in enumerate(lens.tolist())])
+                    device_out.update(to_storage(flat, att_dtype, attention_field(layer)))
             for layer, value in (captured or {}).items():
-                fields_out.update(to_storage(value[mask], dtype, value_field(layer)))
-            sink.put("batch", split, CacheBatch(example_id=example_ids[rows], length=lengths[rows], label=labels[rows],
-                                                input_ids=ids_t[mask].cpu().numpy().astype(np.int32), fields=fields_out),
-                     bi + 1)
+                device_out.update(to_storage(tokens(value), dtype, value_field(layer)))
+            fields_out, ready = to_host(device_out)
+            sink.put("batch", split, CacheBatch(example_id=example_ids[rows], length=lens, label=labels[rows],
+                                                input_ids=input_ids[mask].astype(np.int32), fields=fields_out),
+                     bi + 1, ready)
             padded += len(rows) * width
             real += int(lengths[rows].sum())
             if on_batch is not None:

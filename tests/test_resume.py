@@ -27,6 +27,7 @@ from pipeline.extract import extract_cache
 
 torch.set_num_threads(1)
 prepared, teacher, out, kill_after, delay = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+device = sys.argv[6]
 splits, info = load_prepared(Path(prepared))
 train_batches = (len(splits["train"]) + 7) // 8
 
@@ -36,15 +37,17 @@ def on_batch(split, index):
         threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
 
 result = extract_cache(Path(teacher), splits, Path(out), layers=[1, 2, 4], dtype="float16", batch_size=8,
-                       shard_max_bytes=20_000, device="cpu", max_length=info["max_length"], label_names=info["label_names"],
+                       shard_max_bytes=20_000, device=device, max_length=info["max_length"], label_names=info["label_names"],
                        dataset_fingerprints={k: v["fingerprint"] for k, v in info["splits"].items()},
                        on_batch=on_batch if kill_after else None)
 print(json.dumps({k: v["resumed_batches"] for k, v in result["stats"].items()}))
 """
 
 
-def _extract(prepared: Path, teacher: Path, out: Path, kill_after: int = 0, delay: float = 0.0) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", CHILD, str(prepared), str(teacher), str(out), str(kill_after), str(delay)],
+def _extract(prepared: Path, teacher: Path, out: Path, kill_after: int = 0, delay: float = 0.0,
+             device: str = "cpu") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", CHILD, str(prepared), str(teacher), str(out), str(kill_after), str(delay),
+                           device],
                           capture_output=True, text=True, timeout=300)
 
 

@@ -1,15 +1,21 @@
 """The one cache writer: rows in, sharded Arrow IPC files and a manifest out.
 
-A shard is written under a hidden temporary name, fsynced, and renamed only when complete; the manifest is written
-last, atomically, so a reader never sees a partial shard or a manifest listing one. Completed shards can be handed
-back in (`resume`) so an interrupted extraction continues where it stopped.
+A shard is written under a hidden temporary name and renamed only when complete; its sha256 and per-batch CRC-32s are
+computed on a small thread pool while the next shard is being written (hashlib and zlib release the GIL), and a shard
+counts as done only once its record holds them. The manifest is written last, atomically (fsynced), so a reader never
+sees a partial shard or a manifest listing one. Shards are not fsynced one by one: an extraction resumed after a crash
+re-checks every finished shard against its sha256 (`pipeline.extract`), and readers check CRCs, so a shard torn by a
+power cut is found and rewritten rather than trusted. Completed shards can be handed back in (`resume`) so an
+interrupted extraction continues where it stopped.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,21 +42,31 @@ class CacheBatch:
         return len(self.example_id)
 
 
+def _finish_shard(tmp: Path, final: Path, rows: int, tokens: int) -> dict:
+    """Publish a closed shard under its final name and hash it: the record the manifest and the journal keep."""
+    os.replace(tmp, final)
+    return {"file": final.name, "rows": rows, "tokens": tokens, "bytes": final.stat().st_size,
+            "sha256": file_sha256(final), "batch_crc32": shard_batch_crc32(final)}
+
+
 class _ShardedSplit:
-    def __init__(self, cache_dir: Path, split: str, schema: pa.Schema, max_bytes: int, done: list[dict]):
+    def __init__(self, cache_dir: Path, split: str, schema: pa.Schema, max_bytes: int, done: list[dict],
+                 finisher: ThreadPoolExecutor):
         self.cache_dir, self.split, self.schema, self.max_bytes = cache_dir, split, schema, max_bytes
         self.shards: list[dict] = list(done)
+        self.pending: list[tuple[Future, Any]] = []  # closed shards being hashed, in order, with their tags
+        self.finisher = finisher
         self._sink = self._writer = None
         self._rows = self._tokens = self._bytes = 0
 
     @property
     def _name(self) -> str:
-        return f"{self.split}-{len(self.shards):05d}.arrow"
+        return f"{self.split}-{len(self.shards) + len(self.pending):05d}.arrow"
 
     def _tmp(self) -> Path:
         return self.cache_dir / f".{self._name}.tmp"
 
-    def write(self, batch: pa.RecordBatch, tokens: int) -> dict | None:
+    def write(self, batch: pa.RecordBatch, tokens: int, tag: Any) -> None:
         if self._writer is None:
             self._sink = pa.OSFile(str(self._tmp()), "wb")
             self._writer = pa.ipc.new_file(self._sink, self.schema)
@@ -58,25 +74,33 @@ class _ShardedSplit:
         self._rows += batch.num_rows
         self._tokens += tokens
         self._bytes += batch.nbytes
-        return self.close_shard() if self._bytes >= self.max_bytes else None
+        if self._bytes >= self.max_bytes:
+            self.close_shard(tag)
 
-    def close_shard(self) -> dict | None:
+    def close_shard(self, tag: Any = None) -> None:
+        """Close the open shard (if any) and queue its hashing."""
         if self._writer is None:
-            return None
+            return
         self._writer.close()
-        self._sink.flush()
-        os.fsync(self._sink.fileno())
         self._sink.close()
         tmp, final = self._tmp(), self.cache_dir / self._name
-        os.replace(tmp, final)
-        record = {"file": final.name, "rows": self._rows, "tokens": self._tokens, "bytes": final.stat().st_size,
-                  "sha256": file_sha256(final), "batch_crc32": shard_batch_crc32(final)}
-        self.shards.append(record)
+        self.pending.append((self.finisher.submit(_finish_shard, tmp, final, self._rows, self._tokens), tag))
         self._sink = self._writer = None
         self._rows = self._tokens = self._bytes = 0
-        return record
+
+    def completed(self, wait: bool = False) -> list[tuple[dict, Any]]:
+        """Records (with their tags) of the shards hashed since the last call, in shard order."""
+        out = []
+        while self.pending and (wait or self.pending[0][0].done()):
+            future, tag = self.pending.pop(0)
+            record = future.result()  # re-raises an OSError from the pool
+            self.shards.append(record)
+            out.append((record, tag))
+        return out
 
     def abort(self) -> None:
+        """Drop the open shard; shards already being hashed finish (see `CacheWriter.salvage`), queued ones are dropped."""
+        self.pending = [(future, tag) for future, tag in self.pending if not future.cancel()]
         if self._writer is not None:
             try:
                 self._writer.close()
@@ -96,13 +120,14 @@ class CacheWriter:
     """
 
     def __init__(self, cache_dir: Path | str, fields: list[FieldSpec], meta: dict, shard_max_bytes: int = 256 << 20,
-                 resume: dict[str, list[dict]] | None = None):
+                 resume: dict[str, list[dict]] | None = None, hash_threads: int = 3):
         self.cache_dir = Path(cache_dir)
         self.fields = fields
         self.meta = meta
         self.schema = arrow_schema(fields)
         self.shard_max_bytes = shard_max_bytes
-        self._splits = {name: _ShardedSplit(self.cache_dir, name, self.schema, shard_max_bytes, done)
+        self._finisher = ThreadPoolExecutor(max_workers=hash_threads, thread_name_prefix="cache-hash")
+        self._splits = {name: _ShardedSplit(self.cache_dir, name, self.schema, shard_max_bytes, done, self._finisher)
                         for name, done in (resume or {}).items()}
         self.cache_dir.mkdir(parents=True, exist_ok=True)
 
@@ -136,25 +161,33 @@ class CacheWriter:
             raise PipelineError(f"{self.cache_dir}: could not write a {split} shard ({exc.strerror or exc}); free disk space "
                                 "or fix permissions, then rerun the extract stage (finished shards are kept)") from None
 
-    def write(self, split: str, batch: CacheBatch) -> dict | None:
-        """Append rows; returns the shard record if this write completed a shard."""
-        if split not in self._splits:
-            self._splits[split] = _ShardedSplit(self.cache_dir, split, self.schema, self.shard_max_bytes, [])
-        return self._io(split, self._splits[split].write, self._record_batch(batch), int(np.sum(batch.length)))
+    def _split(self, name: str) -> _ShardedSplit:
+        if name not in self._splits:
+            self._splits[name] = _ShardedSplit(self.cache_dir, name, self.schema, self.shard_max_bytes, [], self._finisher)
+        return self._splits[name]
 
-    def finish_split(self, split: str) -> dict | None:
-        """Close the split's open shard; returns its record if there was one."""
-        if split not in self._splits:
-            self._splits[split] = _ShardedSplit(self.cache_dir, split, self.schema, self.shard_max_bytes, [])
-        return self._io(split, self._splits[split].close_shard)
+    def write(self, split: str, batch: CacheBatch, tag: Any = None) -> list[tuple[dict, Any]]:
+        """Append rows. Returns (record, tag) for each shard of this split whose hashing finished since the last call,
+        in order; `tag` is the one given with the write that filled the shard (the extractor passes its batch count)."""
+        sharded = self._split(split)
+        self._io(split, sharded.write, self._record_batch(batch), int(np.sum(batch.length)), tag)
+        return self._io(split, sharded.completed)
+
+    def finish_split(self, split: str, tag: Any = None) -> list[tuple[dict, Any]]:
+        """Close the split's open shard and wait for its hashing; returns the records not yet returned (see `write`)."""
+        sharded = self._split(split)
+        self._io(split, sharded.close_shard, tag)
+        return self._io(split, sharded.completed, True)
 
     def close(self) -> dict:
-        """Close open shards and write the manifest; returns it."""
+        """Close open shards, wait for their hashes and write the manifest; returns it."""
         splits = {}
         for name, split in self._splits.items():
             self._io(name, split.close_shard)
+            self._io(name, split.completed, True)
             splits[name] = {"rows": sum(s["rows"] for s in split.shards), "tokens": sum(s["tokens"] for s in split.shards),
                             "shards": split.shards}
+        self._finisher.shutdown()
         manifest = {"format_version": FORMAT_VERSION, **self.meta, "fields": fields_to_manifest(self.fields),
                     "splits": splits, "bytes": sum(s["bytes"] for sp in splits.values() for s in sp["shards"])}
         self._io("manifest", write_json_atomic, self.cache_dir / MANIFEST, manifest)
@@ -163,6 +196,23 @@ class CacheWriter:
     def abort(self) -> None:
         for split in self._splits.values():
             split.abort()
+
+    def salvage(self) -> dict[str, list[tuple[dict, Any]]]:
+        """After a failure: the shards whose hashing still completed, per split, in order (the caller journals them)."""
+        out = {}
+        for name, split in self._splits.items():
+            split.abort()
+            done = []
+            while split.pending:
+                future, tag = split.pending.pop(0)
+                if future.exception() is not None:
+                    break
+                split.shards.append(future.result())
+                done.append((split.shards[-1], tag))
+            split.pending = []
+            out[name] = done
+        self._finisher.shutdown(wait=True, cancel_futures=True)
+        return out
 
     def __enter__(self) -> "CacheWriter":
         return self
