@@ -20,7 +20,8 @@ for what in "$@"; do
       python -m pytest -q -m "not slow" -p no:cacheprovider 2>&1 | tail -15 | tee "$LOGS/gpu_fast_suite.log" ;;
     p1)
       python bench/p1_extract_overhead.py --device cuda --teacher minilm --rows 0 --batch-size 256 "${tok[@]}" 2>&1 | grep -v Warning
-      python bench/p1_extract_overhead.py --device cuda --teacher bert-base --rows 0 --batch-size 256 "${tok[@]}" 2>&1 | grep -v Warning ;;
+      python bench/p1_extract_overhead.py --device cuda --teacher bert-base --rows 0 --batch-size 256 "${tok[@]}" 2>&1 | grep -v Warning
+      python bench/p1_extract_overhead.py --device cuda --teacher bert-base --rows 0 --batch-size 256 --dtype int8 "${tok[@]}" 2>&1 | grep -v Warning ;;
     p1g)
       python bench/p1g_gpu_mfu.py --shapes 512x128,128x512 --variants eager,compiled,compiled-bf16w 2>&1 | grep -v Warning ;;
     autotune)

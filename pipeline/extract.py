@@ -158,6 +158,7 @@ class _ShardWriterThread:
         self.writer, self.work, self.key, self.state = writer, work, key, state
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
+        self.busy_s = self.wait_s = 0.0  # writer thread busy; producer blocked on a full queue (writer-bound)
         self.thread = threading.Thread(target=self._run, name="cache-writer", daemon=True)
         self.thread.start()
 
@@ -166,6 +167,7 @@ class _ShardWriterThread:
             if self.error is not None:
                 continue  # drain after a failure so the producer never blocks
             kind, split, batch, batch_end, ready = item
+            started = time.perf_counter()
             try:
                 if ready is not None:
                     ready.synchronize()  # the batch's device->host copies have landed
@@ -182,6 +184,7 @@ class _ShardWriterThread:
             except BaseException as exc:  # re-raised in the main thread by put()/close()
                 self.error = exc
                 self._salvage()
+            self.busy_s += time.perf_counter() - started
 
     def _salvage(self) -> None:
         """Journal the shards that finished hashing before the failure, so a rerun keeps them."""
@@ -198,7 +201,9 @@ class _ShardWriterThread:
     def put(self, kind: str, split: str, batch: CacheBatch | None, batch_end: int, ready=None) -> None:
         if self.error is not None:
             raise self.error
+        started = time.perf_counter()
         self.queue.put((kind, split, batch, batch_end, ready))
+        self.wait_s += time.perf_counter() - started
 
     def close(self) -> None:
         self.queue.put(None)
@@ -260,15 +265,20 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
             _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, pad_id, stats, on_batch,
                             attentions, att_dtype, captured)
         finally:
+            last_batch = time.perf_counter()
             sink.close()
             for hook in hooks:
                 hook.remove()
         manifest = writer.close()
+    # busy: the writer thread's time on batches; producer_wait: the teacher loop blocked on a full queue (the writer is
+    # the bottleneck when it is large); tail: after the last forward, until the last shard is hashed and the manifest out
+    writer_stats = {"busy_s": round(sink.busy_s, 3), "producer_wait_s": round(sink.wait_s, 3),
+                    "tail_s": round(time.perf_counter() - last_batch, 3)}
     (work / JOURNAL).unlink()
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(work, out_dir)
-    return {"manifest": manifest, "stats": stats}
+    return {"manifest": manifest, "stats": stats, "writer": writer_stats}
 
 
 def _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, pad_id, stats, on_batch, attentions=(),
@@ -337,6 +347,7 @@ def write_extract_report(path: Path, result: dict) -> None:
     tokens = sum(s["tokens"] for s in manifest["splits"].values())
     report = {"bytes": manifest["bytes"], "tokens": tokens, "bytes_per_token": manifest["bytes"] / max(tokens, 1),
               "bytes_per_token_per_layer": manifest["bytes"] / max(tokens, 1) / max(len(manifest["layers"]), 1),
-              "shards": sum(len(s["shards"]) for s in manifest["splits"].values()), "splits": result["stats"]}
+              "shards": sum(len(s["shards"]) for s in manifest["splits"].values()), "splits": result["stats"],
+              "writer": result.get("writer")}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
