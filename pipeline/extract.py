@@ -310,13 +310,13 @@ def _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, 
             # everything the device needs goes over in one non-blocking step; real tokens are picked on the device by
             # index (a boolean mask there would make the host wait for the GPU before it can queue the next batch)
             host_in = [torch.from_numpy(input_ids), torch.from_numpy(mask.astype(np.int64)), torch.from_numpy(np.flatnonzero(mask))]
-            ids_t, mask_t, real = (t.pin_memory().to(dev, non_blocking=True) if cuda else t for t in host_in)
+            ids_t, mask_t, real_index = (t.pin_memory().to(dev, non_blocking=True) if cuda else t for t in host_in)
             with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
                 out = model(input_ids=ids_t, attention_mask=mask_t, output_hidden_states=True,
                             output_attentions=bool(attentions))
 
             def tokens(t: torch.Tensor) -> torch.Tensor:  # (batch, width, d) -> (real tokens, d), row-major
-                return t.reshape(-1, t.shape[-1]).index_select(0, real)
+                return t.reshape(-1, t.shape[-1]).index_select(0, real_index)
 
             device_out = {"logits": out.logits.float()}
             for layer in layers:

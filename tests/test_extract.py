@@ -53,6 +53,26 @@ def test_extraction_is_deterministic_and_bf16_is_supported(tiny_teacher, tiny_pr
     assert row["hidden_2"].dtype == np.uint16
 
 
+def test_extract_report_has_sizes_padding_and_writer_timings(tiny_teacher, tiny_prepared, tmp_path):
+    import json
+
+    from pipeline.extract import write_extract_report
+
+    result = build_cache(tiny_teacher, tiny_prepared, tmp_path / "cache")
+    write_extract_report(tmp_path / "extract.json", result)
+    report = json.loads((tmp_path / "extract.json").read_text())
+    lengths = {name: np.array(ds["length"]) for name, ds in tiny_prepared[0].items()}
+    for name, split in report["splits"].items():
+        # batches of 16 in length order: padding = what each batch pads to its longest row
+        order = length_sorted_batches(lengths[name], 16)
+        padded = sum(len(b) * lengths[name][b].max() for b in order)
+        assert split["padding_fraction"] == pytest.approx(1 - lengths[name].sum() / padded)
+        assert split["tokens"] == lengths[name].sum()
+    assert report["bytes"] == sum(f.stat().st_size for f in (tmp_path / "cache").glob("*.arrow"))
+    assert report["tokens"] == sum(len_.sum() for len_ in lengths.values())
+    assert set(report["writer"]) == {"busy_s", "producer_wait_s", "tail_s"} and report["writer"]["busy_s"] > 0
+
+
 def test_length_sorting_cuts_padding(tiny_prepared):
     lengths = np.array(tiny_prepared[0]["train"]["length"])
     sorted_pad = sum(len(b) * lengths[b].max() for b in length_sorted_batches(lengths, 16)) / lengths.sum() - 1
