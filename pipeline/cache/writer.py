@@ -88,10 +88,13 @@ class _ShardedSplit:
         self._sink = self._writer = None
         self._rows = self._tokens = self._bytes = 0
 
-    def completed(self, wait: bool = False) -> list[tuple[dict, Any]]:
-        """Records (with their tags) of the shards hashed since the last call, in shard order."""
+    def completed(self, wait: bool = False, stop_at_error: bool = False) -> list[tuple[dict, Any]]:
+        """Records (with their tags) of the shards hashed since the last call, in shard order. A hashing error is
+        raised, or with `stop_at_error` ends the list (after a failure: keep what finished before it)."""
         out = []
         while self.pending and (wait or self.pending[0][0].done()):
+            if stop_at_error and self.pending[0][0].exception() is not None:
+                break
             future, tag = self.pending.pop(0)
             record = future.result()  # re-raises an OSError from the pool
             self.shards.append(record)
@@ -202,15 +205,8 @@ class CacheWriter:
         out = {}
         for name, split in self._splits.items():
             split.abort()
-            done = []
-            while split.pending:
-                future, tag = split.pending.pop(0)
-                if future.exception() is not None:
-                    break
-                split.shards.append(future.result())
-                done.append((split.shards[-1], tag))
+            out[name] = split.completed(wait=True, stop_at_error=True)
             split.pending = []
-            out[name] = done
         self._finisher.shutdown(wait=True, cancel_futures=True)
         return out
 
