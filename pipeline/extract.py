@@ -296,7 +296,7 @@ def _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, 
         if first:
             log.info("extract %s: resuming after batch %d of %d (%d shards verified)", split, first, len(batches),
                      len(entry["shards"]))
-        padded = real = 0
+        padded_tokens = real_tokens = 0
         start = time.perf_counter()
         cuda = dev.type == "cuda"
         for bi in tqdm(range(first, len(batches)), desc=f"extract {split}", unit="batch", initial=first, total=len(batches)):
@@ -332,14 +332,14 @@ def _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, 
             sink.put("batch", split, CacheBatch(example_id=example_ids[rows], length=lens, label=labels[rows],
                                                 input_ids=input_ids[mask].astype(np.int32), fields=fields_out),
                      bi + 1, ready)
-            padded += len(rows) * width
-            real += int(lengths[rows].sum())
+            padded_tokens += len(rows) * width
+            real_tokens += int(lens.sum())
             if on_batch is not None:
                 on_batch(split, bi)
         if not entry["done"]:
             sink.put("finish", split, None, len(batches))
         stats[split] = {"seconds": time.perf_counter() - start, "rows": len(ds), "tokens": int(lengths.sum()),
-                        "resumed_batches": first, "padding_fraction": 1 - real / max(padded, 1)}
+                        "resumed_batches": first, "padding_fraction": 1 - real_tokens / max(padded_tokens, 1)}
 
 
 def write_extract_report(path: Path, result: dict) -> None:
@@ -348,6 +348,6 @@ def write_extract_report(path: Path, result: dict) -> None:
     report = {"bytes": manifest["bytes"], "tokens": tokens, "bytes_per_token": manifest["bytes"] / max(tokens, 1),
               "bytes_per_token_per_layer": manifest["bytes"] / max(tokens, 1) / max(len(manifest["layers"]), 1),
               "shards": sum(len(s["shards"]) for s in manifest["splits"].values()), "splits": result["stats"],
-              "writer": result.get("writer")}
+              "writer": result["writer"]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
