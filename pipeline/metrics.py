@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
 from pipeline.cache import TeacherCache
 from pipeline.cache.schema import TEACHER_CONFIG
 from pipeline.errors import PipelineError
+from pipeline.mlm import MASKED_LM, MLM_TARGET, TOPK_INDICES, head_task, masked_token_metrics
 from pipeline.models import seed_model_dirs
 
 
@@ -91,6 +92,21 @@ def cpu_latency_ms(model: torch.nn.Module, token_lists: list[np.ndarray], batch_
     return paired_latency_ms([model], token_lists, batch_size, repeats, pad_id, warmup)[0]
 
 
+@torch.no_grad()
+def predict_tokens(model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: int = 64, pad_id: int = 0) -> list[np.ndarray]:
+    """Top-1 vocabulary id at every token of each token list (a masked-LM head), batched in length order."""
+    model.eval()
+    order = np.argsort([len(t) for t in token_lists], kind="stable")
+    out: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(token_lists)
+    for i in range(0, len(order), batch_size):
+        rows = order[i:i + batch_size]
+        ids, mask = pad_batch([token_lists[r] for r in rows], pad_id)
+        top1 = model(input_ids=ids, attention_mask=mask).logits.argmax(-1).numpy()
+        for j, r in enumerate(rows):
+            out[r] = top1[j, :len(token_lists[r])]
+    return out
+
+
 def teacher_shaped_model(cache_dir: Path, num_labels: int) -> torch.nn.Module:
     """A classifier with the teacher's architecture (from the cache's teacher_config.json) and random weights: the
     latency reference for speedups. Dense CPU inference time does not depend on weight values, so students are timed
@@ -98,27 +114,46 @@ def teacher_shaped_model(cache_dir: Path, num_labels: int) -> torch.nn.Module:
     raw = json.loads((Path(cache_dir) / TEACHER_CONFIG).read_text())
     config = AutoConfig.for_model(**{k: v for k, v in raw.items() if k not in ("architectures", "id2label", "label2id")})
     config.num_labels = num_labels
+    auto = AutoModelForMaskedLM if head_task(AutoConfig.for_model(**raw)) == MASKED_LM else AutoModelForSequenceClassification
     with torch.random.fork_rng():  # the caller's RNG stream stays untouched
         torch.manual_seed(0)
-        return AutoModelForSequenceClassification.from_config(config).to("cpu").eval()
+        return auto.from_config(config).to("cpu").eval()
 
 
 def _load_classifier(model_dir: Path):
+    """A saved classifier, or masked-LM model (by its config's architecture), on the CPU in eval mode."""
     if not (Path(model_dir) / "config.json").is_file():
         raise PipelineError(f"{model_dir}: no saved model (config.json missing); run the stage that trains it first")
-    return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).to("cpu").eval()
+    auto = AutoModelForMaskedLM if head_task(AutoConfig.from_pretrained(model_dir)) == MASKED_LM else AutoModelForSequenceClassification
+    return auto.from_pretrained(model_dir, use_safetensors=True).to("cpu").eval()
+
+
+def _quality(model: torch.nn.Module, cache, tokens: list[np.ndarray], rows: list[dict], batch_size: int, pad_id: int) -> dict:
+    """Classifier: accuracy and macro-F1 on the dev labels. Masked-LM model (on a masked-LM cache): top-1 accuracy at
+    the masked tokens of the cached (masked) dev rows, and agreement with the teacher's top-1 there."""
+    task = cache.manifest.get("task")
+    if head_task(model.config) == MASKED_LM or task == MASKED_LM:
+        if head_task(model.config) != task:
+            raise PipelineError(f"{cache.cache_dir}: the model has a {head_task(model.config)} head but the cache was made by a "
+                                f"{task or 'sequence_classification'} teacher; evaluate it against a cache of its own task")
+        predictions = np.concatenate(predict_tokens(model, tokens, batch_size, pad_id))
+        targets = np.concatenate([r[MLM_TARGET][:, 0] for r in rows])
+        teacher_top1 = np.concatenate([r[TOPK_INDICES][:, 0] for r in rows]).astype(np.int64)
+        return {"metric": "masked-token accuracy", **masked_token_metrics(predictions, targets, teacher_top1)}
+    logits = predict(model, tokens, batch_size, pad_id)
+    return classification_metrics(logits.argmax(-1), np.array([r["label"] for r in rows]), model.config.num_labels)
 
 
 def _score(model: torch.nn.Module, cache_dir: Path, batch_size: int, latency_batch_sizes: list[int],
            latency_repeats: int, reference: torch.nn.Module | None = None) -> dict:
     """Accuracy/F1 on the cache's dev rows (token ids and labels only) and median CPU latency per batch size; with a
     `reference` model, both are timed interleaved and speedup_b<N> = reference latency / model latency."""
-    dev = TeacherCache(cache_dir, verify="lazy").split("dev", columns=[])
+    cache = TeacherCache(cache_dir, verify="lazy")
+    dev = cache.split("dev", columns=[MLM_TARGET, TOPK_INDICES] if cache.manifest.get("task") == MASKED_LM else [])
     rows = [dev[i] for i in range(len(dev))]
     tokens = [r["input_ids"] for r in rows]
     pad_id = model.config.pad_token_id or 0
-    logits = predict(model, tokens, batch_size, pad_id)
-    result = classification_metrics(logits.argmax(-1), np.array([r["label"] for r in rows]), model.config.num_labels)
+    result = _quality(model, cache, tokens, rows, batch_size, pad_id)
     result.update({"dev_rows": len(rows), "params": count_parameters(model), "cpu_threads": torch.get_num_threads()})
     for bs in latency_batch_sizes:
         if reference is None:
@@ -134,7 +169,7 @@ def _seed_spread(result: dict, per_seed: list[tuple[int, dict]]) -> dict:
     """Add seeds, per-seed accuracy and mean +- sample std of accuracy and F1 over the seed runs."""
     result["seeds"] = [s for s, _ in per_seed]
     result["accuracy_per_seed"] = [round(r["accuracy"], 6) for _, r in per_seed]
-    for key in ("accuracy", "f1"):
+    for key in [k for k in ("accuracy", "f1", "teacher_agreement") if k in result]:
         values = [r[key] for _, r in per_seed]
         result[f"{key}_mean"] = round(statistics.mean(values), 6)
         result[f"{key}_std"] = round(statistics.stdev(values), 6) if len(values) > 1 else 0.0
@@ -161,8 +196,9 @@ def compare_to_teacher(student: dict, teacher: dict) -> dict:
     """Retention (student / teacher accuracy and F1; and of the seed mean when there is one) and, for batch sizes not
     already timed against a teacher-shaped model, latency speedups from the teacher's own metrics."""
     ratio = lambda a, b: round(a / b, 4) if b else None  # noqa: E731
-    out = {"retention": ratio(student["accuracy"], teacher["accuracy"]), "f1_retention": ratio(student["f1"], teacher["f1"]),
-           "param_ratio": round(student["params"] / teacher["params"], 4)}
+    out = {"retention": ratio(student["accuracy"], teacher["accuracy"]), "param_ratio": round(student["params"] / teacher["params"], 4)}
+    if "f1" in student and "f1" in teacher:  # a masked-LM model has masked-token accuracy and teacher agreement instead
+        out["f1_retention"] = ratio(student["f1"], teacher["f1"])
     if "accuracy_mean" in student:
         out["retention_mean"] = ratio(student["accuracy_mean"], teacher["accuracy"])
         out["retention_std"] = ratio(student["accuracy_std"], teacher["accuracy"])

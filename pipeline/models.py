@@ -10,11 +10,13 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import (AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
+                          BertForMaskedLM, BertForSequenceClassification)
 
 from pipeline.cache.schema import file_sha256
 from pipeline.config import StudentSpec
 from pipeline.errors import PipelineError
+from pipeline.mlm import MASKED_LM
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,25 @@ def model_fingerprint(model_dir: Path) -> dict:
             "fingerprint": hashlib.sha256((config_hash + weights_hash).encode()).hexdigest()}
 
 
+def load_masked_lm(path: str, trust_remote_code: bool = False, require_head: bool = False):
+    """A masked-LM model from a dir or hub id. A checkpoint without a trained masked-LM head gets a new one (output
+    weights tied to the word embeddings, so only the small transform is untrained); `require_head` refuses that."""
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise PipelineError(f"{path}: no model config could be loaded ({exc}); check teacher.model") from None
+    if require_head and not any(a.endswith("ForMaskedLM") or a.endswith("ForPreTraining") for a in config.architectures or []):
+        raise PipelineError(f"{path}: teacher.epochs is 0 but this checkpoint has no trained masked-LM head (architectures: "
+                            f"{config.architectures}); set teacher.epochs > 0 to fine-tune one on the corpus")
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(path, trust_remote_code=trust_remote_code, use_safetensors=True)
+    except OSError as exc:
+        raise PipelineError(f"{path}: no safetensors weights could be loaded ({str(exc).splitlines()[0]}); this tool loads only "
+                            "safetensors checkpoints: convert it (save_pretrained with safe_serialization) or pick another") from None
+    model.config.architectures = [type(model).__name__]  # what downstream stages read the head from
+    return model
+
+
 def load_classifier(path: str, num_labels: int | None = None, label_names: list[str] | None = None,
                     trust_remote_code: bool = False, require_head: bool = False):
     """A sequence classifier from a dir or hub id; with `require_head`, refuse a checkpoint whose head is untrained."""
@@ -102,8 +123,8 @@ def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     return [m * teacher_layers // student_layers for m in range(1, student_layers + 1)]
 
 
-def student_config(spec: StudentSpec, teacher_config: dict, label_names: list[str]) -> BertConfig:
-    """A BertConfig for the student: its own shape, the teacher's vocabulary, positions and labels."""
+def student_config(spec: StudentSpec, teacher_config: dict, label_names: list[str], task: str = "sequence_classification") -> BertConfig:
+    """A BertConfig for the student: its own shape, the teacher's vocabulary, positions and labels (and head)."""
     return BertConfig(
         vocab_size=teacher_config["vocab_size"],
         max_position_embeddings=teacher_config.get("max_position_embeddings", 512),
@@ -118,7 +139,7 @@ def student_config(spec: StudentSpec, teacher_config: dict, label_names: list[st
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={n: i for i, n in enumerate(label_names)},
-        architectures=["BertForSequenceClassification"],
+        architectures=["BertForMaskedLM" if task == MASKED_LM else "BertForSequenceClassification"],
     )
 
 
@@ -131,19 +152,20 @@ def student_init_layers(spec: StudentSpec, teacher_layers: int) -> list[int]:
 
 
 def build_student(spec: StudentSpec, teacher_config: dict, label_names: list[str], teacher_weights: Path | None,
-                  seed: int) -> tuple[BertForSequenceClassification, dict]:
-    """Create the student; with init 'teacher', copy embeddings, chosen layers, pooler and head from the teacher's
-    safetensors file, reading only those tensors (no teacher model is built)."""
+                  seed: int, task: str = "sequence_classification") -> tuple[torch.nn.Module, dict]:
+    """Create the student (a sequence classifier, or for a masked-LM cache a BertForMaskedLM); with init 'teacher',
+    copy embeddings, chosen layers, pooler and head from the teacher's safetensors file, reading only those tensors
+    (no teacher model is built)."""
     torch.manual_seed(seed)
     spec = spec.resolved(teacher_config)
     if spec.hidden_size % spec.heads:
         raise PipelineError(f"params.yaml: student hidden_size {spec.hidden_size} is not divisible by its {spec.heads} attention "
                             f"heads; set num_heads to a divisor of {spec.hidden_size}")
-    config = student_config(spec, teacher_config, label_names)
+    config = student_config(spec, teacher_config, label_names, task)
     info = {"init": spec.init}
     if spec.init.startswith("pretrained:"):
-        return load_pretrained_student(spec.init.split(":", 1)[1], spec, teacher_config, label_names), info
-    student = BertForSequenceClassification(config)
+        return load_pretrained_student(spec.init.split(":", 1)[1], spec, teacher_config, label_names, task), info
+    student = BertForMaskedLM(config) if task == MASKED_LM else BertForSequenceClassification(config)
     if spec.init == "teacher":
         t_hidden, t_ffn, t_heads = (teacher_config["hidden_size"], teacher_config["intermediate_size"],
                                     teacher_config["num_attention_heads"])
@@ -161,8 +183,10 @@ def build_student(spec: StudentSpec, teacher_config: dict, label_names: list[str
     return student, info
 
 
-def load_pretrained_student(path: str, spec: StudentSpec, teacher_config: dict, label_names: list[str]):
-    """A local BERT checkpoint as the student (its classification head is new when it has none or another size)."""
+def load_pretrained_student(path: str, spec: StudentSpec, teacher_config: dict, label_names: list[str],
+                            task: str = "sequence_classification"):
+    """A local BERT checkpoint as the student (its classification head is new when it has none or another size; a
+    masked-LM student's head is the checkpoint's, or new with output weights tied to its embeddings)."""
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)  # students are plain BERT
     except OSError as exc:
@@ -176,6 +200,8 @@ def load_pretrained_student(path: str, spec: StudentSpec, teacher_config: dict, 
     if (config.num_hidden_layers, config.hidden_size) != (spec.num_layers, spec.hidden_size):
         raise PipelineError(f"{path}: checkpoint has {config.num_hidden_layers} layers of width {config.hidden_size}; set the "
                             f"student's num_layers / hidden_size to match")
+    if task == MASKED_LM:
+        return BertForMaskedLM.from_pretrained(path, use_safetensors=True)
     return BertForSequenceClassification.from_pretrained(
         path, use_safetensors=True, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
         label2id={n: i for i, n in enumerate(label_names)}, ignore_mismatched_sizes=True)
@@ -194,7 +220,7 @@ def _teacher_key_map(student_keys: list[str], teacher_keys: set[str], layers: li
         elif key.startswith("bert."):
             source = prefix + key[len("bert."):]
         else:
-            source = key  # classifier.* lives at the top level of a sequence classifier
+            source = key  # classifier.* (cls.* of a masked-LM head) lives at the top level
         if source in teacher_keys:
             mapping[key] = source
     return mapping

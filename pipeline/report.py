@@ -72,7 +72,9 @@ def mean_accuracy(m: dict) -> float:
 
 
 def _pm(m: dict, key: str, scale: float = 100.0, spec: str = ".2f") -> str:
-    """'84.21 ± 0.30' over seed runs, or the single run's value."""
+    """'84.21 ± 0.30' over seed runs, or the single run's value ('—' for a figure the model does not have)."""
+    if key not in m:
+        return "—"
     if _n_seeds(m) > 1 and f"{key}_mean" in m:
         return f"{scale * m[f'{key}_mean']:{spec}} ± {scale * m[f'{key}_std']:{spec}}"
     return f"{scale * m[key]:{spec}}"

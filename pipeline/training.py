@@ -14,13 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding, Trainer, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from pipeline.cache import CacheSplit, attention_field, hidden_field, value_field
 from pipeline.errors import PipelineError
-from pipeline.losses import attention_kl_loss, attention_mse_loss, distillation_loss, value_relation_loss
+from pipeline.losses import (attention_kl_loss, attention_mse_loss, distillation_loss, masked_lm_distillation_loss,
+                             value_relation_loss)
 from pipeline.metrics import classification_metrics
+from pipeline.mlm import IGNORE, MASKED_LM, MLM_TARGET, TOPK_INDICES, TOPK_VALUES, masked_token_metrics
 from pipeline.models import uniform_layer_map
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,16 @@ def _accuracy_metrics(eval_pred) -> dict:
     return classification_metrics(np.asarray(logits).argmax(-1), np.asarray(labels), int(np.asarray(logits).shape[-1]))
 
 
+def _argmax_logits(logits, labels):
+    """Per-token vocabulary logits -> top-1 ids before the Trainer gathers them (full logits would be tokens x vocab)."""
+    return (logits[0] if isinstance(logits, tuple) else logits).argmax(-1)
+
+
+def _masked_token_metrics(eval_pred) -> dict:
+    predictions = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+    return masked_token_metrics(np.asarray(predictions), np.asarray(eval_pred.label_ids))
+
+
 class _TokenDataset(torch.utils.data.Dataset):
     """Prepared rows (input_ids, label) for the teacher."""
 
@@ -114,6 +126,24 @@ def fine_tune_teacher(model, tokenizer, train_ds, dev_ds, args: TrainingArgument
     return trainer.state.log_history
 
 
+class _TextDataset(_TokenDataset):
+    """Prepared rows as token ids only, for masked-LM fine-tuning (the collator masks them and makes the labels)."""
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i]}
+
+
+def fine_tune_masked_lm(model, tokenizer, train_ds, dev_ds, args: TrainingArguments, mlm_probability: float,
+                        seed: int) -> list[dict]:
+    """Fine-tune a masked-LM model in place on the corpus texts (BERT masking, drawn anew each epoch from `seed`);
+    returns the log history (loss; dev masked-LM loss per epoch)."""
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed)
+    trainer = LengthGroupedTrainer(model=model, args=args, train_dataset=_TextDataset(train_ds), eval_dataset=_TextDataset(dev_ds),
+                                   data_collator=collator, lengths=np.asarray(train_ds["length"]))
+    trainer.train()
+    return trainer.state.log_history
+
+
 def _to_float(x: np.ndarray) -> torch.Tensor:
     if x.dtype == np.uint16:  # bf16 bits
         return torch.from_numpy(x.view(np.int16).copy()).view(torch.bfloat16).float()
@@ -130,11 +160,20 @@ class ConcatSplits(torch.utils.data.ConcatDataset):
 
 class CacheCollator:
     """Cache rows -> a padded batch: token ids, mask, labels, teacher logits, hidden states and values (B, T, H), and
-    attention maps (B, heads, T, T), zero where padded."""
+    attention maps (B, heads, T, T), zero where padded. From a masked-LM cache, labels are the masking targets (B, T)
+    (IGNORE where not masked or padded) and the teacher's top-k values and indices are (B, T, k)."""
 
-    def __init__(self, layers: list[int], pad_token_id: int = 0, attentions: list[int] = (), values: list[int] = ()):
+    def __init__(self, layers: list[int], pad_token_id: int = 0, attentions: list[int] = (), values: list[int] = (),
+                 task: str = "sequence_classification"):
         self.layers, self.pad_token_id = layers, pad_token_id
         self.attentions, self.values = list(attentions), list(values)
+        self.task = task
+
+    def _per_token(self, rows: list[dict], name: str, width: int, fill, dtype: torch.dtype) -> torch.Tensor:
+        out = torch.full((len(rows), width, rows[0][name].shape[-1]), fill, dtype=dtype)
+        for i, r in enumerate(rows):
+            out[i, :r["length"]] = torch.from_numpy(np.asarray(r[name]).astype(np.int64 if not dtype.is_floating_point else np.float32))
+        return out
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         width = max(r["length"] for r in rows)
@@ -143,8 +182,14 @@ class CacheCollator:
         for i, r in enumerate(rows):
             ids[i, :r["length"]] = torch.from_numpy(r["input_ids"].astype(np.int64))
             mask[i, :r["length"]] = 1
-        batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([r["label"] for r in rows]),
-                 "teacher_logits": torch.from_numpy(np.stack([r["logits"] for r in rows]).astype(np.float32))}
+        if self.task == MASKED_LM:
+            batch = {"input_ids": ids, "attention_mask": mask,
+                     "labels": self._per_token(rows, MLM_TARGET, width, IGNORE, torch.long)[..., 0],
+                     "teacher_topk_values": self._per_token(rows, TOPK_VALUES, width, 0.0, torch.float32),
+                     "teacher_topk_indices": self._per_token(rows, TOPK_INDICES, width, 0, torch.long)}
+        else:
+            batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([r["label"] for r in rows]),
+                     "teacher_logits": torch.from_numpy(np.stack([r["logits"] for r in rows]).astype(np.float32))}
         for name in [hidden_field(layer) for layer in self.layers] + [value_field(layer) for layer in self.values]:
             hid = torch.zeros((len(rows), width, rows[0][name].shape[-1]), dtype=torch.float32)
             for i, r in enumerate(rows):
@@ -189,8 +234,10 @@ class DistillationModule(nn.Module):
                  gamma: float, temperature: float, logit_loss: str = "kl", hidden_loss: str = "mse",
                  temperature_end: float | None = None, attention_pairs: list[tuple[int, int]] = (),
                  attention_weight: float = 0.0, attention_loss: str = "kl", value_pair: tuple[int, int] | None = None,
-                 value_weight: float = 0.0, relation_heads: int = 1):
+                 value_weight: float = 0.0, relation_heads: int = 1, task: str = "sequence_classification",
+                 mlm_positions: str = "masked"):
         super().__init__()
+        self.task, self.mlm_positions = task, mlm_positions
         self.attention_pairs = list(attention_pairs) if attention_weight else []
         self.attention_weight, self.attention_loss = attention_weight, attention_loss
         self.value_pair = value_pair if value_weight else None
@@ -209,7 +256,7 @@ class DistillationModule(nn.Module):
                                           for m, _ in pairs})
         self.running: dict[str, list[float]] = {}
 
-    def forward(self, input_ids, attention_mask, labels, teacher_logits, **teacher_hidden):
+    def forward(self, input_ids, attention_mask, labels, teacher_logits=None, **teacher_hidden):
         need_hidden = bool(self.gamma and self.pairs)
         out = self.student(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_hidden,
                            output_attentions=bool(self.attention_pairs))
@@ -217,9 +264,15 @@ class DistillationModule(nn.Module):
         if need_hidden:
             hidden_pairs = [(self.projections[str(m)](out.hidden_states[m]), teacher_hidden[f"teacher_{hidden_field(t)}"])
                             for m, t in self.pairs]
-        loss, parts = distillation_loss(out.logits, labels, teacher_logits, hidden_pairs, attention_mask, alpha=self.alpha,
-                                        beta=self.beta, gamma=self.gamma, temperature=self.temperature,
-                                        logit_kind=self.logit_loss, hidden_kind=self.hidden_loss)
+        if self.task == MASKED_LM:
+            loss, parts = masked_lm_distillation_loss(
+                out.logits, labels, teacher_hidden["teacher_topk_values"], teacher_hidden["teacher_topk_indices"], hidden_pairs,
+                attention_mask, alpha=self.alpha, beta=self.beta, gamma=self.gamma, temperature=self.temperature,
+                positions=self.mlm_positions, hidden_kind=self.hidden_loss)
+        else:
+            loss, parts = distillation_loss(out.logits, labels, teacher_logits, hidden_pairs, attention_mask, alpha=self.alpha,
+                                            beta=self.beta, gamma=self.gamma, temperature=self.temperature,
+                                            logit_kind=self.logit_loss, hidden_kind=self.hidden_loss)
         if self.attention_pairs:
             att_loss = attention_kl_loss if self.attention_loss == "kl" else attention_mse_loss
             parts["attention"] = torch.stack([att_loss(out.attentions[m - 1], teacher_hidden[f"teacher_{attention_field(t)}"],
@@ -282,9 +335,11 @@ def train_student(module: DistillationModule, train: CacheSplit, dev: CacheSplit
                   staged: tuple[int, float] | None = None) -> list[dict]:
     """Distil into `module.student` from the cache splits; returns the Trainer's log history."""
     collator = CacheCollator(layers, pad_token_id, [t for _, t in module.attention_pairs],
-                             [module.value_pair[1]] if module.value_pair else [])
+                             [module.value_pair[1]] if module.value_pair else [], task=module.task)
+    mlm = module.task == MASKED_LM
     trainer = DistillTrainer(model=module, args=args, train_dataset=train, eval_dataset=dev,
-                             data_collator=collator, compute_metrics=_accuracy_metrics,
+                             data_collator=collator, compute_metrics=_masked_token_metrics if mlm else _accuracy_metrics,
+                             preprocess_logits_for_metrics=_argmax_logits if mlm else None,
                              lengths=train.lengths(), optimizer_cls_and_kwargs=optimizer, staged=staged)
     trainer.train()
     return trainer.state.log_history

@@ -7,7 +7,7 @@ from transformers import AutoModelForSequenceClassification
 
 from pipeline.cache import TeacherCache
 from pipeline.errors import PipelineError
-from pipeline.extract import length_sorted_batches, normalize_layers
+from pipeline.extract import length_sorted_batches, normalize_layers, pad_rows
 from tests.conftest import build_cache
 
 
@@ -80,6 +80,20 @@ def test_length_sorting_cuts_padding(tiny_prepared):
     assert sorted_pad < naive_pad / 3
     batches = length_sorted_batches(lengths, 16)
     assert sorted(np.concatenate(batches)) == list(range(len(lengths)))
+
+
+def test_pad_rows_matches_a_row_by_row_copy():
+    rng = np.random.default_rng(0)
+    lens = rng.integers(1, 9, size=7)
+    flat = rng.integers(5, 1000, size=int(lens.sum())).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    order = np.array([6, 2, 0, 5])  # any subset of rows, in any order
+    width = int(lens[order].max())
+    ids, mask = pad_rows(flat, starts[order], lens[order], width, pad_id=3)
+    for j, r in enumerate(order):
+        assert ids[j, :lens[r]].tolist() == flat[starts[r]:starts[r] + lens[r]].tolist()
+        assert (ids[j, lens[r]:] == 3).all() and mask[j].sum() == lens[r] and mask[j, :lens[r]].all()
+    assert ids.dtype == np.int64 and ids.shape == (4, width)
 
 
 def test_layer_indices(tiny_teacher):

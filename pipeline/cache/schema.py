@@ -5,7 +5,7 @@ the tokenizer and teacher config the rows were made with. One row per example. E
 its flat Arrow list unpacks, so per-token logits (NER) and attention maps are new fields, not a new format:
 
 - `example`: fixed width per example           -> shape (width,)          e.g. logits (num_labels,)
-- `token`:   `width` values per real token      -> shape (length, width)   e.g. hidden_4 (length, hidden); token_logits
+- `token`:   `width` values per real token      -> shape (length, width)   e.g. hidden_4 (length, hidden); topk_values
 - `token_pair`: `width` maps of length x length -> shape (width, L, L)     e.g. attention_4 (heads, L, L)
 Only real tokens are stored, never padding.
 """
@@ -35,6 +35,7 @@ STORAGE = {
     "float16": (pa.float16(), np.float16),
     "bfloat16": (pa.uint16(), np.uint16),  # bf16 bits, bit-exact; reinterpret with torch .view(torch.bfloat16)
     "int32": (pa.int32(), np.int32),
+    "uint16": (pa.uint16(), np.uint16),  # small integers, e.g. top-k vocabulary indices of a <= 65,536-token vocabulary
     "int8": (pa.int8(), np.int8),  # quantized; the reader multiplies by the field's `<name>_scale` field
 }
 SCALE_SUFFIX = "_scale"

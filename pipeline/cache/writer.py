@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.cache.schema import (FORMAT_VERSION, MANIFEST, FieldSpec, arrow_schema, fields_to_manifest, file_sha256,
+from pipeline.cache.schema import (FORMAT_VERSION, MANIFEST, STORAGE, FieldSpec, arrow_schema, fields_to_manifest, file_sha256,
                                    shard_batch_crc32, write_json_atomic)
 from pipeline.errors import PipelineError
 
@@ -144,6 +144,9 @@ class CacheWriter:
                   pa.LargeListArray.from_arrays(pa.array(token_offsets), pa.array(np.asarray(batch.input_ids, dtype=np.int32)))]
         for spec in self.fields:
             values = np.ascontiguousarray(batch.fields[spec.name]).reshape(-1)
+            stored = STORAGE[spec.dtype][1]
+            if values.dtype != stored and values.dtype.kind in "iu" and np.dtype(stored).kind in "iu":
+                values = values.astype(stored)  # e.g. int32 vocabulary indices into a uint16 field (checked by the caller)
             if spec.kind == "example":
                 arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(values), spec.width))
                 continue

@@ -1,0 +1,69 @@
+"""Masked-LM teachers: seeded masking of cached rows and the top-k form of a large-vocabulary head's logits.
+
+A masked-LM teacher's head scores every vocabulary entry at every token (30,522 for BERT): cached in full that is
+61 KB per token in fp16, so the cache keeps only the k largest logits per real token (fp16 values + vocabulary
+indices, uint16 when the vocabulary fits) - `extract.topk` - plus the masking target of each token. Students learn
+from them through `pipeline.losses.topk_kd_loss`.
+
+Masking is static and seeded, as in the original BERT pre-processing: every cached row is masked once, the teacher sees
+the masked row, and the cache stores exactly what it saw so the student trains on the same inputs. The choice of
+positions is a pure function of (seed, example id, position), so it does not depend on batching, device or resume.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE = -100  # target of a token that was not masked (the cross-entropy ignore index)
+MASKED_LM, CLASSIFICATION = "masked_lm", "sequence_classification"
+TOPK_VALUES, TOPK_INDICES, MLM_TARGET = "topk_values", "topk_indices", "mlm_target"
+
+
+def head_task(config) -> str:
+    """'masked_lm' for a checkpoint whose architecture is a masked-LM head, else 'sequence_classification'."""
+    archs = getattr(config, "architectures", None) or []
+    return MASKED_LM if any(a.endswith("ForMaskedLM") for a in archs) else CLASSIFICATION
+
+
+def index_dtype(vocab_size: int) -> str:
+    """Cache dtype of top-k vocabulary indices: uint16 (2 bytes) when every id fits, else int32."""
+    return "uint16" if vocab_size <= 1 << 16 else "int32"
+
+
+def _uniform(example_ids: np.ndarray, positions: np.ndarray, seed: int, salt: int) -> np.ndarray:
+    """Uniform floats in [0, 1), one per (example id, position), from a splitmix64 hash: reproducible anywhere."""
+    with np.errstate(over="ignore"):
+        x = (example_ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+             + positions.astype(np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
+             + np.uint64((seed * 8 + salt) & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x94D049BB133111EB))
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def mask_tokens(input_ids: np.ndarray, real: np.ndarray, example_ids: np.ndarray, *, seed: int, probability: float,
+                mask_token_id: int, vocab_size: int, special_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """BERT masking of padded rows (rows, width): each real, non-special token is chosen with `probability`; a chosen
+    token becomes [MASK] 80% of the time, a random token 10%, and stays 10%. Returns (masked ids, targets): the
+    original id at chosen positions, IGNORE elsewhere."""
+    positions = np.broadcast_to(np.arange(input_ids.shape[1])[None, :], input_ids.shape)
+    rows = np.broadcast_to(np.asarray(example_ids)[:, None], input_ids.shape)
+    chosen = (_uniform(rows, positions, seed, 0) < probability) & real & ~np.isin(input_ids, special_ids)
+    action = _uniform(rows, positions, seed, 1)
+    random_ids = np.minimum((_uniform(rows, positions, seed, 2) * vocab_size).astype(np.int64), vocab_size - 1)
+    masked = np.where(chosen & (action < 0.8), mask_token_id, input_ids)
+    masked = np.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, masked)
+    return masked.astype(input_ids.dtype), np.where(chosen, input_ids, IGNORE).astype(np.int64)
+
+
+def masked_token_metrics(predictions: np.ndarray, targets: np.ndarray, teacher_top1: np.ndarray | None = None) -> dict:
+    """Top-1 accuracy at the masked positions (targets != IGNORE); with the teacher's top-1 there, the agreement."""
+    chosen = targets != IGNORE
+    out = {"accuracy": float(np.mean(predictions[chosen] == targets[chosen])) if chosen.any() else 0.0,
+           "masked_tokens": int(chosen.sum())}
+    if teacher_top1 is not None:
+        out["teacher_agreement"] = float(np.mean(predictions[chosen] == teacher_top1[chosen])) if chosen.any() else 0.0
+    return out

@@ -1,0 +1,198 @@
+"""Masked-LM teachers: seeded masking, the top-k cache of vocabulary logits, the top-k KL, and a masked-LM student
+trained and evaluated from the cache alone."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
+
+from pipeline.cache import TeacherCache
+from pipeline.config import DistillConfig, StudentSpec, params_from_dict
+from pipeline.distill import distill_student
+from pipeline.errors import PipelineError
+from pipeline.extract import extract_cache
+from pipeline.losses import kd_kl_loss, topk_kd_loss
+from pipeline.metrics import compare_to_teacher, evaluate_saved_model
+from pipeline.mlm import IGNORE, MLM_TARGET, TOPK_INDICES, TOPK_VALUES, mask_tokens
+from tests.conftest import make_tokenizer
+
+
+def test_topk_kl_with_the_whole_vocabulary_is_the_full_kl():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(3, 5, 11), torch.randn(3, 5, 11) * 3
+    positions = torch.rand(3, 5) < 0.6
+    top = teacher.topk(11, dim=-1)
+    for temperature in (1.0, 2.0):
+        full = kd_kl_loss(student[positions], teacher[positions], temperature)
+        assert torch.allclose(topk_kd_loss(student, top.values, top.indices, positions, temperature), full, atol=1e-5)
+
+
+def test_topk_kl_by_hand():
+    """Teacher logits [2, 1, 0, -1] with k = 2, uniform student over 4 tokens, T = 1: p = softmax([2, 1]) and
+    KL = sum p (log p - log 1/4) = log 4 - H(p)."""
+    teacher = torch.tensor([[[2.0, 1.0, 0.0, -1.0]]])
+    top = teacher.topk(2, dim=-1)
+    p = [math.e / (math.e + 1), 1 / (math.e + 1)]
+    expected = math.log(4) + sum(x * math.log(x) for x in p)
+    got = topk_kd_loss(torch.zeros(1, 1, 4), top.values, top.indices, torch.ones(1, 1, dtype=torch.bool), 1.0)
+    assert got.item() == pytest.approx(expected, abs=1e-6)
+    # T = 2 scales the logits and multiplies by T^2
+    p2 = torch.softmax(torch.tensor([2.0, 1.0]) / 2, -1)
+    expected2 = 4 * float((p2 * (p2.log() - math.log(0.25))).sum())
+    assert topk_kd_loss(torch.zeros(1, 1, 4), top.values, top.indices, torch.ones(1, 1, dtype=torch.bool), 2.0).item() == \
+        pytest.approx(expected2, abs=1e-6)
+    # a student that puts the teacher's top-k mass exactly there: zero; no selected position: zero, still differentiable
+    exact = torch.tensor([[[2.0, 1.0, -1e4, -1e4]]], requires_grad=True)
+    assert topk_kd_loss(exact, top.values, top.indices, torch.ones(1, 1, dtype=torch.bool), 1.0).item() == pytest.approx(0, abs=1e-6)
+    none = topk_kd_loss(exact, top.values, top.indices, torch.zeros(1, 1, dtype=torch.bool), 1.0)
+    none.backward()
+    assert none.item() == 0.0
+
+
+def test_masking_is_seeded_per_example_and_position_not_per_batch():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(10, 500, size=(400, 40))
+    ids[:, 0], ids[:, -1] = 2, 3  # [CLS] ... [SEP]
+    real = np.ones_like(ids, dtype=bool)
+    real[200:, 30:] = False
+    example_ids = np.arange(1000, 1400)
+    kwargs = dict(seed=7, probability=0.15, mask_token_id=4, vocab_size=500, special_ids=[0, 1, 2, 3, 4])
+    masked, targets = mask_tokens(ids, real, example_ids, **kwargs)
+    chosen = targets != IGNORE
+    assert not chosen[:, 0].any() and not chosen[:, -1].any() and not chosen[~real].any()  # never specials or padding
+    assert (targets[chosen] == ids[chosen]).all() and (masked[~chosen] == ids[~chosen]).all()
+    eligible = real.copy()
+    eligible[:, [0, -1]] = False
+    assert 0.13 < chosen.sum() / eligible.sum() < 0.17
+    as_mask = (masked == 4) & chosen
+    assert 0.76 < as_mask.sum() / chosen.sum() < 0.84  # 80% [MASK]; the rest random or kept
+    # the same rows in another batch, order and width mask the same way; another seed does not
+    again, again_targets = mask_tokens(ids[::-1, :35][:100], real[::-1, :35][:100], example_ids[::-1][:100], **kwargs)
+    assert (again == masked[::-1, :35][:100]).all() and (again_targets == targets[::-1, :35][:100]).all()
+    other, _ = mask_tokens(ids, real, example_ids, **{**kwargs, "seed": 8})
+    assert (other != masked).any()
+
+
+@pytest.fixture(scope="module")
+def mlm_teacher(tmp_path_factory, sst2_small):
+    out = tmp_path_factory.mktemp("mlm_teacher")
+    tokenizer = make_tokenizer(out, sst2_small)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128, architectures=["BertForMaskedLM"])
+    BertForMaskedLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _mlm_cache(teacher, prepared, out, topk=8):
+    splits, info = prepared
+    return extract_cache(teacher, splits, out, layers=[2, 4], dtype="float16", batch_size=16, shard_max_bytes=1 << 16,
+                         device="cpu", max_length=info["max_length"], label_names=info["label_names"],
+                         dataset_fingerprints={k: v["fingerprint"] for k, v in info["splits"].items()}, topk=topk,
+                         mlm_probability=0.15, mask_seed=3)
+
+
+@pytest.fixture(scope="module")
+def mlm_cache(tmp_path_factory, mlm_teacher, tiny_prepared):
+    out = tmp_path_factory.mktemp("mlm_cache") / "cache"
+    _mlm_cache(mlm_teacher, tiny_prepared, out)
+    return out
+
+
+def test_mlm_cache_holds_the_teachers_topk_on_the_rows_it_saw(mlm_cache, mlm_teacher, tiny_prepared):
+    cache = TeacherCache(mlm_cache, verify="full")
+    m = cache.manifest
+    assert m["task"] == "masked_lm" and m["topk"] == 8 and m["masking"]["probability"] == 0.15
+    fields = {f.name: f for f in cache.fields}
+    assert "logits" not in fields and fields[TOPK_INDICES].dtype == "uint16" and fields[TOPK_VALUES].dtype == "float16"
+    teacher = AutoModelForMaskedLM.from_pretrained(mlm_teacher).eval()
+    prepared = {int(e): np.asarray(ids) for e, ids in zip(tiny_prepared[0]["dev"]["example_id"], tiny_prepared[0]["dev"]["input_ids"])}
+    dev = cache.split("dev")
+    masked_total = 0
+    for i in range(len(dev)):
+        row = dev[i]
+        original = prepared[row["example_id"]]
+        target = row[MLM_TARGET][:, 0]
+        chosen = target != IGNORE
+        masked_total += int(chosen.sum())
+        assert (target[chosen] == original[chosen]).all()
+        assert (row["input_ids"][~chosen] == original[~chosen]).all()  # only chosen tokens changed
+        with torch.no_grad():
+            logits = teacher(input_ids=torch.tensor(row["input_ids"][None].astype(np.int64))).logits[0]
+        top = logits.topk(8, dim=-1)
+        assert np.allclose(row[TOPK_VALUES].astype(np.float32), top.values.numpy(), atol=2e-2, rtol=1e-3)
+        assert (row[TOPK_INDICES][:, 0].astype(np.int64) == top.indices[:, 0].numpy()).all()
+    assert masked_total > 0
+    # per token: 8 fp16 values + 8 uint16 indices + the int32 target, against 2 bytes x vocabulary for the full logits
+    tokens = sum(s["tokens"] for s in m["splits"].values())
+    topk_bytes = 8 * 2 + 8 * 2 + 4
+    assert topk_bytes * tokens < m["bytes"] < (topk_bytes + 2 * 2 * 32 + 64) * tokens
+
+
+def test_mlm_extraction_resumes_to_the_same_masking(tmp_path, mlm_teacher, tiny_prepared, mlm_cache):
+    """The masking is a function of (seed, example id, position): a second extraction writes identical shards."""
+    _mlm_cache(mlm_teacher, tiny_prepared, tmp_path / "again")
+    first = json.loads((mlm_cache / "manifest.json").read_text())
+    second = json.loads((tmp_path / "again" / "manifest.json").read_text())
+    assert [s["sha256"] for sp in first["splits"].values() for s in sp["shards"]] == \
+        [s["sha256"] for sp in second["splits"].values() for s in sp["shards"]]
+
+
+def test_masked_lm_student_learns_from_the_topk_cache(tmp_path, mlm_cache, mlm_teacher):
+    """A random-init student sees only the teacher's top-k (alpha = 0): its top-1 agreement with the teacher at the
+    masked dev tokens must rise far above its untrained level; evaluate reports masked-token accuracy and agreement."""
+    spec = StudentSpec(num_layers=2, hidden_size=32, num_heads=4, init="random")
+    cfg = DistillConfig(epochs=6, batch_size=16, learning_rate=2e-3, alpha=0.0, beta=1.0, gamma=0.0, temperature=1.0,
+                        mlm_positions="all", logging_steps=5)
+    untrained = DistillConfig(**{**cfg.__dict__, "epochs": 0.01})
+    kwargs = dict(batch_size=64, latency_batch_sizes=[1], latency_repeats=2)
+    distill_student(mlm_cache, tmp_path / "before", spec, untrained, seed=0)
+    before = evaluate_saved_model(tmp_path / "before", mlm_cache, **kwargs)
+    result = distill_student(mlm_cache, tmp_path / "student", spec, cfg, seed=0)
+    assert result["summary"]["task"] == "masked_lm"
+    saved = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert saved["architectures"] == ["BertForMaskedLM"]
+    after = evaluate_saved_model(tmp_path / "student", mlm_cache, **kwargs)
+    teacher = evaluate_saved_model(mlm_teacher, mlm_cache, **kwargs)
+    assert teacher["teacher_agreement"] == pytest.approx(1.0)  # the teacher agrees with its own cached top-1
+    assert after["metric"] == "masked-token accuracy" and after["masked_tokens"] == teacher["masked_tokens"] > 0
+    assert after["teacher_agreement"] >= before["teacher_agreement"] + 0.3, (before, after)
+    retention = compare_to_teacher(after, teacher)
+    assert "f1_retention" not in retention and retention["param_ratio"] < 1
+
+
+def test_masked_lm_student_with_teacher_init_and_hidden_loss(tmp_path, mlm_cache, mlm_teacher):
+    """DistilBERT's recipe from the cache: CE at masked tokens + top-k KL + hidden MSE, student initialised from
+    teacher layers 2 and 4 (masked-LM head included)."""
+    spec = StudentSpec(num_layers=2, hidden_size=32, init="teacher")
+    cfg = DistillConfig(epochs=1, batch_size=16, learning_rate=1e-3, alpha=0.5, beta=0.5, gamma=1.0, logging_steps=5)
+    result = distill_student(mlm_cache, tmp_path / "student", spec, cfg, seed=0, teacher_dir=mlm_teacher)
+    losses = [h for h in result["history"] if "loss_kl" in h]
+    assert losses and all(k in losses[0] for k in ("loss_ce", "loss_kl", "loss_hidden"))
+    teacher = BertForMaskedLM.from_pretrained(mlm_teacher)
+    student = BertForMaskedLM.from_pretrained(tmp_path / "student")
+    assert result["summary"]["layer_pairs"] == [(1, 2), (2, 4)]
+    assert student.cls.predictions.transform.dense.weight.shape == teacher.cls.predictions.transform.dense.weight.shape
+
+
+def test_a_classifier_is_not_scored_against_a_masked_lm_cache(mlm_cache, tiny_teacher):
+    with pytest.raises(PipelineError, match="masked_lm"):
+        evaluate_saved_model(tiny_teacher, mlm_cache, batch_size=64, latency_batch_sizes=[], latency_repeats=1)
+
+
+def test_mlm_params_are_checked():
+    with pytest.raises(PipelineError, match="teacher.task"):
+        params_from_dict({"teacher": {"task": "mlm"}, "students": {"s": {"num_layers": 1, "hidden_size": 8}}})
+    with pytest.raises(PipelineError, match="extract.topk"):
+        params_from_dict({"extract": {"topk": 0}, "students": {"s": {"num_layers": 1, "hidden_size": 8}}})
+    with pytest.raises(PipelineError, match="mlm_probability"):
+        params_from_dict({"extract": {"mlm_probability": 1.5}, "students": {"s": {"num_layers": 1, "hidden_size": 8}}})
+
+
+def test_topk_larger_than_the_vocabulary_is_refused(tmp_path, mlm_teacher, tiny_prepared):
+    with pytest.raises(PipelineError, match="extract.topk"):
+        _mlm_cache(mlm_teacher, tiny_prepared, tmp_path / "c", topk=10_000)
