@@ -38,11 +38,16 @@ class DiscardSink:
         if ready is not None:
             self.pending.append(ready)
             if len(self.pending) > 2:
-                self.pending.pop(0).synchronize()
+                self._drop(self.pending.pop(0))
+
+    @staticmethod
+    def _drop(ready):
+        ready.synchronize()
+        ready.release()  # the pinned slot goes back to the ring
 
     def close(self):
         for ready in self.pending:
-            ready.synchronize()
+            self._drop(ready)
 
 
 def padded_batches(splits, batch_size, pad_id=0, sort=True):

@@ -90,22 +90,93 @@ def to_storage(t: torch.Tensor, dtype: str, name: str) -> dict[str, torch.Tensor
     return {name: t.to(torch.float16)}
 
 
-def to_host(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, np.ndarray], torch.cuda.Event | None]:
-    """Device tensors -> numpy arrays on the host. From a GPU: non-blocking copies into pinned memory and the CUDA event
-    after which the arrays hold the data (the writer thread waits on it), so the next forward is queued at once."""
-    def numpy(t: torch.Tensor) -> np.ndarray:
-        return t.numpy().view(np.uint16) if t.dtype == torch.int16 else t.numpy()
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.numpy().view(np.uint16) if t.dtype == torch.int16 else t.numpy()
 
-    if not any(t.is_cuda for t in tensors.values()):
-        return {name: numpy(t) for name, t in tensors.items()}, None
-    host = {}
-    for name, t in tensors.items():
-        pinned = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        pinned.copy_(t, non_blocking=True)
-        host[name] = numpy(pinned)  # the array keeps the pinned tensor alive
-    event = torch.cuda.Event()
-    event.record()
-    return host, event
+
+def to_host(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, np.ndarray], None]:
+    """CPU tensors -> numpy arrays (no copy). On a GPU, `PinnedRing.download` does this job."""
+    return {name: _numpy(t) for name, t in tensors.items()}, None
+
+
+class HostCopy:
+    """One batch's device->host copies in flight: `synchronize()` returns once they landed in the pinned buffer;
+    `release()` hands the buffer back to the ring (the writer thread calls it once the batch is written)."""
+
+    def __init__(self, event: torch.cuda.Event, ring: "PinnedRing", slot: int):
+        self.event, self.ring, self.slot = event, ring, slot
+
+    def synchronize(self) -> None:
+        self.event.synchronize()
+
+    def release(self) -> None:
+        if self.ring is not None:
+            self.ring.release(self.slot)
+            self.ring = None
+
+
+class PinnedRing:
+    """A few pinned host buffers reused batch after batch, for a GPU teacher's inputs and outputs.
+
+    Allocating pinned memory (cudaHostAlloc) is slow, and a fresh allocation per batch and field made a one-shot
+    extraction spend seconds page-locking memory (a second extraction in the same process, served by torch's caching
+    host allocator, ran 3x faster). Each batch takes a slot (waiting while the writer holds all of them), stages its
+    padded inputs there for the host->device copy and receives its outputs there by non-blocking device->host copies;
+    the writer releases the slot after writing the batch. A slot grows (doubling) when a batch needs more room.
+    """
+
+    ALIGN = 64
+
+    def __init__(self, slots: int, initial_bytes: int = 16 << 20):
+        self.buffers: list[torch.Tensor | None] = [None] * slots
+        self.initial_bytes = initial_bytes
+        self.free: queue.Queue = queue.Queue()
+        for i in range(slots):
+            self.free.put(i)
+        self.wait_s = 0.0
+
+    def acquire(self) -> int:
+        started = time.perf_counter()
+        slot = self.free.get()
+        self.wait_s += time.perf_counter() - started
+        return slot
+
+    def release(self, slot: int) -> None:
+        self.free.put(slot)
+
+    def _views(self, slot: int, specs: list[tuple[tuple[int, ...], torch.dtype]]) -> list[torch.Tensor]:
+        sizes = [int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size() for shape, dtype in specs]
+        offsets, end = [], 0
+        for size in sizes:
+            offsets.append(end)
+            end += -(-size // self.ALIGN) * self.ALIGN
+        buf = self.buffers[slot]
+        if buf is None or buf.numel() < end:
+            # a batch in flight on an old buffer keeps it alive: torch's host allocator waits for its copies
+            self.buffers[slot] = buf = torch.empty(max(end, 2 * (buf.numel() if buf is not None else self.initial_bytes // 2)),
+                                                   dtype=torch.uint8, pin_memory=True)
+        return [buf[o:o + n].view(dtype).view(shape) for o, n, (shape, dtype) in zip(offsets, sizes, specs)]
+
+    def upload(self, slot: int, arrays: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+        """Host arrays -> device tensors through the slot's pinned memory, without blocking the host."""
+        views = self._views(slot, [(a.shape, torch.from_numpy(a[:0]).dtype) for a in arrays])
+        out = []
+        for view, array in zip(views, arrays):
+            view.numpy()[...] = array
+            out.append(view.to(device, non_blocking=True))
+        return out
+
+    def download(self, slot: int, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, np.ndarray], HostCopy]:
+        """Device tensors -> numpy arrays in the slot: non-blocking copies, and the HostCopy to wait on before reading
+        them; the arrays stay valid until the slot is released."""
+        views = self._views(slot, [(tuple(t.shape), t.dtype) for t in tensors.values()])
+        host = {}
+        for view, (name, t) in zip(views, tensors.items()):
+            view.copy_(t, non_blocking=True)
+            host[name] = _numpy(view)
+        event = torch.cuda.Event()
+        event.record()
+        return host, HostCopy(event, self, slot)
 
 
 JOURNAL = "journal.json"
@@ -158,6 +229,7 @@ class _ShardWriterThread:
     def __init__(self, writer: CacheWriter, work: Path, key: str, state: dict, depth: int = 2):
         self.writer, self.work, self.key, self.state = writer, work, key, state
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.depth = depth
         self.error: BaseException | None = None
         self.busy_s = self.wait_s = 0.0  # writer thread busy; producer blocked on a full queue (writer-bound)
         self.thread = threading.Thread(target=self._run, name="cache-writer", daemon=True)
@@ -165,27 +237,33 @@ class _ShardWriterThread:
 
     def _run(self) -> None:
         while (item := self.queue.get()) is not None:
-            if self.error is not None:
-                continue  # drain after a failure so the producer never blocks
             kind, split, batch, batch_end, ready = item
-            started = time.perf_counter()
             try:
+                if self.error is None:  # after a failure: drain (and free pinned buffers) so the producer never blocks
+                    self._handle(kind, split, batch, batch_end, ready)
+            finally:
                 if ready is not None:
-                    ready.synchronize()  # the batch's device->host copies have landed
-                entry = self.state[split]
-                # a shard enters the journal once it is renamed and hashed, tagged with the batch count it ends at
-                done = (self.writer.write(split, batch, tag=batch_end) if kind == "batch"
-                        else self.writer.finish_split(split, tag=batch_end))
-                for record, tag in done:
-                    entry["shards"].append({"record": record, "batch_end": tag})
-                if kind == "finish":
-                    entry["done"] = True
-                if done or kind == "finish":
-                    _save_journal(self.work, self.key, self.state)
-            except BaseException as exc:  # re-raised in the main thread by put()/close()
-                self.error = exc
-                self._salvage()
-            self.busy_s += time.perf_counter() - started
+                    ready.release()
+
+    def _handle(self, kind, split, batch, batch_end, ready) -> None:
+        started = time.perf_counter()
+        try:
+            if ready is not None:
+                ready.synchronize()  # the batch's device->host copies have landed
+            entry = self.state[split]
+            # a shard enters the journal once it is renamed and hashed, tagged with the batch count it ends at
+            done = (self.writer.write(split, batch, tag=batch_end) if kind == "batch"
+                    else self.writer.finish_split(split, tag=batch_end))
+            for record, tag in done:
+                entry["shards"].append({"record": record, "batch_end": tag})
+            if kind == "finish":
+                entry["done"] = True
+            if done or kind == "finish":
+                _save_journal(self.work, self.key, self.state)
+        except BaseException as exc:  # re-raised in the main thread by put()/close()
+            self.error = exc
+            self._salvage()
+        self.busy_s += time.perf_counter() - started
 
     def _salvage(self) -> None:
         """Journal the shards that finished hashing before the failure, so a rerun keeps them."""
@@ -325,6 +403,8 @@ def _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, 
 
 def _extract_loop(model, dev, splits, state, sink, layers, dtype, batch_size, pad_id, stats, on_batch, attentions,
                   att_dtype, captured, masking, topk) -> None:
+    # slots: the writer's queue, the batch it writes, the one being computed, one spare
+    ring = PinnedRing(getattr(sink, "depth", 2) + 2) if dev.type == "cuda" else None
     for split, ds in splits.items():
         entry = state.setdefault(split, {"shards": [], "done": False})
         table = ds.data.table if hasattr(ds.data, "table") else ds.data
@@ -339,7 +419,6 @@ def _extract_loop(model, dev, splits, state, sink, layers, dtype, batch_size, pa
                      len(entry["shards"]))
         padded_tokens = real_tokens = 0
         start = time.perf_counter()
-        cuda = dev.type == "cuda"
         for bi in tqdm(range(first, len(batches)), desc=f"extract {split}", unit="batch", initial=first, total=len(batches)):
             rows = batches[bi]
             lens = lengths[rows]
@@ -351,8 +430,12 @@ def _extract_loop(model, dev, splits, state, sink, layers, dtype, batch_size, pa
                 host_fields[MLM_TARGET] = targets[mask].astype(np.int32)[:, None]
             # everything the device needs goes over in one non-blocking step; real tokens are picked on the device by
             # index (a boolean mask there would make the host wait for the GPU before it can queue the next batch)
-            host_in = [torch.from_numpy(input_ids), torch.from_numpy(mask.astype(np.int64)), torch.from_numpy(np.flatnonzero(mask))]
-            ids_t, mask_t, real_index = (t.pin_memory().to(dev, non_blocking=True) if cuda else t for t in host_in)
+            host_in = [input_ids, mask.astype(np.int64), np.flatnonzero(mask)]
+            if ring is not None:  # a pinned slot for this batch's inputs and outputs, free once the writer is done with it
+                slot = ring.acquire()
+                ids_t, mask_t, real_index = ring.upload(slot, host_in, dev)
+            else:
+                ids_t, mask_t, real_index = (torch.from_numpy(a) for a in host_in)
             out = model(input_ids=ids_t, attention_mask=mask_t, output_hidden_states=True, output_attentions=bool(attentions))
 
             def tokens(t: torch.Tensor) -> torch.Tensor:  # (batch, width, d) -> (real tokens, d), row-major
@@ -372,7 +455,7 @@ def _extract_loop(model, dev, splits, state, sink, layers, dtype, batch_size, pa
                     device_out.update(to_storage(flat, att_dtype, attention_field(layer)))
             for layer, value in (captured or {}).items():
                 device_out.update(to_storage(tokens(value), dtype, value_field(layer)))
-            fields_out, ready = to_host(device_out)
+            fields_out, ready = ring.download(slot, device_out) if ring is not None else to_host(device_out)
             fields_out.update(host_fields)
             sink.put("batch", split, CacheBatch(example_id=example_ids[rows], length=lens, label=labels[rows],
                                                 input_ids=input_ids[mask].astype(np.int32), fields=fields_out),
@@ -385,6 +468,8 @@ def _extract_loop(model, dev, splits, state, sink, layers, dtype, batch_size, pa
             sink.put("finish", split, None, len(batches))
         stats[split] = {"seconds": time.perf_counter() - start, "rows": len(ds), "tokens": int(lengths.sum()),
                         "resumed_batches": first, "padding_fraction": 1 - real_tokens / max(padded_tokens, 1)}
+    if ring is not None and hasattr(sink, "wait_s"):
+        sink.wait_s += ring.wait_s  # waiting for a pinned slot the writer still holds is waiting on the writer too
 
 
 def write_extract_report(path: Path, result: dict) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertTokenizerFast
 
 from pipeline.config import DataConfig
 from pipeline.data import prepare_corpus, save_prepared
@@ -101,3 +101,24 @@ def tiny_cache(tmp_path_factory, tiny_teacher, tiny_prepared) -> Path:
     out = tmp_path_factory.mktemp("cache") / "cache"
     build_cache(tiny_teacher, tiny_prepared, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def mlm_teacher(tmp_path_factory, sst2_small) -> Path:
+    """A random 4-layer BERT masked-LM (same tiny tokenizer), saved as the teacher stage saves one."""
+    out = tmp_path_factory.mktemp("mlm_teacher")
+    tokenizer = make_tokenizer(out, sst2_small)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128, architectures=["BertForMaskedLM"])
+    BertForMaskedLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_mlm_cache(teacher_dir: Path, prepared, out: Path, *, topk: int = 8, device: str = "cpu") -> dict:
+    splits, info = prepared
+    return extract_cache(teacher_dir, splits, out, layers=[2, 4], dtype="float16", batch_size=16, shard_max_bytes=1 << 16,
+                         device=device, max_length=info["max_length"], label_names=info["label_names"],
+                         dataset_fingerprints={k: v["fingerprint"] for k, v in info["splits"].items()}, topk=topk,
+                         mlm_probability=0.15, mask_seed=3)

@@ -18,7 +18,8 @@ from pipeline.cache import TeacherCache
 from pipeline.config import DistillConfig, StudentSpec
 from pipeline.data import save_prepared
 from pipeline.distill import distill_student
-from tests.conftest import build_cache, needs_gpu
+from pipeline.mlm import MLM_TARGET, TOPK_INDICES, TOPK_VALUES
+from tests.conftest import build_cache, build_mlm_cache, needs_gpu
 from tests.test_resume import _digest, _extract
 
 pytestmark = needs_gpu
@@ -94,3 +95,20 @@ def test_students_train_on_the_gpu_from_a_gpu_cache(tmp_path, tiny_teacher, tiny
                  == int(dev[i]["logits"].argmax()) for i in range(len(dev))]
     assert np.mean(agree) >= 0.8, np.mean(agree)
     assert json.loads((tmp_path / "student" / "config.json").read_text())["num_hidden_layers"] == 2
+
+
+def test_masked_lm_topk_cache_on_the_gpu_matches_the_cpu(tmp_path, mlm_teacher, tiny_prepared):
+    """Same masking (a function of seed, id and position), same targets and inputs; top-k values within bf16 rounding
+    and the top-1 index the same wherever the CPU's top two logits are not a near tie."""
+    build_mlm_cache(mlm_teacher, tiny_prepared, tmp_path / "cpu", device="cpu")
+    build_mlm_cache(mlm_teacher, tiny_prepared, tmp_path / "gpu", device="cuda")
+    for split in ("train", "dev"):
+        cpu, gpu = _rows_by_id(tmp_path / "cpu", split), _rows_by_id(tmp_path / "gpu", split)
+        assert cpu.keys() == gpu.keys()
+        for key, c in cpu.items():
+            g = gpu[key]
+            assert (c["input_ids"] == g["input_ids"]).all() and (c[MLM_TARGET] == g[MLM_TARGET]).all()
+            cv, gv = c[TOPK_VALUES].astype(np.float32), g[TOPK_VALUES].astype(np.float32)
+            assert np.allclose(cv[:, 0], gv[:, 0], atol=0.05 + 0.02 * np.abs(cv[:, 0]).max())
+            clear = cv[:, 0] - cv[:, 1] > 0.1
+            assert (c[TOPK_INDICES][clear, 0] == g[TOPK_INDICES][clear, 0]).all()

@@ -7,17 +7,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
+from transformers import AutoModelForMaskedLM, BertForMaskedLM
 
 from pipeline.cache import TeacherCache
 from pipeline.config import DistillConfig, StudentSpec, params_from_dict
 from pipeline.distill import distill_student
 from pipeline.errors import PipelineError
-from pipeline.extract import extract_cache
 from pipeline.losses import kd_kl_loss, topk_kd_loss
 from pipeline.metrics import compare_to_teacher, evaluate_saved_model
 from pipeline.mlm import IGNORE, MLM_TARGET, TOPK_INDICES, TOPK_VALUES, mask_tokens
-from tests.conftest import make_tokenizer
+from tests.conftest import build_mlm_cache
 
 
 def test_topk_kl_with_the_whole_vocabulary_is_the_full_kl():
@@ -77,29 +76,9 @@ def test_masking_is_seeded_per_example_and_position_not_per_batch():
 
 
 @pytest.fixture(scope="module")
-def mlm_teacher(tmp_path_factory, sst2_small):
-    out = tmp_path_factory.mktemp("mlm_teacher")
-    tokenizer = make_tokenizer(out, sst2_small)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128, architectures=["BertForMaskedLM"])
-    BertForMaskedLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def _mlm_cache(teacher, prepared, out, topk=8):
-    splits, info = prepared
-    return extract_cache(teacher, splits, out, layers=[2, 4], dtype="float16", batch_size=16, shard_max_bytes=1 << 16,
-                         device="cpu", max_length=info["max_length"], label_names=info["label_names"],
-                         dataset_fingerprints={k: v["fingerprint"] for k, v in info["splits"].items()}, topk=topk,
-                         mlm_probability=0.15, mask_seed=3)
-
-
-@pytest.fixture(scope="module")
 def mlm_cache(tmp_path_factory, mlm_teacher, tiny_prepared):
     out = tmp_path_factory.mktemp("mlm_cache") / "cache"
-    _mlm_cache(mlm_teacher, tiny_prepared, out)
+    build_mlm_cache(mlm_teacher, tiny_prepared, out)
     return out
 
 
@@ -135,7 +114,7 @@ def test_mlm_cache_holds_the_teachers_topk_on_the_rows_it_saw(mlm_cache, mlm_tea
 
 def test_mlm_extraction_resumes_to_the_same_masking(tmp_path, mlm_teacher, tiny_prepared, mlm_cache):
     """The masking is a function of (seed, example id, position): a second extraction writes identical shards."""
-    _mlm_cache(mlm_teacher, tiny_prepared, tmp_path / "again")
+    build_mlm_cache(mlm_teacher, tiny_prepared, tmp_path / "again")
     first = json.loads((mlm_cache / "manifest.json").read_text())
     second = json.loads((tmp_path / "again" / "manifest.json").read_text())
     assert [s["sha256"] for sp in first["splits"].values() for s in sp["shards"]] == \
@@ -195,4 +174,4 @@ def test_mlm_params_are_checked():
 
 def test_topk_larger_than_the_vocabulary_is_refused(tmp_path, mlm_teacher, tiny_prepared):
     with pytest.raises(PipelineError, match="extract.topk"):
-        _mlm_cache(mlm_teacher, tiny_prepared, tmp_path / "c", topk=10_000)
+        build_mlm_cache(mlm_teacher, tiny_prepared, tmp_path / "c", topk=10_000)
