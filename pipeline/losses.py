@@ -58,11 +58,14 @@ def topk_kd_loss(student_logits: torch.Tensor, topk_values: torch.Tensor, topk_i
 
 
 def masked_lm_distillation_loss(student_logits: torch.Tensor, targets: torch.Tensor, topk_values: torch.Tensor,
-                                topk_indices: torch.Tensor, hidden_pairs: list[tuple[torch.Tensor, torch.Tensor]],
-                                attention_mask: torch.Tensor, *, alpha: float, beta: float, gamma: float, temperature: float,
-                                positions: str = "masked", hidden_kind: str = "mse") -> tuple[torch.Tensor, dict]:
-    """DistilBERT's objective from a cache: alpha * masked-LM cross-entropy at the masked tokens + beta * T^2 top-k KL
-    (at the masked tokens, or with `positions` 'all' at every real token) + gamma * the hidden loss over layer pairs."""
+                                topk_indices: torch.Tensor, kl_rows: torch.Tensor,
+                                hidden_pairs: list[tuple[torch.Tensor, torch.Tensor]], attention_mask: torch.Tensor, *,
+                                alpha: float, beta: float, gamma: float, temperature: float,
+                                hidden_kind: str = "mse") -> tuple[torch.Tensor, dict]:
+    """DistilBERT's objective from a cache, over the token positions the head was run on (n of them):
+    alpha * masked-LM cross-entropy where `targets` != -100 + beta * T^2 top-k KL where `kl_rows` + gamma * the hidden
+    loss over layer pairs (full sequences, real tokens). `student_logits` is (n, vocab); targets, kl_rows (n,);
+    top-k values and indices (n, k)."""
     parts = {}
     total = student_logits.new_zeros((), dtype=torch.float32)
     masked = targets != -100
@@ -71,8 +74,7 @@ def masked_lm_distillation_loss(student_logits: torch.Tensor, targets: torch.Ten
                        else student_logits.sum() * 0.0)
         total = total + alpha * parts["ce"]
     if beta:
-        where = masked if positions == "masked" else attention_mask.bool()
-        parts["kl"] = topk_kd_loss(student_logits, topk_values, topk_indices, where, temperature)
+        parts["kl"] = topk_kd_loss(student_logits, topk_values, topk_indices, kl_rows, temperature)
         total = total + beta * parts["kl"]
     if gamma and hidden_pairs:
         hidden_loss = hidden_cosine_loss if hidden_kind == "cosine" else hidden_mse_loss

@@ -258,17 +258,17 @@ class DistillationModule(nn.Module):
 
     def forward(self, input_ids, attention_mask, labels, teacher_logits=None, **teacher_hidden):
         need_hidden = bool(self.gamma and self.pairs)
-        out = self.student(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_hidden,
-                           output_attentions=bool(self.attention_pairs))
+        mlm_training = self.task == MASKED_LM and self.training
+        # a masked-LM student in training runs its vocabulary head only where a loss reads it (see _mlm_losses)
+        model = self.student.base_model if mlm_training else self.student
+        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_hidden,
+                    output_attentions=bool(self.attention_pairs))
         hidden_pairs = []
         if need_hidden:
             hidden_pairs = [(self.projections[str(m)](out.hidden_states[m]), teacher_hidden[f"teacher_{hidden_field(t)}"])
                             for m, t in self.pairs]
         if self.task == MASKED_LM:
-            loss, parts = masked_lm_distillation_loss(
-                out.logits, labels, teacher_hidden["teacher_topk_values"], teacher_hidden["teacher_topk_indices"], hidden_pairs,
-                attention_mask, alpha=self.alpha, beta=self.beta, gamma=self.gamma, temperature=self.temperature,
-                positions=self.mlm_positions, hidden_kind=self.hidden_loss)
+            loss, parts = self._mlm_losses(out, labels, attention_mask, hidden_pairs, teacher_hidden, mlm_training)
         else:
             loss, parts = distillation_loss(out.logits, labels, teacher_logits, hidden_pairs, attention_mask, alpha=self.alpha,
                                             beta=self.beta, gamma=self.gamma, temperature=self.temperature,
@@ -285,7 +285,21 @@ class DistillationModule(nn.Module):
         if self.training:
             for k, v in parts.items():
                 self.running.setdefault(k, []).append(float(v.detach()))
-        return {"loss": loss, "logits": out.logits}
+        return {"loss": loss} if mlm_training else {"loss": loss, "logits": out.logits}
+
+    def _mlm_losses(self, out, labels, attention_mask, hidden_pairs, teacher, head_on_selected: bool):
+        """Masked-LM losses at the tokens they read: the masked ones (CE; and the top-k KL with mlm_positions
+        'masked') or every real token (KL with 'all'). With `head_on_selected` the vocabulary head runs on those
+        tokens only — at 15% masking that skips most of the (tokens x vocabulary) projection, the bulk of a small
+        student's step; otherwise (evaluation) the full logits are there and are indexed."""
+        masked = labels != IGNORE
+        kl_where = masked if self.mlm_positions == "masked" else attention_mask.bool()
+        need = masked | kl_where
+        logits = self.student.cls(out.last_hidden_state[need]) if head_on_selected else out.logits[need]
+        return masked_lm_distillation_loss(
+            logits, labels[need], teacher["teacher_topk_values"][need], teacher["teacher_topk_indices"][need], kl_where[need],
+            hidden_pairs, attention_mask, alpha=self.alpha, beta=self.beta, gamma=self.gamma, temperature=self.temperature,
+            hidden_kind=self.hidden_loss)
 
 
 class OnlineDistillationModule(DistillationModule):

@@ -175,3 +175,56 @@ def test_mlm_params_are_checked():
 def test_topk_larger_than_the_vocabulary_is_refused(tmp_path, mlm_teacher, tiny_prepared):
     with pytest.raises(PipelineError, match="extract.topk"):
         build_mlm_cache(mlm_teacher, tiny_prepared, tmp_path / "c", topk=10_000)
+
+
+def test_a_masked_lm_teacher_is_fine_tuned_from_a_checkpoint_without_an_mlm_head(tmp_path, tiny_teacher, tiny_prepared):
+    """The teacher stage's masked_lm path: a checkpoint without a trained MLM head is refused at epochs 0, and
+    fine-tuned (new head, output weights tied to the embeddings) otherwise; the saved teacher names its head."""
+    from transformers import AutoTokenizer
+
+    from pipeline.mlm import MASKED_LM, head_task
+    from pipeline.models import load_masked_lm
+    from pipeline.training import fine_tune_masked_lm, training_arguments
+
+    with pytest.raises(PipelineError, match="no trained masked-LM head"):
+        load_masked_lm(str(tiny_teacher), require_head=True)
+    model = load_masked_lm(str(tiny_teacher))
+    assert model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_teacher)
+    splits, _ = tiny_prepared
+    args = training_arguments(tmp_path / "trainer", epochs=2, batch_size=16, learning_rate=1e-3, warmup_ratio=0.0,
+                              weight_decay=0.0, seed=0, logging_steps=5)
+    history = fine_tune_masked_lm(model, tokenizer, splits["train"], splits["dev"], args, 0.15, seed=0)
+    dev_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
+    assert len(dev_losses) == 2 and dev_losses[-1] < dev_losses[0]
+    model.save_pretrained(tmp_path / "teacher")
+    assert head_task(BertForMaskedLM.from_pretrained(tmp_path / "teacher").config) == MASKED_LM
+
+
+@pytest.mark.parametrize("positions", ["masked", "all"])
+def test_running_the_vocabulary_head_on_selected_tokens_gives_the_full_logits_loss(positions):
+    """In training the masked-LM student runs its head only where a loss reads it; the loss must equal the one
+    computed from the full (tokens x vocabulary) logits, as in evaluation (dropout off so both passes match)."""
+    from transformers import BertConfig
+
+    from pipeline.training import DistillationModule
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    module = DistillationModule(BertForMaskedLM(config), [(2, 2)], 16, alpha=0.5, beta=0.5, gamma=1.0, temperature=2.0,
+                                task="masked_lm", mlm_positions=positions)
+    ids = torch.randint(5, 50, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    labels = torch.full((3, 7), IGNORE)
+    labels[0, 2], labels[1, 1], labels[2, 6] = 11, 12, 13
+    teacher = {"teacher_topk_values": torch.randn(3, 7, 4), "teacher_topk_indices": torch.randint(0, 50, (3, 7, 4)),
+               "teacher_hidden_2": torch.randn(3, 7, 16)}
+    module.train()
+    selected = module(ids, mask, labels, **teacher)
+    assert set(selected) == {"loss"}
+    module.eval()
+    full = module(ids, mask, labels, **teacher)
+    assert full["logits"].shape == (3, 7, 50)
+    assert selected["loss"].item() == pytest.approx(full["loss"].item(), rel=1e-5)
