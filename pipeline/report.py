@@ -104,7 +104,8 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
     """Write report.md and its charts to `out_dir`; returns the markdown. `kinds` maps a model name to its role.
     Accuracy, F1, retention and training time are mean ± sample std over a student's seed runs when it has several."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    models = load_metrics(metrics_dir)
+    # only the models params name: a metrics file left by a student since removed from params is not reported
+    models = {n: m for n, m in load_metrics(metrics_dir).items() if not kinds or n in kinds or n == "teacher"}
     if "teacher" not in models:
         raise FileNotFoundError(f"{metrics_dir}/teacher.json: no teacher metrics; run evaluate_teacher first")
     teacher = models["teacher"]
@@ -161,7 +162,9 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
               x_label="step", y_label="training loss", title="Learning curves")
     svg_chart({n: _curve(Path(plots_dir) / f"{n}.csv", "eval_accuracy") for n in order}, out_dir / "dev_accuracy.svg",
               x_label="step", y_label="dev accuracy", title="Dev accuracy at each epoch end")
-    md = "\n".join(["# Distillation report", "", "Which student to ship:", *advice, "", *rows, "", *per_seed,
+    metric = [f"Quality metric: {teacher['metric']} on the cached dev rows (the 'dev acc' column; macro-F1 does not "
+              "apply).", ""] if "metric" in teacher else []
+    md = "\n".join(["# Distillation report", "", *metric, "Which student to ship:", *advice, "", *rows, "", *per_seed,
                     "Dev accuracy, macro-F1, retention (student ÷ teacher dev accuracy) and train time are mean ± sample "
                     "std over the seed runs where a model has more than one (`distill.seeds`), else the single run. "
                     "Speedup = latency of a teacher-shaped model ÷ the model's, timed interleaved in one process at batch "

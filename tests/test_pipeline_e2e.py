@@ -188,3 +188,32 @@ def test_a_queued_sweep_reuses_the_cache_and_exp_show_lists_every_point(repo, fi
                                        data["metrics"]["artifacts/metrics/r2.json"]["data"]["accuracy"])
     assert set(found) == set(names) and {lr for lr, _ in found.values()} == {1e-3, 2e-3}, json.dumps(shown)[:3000]
     assert all(0 <= acc <= 1 for _, acc in found.values())
+
+
+@pytest.mark.slow
+@needs_sst2
+def test_a_masked_lm_teacher_through_the_pipeline_with_a_topk_cache(repo, first_repro):
+    """`dvc exp run -S teacher.task=masked_lm`: the MiniLM teacher gets an MLM head fine-tuned on the texts, extract
+    caches its top-k vocabulary logits on seeded-masked rows, every student and the ensemble are masked-LM models
+    scored on masked-token accuracy and agreement with the teacher, and the report names the metric. (Last in this
+    file: the experiment's outputs stay in the workspace.)"""
+    dvc = [sys.executable, "-m", "dvc"]
+    if "up to date" not in _run(dvc + ["status"], repo).stdout:
+        _run(dvc + ["repro"], repo)
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "mlm base", "--allow-empty"]):
+        _run(cmd, repo)
+    out = _run(dvc + ["exp", "run", "-n", "mlm", "-S", "teacher.task=masked_lm", "-S", "teacher.epochs=1",
+                      "-S", "distill.temperature=1.0"], repo).stdout
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert {"teacher", "extract", "evaluate_teacher", "report"} | {f"distill@{s}" for s in params["students"]} <= _ran(out)
+    manifest = json.loads((repo / "artifacts/cache/manifest.json").read_text())
+    assert manifest["task"] == "masked_lm" and manifest["topk"] == 8 and manifest["vocab_size"] == 30522
+    assert {"topk_values", "topk_indices", "mlm_target"} <= {f["name"] for f in manifest["fields"]}
+    teacher = json.loads((repo / "artifacts/metrics/teacher.json").read_text())
+    assert teacher["metric"] == "masked-token accuracy" and teacher["teacher_agreement"] >= 0.95 and teacher["masked_tokens"] > 300
+    for name in [*params["students"], *params["ensembles"]]:
+        m = json.loads((repo / f"artifacts/metrics/{name}.json").read_text())
+        assert m["metric"] == "masked-token accuracy" and 0 <= m["accuracy"] <= 1 and 0 <= m["teacher_agreement"] <= 1, name
+        assert "f1" not in m and m["masked_tokens"] == teacher["masked_tokens"]
+    assert json.loads((repo / "artifacts/students/l3/config.json").read_text())["architectures"] == ["BertForMaskedLM"]
+    assert "masked-token accuracy" in (repo / "artifacts/report/report.md").read_text()

@@ -75,3 +75,12 @@ def test_report_gives_mean_and_std_over_seeds_and_the_gain_over_the_baseline(tmp
     assert "| 3 | 88.00 ± 1.00 | 87.00 ± 2.00 | 97.8 ± 1.1% |" in kd and "| 1.90× |" in kd and "110 ± 8 s" in kd
     assert "best KD student **kd** +2.00 points (3 vs 3 seeds)" in md
     assert "| hard | 1, 2, 3 | 87.00, 85.00, 86.00 |" in md
+
+
+def test_report_leaves_out_models_params_no_longer_name(fixture_dirs, tmp_path):
+    """A metrics file of a student removed from params (left in artifacts/metrics) must not reach the report."""
+    metrics, plots = fixture_dirs
+    md = render_report(metrics, plots, tmp_path / "report", {"small": "student", "hard": "baseline (hard labels)"})
+    names = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert names == ["teacher", "small", "hard"]
+    assert "tiny" not in md and "both" not in md
