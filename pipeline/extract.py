@@ -122,7 +122,9 @@ class PinnedRing:
     extraction spend seconds page-locking memory (a second extraction in the same process, served by torch's caching
     host allocator, ran 3x faster). Each batch takes a slot (waiting while the writer holds all of them), stages its
     padded inputs there for the host->device copy and receives its outputs there by non-blocking device->host copies;
-    the writer releases the slot after writing the batch. A slot grows (doubling) when a batch needs more room.
+    the writer releases the slot after writing the batch. The outputs land over the inputs' bytes: the stream runs
+    the device->host copies after the forward, which runs after the host->device copies. A slot grows (doubling) when
+    a batch needs more room.
     """
 
     ALIGN = 64
