@@ -18,12 +18,13 @@ import numpy as np
 import torch
 import transformers
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from pipeline.cache import CacheBatch, CacheWriter, FieldSpec, attention_field, hidden_field, token_fields, value_field
 from pipeline.cache.schema import SCALE_SUFFIX, TEACHER_CONFIG, TOKENIZER_DIR, file_sha256, write_json_atomic
 from pipeline.errors import PipelineError
-from pipeline.mlm import MASKED_LM, MLM_TARGET, TOPK_INDICES, TOPK_VALUES, head_task, index_dtype, mask_tokens
+from pipeline.mlm import (MASKED_LM, MLM_TARGET, TOPK_INDICES, TOPK_VALUES, auto_model_class, head_task, index_dtype,
+                          mask_tokens)
 from pipeline.models import model_fingerprint, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
@@ -310,10 +311,10 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
     """
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
     dev = resolve_device(device)
-    task = head_task(AutoConfig.from_pretrained(teacher_dir))
-    auto = AutoModelForMaskedLM if task == MASKED_LM else AutoModelForSequenceClassification
+    teacher_config = AutoConfig.from_pretrained(teacher_dir)
+    task = head_task(teacher_config)
     # attention maps need the eager implementation: fused kernels never materialise them
-    model = auto.from_pretrained(
+    model = auto_model_class(teacher_config).from_pretrained(
         teacher_dir, use_safetensors=True, **({"attn_implementation": "eager"} if attentions else {})).to(dev).eval()
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     n_layers, hidden, heads = model.config.num_hidden_layers, model.config.hidden_size, model.config.num_attention_heads

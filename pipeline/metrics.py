@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification
+from transformers import AutoConfig
 
 from pipeline.cache import TeacherCache
 from pipeline.cache.schema import TEACHER_CONFIG
 from pipeline.errors import PipelineError
-from pipeline.mlm import MASKED_LM, MLM_TARGET, TOPK_INDICES, head_task, masked_token_metrics
+from pipeline.mlm import MASKED_LM, MLM_TARGET, TOPK_INDICES, auto_model_class, head_task, masked_token_metrics
 from pipeline.models import seed_model_dirs
 
 
@@ -114,18 +114,16 @@ def teacher_shaped_model(cache_dir: Path, num_labels: int) -> torch.nn.Module:
     raw = json.loads((Path(cache_dir) / TEACHER_CONFIG).read_text())
     config = AutoConfig.for_model(**{k: v for k, v in raw.items() if k not in ("architectures", "id2label", "label2id")})
     config.num_labels = num_labels
-    auto = AutoModelForMaskedLM if head_task(AutoConfig.for_model(**raw)) == MASKED_LM else AutoModelForSequenceClassification
     with torch.random.fork_rng():  # the caller's RNG stream stays untouched
         torch.manual_seed(0)
-        return auto.from_config(config).to("cpu").eval()
+        return auto_model_class(AutoConfig.for_model(**raw)).from_config(config).to("cpu").eval()
 
 
 def _load_classifier(model_dir: Path):
     """A saved classifier, or masked-LM model (by its config's architecture), on the CPU in eval mode."""
     if not (Path(model_dir) / "config.json").is_file():
         raise PipelineError(f"{model_dir}: no saved model (config.json missing); run the stage that trains it first")
-    auto = AutoModelForMaskedLM if head_task(AutoConfig.from_pretrained(model_dir)) == MASKED_LM else AutoModelForSequenceClassification
-    return auto.from_pretrained(model_dir, use_safetensors=True).to("cpu").eval()
+    return auto_model_class(AutoConfig.from_pretrained(model_dir)).from_pretrained(model_dir, use_safetensors=True).to("cpu").eval()
 
 
 def _quality(model: torch.nn.Module, cache, tokens: list[np.ndarray], rows: list[dict], batch_size: int, pad_id: int) -> dict:

@@ -25,6 +25,13 @@ def head_task(config) -> str:
     return MASKED_LM if any(a.endswith("ForMaskedLM") for a in archs) else CLASSIFICATION
 
 
+def auto_model_class(config):
+    """The transformers Auto class that loads a checkpoint with this config's head (masked LM or sequence classifier)."""
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    return AutoModelForMaskedLM if head_task(config) == MASKED_LM else AutoModelForSequenceClassification
+
+
 def index_dtype(vocab_size: int) -> str:
     """Cache dtype of top-k vocabulary indices: uint16 (2 bytes) when every id fits, else int32."""
     return "uint16" if vocab_size <= 1 << 16 else "int32"
