@@ -102,6 +102,45 @@ def test_failed_write_leaves_no_manifest_and_no_partial_shard(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_disk_full_keeps_every_closed_shard_even_when_its_hash_is_still_queued(tmp_path, monkeypatch):
+    """A closed shard is complete data: a write error on a later shard must not cancel its queued hashing (it did,
+    under CPU load, and a rerun then redid those batches)."""
+    import errno
+    import threading
+
+    import pyarrow as pa
+
+    from pipeline.cache import writer as writer_module
+
+    rows = _rows("float16")
+    fields = [FieldSpec("logits", "example", "float32", 2)]
+    gate, real_finish = threading.Event(), writer_module._finish_shard
+
+    def slow_finish(*args):  # the single hashing thread is busy until the disk has filled
+        gate.wait(5)
+        return real_finish(*args)
+
+    real_osfile, opened = pa.OSFile, []
+
+    def filling_disk(path, mode="rb"):
+        opened.append(path)
+        if len(opened) == 4:
+            gate.set()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_osfile(path, mode)
+
+    monkeypatch.setattr(writer_module, "_finish_shard", slow_finish)
+    monkeypatch.setattr(pa, "OSFile", filling_disk)
+    writer = CacheWriter(tmp_path, fields, {}, shard_max_bytes=1, hash_threads=1)  # one row per shard
+    with pytest.raises(PipelineError, match=r"could not write a train shard \(No space left on device\)"):
+        for i in range(4):
+            writer.write("train", CacheBatch(np.array([i]), np.array([3]), np.array([0]), np.arange(3, dtype=np.int32),
+                                             {"logits": rows[i]["logits"][None]}), tag=i + 1)
+    salvaged = writer.salvage()["train"]
+    assert [(record["file"], tag) for record, tag in salvaged] == [(f"train-0000{i}.arrow", i + 1) for i in range(3)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [record["file"] for record, _ in salvaged]
+
+
 def test_flipped_byte_is_caught_with_full_verification_only(tmp_path):
     manifest = _write(tmp_path, _rows("float16"), "float16")
     shard = tmp_path / manifest["splits"]["train"]["shards"][0]["file"]

@@ -102,8 +102,8 @@ class _ShardedSplit:
         return out
 
     def abort(self) -> None:
-        """Drop the open shard; shards already being hashed finish (see `CacheWriter.salvage`), queued ones are dropped."""
-        self.pending = [(future, tag) for future, tag in self.pending if not future.cancel()]
+        """Drop the open shard. Closed shards keep their hashing, started or still queued in the pool: each is complete
+        data, and `CacheWriter.salvage` journals it so a rerun keeps it (cancelling a queued one lost it under load)."""
         if self._writer is not None:
             try:
                 self._writer.close()
@@ -210,7 +210,7 @@ class CacheWriter:
             split.abort()
             out[name] = split.completed(wait=True, stop_at_error=True)
             split.pending = []
-        self._finisher.shutdown(wait=True, cancel_futures=True)
+        self._finisher.shutdown(wait=True)
         return out
 
     def __enter__(self) -> "CacheWriter":
