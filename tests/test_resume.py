@@ -27,7 +27,7 @@ from pipeline.extract import extract_cache
 
 torch.set_num_threads(1)
 prepared, teacher, out, kill_after, delay = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
-device = sys.argv[6]
+device, lanes = sys.argv[6], int(sys.argv[7])
 splits, info = load_prepared(Path(prepared))
 train_batches = (len(splits["train"]) + 7) // 8
 
@@ -39,15 +39,16 @@ def on_batch(split, index):
 result = extract_cache(Path(teacher), splits, Path(out), layers=[1, 2, 4], dtype="float16", batch_size=8,
                        shard_max_bytes=20_000, device=device, max_length=info["max_length"], label_names=info["label_names"],
                        dataset_fingerprints={k: v["fingerprint"] for k, v in info["splits"].items()},
-                       on_batch=on_batch if kill_after else None)
+                       on_batch=on_batch if kill_after else None, writer_lanes=lanes)
 print(json.dumps({k: v["resumed_batches"] for k, v in result["stats"].items()}))
 """
 
 
 def _extract(prepared: Path, teacher: Path, out: Path, kill_after: int = 0, delay: float = 0.0,
-             device: str = "cpu") -> subprocess.CompletedProcess:
+             device: str = "cpu", lanes: int = 2) -> subprocess.CompletedProcess:
+    """An extraction in a child process (2 writer lanes unless told: shards written in parallel, the riskier path)."""
     return subprocess.run([sys.executable, "-c", CHILD, str(prepared), str(teacher), str(out), str(kill_after), str(delay),
-                           device],
+                           device, str(lanes)],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -114,8 +115,9 @@ def test_journal_of_another_job_is_discarded(tmp_path, tiny_teacher, tiny_prepar
     assert json.loads(final.stdout.strip().splitlines()[-1]) == {"train": 0, "dev": 0}
 
 
+@pytest.mark.parametrize("lanes", [1, 3])
 def test_disk_full_while_writing_a_shard_is_one_error_and_loses_no_finished_shard(tmp_path, tiny_teacher, tiny_prepared,
-                                                                                  monkeypatch):
+                                                                                  monkeypatch, lanes):
     import errno
 
     import pyarrow as pa
@@ -123,23 +125,22 @@ def test_disk_full_while_writing_a_shard_is_one_error_and_loses_no_finished_shar
     from pipeline.errors import PipelineError
     from tests.conftest import build_cache
 
-    real_osfile, opened = pa.OSFile, []
+    real_osfile = pa.OSFile
 
-    def filling_disk(path, mode="rb"):
-        opened.append(path)
-        if len(opened) == 4:
+    def filling_disk(path, mode="rb"):  # the fourth train shard finds the disk full (lanes open shards in any order)
+        if "train-00003" in str(path):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_osfile(path, mode)
 
     out = tmp_path / "cache"
     monkeypatch.setattr(pa, "OSFile", filling_disk)
     with pytest.raises(PipelineError, match=r"could not write a train shard \(No space left on device\); free disk space"):
-        build_cache(tiny_teacher, tiny_prepared, out, shard_max_bytes=20_000, batch_size=8)
+        build_cache(tiny_teacher, tiny_prepared, out, shard_max_bytes=20_000, batch_size=8, writer_lanes=lanes)
     assert not out.exists()
     journal = json.loads((work_dir_for(out) / "journal.json").read_text())
     assert len(journal["splits"]["train"]["shards"]) == 3  # the three shards finished before the disk filled
     monkeypatch.setattr(pa, "OSFile", real_osfile)
-    result = build_cache(tiny_teacher, tiny_prepared, out, shard_max_bytes=20_000, batch_size=8)
+    result = build_cache(tiny_teacher, tiny_prepared, out, shard_max_bytes=20_000, batch_size=8, writer_lanes=lanes)
     assert result["stats"]["train"]["resumed_batches"] > 0
     ref = build_cache(tiny_teacher, tiny_prepared, tmp_path / "ref", shard_max_bytes=20_000, batch_size=8)
     assert result["manifest"] == ref["manifest"]
