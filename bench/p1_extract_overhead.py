@@ -11,9 +11,8 @@ The bare pass runs the same length-sorted, padded batches through the same model
 nothing else: no masking, copies, conversion, Arrow, hashing or writing; it runs once untimed first, so every batch
 shape is warm. ratio_loop = extraction from its first batch until the last shard is hashed and the manifest written,
 over the bare pass; ratio_loop_no_writer = the same teacher loop with a sink that drops every batch (host-side
-cost of the loop itself, no writer thread competing for the CPU and the GIL); ratio_whole_call also counts loading
-the model and tokenizer. `writer` says where time went: the lanes, the writer thread's busy seconds and the seconds
-the teacher loop waited on its full queue (writer-bound when large). `--writer-lanes 1,2,3` compares lane counts.
+cost of the loop itself, no writer thread competing for the CPU and the GIL); ratio_whole_call also counts loading the model and tokenizer. `writer` says where time went:
+the writer thread's busy seconds and the seconds the teacher loop waited on its full queue (writer-bound when large).
 """
 
 import argparse
@@ -81,8 +80,6 @@ def main():
     ap.add_argument("--tokenizer", default=None, help="tokenizer dir for a random teacher (default: the default teacher's)")
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--name-batch", action="store_true", help="add _b<batch size> to the result's name")
-    ap.add_argument("--writer-lanes", default="0", help="extract.writer_lanes; a list (e.g. 1,2,3) extracts once per "
-                    "value, in order, and reports each under by_lanes (the headline figures are the first value's)")
     args = ap.parse_args()
     layers = [int(x) for x in args.layers.split(",")]
     device = resolve_device(args.device)
@@ -111,33 +108,24 @@ def main():
         _extract_splits(model, device, splits, {}, sink, layer_ids, args.dtype, args.batch_size, 0, {}, None)
         sink.close()
     out_dir = WORK / "p1_cache"
-    by_lanes = {}
-    for lanes in (int(x) for x in args.writer_lanes.split(",")):
-        shutil.rmtree(out_dir, ignore_errors=True)
-        with Timer() as full:
-            run = extract_cache(teacher, splits, out_dir, layers=layers, dtype=args.dtype, batch_size=args.batch_size,
-                                shard_max_bytes=256 << 20, device=str(device), max_length=64,
-                                label_names=info["label_names"], dataset_fingerprints=fingerprints(info),
-                                writer_lanes=lanes)
-        run_loop = sum(s["seconds"] for s in run["stats"].values()) + run["writer"]["tail_s"]  # until the manifest is out
-        by_lanes[run["writer"]["lanes"]] = {"ratio_loop": round(run_loop / bare.seconds, 3), "extract_loop_s": round(run_loop, 2),
-                                            "writer": run["writer"]}
-        print(f"writer lanes {run['writer']['lanes']}: ratio_loop {run_loop / bare.seconds:.3f} ({run['writer']})")
-        if len(by_lanes) == 1:
-            result, loop, first_call = run, run_loop, full.seconds
+    shutil.rmtree(out_dir, ignore_errors=True)
+    with Timer() as full:
+        result = extract_cache(teacher, splits, out_dir, layers=layers, dtype=args.dtype, batch_size=args.batch_size,
+                               shard_max_bytes=256 << 20, device=str(device), max_length=64,
+                               label_names=info["label_names"], dataset_fingerprints=fingerprints(info))
+    loop = sum(s["seconds"] for s in result["stats"].values()) + result["writer"]["tail_s"]  # until the manifest is out
     rows = sum(len(ds) for ds in splits.values())
     name = (f"p1_extract_overhead_{device.type}" + ("" if args.teacher == "default" else f"_{args.teacher}")
             + ("" if args.dtype == "float16" else f"_{args.dtype}") + (f"_b{args.batch_size}" if args.name_batch else ""))
     save(name, {
         "figure": "P1 extraction overhead: extract wall / bare teacher forward", "goal": "<= 1.05",
-        "ratio_loop": round(loop / bare.seconds, 3), "ratio_whole_call": round(first_call / bare.seconds, 3),
+        "ratio_loop": round(loop / bare.seconds, 3), "ratio_whole_call": round(full.seconds / bare.seconds, 3),
         "bare_forward_s": round(bare.seconds, 2),
-        "ratio_loop_no_writer": round(loop_only.seconds / bare.seconds, 3), "loop_no_writer_s": round(loop_only.seconds, 2),
-        "extract_loop_s": round(loop, 2), "extract_call_s": round(first_call, 2), "by_lanes": by_lanes,
+        "ratio_loop_no_writer": round(loop_only.seconds / bare.seconds, 3), "loop_no_writer_s": round(loop_only.seconds, 2), "extract_loop_s": round(loop, 2), "extract_call_s": round(full.seconds, 2),
         "rows": rows, "layers": layers, "device": str(device), "examples_per_s": round(rows / loop, 1),
         "teacher": args.teacher, "batch_size": args.batch_size, "dtype": args.dtype,
         "tokens_per_s": round(sum(s["tokens"] for s in result["stats"].values()) / loop),
-        "cache_bytes": result["manifest"]["bytes"], "writer": result["writer"], "writer_lanes": result["writer"]["lanes"],
+        "cache_bytes": result["manifest"]["bytes"], "writer": result["writer"],
         "padding_fraction_unsorted": round(padding_fraction(splits, args.batch_size, sort=False), 4),
         "padding_fraction_sorted": round(padding_fraction(splits, args.batch_size, sort=True), 4),
     })

@@ -1,13 +1,12 @@
 """P1w: how fast the cache writer alone takes batches, with no teacher: the ceiling it puts on extraction.
 
-    python bench/p1w_writer_throughput.py [--gb 2] [--hidden 768] [--layers 3] [--batch-tokens 13000] [--lanes 1,2,4]
+    python bench/p1w_writer_throughput.py [--gb 2] [--hidden 768] [--layers 3] [--batch-tokens 13000] [--repeats 3]
 
 Synthetic batches shaped like a length-sorted extraction batch (random fp16 hidden rows, fp32 logits, token ids) go
 through the extractor's own writer thread (`_ShardWriterThread` over `CacheWriter`: Arrow building, shard files,
-sha256 + per-batch CRC-32, journal) as fast as it takes them. GB/s = cache bytes / (first put .. manifest written).
-The GPU extraction needs the writer to keep up with the teacher: BERT-base on an H100 makes ~1M tokens/s, i.e.
-~4.6 GB/s for three fp16 layers; a writer slower than that is the bound (P1 at batch 1024: writer busy 2.43 s for
-4.24 GB). `--lanes` compares shard-writing lanes (shards written in parallel, in order for the journal).
+sha256 + per-batch CRC-32, journal) as fast as it takes them. GB/s = cache bytes / (first put .. manifest written);
+`hash_thread_s` = seconds the hashing pool spent on sha256 + CRC-32. The GPU extraction needs the writer to keep up
+with the teacher: BERT-base on an H100 makes ~1M tokens/s, i.e. ~4.6 GB/s for three fp16 layers.
 """
 
 import argparse
@@ -20,6 +19,8 @@ import numpy as np
 from common import WORK, save
 
 from pipeline.cache import CacheBatch, CacheWriter, FieldSpec
+from pipeline.cache import writer as writer_module
+from pipeline.cache.schema import file_sha256, shard_batch_crc32
 from pipeline.extract import _ShardWriterThread, work_dir_for
 
 
@@ -43,14 +44,26 @@ def batches(total_bytes: int, hidden: int, layers: int, batch_tokens: int, seed:
         out.append(batch)
 
 
-def run(out, lanes: int, args, stream: list[CacheBatch]) -> dict:
+def run(out, args, stream: list[CacheBatch]) -> dict:
     fields = [FieldSpec("logits", "example", "float32", 2)] + [
         FieldSpec(f"hidden_{layer + 1}", "token", "float16", args.hidden) for layer in range(args.layers)]
     work = work_dir_for(out)
     shutil.rmtree(work, ignore_errors=True)
     state = {"train": {"shards": [], "done": False}}
     started = time.perf_counter()
-    with CacheWriter(work, fields, {"bench": True}, args.shard_mb << 20, lanes=lanes) as writer:
+    hashing = [0.0]
+
+    def timed(fn):
+        def wrapper(path):
+            started = time.perf_counter()
+            try:
+                return fn(path)
+            finally:
+                hashing[0] += time.perf_counter() - started
+        return wrapper
+
+    writer_module.file_sha256, writer_module.shard_batch_crc32 = timed(file_sha256), timed(shard_batch_crc32)
+    with CacheWriter(work, fields, {"bench": True}, args.shard_mb << 20) as writer:
         sink = _ShardWriterThread(writer, work, "bench", state)
         n = 0
         for n, batch in enumerate(stream, start=1):
@@ -60,7 +73,8 @@ def run(out, lanes: int, args, stream: list[CacheBatch]) -> dict:
         manifest = writer.close()
     seconds = time.perf_counter() - started
     shutil.rmtree(work)
-    return {"lanes": lanes, "seconds": round(seconds, 3), "bytes": manifest["bytes"],
+    writer_module.file_sha256, writer_module.shard_batch_crc32 = file_sha256, shard_batch_crc32
+    return {"seconds": round(seconds, 3), "bytes": manifest["bytes"], "hash_thread_s": round(hashing[0], 3),
             "gb_per_s": round(manifest["bytes"] / seconds / 1e9, 3), "writer_busy_s": round(sink.busy_s, 3),
             "producer_wait_s": round(sink.wait_s, 3), "shards": len(manifest["splits"]["train"]["shards"])}
 
@@ -72,21 +86,18 @@ def main():
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--batch-tokens", type=int, default=13000, help="tokens per batch (SST-2 at batch 1024: ~13k)")
     ap.add_argument("--shard-mb", type=int, default=256)
-    ap.add_argument("--lanes", default="1,2,4")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--name", default="p1w_writer_throughput")
     args = ap.parse_args()
     out = WORK / "p1w_cache"
     stream = batches(int(args.gb * 1e9), args.hidden, args.layers, args.batch_tokens)
-    runs = [run(out, lanes, args, stream) for _ in range(args.repeats) for lanes in map(int, args.lanes.split(","))]
-    best = {}
+    runs = [run(out, args, stream) for _ in range(args.repeats)]
     for r in runs:
-        best[r["lanes"]] = max(best.get(r["lanes"], 0), r["gb_per_s"])
-    for r in runs:
-        print(f"lanes {r['lanes']}: {r['gb_per_s']:.2f} GB/s ({r['bytes'] / 1e9:.2f} GB in {r['seconds']:.2f} s, "
-              f"writer busy {r['writer_busy_s']:.2f} s, producer waited {r['producer_wait_s']:.2f} s)")
-    save(args.name, {"figure": "P1w cache writer throughput (no teacher)", "best_gb_per_s_by_lanes": best,
-                     "runs": runs, "hidden": args.hidden, "layers": args.layers, "batch_tokens": args.batch_tokens,
+        print(f"{r['gb_per_s']:.2f} GB/s ({r['bytes'] / 1e9:.2f} GB in {r['seconds']:.2f} s, writer busy "
+              f"{r['writer_busy_s']:.2f} s, producer waited {r['producer_wait_s']:.2f} s, hashing {r['hash_thread_s']:.2f} "
+              "thread-s)")
+    save(args.name, {"figure": "P1w cache writer throughput (no teacher)",
+                     "median_gb_per_s": sorted(r["gb_per_s"] for r in runs)[len(runs) // 2], "runs": runs, "hidden": args.hidden, "layers": args.layers, "batch_tokens": args.batch_tokens,
                      "shard_mb": args.shard_mb})
 
 

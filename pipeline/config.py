@@ -69,7 +69,6 @@ class ExtractConfig:
     dtype: str = field(default="float16", metadata={"help": "float16, bfloat16 (stored bit-exact as uint16), or int8 (per-token absmax scale)"})
     batch_size: int = 64
     shard_max_mb: int = field(default=256, metadata={"help": "a shard is closed once it holds this many MB"})
-    writer_lanes: int = field(default=0, metadata={"help": "threads writing shards in parallel; 0 = auto (1 on CPU, 3 with a GPU teacher); the bytes do not depend on it"})
     device: str = field(default="auto", metadata={"help": "auto (cuda when available), cpu, cuda, cuda:N"})
     topk: int = field(default=8, metadata={"help": "masked-LM teachers: vocabulary logits kept per token (values + indices)"})
     mlm_probability: float = field(default=0.15, metadata={"help": "masked-LM teachers: share of tokens masked (static, seeded)"})
@@ -303,7 +302,6 @@ def validate(params: Params) -> Params:
         raise PipelineError(f"params.yaml: 'extract.dtype' must be one of {CACHE_DTYPES}, got '{e.dtype}'")
     _check_positive(e.batch_size, "extract.batch_size")
     _check_positive(e.shard_max_mb, "extract.shard_max_mb")
-    _check_positive(e.writer_lanes, "extract.writer_lanes", allow_zero=True)
     for key in ("epochs", "batch_size", "learning_rate", "temperature", "logging_steps", "seeds"):
         _check_positive(getattr(s, key), f"distill.{key}")
     for key in ("alpha", "beta", "gamma", "warmup_ratio", "weight_decay", "num_workers"):

@@ -102,7 +102,7 @@ def to_host(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, np.ndarray], No
 
 class HostCopy:
     """One batch's device->host copies in flight: `synchronize()` returns once they landed in the pinned buffer;
-    `release()` hands the buffer back to the ring (the writer calls it once a lane has written the batch)."""
+    `release()` hands the buffer back to the ring (the writer thread calls it once the batch is written)."""
 
     def __init__(self, event: torch.cuda.Event, ring: "PinnedRing", slot: int):
         self.event, self.ring, self.slot = event, ring, slot
@@ -121,27 +121,28 @@ class PinnedRing:
 
     Allocating pinned memory (cudaHostAlloc) is slow, and a fresh allocation per batch and field made a one-shot
     extraction spend seconds page-locking memory (a second extraction in the same process, served by torch's caching
-    host allocator, ran 3x faster). Each batch takes a free slot (a new one when none is free: the batches in flight
-    are bounded by the writer thread's queue and the writer's byte budget for its lanes), stages its padded inputs
-    there for the host->device copy and receives its outputs there by non-blocking device->host copies; the writer
-    releases the slot once a lane has written the batch. The outputs land over the inputs' bytes: the stream runs the
-    device->host copies after the forward, which runs after the host->device copies. A slot grows (doubling) when a
-    batch needs more room.
+    host allocator, ran 3x faster). Each batch takes a slot (waiting while the writer holds all of them), stages its
+    padded inputs there for the host->device copy and receives its outputs there by non-blocking device->host copies;
+    the writer releases the slot after writing the batch. The outputs land over the inputs' bytes: the stream runs
+    the device->host copies after the forward, which runs after the host->device copies. A slot grows (doubling) when
+    a batch needs more room.
     """
 
     ALIGN = 64
 
-    def __init__(self, initial_bytes: int = 16 << 20):
-        self.buffers: list[torch.Tensor | None] = []
+    def __init__(self, slots: int, initial_bytes: int = 16 << 20):
+        self.buffers: list[torch.Tensor | None] = [None] * slots
         self.initial_bytes = initial_bytes
-        self.free: queue.SimpleQueue = queue.SimpleQueue()  # released from writer lanes, taken by the teacher loop
+        self.free: queue.Queue = queue.Queue()
+        for i in range(slots):
+            self.free.put(i)
+        self.wait_s = 0.0
 
     def acquire(self) -> int:
-        try:
-            return self.free.get_nowait()
-        except queue.Empty:
-            self.buffers.append(None)
-            return len(self.buffers) - 1
+        started = time.perf_counter()
+        slot = self.free.get()
+        self.wait_s += time.perf_counter() - started
+        return slot
 
     def release(self, slot: int) -> None:
         self.free.put(slot)
@@ -182,7 +183,6 @@ class PinnedRing:
 
 
 JOURNAL = "journal.json"
-GPU_WRITER_LANES = 3  # extract.writer_lanes: 0 with a GPU teacher
 
 
 def work_dir_for(out_dir: Path) -> Path:
@@ -232,35 +232,31 @@ class _ShardWriterThread:
     def __init__(self, writer: CacheWriter, work: Path, key: str, state: dict, depth: int = 2):
         self.writer, self.work, self.key, self.state = writer, work, key, state
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.depth = depth
         self.error: BaseException | None = None
-        # writer thread busy (incl. waiting for room in the lanes); producer blocked on a full queue (writer-bound)
-        self.busy_s = self.wait_s = 0.0
+        self.busy_s = self.wait_s = 0.0  # writer thread busy; producer blocked on a full queue (writer-bound)
         self.thread = threading.Thread(target=self._run, name="cache-writer", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while (item := self.queue.get()) is not None:
             kind, split, batch, batch_end, ready = item
-            if self.error is None:
-                self._handle(kind, split, batch, batch_end, ready)
-            elif ready is not None:  # after a failure: drain (and free pinned buffers) so the producer never blocks
-                ready.release()
+            try:
+                if self.error is None:  # after a failure: drain (and free pinned buffers) so the producer never blocks
+                    self._handle(kind, split, batch, batch_end, ready)
+            finally:
+                if ready is not None:
+                    ready.release()
 
     def _handle(self, kind, split, batch, batch_end, ready) -> None:
-        """Hands a batch's pinned buffer (`ready`) to the writer, which releases it once a lane has written the batch
-        (never earlier: the ring reuses the buffer for a later batch)."""
         started = time.perf_counter()
-        handed = ready is None
         try:
             if ready is not None:
                 ready.synchronize()  # the batch's device->host copies have landed
             entry = self.state[split]
             # a shard enters the journal once it is renamed and hashed, tagged with the batch count it ends at
-            if kind == "batch":
-                handed = True
-                done = self.writer.write(split, batch, tag=batch_end, on_written=ready.release if ready else None)
-            else:
-                done = self.writer.finish_split(split, tag=batch_end)
+            done = (self.writer.write(split, batch, tag=batch_end) if kind == "batch"
+                    else self.writer.finish_split(split, tag=batch_end))
             for record, tag in done:
                 entry["shards"].append({"record": record, "batch_end": tag})
             if kind == "finish":
@@ -269,8 +265,6 @@ class _ShardWriterThread:
                 _save_journal(self.work, self.key, self.state)
         except BaseException as exc:  # re-raised in the main thread by put()/close()
             self.error = exc
-            if not handed:
-                ready.release()
             self._salvage()
         self.busy_s += time.perf_counter() - started
 
@@ -304,7 +298,7 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
                   batch_size: int, shard_max_bytes: int, device: str, max_length: int, label_names: list[str],
                   dataset_fingerprints: dict[str, str], on_batch: Callable[[str, int], None] | None = None,
                   attentions: list[int] = (), values: list[int] = (), topk: int = 8, mlm_probability: float = 0.15,
-                  mask_seed: int = 0, writer_lanes: int = 0) -> dict:
+                  mask_seed: int = 0) -> dict:
     """Write the cache for `splits` to `out_dir`. Returns the manifest plus timing stats.
 
     A sequence classifier's cache holds its logits per example; a masked-LM teacher's (see `pipeline.mlm`) holds, per
@@ -314,9 +308,6 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
     Work happens in `work_dir_for(out_dir)` with a journal of completed shards; rerun after a crash (even `kill -9`),
     finished shards are checked against their sha256 and kept, the rest is computed, and the result is byte-identical
     to an uninterrupted run. The finished cache is moved into `out_dir` in one rename at the end.
-
-    `writer_lanes` threads write shards in parallel (0: one on CPU, where the cores run the teacher; `GPU_WRITER_LANES`
-    with a GPU teacher, which outruns one core copying into files); the cache's bytes do not depend on it.
     """
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
     dev = resolve_device(device)
@@ -369,8 +360,7 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
     pad_id = tokenizer.pad_token_id or 0
     stats = {}
     resume = {name: [s["record"] for s in entry["shards"]] for name, entry in state.items()}
-    lanes = writer_lanes or (GPU_WRITER_LANES if dev.type == "cuda" else 1)
-    with CacheWriter(work, fields, meta, shard_max_bytes, resume=resume, lanes=lanes) as writer:
+    with CacheWriter(work, fields, meta, shard_max_bytes, resume=resume) as writer:
         sink = _ShardWriterThread(writer, work, key, state)
         captured: dict[int, torch.Tensor] = {}
         hooks = [value_projection(model, layer).register_forward_hook(
@@ -386,7 +376,7 @@ def extract_cache(teacher_dir: Path, splits: dict[str, datasets.Dataset], out_di
         manifest = writer.close()
     # busy: the writer thread's time on batches; producer_wait: the teacher loop blocked on a full queue (the writer is
     # the bottleneck when it is large); tail: after the last forward, until the last shard is hashed and the manifest out
-    writer_stats = {"lanes": lanes, "busy_s": round(sink.busy_s, 3), "producer_wait_s": round(sink.wait_s, 3),
+    writer_stats = {"busy_s": round(sink.busy_s, 3), "producer_wait_s": round(sink.wait_s, 3),
                     "tail_s": round(time.perf_counter() - last_batch, 3)}
     (work / JOURNAL).unlink()
     if out_dir.exists():
@@ -416,7 +406,8 @@ def _extract_splits(model, dev, splits, state, sink, layers, dtype, batch_size, 
 
 def _extract_loop(model, dev, splits, state, sink, layers, dtype, batch_size, pad_id, stats, on_batch, attentions,
                   att_dtype, captured, masking, topk) -> None:
-    ring = PinnedRing() if dev.type == "cuda" else None
+    # slots: the writer's queue, the batch it writes, the one being computed, one spare
+    ring = PinnedRing(getattr(sink, "depth", 2) + 2) if dev.type == "cuda" else None
     for split, ds in splits.items():
         entry = state.setdefault(split, {"shards": [], "done": False})
         table = ds.data.table if hasattr(ds.data, "table") else ds.data
@@ -480,6 +471,8 @@ def _extract_loop(model, dev, splits, state, sink, layers, dtype, batch_size, pa
             sink.put("finish", split, None, len(batches))
         stats[split] = {"seconds": time.perf_counter() - start, "rows": len(ds), "tokens": int(lengths.sum()),
                         "resumed_batches": first, "padding_fraction": 1 - real_tokens / max(padded_tokens, 1)}
+    if ring is not None and hasattr(sink, "wait_s"):
+        sink.wait_s += ring.wait_s  # waiting for a pinned slot the writer still holds is waiting on the writer too
 
 
 def write_extract_report(path: Path, result: dict) -> None:

@@ -23,7 +23,7 @@ def main(params, args):
                            max_length=info["max_length"], label_names=info["label_names"],
                            dataset_fingerprints={k: v["fingerprint"] for k, v in info["splits"].items()},
                            attentions=cfg.attentions, values=cfg.values, topk=cfg.topk,
-                           mlm_probability=cfg.mlm_probability, mask_seed=params.seed, writer_lanes=cfg.writer_lanes)
+                           mlm_probability=cfg.mlm_probability, mask_seed=params.seed)
     write_extract_report(Path(args.metrics), result)
     m = result["manifest"]
     print(f"extract: {m['bytes'] / 1e6:.1f} MB in {sum(len(s['shards']) for s in m['splits'].values())} shards -> {args.out}")

@@ -87,13 +87,13 @@ def tiny_prepared(tmp_path_factory, sst2_small, tiny_teacher):
 
 
 def build_cache(teacher_dir: Path, prepared, out: Path, *, layers=(2, 4), dtype="float16", shard_max_bytes=1 << 16,
-                batch_size=16, attentions=(), values=(), device="cpu", writer_lanes=0) -> dict:
+                batch_size=16, attentions=(), values=(), device="cpu") -> dict:
     splits, info = prepared
     return extract_cache(teacher_dir, splits, out, layers=list(layers), dtype=dtype, batch_size=batch_size,
                          shard_max_bytes=shard_max_bytes, device=device, max_length=info["max_length"],
                          label_names=info["label_names"],
                          dataset_fingerprints={k: v["fingerprint"] for k, v in info["splits"].items()},
-                         attentions=attentions, values=values, writer_lanes=writer_lanes)
+                         attentions=attentions, values=values)
 
 
 @pytest.fixture(scope="session")

@@ -28,12 +28,12 @@ def _rows(dtype: str, seed: int = 0):
     return rows
 
 
-def _write(cache_dir, rows, dtype, rows_per_batch=2, shard_max_bytes=1 << 20, lanes=1):
+def _write(cache_dir, rows, dtype, rows_per_batch=2, shard_max_bytes=1 << 20):
     fields = [FieldSpec("logits", "example", "float32", 2), FieldSpec("hidden_3", "token", dtype, HIDDEN),
               FieldSpec("attention_3", "token_pair", "float16", 2)]
     meta = {"layers": [3], "label_names": ["a", "b"], "max_length": 64, "tokenizer": {"fingerprint": "t" * 64},
             "hidden_size": HIDDEN}
-    with CacheWriter(cache_dir, fields, meta, shard_max_bytes, lanes=lanes) as writer:
+    with CacheWriter(cache_dir, fields, meta, shard_max_bytes) as writer:
         for i in range(0, len(rows), rows_per_batch):
             chunk = rows[i:i + rows_per_batch]
             writer.write("train", CacheBatch(
@@ -102,8 +102,7 @@ def test_failed_write_leaves_no_manifest_and_no_partial_shard(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("lanes", [1, 2])
-def test_disk_full_keeps_every_closed_shard_even_when_its_hash_is_still_queued(tmp_path, monkeypatch, lanes):
+def test_disk_full_keeps_every_closed_shard_even_when_its_hash_is_still_queued(tmp_path, monkeypatch):
     """A closed shard is complete data: a write error on a later shard must not cancel its queued hashing (it did,
     under CPU load, and a rerun then redid those batches)."""
     import errno
@@ -123,7 +122,7 @@ def test_disk_full_keeps_every_closed_shard_even_when_its_hash_is_still_queued(t
 
     real_osfile = pa.OSFile
 
-    def filling_disk(path, mode="rb"):  # the fourth shard finds the disk full (lanes open shards in any order)
+    def filling_disk(path, mode="rb"):  # the fourth shard finds the disk full
         if "train-00003" in str(path):
             gate.set()
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -131,10 +130,10 @@ def test_disk_full_keeps_every_closed_shard_even_when_its_hash_is_still_queued(t
 
     monkeypatch.setattr(writer_module, "_finish_shard", slow_finish)
     monkeypatch.setattr(pa, "OSFile", filling_disk)
-    writer = CacheWriter(tmp_path, fields, {}, shard_max_bytes=1, hash_threads=1, lanes=lanes)  # one row per shard
+    writer = CacheWriter(tmp_path, fields, {}, shard_max_bytes=1, hash_threads=1)  # one row per shard
     finished = []  # what the writer hands back as done (the extractor journals it): from writes, then from salvage
     with pytest.raises(PipelineError, match=r"could not write a train shard \(No space left on device\)"):
-        for i in range(4):  # the lanes report the failed open at a later write or at close
+        for i in range(4):
             finished += writer.write("train", CacheBatch(np.array([i]), np.array([3]), np.array([0]),
                                                          np.arange(3, dtype=np.int32), {"logits": rows[i]["logits"][None]}),
                                      tag=i + 1)
@@ -144,29 +143,7 @@ def test_disk_full_keeps_every_closed_shard_even_when_its_hash_is_still_queued(t
     assert sorted(p.name for p in tmp_path.iterdir()) == [record["file"] for record, _ in finished]
 
 
-def test_bytes_and_shards_do_not_depend_on_the_number_of_lanes(tmp_path):
-    rows = _rows("float16") * 8
-    fields = [FieldSpec("logits", "example", "float32", 2), FieldSpec("hidden_3", "token", "float16", HIDDEN)]
-    released = []
-
-    def write(lanes):
-        out = tmp_path / f"lanes{lanes}"
-        with CacheWriter(out, fields, {"k": 1}, shard_max_bytes=700, lanes=lanes) as writer:
-            for i, r in enumerate(rows):  # two splits interleaved, many small shards
-                writer.write("train" if i % 3 else "dev", CacheBatch(
-                    np.array([i]), np.array([r["length"]]), np.array([r["label"]]), r["input_ids"],
-                    {"logits": r["logits"][None], "hidden_3": r["hidden_3"]}), tag=i, on_written=lambda i=i: released.append(i))
-            manifest = writer.close()
-        return manifest, {p.name: p.read_bytes() for p in out.iterdir()}
-
-    one, four = write(1), write(4)
-    assert len(one[0]["splits"]["train"]["shards"]) > 8 and one == four
-    assert sorted(released) == sorted(list(range(len(rows))) * 2)  # every batch's memory handed back exactly once
-    assert len(TeacherCache(tmp_path / "lanes4", verify="full").split("train")) == one[0]["splits"]["train"]["rows"]
-
-
-@pytest.mark.parametrize("lanes", [1, 3])
-def test_any_failure_on_a_lane_surfaces_and_publishes_nothing(tmp_path, monkeypatch, lanes):
+def test_a_failure_inside_arrow_surfaces_and_publishes_nothing(tmp_path, monkeypatch):
     import pyarrow as pa
 
     real_new_file, writes = pa.ipc.new_file, []
@@ -186,7 +163,7 @@ def test_any_failure_on_a_lane_surfaces_and_publishes_nothing(tmp_path, monkeypa
 
     monkeypatch.setattr(pa.ipc, "new_file", Failing)
     with pytest.raises(ValueError, match="arrow refused the batch"):
-        _write(tmp_path, _rows("float16") * 4, "float16", rows_per_batch=1, shard_max_bytes=1 << 20, lanes=lanes)
+        _write(tmp_path, _rows("float16") * 4, "float16", rows_per_batch=1, shard_max_bytes=1 << 20)
     assert not (tmp_path / "manifest.json").exists() and not list(tmp_path.glob(".*.tmp"))
 
 

@@ -27,7 +27,7 @@ from pipeline.extract import extract_cache
 
 torch.set_num_threads(1)
 prepared, teacher, out, kill_after, delay = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
-device, lanes = sys.argv[6], int(sys.argv[7])
+device = sys.argv[6]
 splits, info = load_prepared(Path(prepared))
 train_batches = (len(splits["train"]) + 7) // 8
 
@@ -39,16 +39,15 @@ def on_batch(split, index):
 result = extract_cache(Path(teacher), splits, Path(out), layers=[1, 2, 4], dtype="float16", batch_size=8,
                        shard_max_bytes=20_000, device=device, max_length=info["max_length"], label_names=info["label_names"],
                        dataset_fingerprints={k: v["fingerprint"] for k, v in info["splits"].items()},
-                       on_batch=on_batch if kill_after else None, writer_lanes=lanes)
+                       on_batch=on_batch if kill_after else None)
 print(json.dumps({k: v["resumed_batches"] for k, v in result["stats"].items()}))
 """
 
 
 def _extract(prepared: Path, teacher: Path, out: Path, kill_after: int = 0, delay: float = 0.0,
-             device: str = "cpu", lanes: int = 2) -> subprocess.CompletedProcess:
-    """An extraction in a child process (2 writer lanes unless told: shards written in parallel, the riskier path)."""
+             device: str = "cpu") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", CHILD, str(prepared), str(teacher), str(out), str(kill_after), str(delay),
-                           device, str(lanes)],
+                           device],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -115,9 +114,8 @@ def test_journal_of_another_job_is_discarded(tmp_path, tiny_teacher, tiny_prepar
     assert json.loads(final.stdout.strip().splitlines()[-1]) == {"train": 0, "dev": 0}
 
 
-@pytest.mark.parametrize("lanes", [1, 3])
 def test_disk_full_while_writing_a_shard_is_one_error_and_loses_no_finished_shard(tmp_path, tiny_teacher, tiny_prepared,
-                                                                                  monkeypatch, lanes):
+                                                                                  monkeypatch):
     import errno
 
     import pyarrow as pa
@@ -127,7 +125,7 @@ def test_disk_full_while_writing_a_shard_is_one_error_and_loses_no_finished_shar
 
     real_osfile = pa.OSFile
 
-    def filling_disk(path, mode="rb"):  # the fourth train shard finds the disk full (lanes open shards in any order)
+    def filling_disk(path, mode="rb"):  # the fourth train shard finds the disk full
         if "train-00003" in str(path):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_osfile(path, mode)
@@ -135,12 +133,12 @@ def test_disk_full_while_writing_a_shard_is_one_error_and_loses_no_finished_shar
     out = tmp_path / "cache"
     monkeypatch.setattr(pa, "OSFile", filling_disk)
     with pytest.raises(PipelineError, match=r"could not write a train shard \(No space left on device\); free disk space"):
-        build_cache(tiny_teacher, tiny_prepared, out, shard_max_bytes=20_000, batch_size=8, writer_lanes=lanes)
+        build_cache(tiny_teacher, tiny_prepared, out, shard_max_bytes=20_000, batch_size=8)
     assert not out.exists()
     journal = json.loads((work_dir_for(out) / "journal.json").read_text())
     assert len(journal["splits"]["train"]["shards"]) == 3  # the three shards finished before the disk filled
     monkeypatch.setattr(pa, "OSFile", real_osfile)
-    result = build_cache(tiny_teacher, tiny_prepared, out, shard_max_bytes=20_000, batch_size=8, writer_lanes=lanes)
+    result = build_cache(tiny_teacher, tiny_prepared, out, shard_max_bytes=20_000, batch_size=8)
     assert result["stats"]["train"]["resumed_batches"] > 0
     ref = build_cache(tiny_teacher, tiny_prepared, tmp_path / "ref", shard_max_bytes=20_000, batch_size=8)
     assert result["manifest"] == ref["manifest"]
