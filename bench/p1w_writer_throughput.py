@@ -53,27 +53,29 @@ def run(out, args, stream: list[CacheBatch]) -> dict:
     started = time.perf_counter()
     hashing = [0.0]
 
-    def timed(fn):
+    def timed(fn):  # the hashing pool's seconds (its threads run in parallel: thread-seconds, not wall)
         def wrapper(path):
-            started = time.perf_counter()
+            t0 = time.perf_counter()
             try:
                 return fn(path)
             finally:
-                hashing[0] += time.perf_counter() - started
+                hashing[0] += time.perf_counter() - t0
         return wrapper
 
     writer_module.file_sha256, writer_module.shard_batch_crc32 = timed(file_sha256), timed(shard_batch_crc32)
-    with CacheWriter(work, fields, {"bench": True}, args.shard_mb << 20) as writer:
-        sink = _ShardWriterThread(writer, work, "bench", state)
-        n = 0
-        for n, batch in enumerate(stream, start=1):
-            sink.put("batch", "train", batch, n)
-        sink.put("finish", "train", None, n)
-        sink.close()
-        manifest = writer.close()
-    seconds = time.perf_counter() - started
+    try:
+        with CacheWriter(work, fields, {"bench": True}, args.shard_mb << 20) as writer:
+            sink = _ShardWriterThread(writer, work, "bench", state)
+            n = 0
+            for n, batch in enumerate(stream, start=1):
+                sink.put("batch", "train", batch, n)
+            sink.put("finish", "train", None, n)
+            sink.close()
+            manifest = writer.close()
+        seconds = time.perf_counter() - started
+    finally:
+        writer_module.file_sha256, writer_module.shard_batch_crc32 = file_sha256, shard_batch_crc32
     shutil.rmtree(work)
-    writer_module.file_sha256, writer_module.shard_batch_crc32 = file_sha256, shard_batch_crc32
     return {"seconds": round(seconds, 3), "bytes": manifest["bytes"], "hash_thread_s": round(hashing[0], 3),
             "gb_per_s": round(manifest["bytes"] / seconds / 1e9, 3), "writer_busy_s": round(sink.busy_s, 3),
             "producer_wait_s": round(sink.wait_s, 3), "shards": len(manifest["splits"]["train"]["shards"])}
@@ -97,7 +99,8 @@ def main():
               f"{r['writer_busy_s']:.2f} s, producer waited {r['producer_wait_s']:.2f} s, hashing {r['hash_thread_s']:.2f} "
               "thread-s)")
     save(args.name, {"figure": "P1w cache writer throughput (no teacher)",
-                     "median_gb_per_s": sorted(r["gb_per_s"] for r in runs)[len(runs) // 2], "runs": runs, "hidden": args.hidden, "layers": args.layers, "batch_tokens": args.batch_tokens,
+                     "median_gb_per_s": sorted(r["gb_per_s"] for r in runs)[len(runs) // 2], "runs": runs,
+                     "hidden": args.hidden, "layers": args.layers, "batch_tokens": args.batch_tokens,
                      "shard_mb": args.shard_mb})
 
 
