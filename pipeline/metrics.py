@@ -51,15 +51,23 @@ def pad_batch(token_lists: list[np.ndarray], pad_id: int = 0) -> tuple[torch.Ten
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: int = 64, pad_id: int = 0) -> np.ndarray:
-    """Logits for each token list, batched in length order (then restored) to keep padding small."""
+def _length_ordered_logits(model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: int, pad_id: int):
+    """(rows, logits) for batches of the token lists taken in length order, to keep padding small; the caller puts
+    each batch's results back at `rows`."""
     model.eval()
     order = np.argsort([len(t) for t in token_lists], kind="stable")
-    logits = np.zeros((len(token_lists), model.config.num_labels), dtype=np.float32)
     for i in range(0, len(order), batch_size):
         rows = order[i:i + batch_size]
         ids, mask = pad_batch([token_lists[r] for r in rows], pad_id)
-        logits[rows] = model(input_ids=ids, attention_mask=mask).logits.float().numpy()
+        yield rows, model(input_ids=ids, attention_mask=mask).logits
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: int = 64, pad_id: int = 0) -> np.ndarray:
+    """Logits for each token list, batched in length order (then restored) to keep padding small."""
+    logits = np.zeros((len(token_lists), model.config.num_labels), dtype=np.float32)
+    for rows, batch_logits in _length_ordered_logits(model, token_lists, batch_size, pad_id):
+        logits[rows] = batch_logits.float().numpy()
     return logits
 
 
@@ -95,13 +103,9 @@ def cpu_latency_ms(model: torch.nn.Module, token_lists: list[np.ndarray], batch_
 @torch.no_grad()
 def predict_tokens(model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: int = 64, pad_id: int = 0) -> list[np.ndarray]:
     """Top-1 vocabulary id at every token of each token list (a masked-LM head), batched in length order."""
-    model.eval()
-    order = np.argsort([len(t) for t in token_lists], kind="stable")
     out: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(token_lists)
-    for i in range(0, len(order), batch_size):
-        rows = order[i:i + batch_size]
-        ids, mask = pad_batch([token_lists[r] for r in rows], pad_id)
-        top1 = model(input_ids=ids, attention_mask=mask).logits.argmax(-1).numpy()
+    for rows, batch_logits in _length_ordered_logits(model, token_lists, batch_size, pad_id):
+        top1 = batch_logits.argmax(-1).numpy()
         for j, r in enumerate(rows):
             out[r] = top1[j, :len(token_lists[r])]
     return out

@@ -71,21 +71,30 @@ def model_fingerprint(model_dir: Path) -> dict:
             "fingerprint": hashlib.sha256((config_hash + weights_hash).encode()).hexdigest()}
 
 
-def load_masked_lm(path: str, trust_remote_code: bool = False, require_head: bool = False):
-    """A masked-LM model from a dir or hub id. A checkpoint without a trained masked-LM head gets a new one (output
-    weights tied to the word embeddings, so only the small transform is untrained); `require_head` refuses that."""
+def _load_config(path: str, trust_remote_code: bool):
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as exc:
         raise PipelineError(f"{path}: no model config could be loaded ({exc}); check teacher.model") from None
-    if require_head and not any(a.endswith("ForMaskedLM") or a.endswith("ForPreTraining") for a in config.architectures or []):
-        raise PipelineError(f"{path}: teacher.epochs is 0 but this checkpoint has no trained masked-LM head (architectures: "
-                            f"{config.architectures}); set teacher.epochs > 0 to fine-tune one on the corpus")
+
+
+def _from_safetensors(auto_class, path: str, trust_remote_code: bool, **kwargs):
+    """Safetensors only: a pickled checkpoint can run code when loaded."""
     try:
-        model = AutoModelForMaskedLM.from_pretrained(path, trust_remote_code=trust_remote_code, use_safetensors=True)
+        return auto_class.from_pretrained(path, trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs)
     except OSError as exc:
         raise PipelineError(f"{path}: no safetensors weights could be loaded ({str(exc).splitlines()[0]}); this tool loads only "
                             "safetensors checkpoints: convert it (save_pretrained with safe_serialization) or pick another") from None
+
+
+def load_masked_lm(path: str, trust_remote_code: bool = False, require_head: bool = False):
+    """A masked-LM model from a dir or hub id. A checkpoint without a trained masked-LM head gets a new one (output
+    weights tied to the word embeddings, so only the small transform is untrained); `require_head` refuses that."""
+    config = _load_config(path, trust_remote_code)
+    if require_head and not any(a.endswith("ForMaskedLM") or a.endswith("ForPreTraining") for a in config.architectures or []):
+        raise PipelineError(f"{path}: teacher.epochs is 0 but this checkpoint has no trained masked-LM head (architectures: "
+                            f"{config.architectures}); set teacher.epochs > 0 to fine-tune one on the corpus")
+    model = _from_safetensors(AutoModelForMaskedLM, path, trust_remote_code)
     model.config.architectures = [type(model).__name__]  # what downstream stages read the head from
     return model
 
@@ -97,10 +106,7 @@ def load_classifier(path: str, num_labels: int | None = None, label_names: list[
     if label_names is not None:
         kwargs = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
                   "label2id": {n: i for i, n in enumerate(label_names)}}
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        raise PipelineError(f"{path}: no model config could be loaded ({exc}); check teacher.model") from None
+    config = _load_config(path, trust_remote_code)
     if require_head:
         archs = config.architectures or []
         if not any(a.endswith("ForSequenceClassification") for a in archs):
@@ -110,12 +116,7 @@ def load_classifier(path: str, num_labels: int | None = None, label_names: list[
             raise PipelineError(f"{path}: classifier has {config.num_labels} labels but the data has {num_labels}; "
                                 "fine-tune it (teacher.epochs > 0) or fix data.label_names")
         kwargs = {"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}} if label_names else {}
-    try:  # safetensors only: a pickled checkpoint can run code when loaded
-        return AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                                  use_safetensors=True, **kwargs)
-    except OSError as exc:
-        raise PipelineError(f"{path}: no safetensors weights could be loaded ({str(exc).splitlines()[0]}); this tool loads only "
-                            "safetensors checkpoints: convert it (save_pretrained with safe_serialization) or pick another") from None
+    return _from_safetensors(AutoModelForSequenceClassification, path, trust_remote_code, **kwargs)
 
 
 def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
