@@ -25,8 +25,10 @@ RESULTS = ROOT / "bench" / "results"
 SST2 = Path(os.environ.get("KD_SHARED_DATA", ROOT.parent / "shared" / "data")) / "sst2"
 
 
-SHAPES = {"minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
-          "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)}
+SHAPES = {
+    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
 
 
 def random_teacher(shape: str, tokenizer_dir: Path) -> Path:
@@ -62,13 +64,16 @@ def prepared(n_train: int | None, n_dev: int | None = None, max_length: int = 64
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or teacher_dir())
-    cfg = DataConfig(train=str(SST2 / "train.tsv"), dev=str(SST2 / "dev.tsv"), label_names=["negative", "positive"],
-                     max_train_examples=n_train, max_dev_examples=n_dev, max_length=max_length)
+    cfg = DataConfig(
+        train=str(SST2 / "train.tsv"),
+        dev=str(SST2 / "dev.tsv"),
+        label_names=["negative", "positive"],
+        max_train_examples=n_train,
+        max_dev_examples=n_dev,
+        max_length=max_length,
+        transfer=None,
+    )
     return prepare_corpus(cfg, tokenizer, seed)
-
-
-def fingerprints(info: dict) -> dict:
-    return {k: v["fingerprint"] for k, v in info["splits"].items()}
 
 
 def peak_rss_mb() -> float:
@@ -85,9 +90,15 @@ class Timer:
 
 
 def machine() -> dict:
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def save(name: str, result: dict) -> Path:

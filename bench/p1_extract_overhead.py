@@ -22,14 +22,18 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from common import WORK, Timer, fingerprints, prepared, random_teacher, save, teacher_dir
+from pipeline.config import ExtractConfig
+from pipeline.extract import LoopPlan, extract_cache, extract_splits, length_sorted_batches, resolve_device
 
-from pipeline.extract import _extract_splits, extract_cache, length_sorted_batches, resolve_device
+from common import WORK, Timer, prepared, random_teacher, save, teacher_dir
 
 
 class DiscardSink:
     """Stands in for the writer thread: takes each batch and drops it (after its copies land), so a pass through the
     real teacher loop with it measures the loop's own host-side cost, with no writer competing for the CPU."""
+
+    depth = 2
+    wait_s = 0.0
 
     def __init__(self):
         self.pending = []
@@ -54,13 +58,16 @@ def padded_batches(splits, batch_size, pad_id=0, sort=True):
     for ds in splits.values():
         lengths = np.asarray(ds["length"])
         ids = ds["input_ids"]
-        order = length_sorted_batches(lengths, batch_size) if sort else [
-            np.arange(i, min(i + batch_size, len(lengths))) for i in range(0, len(lengths), batch_size)]
+        order = (
+            length_sorted_batches(lengths, batch_size)
+            if sort
+            else [np.arange(i, min(i + batch_size, len(lengths))) for i in range(0, len(lengths), batch_size)]
+        )
         for rows in order:
             width = int(lengths[rows].max())
             x = np.full((len(rows), width), pad_id, dtype=np.int64)
             for j, r in enumerate(rows):
-                x[j, :lengths[r]] = ids[r]
+                x[j, : lengths[r]] = ids[r]
             yield torch.from_numpy(x), (torch.arange(width)[None] < torch.from_numpy(lengths[rows])[:, None]).long()
 
 
@@ -93,8 +100,11 @@ def main():
     def bare_pass(batches):
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             for x, m in batches:
-                model(input_ids=x.to(device, non_blocking=True), attention_mask=m.to(device, non_blocking=True),
-                      output_hidden_states=True)
+                model(
+                    input_ids=x.to(device, non_blocking=True),
+                    attention_mask=m.to(device, non_blocking=True),
+                    output_hidden_states=True,
+                )
             if device.type == "cuda":
                 torch.cuda.synchronize()
 
@@ -105,30 +115,47 @@ def main():
     layer_ids = sorted(set(layers))
     with Timer() as loop_only:
         sink = DiscardSink()
-        _extract_splits(model, device, splits, {}, sink, layer_ids, args.dtype, args.batch_size, 0, {}, None)
+        extract_splits(model, splits, LoopPlan(layer_ids, dtype=args.dtype, batch_size=args.batch_size), sink)
         sink.close()
     out_dir = WORK / "p1_cache"
     shutil.rmtree(out_dir, ignore_errors=True)
     with Timer() as full:
-        result = extract_cache(teacher, splits, out_dir, layers=layers, dtype=args.dtype, batch_size=args.batch_size,
-                               shard_max_bytes=256 << 20, device=str(device), max_length=64,
-                               label_names=info["label_names"], dataset_fingerprints=fingerprints(info))
+        cfg = ExtractConfig(layers=layers, dtype=args.dtype, batch_size=args.batch_size, device=str(device))
+        result = extract_cache(teacher, splits, out_dir, cfg, info=info)
     loop = sum(s["seconds"] for s in result["stats"].values()) + result["writer"]["tail_s"]  # until the manifest is out
     rows = sum(len(ds) for ds in splits.values())
-    name = (f"p1_extract_overhead_{device.type}" + ("" if args.teacher == "default" else f"_{args.teacher}")
-            + ("" if args.dtype == "float16" else f"_{args.dtype}") + (f"_b{args.batch_size}" if args.name_batch else ""))
-    save(name, {
-        "figure": "P1 extraction overhead: extract wall / bare teacher forward", "goal": "<= 1.05",
-        "ratio_loop": round(loop / bare.seconds, 3), "ratio_whole_call": round(full.seconds / bare.seconds, 3),
-        "bare_forward_s": round(bare.seconds, 2),
-        "ratio_loop_no_writer": round(loop_only.seconds / bare.seconds, 3), "loop_no_writer_s": round(loop_only.seconds, 2), "extract_loop_s": round(loop, 2), "extract_call_s": round(full.seconds, 2),
-        "rows": rows, "layers": layers, "device": str(device), "examples_per_s": round(rows / loop, 1),
-        "teacher": args.teacher, "batch_size": args.batch_size, "dtype": args.dtype,
-        "tokens_per_s": round(sum(s["tokens"] for s in result["stats"].values()) / loop),
-        "cache_bytes": result["manifest"]["bytes"], "writer": result["writer"],
-        "padding_fraction_unsorted": round(padding_fraction(splits, args.batch_size, sort=False), 4),
-        "padding_fraction_sorted": round(padding_fraction(splits, args.batch_size, sort=True), 4),
-    })
+    name = (
+        f"p1_extract_overhead_{device.type}"
+        + ("" if args.teacher == "default" else f"_{args.teacher}")
+        + ("" if args.dtype == "float16" else f"_{args.dtype}")
+        + (f"_b{args.batch_size}" if args.name_batch else "")
+    )
+    save(
+        name,
+        {
+            "figure": "P1 extraction overhead: extract wall / bare teacher forward",
+            "goal": "<= 1.05",
+            "ratio_loop": round(loop / bare.seconds, 3),
+            "ratio_whole_call": round(full.seconds / bare.seconds, 3),
+            "bare_forward_s": round(bare.seconds, 2),
+            "ratio_loop_no_writer": round(loop_only.seconds / bare.seconds, 3),
+            "loop_no_writer_s": round(loop_only.seconds, 2),
+            "extract_loop_s": round(loop, 2),
+            "extract_call_s": round(full.seconds, 2),
+            "rows": rows,
+            "layers": layers,
+            "device": str(device),
+            "examples_per_s": round(rows / loop, 1),
+            "teacher": args.teacher,
+            "batch_size": args.batch_size,
+            "dtype": args.dtype,
+            "tokens_per_s": round(sum(s["tokens"] for s in result["stats"].values()) / loop),
+            "cache_bytes": result["manifest"]["bytes"],
+            "writer": result["writer"],
+            "padding_fraction_unsorted": round(padding_fraction(splits, args.batch_size, sort=False), 4),
+            "padding_fraction_sorted": round(padding_fraction(splits, args.batch_size, sort=True), 4),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,15 @@ from transformers import BertConfig, BertModel
 from common import save
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets.
-PEAKS = {"H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H200": 989.4,
-         "A100": 312.0, "L4": 121.0}
+PEAKS = {
+    "H100 SXM": 989.4,
+    "H100 80GB HBM3": 989.4,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H200": 989.4,
+    "A100": 312.0,
+    "L4": 121.0,
+}
 
 
 def peak_for(name: str) -> float:
@@ -38,6 +45,7 @@ def peak_for(name: str) -> float:
 
 def time_forward(model, ids, mask, steps: int, repeats: int) -> float:
     """Median seconds per forward (CUDA events around blocks of `steps` forwards)."""
+
     def run():
         return model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
 
@@ -77,8 +85,14 @@ def main():
     unknown = set(modes) - {"eager", "compiled", "compiled-bf16w", "autotune-bf16w"}
     if unknown:
         raise SystemExit(f"unknown variants {sorted(unknown)}")
-    config = BertConfig(hidden_size=h, num_hidden_layers=L, num_attention_heads=12, intermediate_size=f,
-                        max_position_embeddings=max(512, *(s for _, s in shapes)), attn_implementation="sdpa")
+    config = BertConfig(
+        hidden_size=h,
+        num_hidden_layers=L,
+        num_attention_heads=12,
+        intermediate_size=f,
+        max_position_embeddings=max(512, *(s for _, s in shapes)),
+        attn_implementation="sdpa",
+    )
     variants = []
     for mode in modes:
         torch.manual_seed(0)
@@ -95,15 +109,33 @@ def main():
             seconds = time_forward(model, ids, mask, args.steps, args.repeats)
             flops_per_token = 2 * L * (4 * h * h + 2 * h * f) + 4 * L * seq * h
             achieved = batch * seq * flops_per_token / seconds
-            variants.append({"mode": mode, "batch": batch, "seq": seq, "ms_per_forward": round(seconds * 1000, 3),
-                             "tokens_per_s": round(batch * seq / seconds), "achieved_tflops": round(achieved / 1e12, 1),
-                             "mfu": round(achieved / (peak * 1e12), 3), "flops_per_token": flops_per_token})
+            variants.append(
+                {
+                    "mode": mode,
+                    "batch": batch,
+                    "seq": seq,
+                    "ms_per_forward": round(seconds * 1000, 3),
+                    "tokens_per_s": round(batch * seq / seconds),
+                    "achieved_tflops": round(achieved / 1e12, 1),
+                    "mfu": round(achieved / (peak * 1e12), 3),
+                    "flops_per_token": flops_per_token,
+                }
+            )
             print(variants[-1], flush=True)
     best = max(variants, key=lambda v: v["mfu"])
-    save(args.name, {"figure": "P1g BERT-base forward on GPU (bf16 autocast, SDPA): tokens/s and MFU",
-                         "goal": "MFU >= 0.45", "card": name, "peak_bf16_tflops": peak, "best": best,
-                         "variants": variants, "torch_cuda": torch.version.cuda,
-                         "command": f"python bench/p1g_gpu_mfu.py --shapes {args.shapes} --variants {args.variants}"})
+    save(
+        args.name,
+        {
+            "figure": "P1g BERT-base forward on GPU (bf16 autocast, SDPA): tokens/s and MFU",
+            "goal": "MFU >= 0.45",
+            "card": name,
+            "peak_bf16_tflops": peak,
+            "best": best,
+            "variants": variants,
+            "torch_cuda": torch.version.cuda,
+            "command": f"python bench/p1g_gpu_mfu.py --shapes {args.shapes} --variants {args.variants}",
+        },
+    )
 
 
 if __name__ == "__main__":

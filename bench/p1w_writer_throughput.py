@@ -3,7 +3,7 @@
     python bench/p1w_writer_throughput.py [--gb 2] [--hidden 768] [--layers 3] [--batch-tokens 13000] [--repeats 3]
 
 Synthetic batches shaped like a length-sorted extraction batch (random fp16 hidden rows, fp32 logits, token ids) go
-through the extractor's own writer thread (`_ShardWriterThread` over `CacheWriter`: Arrow building, shard files,
+through the extractor's own writer thread (`ShardSink` over `CacheWriter`: Arrow building, shard files,
 sha256 + per-batch CRC-32, journal) as fast as it takes them. GB/s = cache bytes / (first put .. manifest written);
 `hash_thread_s` = seconds the hashing pool spent on sha256 + CRC-32. The GPU extraction needs the writer to keep up
 with the teacher: BERT-base on an H100 makes ~1M tokens/s, i.e. ~4.6 GB/s for three fp16 layers.
@@ -16,12 +16,10 @@ import time
 
 import numpy as np
 
-from common import WORK, save
-
 from pipeline.cache import CacheBatch, CacheWriter, FieldSpec
-from pipeline.cache import writer as writer_module
-from pipeline.cache.schema import file_sha256, shard_batch_crc32
-from pipeline.extract import _ShardWriterThread, work_dir_for
+from pipeline.journal import ShardSink, work_dir_for
+
+from common import WORK, save
 
 
 def batches(total_bytes: int, hidden: int, layers: int, batch_tokens: int, seed: int = 0) -> list[CacheBatch]:
@@ -34,8 +32,15 @@ def batches(total_bytes: int, hidden: int, layers: int, batch_tokens: int, seed:
         fields = {"logits": rng.standard_normal((len(lengths), 2)).astype(np.float32)}
         for layer in range(layers):
             fields[f"hidden_{layer + 1}"] = rng.standard_normal((tokens, hidden)).astype(np.float16)
-        made.append(CacheBatch(example_id=np.arange(len(lengths)), length=lengths, label=np.zeros(len(lengths), np.int64),
-                               input_ids=rng.integers(0, 30000, tokens).astype(np.int32), fields=fields))
+        made.append(
+            CacheBatch(
+                example_id=np.arange(len(lengths)),
+                length=lengths,
+                label=np.zeros(len(lengths), np.int64),
+                input_ids=rng.integers(0, 30000, tokens).astype(np.int32),
+                fields=fields,
+            )
+        )
     out, sent = [], 0
     for batch in itertools.cycle(made):
         if sent >= total_bytes:
@@ -46,39 +51,32 @@ def batches(total_bytes: int, hidden: int, layers: int, batch_tokens: int, seed:
 
 def run(out, args, stream: list[CacheBatch]) -> dict:
     fields = [FieldSpec("logits", "example", "float32", 2)] + [
-        FieldSpec(f"hidden_{layer + 1}", "token", "float16", args.hidden) for layer in range(args.layers)]
+        FieldSpec(f"hidden_{layer + 1}", "token", "float16", args.hidden) for layer in range(args.layers)
+    ]
     work = work_dir_for(out)
     shutil.rmtree(work, ignore_errors=True)
     state = {"train": {"shards": [], "done": False}}
     started = time.perf_counter()
-    hashing = [0.0]
-
-    def timed(fn):  # the hashing pool's seconds (its threads run in parallel: thread-seconds, not wall)
-        def wrapper(path):
-            t0 = time.perf_counter()
-            try:
-                return fn(path)
-            finally:
-                hashing[0] += time.perf_counter() - t0
-        return wrapper
-
-    writer_module.file_sha256, writer_module.shard_batch_crc32 = timed(file_sha256), timed(shard_batch_crc32)
-    try:
-        with CacheWriter(work, fields, {"bench": True}, args.shard_mb << 20) as writer:
-            sink = _ShardWriterThread(writer, work, "bench", state)
-            n = 0
-            for n, batch in enumerate(stream, start=1):
-                sink.put("batch", "train", batch, n)
-            sink.put("finish", "train", None, n)
-            sink.close()
-            manifest = writer.close()
-        seconds = time.perf_counter() - started
-    finally:
-        writer_module.file_sha256, writer_module.shard_batch_crc32 = file_sha256, shard_batch_crc32
+    with CacheWriter(work, fields, {"bench": True}, args.shard_mb << 20) as writer:
+        sink = ShardSink(writer, work, "bench", state)
+        n = 0
+        for n, batch in enumerate(stream, start=1):
+            sink.put("batch", "train", batch, n)
+        sink.put("finish", "train", None, n)
+        sink.close()
+        manifest = writer.close()
+    seconds = time.perf_counter() - started
+    hashing = [writer.hash_clock.seconds]  # the hashing pool's thread-seconds (its threads overlap: not wall time)
     shutil.rmtree(work)
-    return {"seconds": round(seconds, 3), "bytes": manifest["bytes"], "hash_thread_s": round(hashing[0], 3),
-            "gb_per_s": round(manifest["bytes"] / seconds / 1e9, 3), "writer_busy_s": round(sink.busy_s, 3),
-            "producer_wait_s": round(sink.wait_s, 3), "shards": len(manifest["splits"]["train"]["shards"])}
+    return {
+        "seconds": round(seconds, 3),
+        "bytes": manifest["bytes"],
+        "hash_thread_s": round(hashing[0], 3),
+        "gb_per_s": round(manifest["bytes"] / seconds / 1e9, 3),
+        "writer_busy_s": round(sink.busy_s, 3),
+        "producer_wait_s": round(sink.wait_s, 3),
+        "shards": len(manifest["splits"]["train"]["shards"]),
+    }
 
 
 def main():
@@ -95,13 +93,23 @@ def main():
     stream = batches(int(args.gb * 1e9), args.hidden, args.layers, args.batch_tokens)
     runs = [run(out, args, stream) for _ in range(args.repeats)]
     for r in runs:
-        print(f"{r['gb_per_s']:.2f} GB/s ({r['bytes'] / 1e9:.2f} GB in {r['seconds']:.2f} s, writer busy "
-              f"{r['writer_busy_s']:.2f} s, producer waited {r['producer_wait_s']:.2f} s, hashing {r['hash_thread_s']:.2f} "
-              "thread-s)")
-    save(args.name, {"figure": "P1w cache writer throughput (no teacher)",
-                     "median_gb_per_s": sorted(r["gb_per_s"] for r in runs)[len(runs) // 2], "runs": runs,
-                     "hidden": args.hidden, "layers": args.layers, "batch_tokens": args.batch_tokens,
-                     "shard_mb": args.shard_mb})
+        print(
+            f"{r['gb_per_s']:.2f} GB/s ({r['bytes'] / 1e9:.2f} GB in {r['seconds']:.2f} s, writer busy "
+            f"{r['writer_busy_s']:.2f} s, producer waited {r['producer_wait_s']:.2f} s, hashing {r['hash_thread_s']:.2f} "
+            "thread-s)"
+        )
+    save(
+        args.name,
+        {
+            "figure": "P1w cache writer throughput (no teacher)",
+            "median_gb_per_s": sorted(r["gb_per_s"] for r in runs)[len(runs) // 2],
+            "runs": runs,
+            "hidden": args.hidden,
+            "layers": args.layers,
+            "batch_tokens": args.batch_tokens,
+            "shard_mb": args.shard_mb,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -12,13 +12,15 @@ import shutil
 import numpy as np
 import torch
 
-from common import WORK, fingerprints, prepared, save, teacher_dir
-
 from pipeline.cache import TeacherCache, hidden_field
-from pipeline.config import StudentSpec
+from pipeline.config import DistillConfig, ExtractConfig, StudentSpec
 from pipeline.extract import extract_cache
+from pipeline.kd import DistillationModule, train_student
+from pipeline.layers import LayerPlan, hidden_layer_pairs
 from pipeline.models import build_student
-from pipeline.training import DistillationModule, hidden_layer_pairs, scratch_dir, train_student, training_arguments
+from pipeline.trainer import scratch_dir, training_arguments
+
+from common import WORK, prepared, save, teacher_dir
 
 
 class InMemoryRows(list):
@@ -29,13 +31,15 @@ class InMemoryRows(list):
 def steps_per_second(train, dev, manifest, workers):
     spec = StudentSpec(num_layers=3, hidden_size=384, init="random", num_heads=12, intermediate_size=1536)
     import json
+
     teacher_cfg = json.loads((WORK / "p2_cache" / "teacher_config.json").read_text())
     student, _ = build_student(spec, teacher_cfg, manifest["label_names"], None, seed=0)
     pairs = hidden_layer_pairs(3, manifest["teacher"]["num_hidden_layers"], manifest["layers"])
-    module = DistillationModule(student, pairs, manifest["hidden_size"], alpha=0.5, beta=0.5, gamma=1.0, temperature=2.0)
-    args = training_arguments(scratch_dir(), epochs=1, batch_size=32, learning_rate=1e-4, warmup_ratio=0.1,
-                              weight_decay=0.01, seed=0, logging_steps=1000, num_workers=workers, eval_each_epoch=False)
-    history = train_student(module, train, dev, args, [t for _, t in pairs], 0)
+    cfg = DistillConfig(
+        epochs=1, batch_size=32, alpha=0.5, beta=0.5, gamma=1.0, temperature=2.0, logging_steps=1000, num_workers=workers
+    )
+    module = DistillationModule(student, cfg, LayerPlan(pairs, manifest["hidden_size"]))
+    history = train_student(module, train, dev, training_arguments(scratch_dir(), cfg, seed=0, eval_each_epoch=False), 0)
     return history[-1]["train_steps_per_second"]
 
 
@@ -48,22 +52,30 @@ def main():
     splits, info = prepared(args.rows, 100)
     cache_dir = WORK / "p2_cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
-    extract_cache(teacher_dir(), splits, cache_dir, layers=[2, 4, 6], dtype="float16", batch_size=64,
-                  shard_max_bytes=32 << 20, device="cpu", max_length=64, label_names=info["label_names"],
-                  dataset_fingerprints=fingerprints(info))
+    extract_cache(teacher_dir(), splits, cache_dir, ExtractConfig(layers=[2, 4, 6], shard_max_mb=32, device="cpu"), info=info)
     cache = TeacherCache(cache_dir)
     columns = ["logits"] + [hidden_field(layer) for layer in (2, 4, 6)]
     stream, dev = cache.split("train", columns), cache.split("dev", columns)
-    memory = InMemoryRows({k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in stream[i].items()}
-                          for i in range(len(stream)))
+    memory = InMemoryRows(
+        {k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in stream[i].items()} for i in range(len(stream))
+    )
     rates = {}
     for name, data in (("memory", memory), ("cache", stream), ("memory_again", memory), ("cache_again", stream)):
         rates[name] = steps_per_second(data, dev, cache.manifest, args.workers)
     cache_rate = (rates["cache"] + rates["cache_again"]) / 2
     memory_rate = (rates["memory"] + rates["memory_again"]) / 2
-    save("p2_loader", {"figure": "P2 steps/s from the cache / steps/s from memory", "goal": ">= 0.95",
-                       "ratio": round(cache_rate / memory_rate, 3), "steps_per_s": rates, "rows": args.rows,
-                       "dataloader_workers": args.workers, "cache_mb": round(cache.manifest["bytes"] / 1e6, 1)})
+    save(
+        "p2_loader",
+        {
+            "figure": "P2 steps/s from the cache / steps/s from memory",
+            "goal": ">= 0.95",
+            "ratio": round(cache_rate / memory_rate, 3),
+            "steps_per_s": rates,
+            "rows": args.rows,
+            "dataloader_workers": args.workers,
+            "cache_mb": round(cache.manifest["bytes"] / 1e6, 1),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -14,23 +14,32 @@ import shutil
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from common import WORK, Timer, fingerprints, prepared, save, teacher_dir
-
 from pipeline.cache import TeacherCache, hidden_field
-from pipeline.config import StudentSpec
+from pipeline.config import DistillConfig, ExtractConfig, StudentSpec
 from pipeline.extract import extract_cache
+from pipeline.kd import DistillationModule, OnlineDistillationModule, train_student, train_student_online
+from pipeline.layers import LayerPlan, hidden_layer_pairs
 from pipeline.models import build_student
-from pipeline.training import (DistillationModule, OnlineDistillationModule, hidden_layer_pairs, scratch_dir, train_student,
-                               train_student_online, training_arguments)
+from pipeline.trainer import scratch_dir, training_arguments
+
+from common import WORK, Timer, prepared, save, teacher_dir
 
 STUDENTS = {"l2_h384": (2, 384, 12), "l3_h384": (3, 384, 12), "l4_h256": (4, 256, 4), "l6_h256": (6, 256, 4)}
 
 
 def bert_base_teacher(vocab_size: int) -> BertForSequenceClassification:
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=vocab_size, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                        intermediate_size=3072, num_labels=2, architectures=["BertForSequenceClassification"],
-                        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        num_labels=2,
+        architectures=["BertForSequenceClassification"],
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
     return BertForSequenceClassification(config).eval()
 
 
@@ -54,38 +63,46 @@ def main():
     teacher_cfg = teacher.config.to_dict()
     pairs_of = {n: hidden_layer_pairs(STUDENTS[n][0], 12, list(range(1, 13))) for n in STUDENTS}
     layers = sorted({t for pairs in pairs_of.values() for _, t in pairs})
-    targs = lambda: training_arguments(scratch_dir(), epochs=args.epochs, batch_size=32, learning_rate=1e-4,  # noqa: E731
-                                       warmup_ratio=0.1, weight_decay=0.01, seed=0, logging_steps=1000,
-                                       eval_each_epoch=False)
-    weights = dict(alpha=0.5, beta=0.5, gamma=1.0, temperature=2.0)
+    cfg = DistillConfig(epochs=args.epochs, batch_size=32, alpha=0.5, beta=0.5, gamma=1.0, temperature=2.0, logging_steps=1000)
+    targs = lambda: training_arguments(scratch_dir(), cfg, seed=0, eval_each_epoch=False)  # noqa: E731
 
     cache_dir = WORK / "p3_cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
     times = {}
     with Timer() as extraction:
-        extract_cache(tdir, splits, cache_dir, layers=layers, dtype="float16", batch_size=64, shard_max_bytes=256 << 20,
-                      device="auto", max_length=64, label_names=info["label_names"], dataset_fingerprints=fingerprints(info))
+        extract_cache(tdir, splits, cache_dir, ExtractConfig(layers=layers), info=info)
     times["extract"] = extraction.seconds
     cache = TeacherCache(cache_dir)
     for name in STUDENTS:
         cols = ["logits"] + [hidden_field(t) for _, t in pairs_of[name]]
-        module = DistillationModule(make_student(name, teacher_cfg), pairs_of[name], 768, **weights)
+        module = DistillationModule(make_student(name, teacher_cfg), cfg, LayerPlan(pairs_of[name], 768))
         with Timer() as t:
-            train_student(module, cache.split("train", cols), cache.split("dev", cols), targs(), [x for _, x in pairs_of[name]], 0)
+            train_student(module, cache.split("train", cols), cache.split("dev", cols), targs(), 0)
         times[f"offline_{name}"] = t.seconds
     for name in STUDENTS:
-        module = OnlineDistillationModule(make_student(name, teacher_cfg), teacher, pairs_of[name], **weights)
+        module = OnlineDistillationModule(make_student(name, teacher_cfg), teacher, cfg, pairs_of[name])
         with Timer() as t:
             train_student_online(module, splits["train"], tokenizer, targs())
         times[f"online_{name}"] = t.seconds
     offline = times["extract"] + sum(v for k, v in times.items() if k.startswith("offline_"))
     online = sum(v for k, v in times.items() if k.startswith("online_"))
-    save("p3_offline_vs_online", {
-        "figure": "P3 offline (extract once + students from cache) / online KD wall time", "goal": "<= 0.5",
-        "ratio": round(offline / online, 3), "offline_s": round(offline, 1), "online_s": round(online, 1),
-        "seconds": {k: round(v, 1) for k, v in times.items()}, "students": list(STUDENTS), "epochs": args.epochs,
-        "train_rows": len(splits["train"]), "teacher": "BERT-base shape 12x768 (110M params, random weights)",
-        "cached_layers": layers, "cache_mb": round(cache.manifest["bytes"] / 1e6, 1)})
+    save(
+        "p3_offline_vs_online",
+        {
+            "figure": "P3 offline (extract once + students from cache) / online KD wall time",
+            "goal": "<= 0.5",
+            "ratio": round(offline / online, 3),
+            "offline_s": round(offline, 1),
+            "online_s": round(online, 1),
+            "seconds": {k: round(v, 1) for k, v in times.items()},
+            "students": list(STUDENTS),
+            "epochs": args.epochs,
+            "train_rows": len(splits["train"]),
+            "teacher": "BERT-base shape 12x768 (110M params, random weights)",
+            "cached_layers": layers,
+            "cache_mb": round(cache.manifest["bytes"] / 1e6, 1),
+        },
+    )
 
 
 if __name__ == "__main__":

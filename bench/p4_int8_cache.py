@@ -14,13 +14,14 @@ import shutil
 
 import numpy as np
 
-from common import ROOT, WORK, fingerprints, save
-
-from pipeline.config import load_params
+from pipeline.config import ExtractConfig
 from pipeline.data import load_prepared
 from pipeline.distill import distill_student
 from pipeline.extract import extract_cache
 from pipeline.metrics import evaluate_saved_model
+from pipeline.params import load_params
+
+from common import ROOT, WORK, save
 
 
 def main():
@@ -41,9 +42,8 @@ def main():
     for dtype in ("float16", "int8"):
         cache = WORK / f"p4_cache_{dtype}"
         shutil.rmtree(cache, ignore_errors=True)
-        m = extract_cache(teacher, splits, cache, layers=params.extract.layers, dtype=dtype, batch_size=64,
-                          shard_max_bytes=256 << 20, device="cpu", max_length=info["max_length"],
-                          label_names=info["label_names"], dataset_fingerprints=fingerprints(info))["manifest"]
+        cfg = ExtractConfig(layers=params.extract.layers, dtype=dtype, device="cpu")
+        m = extract_cache(teacher, splits, cache, cfg, info=info)["manifest"]
         tokens = sum(s["tokens"] for s in m["splits"].values())
         hidden_bytes = sum(s["bytes"] for s in m["splits"].values() for s in s["shards"])
         accs = []
@@ -51,15 +51,23 @@ def main():
             out = WORK / f"p4_student_{dtype}_{seed}"
             distill_student(cache, out, spec, cfg, seed=seed, teacher_dir=teacher)
             accs.append(evaluate_saved_model(out, cache, batch_size=64, latency_batch_sizes=[], latency_repeats=1)["accuracy"])
-        result["runs"][dtype] = {"dev_accuracy": accs, "mean": float(np.mean(accs)), "cache_mb": round(m["bytes"] / 1e6, 1),
-                                 "bytes_per_token": round(hidden_bytes / tokens, 1),
-                                 "bytes_per_token_per_layer": round(hidden_bytes / tokens / len(m["layers"]), 1)}
+        result["runs"][dtype] = {
+            "dev_accuracy": accs,
+            "mean": float(np.mean(accs)),
+            "cache_mb": round(m["bytes"] / 1e6, 1),
+            "bytes_per_token": round(hidden_bytes / tokens, 1),
+            "bytes_per_token_per_layer": round(hidden_bytes / tokens / len(m["layers"]), 1),
+        }
     fp, q = result["runs"]["float16"], result["runs"]["int8"]
-    result.update({"figure": "P4 int8 cache: accuracy cost and bytes/token/layer",
-                   "goal": "<= 0.2 point loss at <= hidden + 8 B/token/layer (hidden = 384 -> 392)",
-                   "accuracy_loss_points": round(100 * (fp["mean"] - q["mean"]), 2),
-                   "int8_bytes_per_token_per_layer": q["bytes_per_token_per_layer"],
-                   "fp16_bytes_per_token_per_layer": fp["bytes_per_token_per_layer"]})
+    result.update(
+        {
+            "figure": "P4 int8 cache: accuracy cost and bytes/token/layer",
+            "goal": "<= 0.2 point loss at <= hidden + 8 B/token/layer (hidden = 384 -> 392)",
+            "accuracy_loss_points": round(100 * (fp["mean"] - q["mean"]), 2),
+            "int8_bytes_per_token_per_layer": q["bytes_per_token_per_layer"],
+            "fp16_bytes_per_token_per_layer": fp["bytes_per_token_per_layer"],
+        }
+    )
     save("p4_int8_cache", result)
 
 

@@ -19,11 +19,12 @@ import pyarrow as pa
 import torch
 from transformers import AutoModelForMaskedLM
 
-from common import WORK, fingerprints, prepared, save
-
 from pipeline.cache import TeacherCache
+from pipeline.config import ExtractConfig
 from pipeline.extract import extract_cache
 from pipeline.mlm import IGNORE, MLM_TARGET, TOPK_INDICES, TOPK_VALUES
+
+from common import WORK, prepared, save
 
 
 def field_bytes(cache_dir: Path, names: list[str]) -> int:
@@ -49,8 +50,10 @@ def mass_covered(teacher, cache_dir: Path, ks: list[int], temperatures=(1.0, 2.0
                 covered = probs[:, k - 1].numpy()
                 out[f"T{t:g}"]["all"][k].extend(covered.tolist())
                 out[f"T{t:g}"]["masked"][k].extend(covered[masked].tolist())
-    return {t: {where: {str(k): round(float(np.mean(v)), 4) for k, v in per_k.items()} for where, per_k in d.items()}
-            for t, d in out.items()}
+    return {
+        t: {where: {str(k): round(float(np.mean(v)), 4) for k, v in per_k.items()} for where, per_k in d.items()}
+        for t, d in out.items()
+    }
 
 
 def main():
@@ -69,23 +72,31 @@ def main():
     for k in ks:
         out = WORK / f"p4_topk_{k}"
         shutil.rmtree(out, ignore_errors=True)
-        result = extract_cache(teacher_dir, rows, out, layers=[teacher.config.num_hidden_layers], dtype="float16",
-                               batch_size=64, shard_max_bytes=256 << 20, device="cpu", max_length=64,
-                               label_names=info["label_names"], dataset_fingerprints=fingerprints({"splits": {
-                                   "rows": info["splits"]["train"]}}), topk=k)
+        cfg = ExtractConfig(layers=[teacher.config.num_hidden_layers], device="cpu", topk=k)
+        result = extract_cache(teacher_dir, rows, out, cfg, info={**info, "splits": {"rows": info["splits"]["train"]}})
         tokens = result["manifest"]["splits"]["rows"]["tokens"]
         topk_b = field_bytes(out, [TOPK_VALUES, TOPK_INDICES])
         target_b = field_bytes(out, [MLM_TARGET])
-        per_k[str(k)] = {"topk_bytes_per_token": round(topk_b / tokens, 2), "target_bytes_per_token": round(target_b / tokens, 2),
-                         "cache_bytes_per_token": round(result["manifest"]["bytes"] / tokens, 2),
-                         "vs_full_vocab_fp16": round(2 * vocab / (topk_b / tokens), 1)}
+        per_k[str(k)] = {
+            "topk_bytes_per_token": round(topk_b / tokens, 2),
+            "target_bytes_per_token": round(target_b / tokens, 2),
+            "cache_bytes_per_token": round(result["manifest"]["bytes"] / tokens, 2),
+            "vs_full_vocab_fp16": round(2 * vocab / (topk_b / tokens), 1),
+        }
     coverage = mass_covered(teacher, WORK / f"p4_topk_{max(ks)}", ks)
-    save("p4_topk_cache", {
-        "figure": "P4 top-k cache of a masked-LM head: bytes per token and teacher probability mass kept",
-        "teacher": str(teacher_dir), "vocab_size": vocab, "rows": len(rows["rows"]),
-        "full_vocab_fp16_bytes_per_token": 2 * vocab, "per_k": per_k, "mass_covered": coverage,
-        "masking": "15% of real non-special tokens, 80/10/10, seed 0",
-    })
+    save(
+        "p4_topk_cache",
+        {
+            "figure": "P4 top-k cache of a masked-LM head: bytes per token and teacher probability mass kept",
+            "teacher": str(teacher_dir),
+            "vocab_size": vocab,
+            "rows": len(rows["rows"]),
+            "full_vocab_fp16_bytes_per_token": 2 * vocab,
+            "per_k": per_k,
+            "mass_covered": coverage,
+            "masking": "15% of real non-special tokens, 80/10/10, seed 0",
+        },
+    )
 
 
 if __name__ == "__main__":

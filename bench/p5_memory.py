@@ -11,9 +11,10 @@ import json
 import subprocess
 import sys
 
-from common import WORK, fingerprints, prepared, save, teacher_dir
-
+from pipeline.config import ExtractConfig
 from pipeline.extract import extract_cache
+
+from common import WORK, prepared, save, teacher_dir
 
 CHILD = """
 import json, sys
@@ -37,16 +38,26 @@ def main():
     for scale in (1, 4):
         splits, info = prepared(args.rows * scale, 200)
         cache = WORK / f"p5_cache_{scale}x"
-        extract_cache(teacher_dir(), splits, cache, layers=[2, 4, 6], dtype="float16", batch_size=64,
-                      shard_max_bytes=64 << 20, device="cpu", max_length=64, label_names=info["label_names"],
-                      dataset_fingerprints=fingerprints(info))
-        out = subprocess.run([sys.executable, "-c", CHILD, str(cache), str(WORK / f"p5_student_{scale}x")],
-                             capture_output=True, text=True, check=True, env={"KD_LOG_LEVEL": "WARNING", "TQDM_DISABLE": "1",
-                                                                               **__import__("os").environ})
+        extract_cache(teacher_dir(), splits, cache, ExtractConfig(layers=[2, 4, 6], shard_max_mb=64, device="cpu"), info=info)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(cache), str(WORK / f"p5_student_{scale}x")],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"KD_LOG_LEVEL": "WARNING", "TQDM_DISABLE": "1", **__import__("os").environ},
+        )
         runs[f"{scale}x"] = json.loads(out.stdout.strip().splitlines()[-1])
     ratio = runs["4x"]["peak_rss_mb"] / runs["1x"]["peak_rss_mb"]
-    save("p5_memory", {"figure": "P5 peak RSS 4x cache / 1x cache", "ratio": round(ratio, 3), "goal": "<= 1.1",
-                       "runs": runs, "train_rows_1x": args.rows})
+    save(
+        "p5_memory",
+        {
+            "figure": "P5 peak RSS 4x cache / 1x cache",
+            "ratio": round(ratio, 3),
+            "goal": "<= 1.1",
+            "runs": runs,
+            "train_rows_1x": args.rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ import argparse
 import csv
 import shutil
 
-from common import RESULTS, WORK, Timer, fingerprints, prepared, save, teacher_dir
-
+from pipeline.config import ExtractConfig
 from pipeline.extract import extract_cache
 from pipeline.report import svg_chart
+
+from common import RESULTS, WORK, Timer, prepared, save, teacher_dir
 
 
 def main():
@@ -29,30 +30,53 @@ def main():
         out = WORK / f"scaling_{scale}x"
         shutil.rmtree(out, ignore_errors=True)
         with Timer() as t:
-            result = extract_cache(teacher_dir(), splits, out, layers=[2, 4, 6], dtype="float16", batch_size=64,
-                                   shard_max_bytes=64 << 20, device="cpu", max_length=64, label_names=info["label_names"],
-                                   dataset_fingerprints=fingerprints(info))
+            result = extract_cache(
+                teacher_dir(), splits, out, ExtractConfig(layers=[2, 4, 6], shard_max_mb=64, device="cpu"), info=info
+            )
         m = result["manifest"]
-        rows.append({"scale": scale, "rows": m["splits"]["train"]["rows"], "tokens": m["splits"]["train"]["tokens"],
-                     "seconds": round(sum(s["seconds"] for s in result["stats"].values()), 2),
-                     "call_seconds": round(t.seconds, 2), "cache_mb": round(m["bytes"] / 1e6, 2),
-                     "shards": len(m["splits"]["train"]["shards"])})
+        rows.append(
+            {
+                "scale": scale,
+                "rows": m["splits"]["train"]["rows"],
+                "tokens": m["splits"]["train"]["tokens"],
+                "seconds": round(sum(s["seconds"] for s in result["stats"].values()), 2),
+                "call_seconds": round(t.seconds, 2),
+                "cache_mb": round(m["bytes"] / 1e6, 2),
+                "shards": len(m["splits"]["train"]["shards"]),
+            }
+        )
         shutil.rmtree(out)
     with open(RESULTS / "scaling.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    svg_chart({"extract seconds": [(r["rows"], r["seconds"]) for r in rows]}, RESULTS / "scaling_time.svg",
-              x_label="training rows", y_label="seconds", title="Extraction time against corpus size")
-    svg_chart({"cache MB": [(r["rows"], r["cache_mb"]) for r in rows]}, RESULTS / "scaling_size.svg",
-              x_label="training rows", y_label="MB", title="Cache size against corpus size")
+    svg_chart(
+        {"extract seconds": [(r["rows"], r["seconds"]) for r in rows]},
+        RESULTS / "scaling_time.svg",
+        x_label="training rows",
+        y_label="seconds",
+        title="Extraction time against corpus size",
+    )
+    svg_chart(
+        {"cache MB": [(r["rows"], r["cache_mb"]) for r in rows]},
+        RESULTS / "scaling_size.svg",
+        x_label="training rows",
+        y_label="MB",
+        title="Cache size against corpus size",
+    )
     base = rows[0]
-    save("scaling", {"figure": "extraction time and cache size vs corpus size", "table": rows,
-                     "seconds_per_1k_tokens": [round(1000 * r["seconds"] / r["tokens"], 4) for r in rows],
-                     "mb_per_1k_tokens": [round(1000 * r["cache_mb"] / r["tokens"], 4) for r in rows],
-                     "time_ratio_4x_over_1x": round(rows[-1]["seconds"] / base["seconds"], 3),
-                     "size_ratio_4x_over_1x": round(rows[-1]["cache_mb"] / base["cache_mb"], 3),
-                     "token_ratio_4x_over_1x": round(rows[-1]["tokens"] / base["tokens"], 3)})
+    save(
+        "scaling",
+        {
+            "figure": "extraction time and cache size vs corpus size",
+            "table": rows,
+            "seconds_per_1k_tokens": [round(1000 * r["seconds"] / r["tokens"], 4) for r in rows],
+            "mb_per_1k_tokens": [round(1000 * r["cache_mb"] / r["tokens"], 4) for r in rows],
+            "time_ratio_4x_over_1x": round(rows[-1]["seconds"] / base["seconds"], 3),
+            "size_ratio_4x_over_1x": round(rows[-1]["cache_mb"] / base["cache_mb"], 3),
+            "token_ratio_4x_over_1x": round(rows[-1]["tokens"] / base["tokens"], 3),
+        },
+    )
 
 
 if __name__ == "__main__":

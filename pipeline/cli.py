@@ -7,15 +7,19 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from pipeline.config import Params, load_params
+from pipeline.config import Params
 from pipeline.errors import PipelineError
+from pipeline.params import load_params
 
 
-def run_stage(main: Callable[[Params, argparse.Namespace], None], configure: Callable[[argparse.ArgumentParser], None] | None = None,
-              argv: list[str] | None = None) -> None:
+def run_stage(
+    main: Callable[[Params, argparse.Namespace], None],
+    configure: Callable[[argparse.ArgumentParser], None] | None = None,
+    argv: list[str] | None = None,
+) -> None:
     """Parse args, load params.yaml, run `main`; a PipelineError becomes `error: <message>` on stderr and exit code 2."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")

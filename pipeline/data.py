@@ -54,16 +54,19 @@ def parse_source(spec: str) -> Source:
     path = Path(spec)
     if path.suffix.lower() in LOCAL_FORMATS or path.exists() or "/" in spec and "@" not in spec:
         if not path.is_file():
-            raise PipelineError(f"{spec}: data file not found; copy it there (README: 'Data') or set the params key to a "
-                                "hub id such as glue:sst2@train")
+            raise PipelineError(
+                f"{spec}: data file not found; copy it there (README: 'Data') or set the params key to a "
+                "hub id such as glue:sst2@train"
+            )
         if path.suffix.lower() not in LOCAL_FORMATS:
             raise PipelineError(f"{spec}: unsupported file type '{path.suffix}'; use one of {', '.join(LOCAL_FORMATS)}")
         return Source(spec=spec, path=path)
     name, _, split = spec.partition("@")
     name, _, config = name.partition(":")
     if not split:
-        raise PipelineError(f"'{spec}' is neither an existing file nor a hub id of the form NAME[:CONFIG]@SPLIT "
-                            "(e.g. glue:sst2@train)")
+        raise PipelineError(
+            f"'{spec}' is neither an existing file nor a hub id of the form NAME[:CONFIG]@SPLIT (e.g. glue:sst2@train)"
+        )
     return Source(spec=spec, hub_name=name, hub_config=config or None, hub_split=split)
 
 
@@ -76,8 +79,10 @@ def _check_text_file(path: Path, header_lines: int) -> None:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise PipelineError(f"{path}, line {line}: bytes that are not UTF-8 ({raw[exc.start:exc.start + 4]!r}); "
-                            "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+        raise PipelineError(
+            f"{path}, line {line}: bytes that are not UTF-8 ({raw[exc.start : exc.start + 4]!r}); "
+            "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
     if sum(1 for line in raw.splitlines() if line.strip()) <= header_lines:
         raise PipelineError(f"{path}: no data rows; point the params key at a non-empty file")
 
@@ -88,8 +93,10 @@ def load_source(source: Source) -> datasets.Dataset:
         try:
             return datasets.load_dataset(source.hub_name, source.hub_config, split=source.hub_split)
         except Exception as exc:  # the hub raises many types; the user needs one line
-            raise PipelineError(f"{source.spec}: could not load from the hub ({type(exc).__name__}: {exc}); check the id, "
-                                "your connection, or use a local file") from None
+            raise PipelineError(
+                f"{source.spec}: could not load from the hub ({type(exc).__name__}: {exc}); check the id, "
+                "your connection, or use a local file"
+            ) from None
     suffix = source.path.suffix.lower()
     if suffix in TEXT_FORMATS:
         _check_text_file(source.path, source.header_lines)
@@ -132,8 +139,10 @@ def map_labels(raw_labels: list, label_names: list[str], source: Source, column:
         elif indices_ok and key is not None and key.isdigit() and int(key) < len(label_names):
             out[row] = int(key)
         else:
-            raise PipelineError(f"{source.where(row)}: label {value!r} in column '{column}' is not one of {label_names}; "
-                                "fix the row or list the label in params 'data.label_names'")
+            raise PipelineError(
+                f"{source.where(row)}: label {value!r} in column '{column}' is not one of {label_names}; "
+                "fix the row or list the label in params 'data.label_names'"
+            )
     return out
 
 
@@ -146,8 +155,10 @@ def validate_texts(texts: list, source: Source, column: str) -> None:
 def check_columns(ds: datasets.Dataset, source: Source, columns: dict[str, str]) -> None:
     for key, column in columns.items():
         if column not in ds.column_names:
-            raise PipelineError(f"{source.spec}: no column '{column}' (have: {', '.join(ds.column_names)}); set params "
-                                f"'{key}' to the right column")
+            raise PipelineError(
+                f"{source.spec}: no column '{column}' (have: {', '.join(ds.column_names)}); set params "
+                f"'{key}' to the right column"
+            )
 
 
 def example_ids(ds: datasets.Dataset, source: Source, id_column: str | None) -> np.ndarray:
@@ -158,19 +169,32 @@ def example_ids(ds: datasets.Dataset, source: Source, id_column: str | None) -> 
     for row, value in enumerate(ds[id_column]):
         key = _label_key(value)
         if key is None or not key.lstrip("-").isdigit():
-            raise PipelineError(f"{source.where(row)}: id {value!r} in column '{id_column}' is not an integer; fix it or set "
-                                "data.id_column to null to number rows")
+            raise PipelineError(
+                f"{source.where(row)}: id {value!r} in column '{id_column}' is not an integer; fix it or set "
+                "data.id_column to null to number rows"
+            )
         if int(key) in first_seen:
-            raise PipelineError(f"{source.where(row)}: duplicate id {key} in column '{id_column}' (first at "
-                                f"{source.where(first_seen[int(key)]).split(', ')[-1]}); make ids unique or set data.id_column to null")
+            raise PipelineError(
+                f"{source.where(row)}: duplicate id {key} in column '{id_column}' (first at "
+                f"{source.where(first_seen[int(key)]).split(', ')[-1]}); make ids unique or set data.id_column to null"
+            )
         first_seen[int(key)] = row
         ids[row] = int(key)
     return ids
 
 
-def prepare_split(source: Source, ds: datasets.Dataset, tokenizer, text_column: str, label_column: str,
-                  label_names: list[str], max_length: int, max_examples: int | None, seed: int,
-                  id_column: str | None = None) -> tuple[datasets.Dataset, dict]:
+def prepare_split(
+    source: Source,
+    ds: datasets.Dataset,
+    tokenizer,
+    text_column: str,
+    label_column: str,
+    label_names: list[str],
+    max_length: int,
+    max_examples: int | None,
+    seed: int,
+    id_column: str | None = None,
+) -> tuple[datasets.Dataset, dict]:
     """Validate, subsample, map labels and tokenize one loaded split. Returns the prepared dataset and its stats."""
     texts, raw_labels = ds[text_column], ds[label_column]
     texts = [t if t is None or isinstance(t, str) else str(t) for t in texts]  # a column of numbers is still text
@@ -185,21 +209,42 @@ def prepare_split(source: Source, ds: datasets.Dataset, tokenizer, text_column: 
     enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     truncated = int(sum(len(f) > max_length for f in full))
     if truncated:
-        log.warning("%s: %d of %d texts are longer than max_length=%d tokens and were truncated", source.spec, truncated,
-                    len(texts), max_length)
+        log.warning(
+            "%s: %d of %d texts are longer than max_length=%d tokens and were truncated",
+            source.spec,
+            truncated,
+            len(texts),
+            max_length,
+        )
     prepared = _tokenized_split(all_ids[rows], enc, labels[rows])
-    stats = {"source": source.spec, "rows_in_source": len(raw_labels), "rows": len(prepared), "truncated": truncated,
-             "tokens": int(prepared.data.column("length").to_numpy().sum()), "fingerprint": split_fingerprint(prepared)}
+    stats = {
+        "source": source.spec,
+        "rows_in_source": len(raw_labels),
+        "rows": len(prepared),
+        "truncated": truncated,
+        "tokens": int(prepared.data.column("length").to_numpy().sum()),
+        "fingerprint": split_fingerprint(prepared),
+    }
     return prepared, stats
 
 
 def _tokenized_split(ids: np.ndarray, enc: list[list[int]], labels: np.ndarray) -> datasets.Dataset:
     return datasets.Dataset.from_dict(
-        {"example_id": ids, "input_ids": [np.asarray(e, dtype=np.int32) for e in enc],
-         "length": np.array([len(e) for e in enc], dtype=np.int32), "label": labels},
-        features=datasets.Features({"example_id": datasets.Value("int64"),
-                                    "input_ids": datasets.List(datasets.Value("int32")),
-                                    "length": datasets.Value("int32"), "label": datasets.Value("int64")}))
+        {
+            "example_id": ids,
+            "input_ids": [np.asarray(e, dtype=np.int32) for e in enc],
+            "length": np.array([len(e) for e in enc], dtype=np.int32),
+            "label": labels,
+        },
+        features=datasets.Features(
+            {
+                "example_id": datasets.Value("int64"),
+                "input_ids": datasets.List(datasets.Value("int32")),
+                "length": datasets.Value("int32"),
+                "label": datasets.Value("int64"),
+            }
+        ),
+    )
 
 
 def prepare_corpus(data, tokenizer, seed: int) -> tuple[dict[str, datasets.Dataset], dict]:
@@ -214,17 +259,29 @@ def prepare_corpus(data, tokenizer, seed: int) -> tuple[dict[str, datasets.Datas
         check_columns(loaded[name], source, columns)
     label_names = data.label_names or infer_label_names(loaded["train"][data.label_column])
     if len(label_names) < 2:
-        raise PipelineError(f"{data.train}: only {len(label_names)} distinct label(s) {label_names} in column "
-                            f"'{data.label_column}'; a classifier needs at least two")
+        raise PipelineError(
+            f"{data.train}: only {len(label_names)} distinct label(s) {label_names} in column "
+            f"'{data.label_column}'; a classifier needs at least two"
+        )
     splits, stats = {}, {}
     for name, source in sources.items():
         limit = data.max_train_examples if name == "train" else data.max_dev_examples
-        splits[name], stats[name] = prepare_split(source, loaded[name], tokenizer, data.text_column, data.label_column,
-                                                  label_names, data.max_length, limit, seed, data.id_column)
+        splits[name], stats[name] = prepare_split(
+            source,
+            loaded[name],
+            tokenizer,
+            data.text_column,
+            data.label_column,
+            label_names,
+            data.max_length,
+            limit,
+            seed,
+            data.id_column,
+        )
     if data.transfer is not None:
         splits["transfer"], stats["transfer"] = prepare_transfer(
-            parse_source(data.transfer), data, tokenizer, seed, loaded["train"], sources["train"], splits["train"],
-            loaded["dev"])
+            parse_source(data.transfer), data, tokenizer, seed, loaded["train"], sources["train"], splits["train"], loaded["dev"]
+        )
     info = {"label_names": label_names, "max_length": data.max_length, "splits": stats}
     return splits, info
 
@@ -232,13 +289,23 @@ def prepare_corpus(data, tokenizer, seed: int) -> tuple[dict[str, datasets.Datas
 UNLABELED = -1  # the label of a transfer row: the teacher's outputs are its only target
 
 
-def prepare_transfer(source: Source, data, tokenizer, seed: int, train_ds: datasets.Dataset, train_source: Source,
-                     train_prepared: datasets.Dataset, dev_ds: datasets.Dataset) -> tuple[datasets.Dataset, dict]:
+def prepare_transfer(
+    source: Source,
+    data,
+    tokenizer,
+    seed: int,
+    train_ds: datasets.Dataset,
+    train_source: Source,
+    train_prepared: datasets.Dataset,
+    dev_ds: datasets.Dataset,
+) -> tuple[datasets.Dataset, dict]:
     """The unlabeled transfer split: texts only (any label column is ignored), minus every text that tokenizes like a
     dev text (no leakage into dev metrics) or a labeled training example (no double counting) and minus repeats, then
     a seeded subset. Pointing `data.transfer` at the training file itself turns the rows that max_train_examples left
     out into the transfer set."""
-    same_as_train = source.path is not None and train_source.path is not None and source.path.resolve() == train_source.path.resolve()
+    same_as_train = (
+        source.path is not None and train_source.path is not None and source.path.resolve() == train_source.path.resolve()
+    )
     ds = train_ds if same_as_train else load_source(source)
     check_columns(ds, source, {"data.text_column": data.text_column})
     texts = [t if t is None or isinstance(t, str) else str(t) for t in ds[data.text_column]]
@@ -255,15 +322,23 @@ def prepare_transfer(source: Source, data, tokenizer, seed: int, train_ds: datas
             keep.append(row)
     rows = np.asarray(keep, dtype=np.int64)
     if data.max_transfer_examples is not None and data.max_transfer_examples < len(rows):
-        rows = np.sort(np.random.default_rng(seed + 1).permutation(rows)[:data.max_transfer_examples])
+        rows = np.sort(np.random.default_rng(seed + 1).permutation(rows)[: data.max_transfer_examples])
     if not len(rows):
-        raise PipelineError(f"{source.spec}: no transfer texts left after removing those also in train or dev; point "
-                            "data.transfer at other texts or set it to null")
+        raise PipelineError(
+            f"{source.spec}: no transfer texts left after removing those also in train or dev; point "
+            "data.transfer at other texts or set it to null"
+        )
     enc = [enc[i] for i in rows]
     prepared = _tokenized_split(example_ids(ds, source, data.id_column)[rows], enc, np.full(len(rows), UNLABELED))
-    stats = {"source": source.spec, "rows_in_source": len(texts), "overlap_removed": len(texts) - len(keep), "rows": len(prepared),
-             "truncated": int(sum(len(e) > data.max_length for e in tokenizer([texts[i] for i in rows])["input_ids"])),
-             "tokens": int(prepared.data.column("length").to_numpy().sum()), "fingerprint": split_fingerprint(prepared)}
+    stats = {
+        "source": source.spec,
+        "rows_in_source": len(texts),
+        "overlap_removed": len(texts) - len(keep),
+        "rows": len(prepared),
+        "truncated": int(sum(len(e) > data.max_length for e in tokenizer([texts[i] for i in rows])["input_ids"])),
+        "tokens": int(prepared.data.column("length").to_numpy().sum()),
+        "fingerprint": split_fingerprint(prepared),
+    }
     return prepared, stats
 
 

@@ -41,8 +41,13 @@ def logit_mse_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -
     return F.mse_loss(student_logits.float(), teacher_logits.float())
 
 
-def topk_kd_loss(student_logits: torch.Tensor, topk_values: torch.Tensor, topk_indices: torch.Tensor, positions: torch.Tensor,
-                 temperature: float) -> torch.Tensor:
+def topk_kd_loss(
+    student_logits: torch.Tensor,
+    topk_values: torch.Tensor,
+    topk_indices: torch.Tensor,
+    positions: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
     """T^2 * KL(teacher top-k || student) per position, averaged over the selected `positions` (a boolean mask).
 
     The teacher's distribution is softmax(topk_values / T) over its k cached entries (the vocabulary tail beyond them
@@ -54,14 +59,24 @@ def topk_kd_loss(student_logits: torch.Tensor, topk_values: torch.Tensor, topk_i
         return student_logits.sum() * 0.0  # keeps the graph; a batch without selected tokens adds nothing
     log_q = F.log_softmax(student_logits[positions].float() / temperature, dim=-1).gather(-1, topk_indices[positions].long())
     log_p = F.log_softmax(topk_values[positions].float() / temperature, dim=-1)
-    return temperature ** 2 * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    return temperature**2 * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
 
 
-def masked_lm_distillation_loss(student_logits: torch.Tensor, targets: torch.Tensor, topk_values: torch.Tensor,
-                                topk_indices: torch.Tensor, kl_rows: torch.Tensor,
-                                hidden_pairs: list[tuple[torch.Tensor, torch.Tensor]], attention_mask: torch.Tensor, *,
-                                alpha: float, beta: float, gamma: float, temperature: float,
-                                hidden_kind: str = "mse") -> tuple[torch.Tensor, dict]:
+def masked_lm_distillation_loss(
+    student_logits: torch.Tensor,
+    targets: torch.Tensor,
+    topk_values: torch.Tensor,
+    topk_indices: torch.Tensor,
+    kl_rows: torch.Tensor,
+    hidden_pairs: list[tuple[torch.Tensor, torch.Tensor]],
+    attention_mask: torch.Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    temperature: float,
+    hidden_kind: str = "mse",
+) -> tuple[torch.Tensor, dict]:
     """DistilBERT's objective from a cache, over the token positions the head was run on (n of them):
     alpha * masked-LM cross-entropy where `targets` != -100 + beta * T^2 top-k KL where `kl_rows` + gamma * the hidden
     loss over layer pairs (full sequences, real tokens). `student_logits` is (n, vocab); targets, kl_rows (n,);
@@ -70,8 +85,9 @@ def masked_lm_distillation_loss(student_logits: torch.Tensor, targets: torch.Ten
     total = student_logits.new_zeros((), dtype=torch.float32)
     masked = targets != -100
     if alpha:
-        parts["ce"] = (F.cross_entropy(student_logits[masked].float(), targets[masked]) if masked.any()
-                       else student_logits.sum() * 0.0)
+        parts["ce"] = (
+            F.cross_entropy(student_logits[masked].float(), targets[masked]) if masked.any() else student_logits.sum() * 0.0
+        )
         total = total + alpha * parts["ce"]
     if beta:
         parts["kl"] = topk_kd_loss(student_logits, topk_values, topk_indices, kl_rows, temperature)
@@ -135,18 +151,32 @@ def value_relation(values: torch.Tensor, attention_mask: torch.Tensor, heads: in
     return torch.softmax(scores, dim=-1)
 
 
-def value_relation_loss(student_values: torch.Tensor, teacher_values: torch.Tensor, attention_mask: torch.Tensor,
-                        heads: int) -> torch.Tensor:
+def value_relation_loss(
+    student_values: torch.Tensor, teacher_values: torch.Tensor, attention_mask: torch.Tensor, heads: int
+) -> torch.Tensor:
     """MiniLM value-relation transfer: KL between teacher and student value relations with `heads` relation heads
     (the widths may differ; each must divide by `heads`)."""
-    return attention_kl_loss(value_relation(student_values, attention_mask, heads),
-                             value_relation(teacher_values, attention_mask, heads), attention_mask)
+    return attention_kl_loss(
+        value_relation(student_values, attention_mask, heads),
+        value_relation(teacher_values, attention_mask, heads),
+        attention_mask,
+    )
 
 
-def distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor,
-                      hidden_pairs: list[tuple[torch.Tensor, torch.Tensor]], attention_mask: torch.Tensor, *,
-                      alpha: float, beta: float, gamma: float, temperature: float, logit_kind: str = "kl",
-                      hidden_kind: str = "mse") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def distillation_loss(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    hidden_pairs: list[tuple[torch.Tensor, torch.Tensor]],
+    attention_mask: torch.Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    temperature: float,
+    logit_kind: str = "kl",
+    hidden_kind: str = "mse",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """alpha*CE(labels) + beta*logit loss (default T^2*KL(teacher||student)) + gamma*mean over pairs of the hidden
     loss (default MSE over real tokens).
 
@@ -158,7 +188,9 @@ def distillation_loss(student_logits: torch.Tensor, labels: torch.Tensor, teache
         parts["ce"] = hard_label_loss(student_logits, labels)
         total = total + alpha * parts["ce"]
     if beta:
-        parts["kl" if logit_kind == "kl" else logit_kind] = soft = logit_loss(logit_kind, student_logits, teacher_logits, temperature)
+        parts["kl" if logit_kind == "kl" else logit_kind] = soft = logit_loss(
+            logit_kind, student_logits, teacher_logits, temperature
+        )
         total = total + beta * soft
     if gamma and hidden_pairs:
         hidden_loss = hidden_cosine_loss if hidden_kind == "cosine" else hidden_mse_loss

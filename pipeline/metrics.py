@@ -28,8 +28,7 @@ def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_labe
         fn = int(np.sum((predictions != c) & (labels == c)))
         if tp + fp + fn:
             f1s.append(2 * tp / (2 * tp + fp + fn))
-    return {"accuracy": float(np.mean(predictions == labels)) if len(labels) else 0.0,
-            "f1": float(np.mean(f1s)) if f1s else 0.0}
+    return {"accuracy": float(np.mean(predictions == labels)) if len(labels) else 0.0, "f1": float(np.mean(f1s)) if f1s else 0.0}
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -45,8 +44,8 @@ def pad_batch(token_lists: list[np.ndarray], pad_id: int = 0) -> tuple[torch.Ten
     ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(token_lists), width), dtype=torch.long)
     for i, t in enumerate(token_lists):
-        ids[i, :len(t)] = torch.as_tensor(np.asarray(t, dtype=np.int64))
-        mask[i, :len(t)] = 1
+        ids[i, : len(t)] = torch.as_tensor(np.asarray(t, dtype=np.int64))
+        mask[i, : len(t)] = 1
     return ids, mask
 
 
@@ -57,7 +56,7 @@ def _length_ordered_logits(model: torch.nn.Module, token_lists: list[np.ndarray]
     model.eval()
     order = np.argsort([len(t) for t in token_lists], kind="stable")
     for i in range(0, len(order), batch_size):
-        rows = order[i:i + batch_size]
+        rows = order[i : i + batch_size]
         ids, mask = pad_batch([token_lists[r] for r in rows], pad_id)
         yield rows, model(input_ids=ids, attention_mask=mask).logits
 
@@ -72,16 +71,19 @@ def predict(model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: i
 
 
 @torch.no_grad()
-def paired_latency_ms(models: list[torch.nn.Module], token_lists: list[np.ndarray], batch_size: int, repeats: int,
-                      pad_id: int = 0, warmup: int = 3) -> list[float]:
+def paired_latency_ms(
+    models: list[torch.nn.Module], token_lists: list[np.ndarray], batch_size: int, repeats: int, pad_id: int = 0, warmup: int = 3
+) -> list[float]:
     """Median wall time (ms) of one CPU forward pass for each model: `repeats` passes over the same fixed batches of
     real dev examples after `warmup` untimed ones. With several models the passes are interleaved (model A, model B,
     A, B, ...) so a slow spell of a shared machine hits all of them alike and their ratio stays stable."""
     for model in models:
         model.eval()
     n_batches = min(repeats, max(1, len(token_lists) // batch_size), 8)
-    batches = [(token_lists * (1 + batch_size // max(len(token_lists), 1)))[i * batch_size:(i + 1) * batch_size]
-               for i in range(n_batches)]
+    batches = [
+        (token_lists * (1 + batch_size // max(len(token_lists), 1)))[i * batch_size : (i + 1) * batch_size]
+        for i in range(n_batches)
+    ]
     inputs = [pad_batch(b, pad_id) for b in batches]
     times: list[list[float]] = [[] for _ in models]
     for i in range(warmup + repeats):
@@ -94,20 +96,23 @@ def paired_latency_ms(models: list[torch.nn.Module], token_lists: list[np.ndarra
     return [statistics.median(t) for t in times]
 
 
-def cpu_latency_ms(model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: int, repeats: int, pad_id: int = 0,
-                   warmup: int = 3) -> float:
+def cpu_latency_ms(
+    model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: int, repeats: int, pad_id: int = 0, warmup: int = 3
+) -> float:
     """Median CPU latency (ms) of one model (see paired_latency_ms)."""
     return paired_latency_ms([model], token_lists, batch_size, repeats, pad_id, warmup)[0]
 
 
 @torch.no_grad()
-def predict_tokens(model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: int = 64, pad_id: int = 0) -> list[np.ndarray]:
+def predict_tokens(
+    model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: int = 64, pad_id: int = 0
+) -> list[np.ndarray]:
     """Top-1 vocabulary id at every token of each token list (a masked-LM head), batched in length order."""
     out: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(token_lists)
     for rows, batch_logits in _length_ordered_logits(model, token_lists, batch_size, pad_id):
         top1 = batch_logits.argmax(-1).numpy()
         for j, r in enumerate(rows):
-            out[r] = top1[j, :len(token_lists[r])]
+            out[r] = top1[j, : len(token_lists[r])]
     return out
 
 
@@ -127,7 +132,9 @@ def _load_classifier(model_dir: Path):
     """A saved classifier, or masked-LM model (by its config's architecture), on the CPU in eval mode."""
     if not (Path(model_dir) / "config.json").is_file():
         raise PipelineError(f"{model_dir}: no saved model (config.json missing); run the stage that trains it first")
-    return auto_model_class(AutoConfig.from_pretrained(model_dir)).from_pretrained(model_dir, use_safetensors=True).to("cpu").eval()
+    return (
+        auto_model_class(AutoConfig.from_pretrained(model_dir)).from_pretrained(model_dir, use_safetensors=True).to("cpu").eval()
+    )
 
 
 def _quality(model: torch.nn.Module, cache, tokens: list[np.ndarray], rows: list[dict], batch_size: int, pad_id: int) -> dict:
@@ -136,8 +143,10 @@ def _quality(model: torch.nn.Module, cache, tokens: list[np.ndarray], rows: list
     task = cache.manifest.get("task")
     if head_task(model.config) == MASKED_LM or task == MASKED_LM:
         if head_task(model.config) != task:
-            raise PipelineError(f"{cache.cache_dir}: the model has a {head_task(model.config)} head but the cache was made by a "
-                                f"{task or 'sequence_classification'} teacher; evaluate it against a cache of its own task")
+            raise PipelineError(
+                f"{cache.cache_dir}: the model has a {head_task(model.config)} head but the cache was made by a "
+                f"{task or 'sequence_classification'} teacher; evaluate it against a cache of its own task"
+            )
         predictions = np.concatenate(predict_tokens(model, tokens, batch_size, pad_id))
         targets = np.concatenate([r[MLM_TARGET][:, 0] for r in rows])
         teacher_top1 = np.concatenate([r[TOPK_INDICES][:, 0] for r in rows]).astype(np.int64)
@@ -146,8 +155,14 @@ def _quality(model: torch.nn.Module, cache, tokens: list[np.ndarray], rows: list
     return classification_metrics(logits.argmax(-1), np.array([r["label"] for r in rows]), model.config.num_labels)
 
 
-def _score(model: torch.nn.Module, cache_dir: Path, batch_size: int, latency_batch_sizes: list[int],
-           latency_repeats: int, reference: torch.nn.Module | None = None) -> dict:
+def _score(
+    model: torch.nn.Module,
+    cache_dir: Path,
+    batch_size: int,
+    latency_batch_sizes: list[int],
+    latency_repeats: int,
+    reference: torch.nn.Module | None = None,
+) -> dict:
     """Accuracy/F1 on the cache's dev rows (token ids and labels only) and median CPU latency per batch size; with a
     `reference` model, both are timed interleaved and speedup_b<N> = reference latency / model latency."""
     cache = TeacherCache(cache_dir, verify="lazy")
@@ -162,8 +177,13 @@ def _score(model: torch.nn.Module, cache_dir: Path, batch_size: int, latency_bat
             result[f"latency_ms_b{bs}"] = round(cpu_latency_ms(model, tokens, bs, latency_repeats, pad_id), 3)
             continue
         mine, ref = paired_latency_ms([model, reference], tokens, bs, latency_repeats, pad_id)
-        result.update({f"latency_ms_b{bs}": round(mine, 3), f"teacher_shaped_latency_ms_b{bs}": round(ref, 3),
-                       f"speedup_b{bs}": round(ref / mine, 3)})
+        result.update(
+            {
+                f"latency_ms_b{bs}": round(mine, 3),
+                f"teacher_shaped_latency_ms_b{bs}": round(ref, 3),
+                f"speedup_b{bs}": round(ref / mine, 3),
+            }
+        )
     return result
 
 
@@ -178,8 +198,15 @@ def _seed_spread(result: dict, per_seed: list[tuple[int, dict]]) -> dict:
     return result
 
 
-def evaluate_saved_model(model_dir: Path, cache_dir: Path, *, batch_size: int, latency_batch_sizes: list[int],
-                         latency_repeats: int, against_teacher_shape: bool = False) -> dict:
+def evaluate_saved_model(
+    model_dir: Path,
+    cache_dir: Path,
+    *,
+    batch_size: int,
+    latency_batch_sizes: list[int],
+    latency_repeats: int,
+    against_teacher_shape: bool = False,
+) -> dict:
     """Dev accuracy/F1, size and CPU latency of a saved classifier (its shipped checkpoint); for a student trained
     under several seeds also each seed run's accuracy and the mean +- std. `against_teacher_shape` times it
     interleaved with a teacher-shaped model and reports speedups from that one measurement."""
@@ -187,18 +214,27 @@ def evaluate_saved_model(model_dir: Path, cache_dir: Path, *, batch_size: int, l
     model = _load_classifier(model_dir)
     reference = teacher_shaped_model(cache_dir, model.config.num_labels) if against_teacher_shape else None
     result = _score(model, cache_dir, batch_size, latency_batch_sizes, latency_repeats, reference)
-    result.update({"size_mb": round(weights_bytes(model_dir) / 1e6, 2), "layers": model.config.num_hidden_layers,
-                   "hidden_size": model.config.hidden_size})
+    result.update(
+        {
+            "size_mb": round(weights_bytes(model_dir) / 1e6, 2),
+            "layers": model.config.num_hidden_layers,
+            "hidden_size": model.config.hidden_size,
+        }
+    )
     if runs[0][0] is not None:
         per_seed = [(runs[0][0], result)] + [(s, _score(_load_classifier(d), cache_dir, batch_size, [], 0)) for s, d in runs[1:]]
         _seed_spread(result, per_seed)
     return result
 
+
 def compare_to_teacher(student: dict, teacher: dict) -> dict:
     """Retention (student / teacher accuracy and F1; and of the seed mean when there is one) and, for batch sizes not
     already timed against a teacher-shaped model, latency speedups from the teacher's own metrics."""
     ratio = lambda a, b: round(a / b, 4) if b else None  # noqa: E731
-    out = {"retention": ratio(student["accuracy"], teacher["accuracy"]), "param_ratio": round(student["params"] / teacher["params"], 4)}
+    out = {
+        "retention": ratio(student["accuracy"], teacher["accuracy"]),
+        "param_ratio": round(student["params"] / teacher["params"], 4),
+    }
     if "f1" in student and "f1" in teacher:  # a masked-LM model has masked-token accuracy and teacher agreement instead
         out["f1_retention"] = ratio(student["f1"], teacher["f1"])
     if "accuracy_mean" in student:
@@ -209,6 +245,7 @@ def compare_to_teacher(student: dict, teacher: dict) -> dict:
         if key.startswith("latency_ms_") and teacher.get(key) and speedup not in student:
             out[speedup] = round(teacher[key] / student[key], 3)
     return out
+
 
 class EnsembleClassifier(torch.nn.Module):
     """Averages the logits of several classifiers; evaluated exactly like a single model."""
@@ -225,8 +262,15 @@ class EnsembleClassifier(torch.nn.Module):
         return SimpleNamespace(logits=logits.mean(0))
 
 
-def evaluate_ensemble(member_dirs: list[Path], cache_dir: Path, *, batch_size: int, latency_batch_sizes: list[int],
-                      latency_repeats: int, against_teacher_shape: bool = False) -> dict:
+def evaluate_ensemble(
+    member_dirs: list[Path],
+    cache_dir: Path,
+    *,
+    batch_size: int,
+    latency_batch_sizes: list[int],
+    latency_repeats: int,
+    against_teacher_shape: bool = False,
+) -> dict:
     """Accuracy/F1, total params and size, and CPU latency (all members run) of the logit-averaging ensemble of the
     members' shipped checkpoints; when the members were trained under several seeds, the ensemble of each seed index
     (members' k-th runs) is scored too and the mean +- std reported."""
@@ -236,13 +280,19 @@ def evaluate_ensemble(member_dirs: list[Path], cache_dir: Path, *, batch_size: i
         raise PipelineError(f"ensemble members disagree on the number of labels: {[str(d) for d in member_dirs]}")
     reference = teacher_shaped_model(cache_dir, members[0].config.num_labels) if against_teacher_shape else None
     result = _score(EnsembleClassifier(members).eval(), cache_dir, batch_size, latency_batch_sizes, latency_repeats, reference)
-    result.update({"members": [Path(d).name for d in member_dirs],
-                   "size_mb": round(sum(weights_bytes(d) for d in member_dirs) / 1e6, 2),
-                   "layers": sum(m.config.num_hidden_layers for m in members)})
+    result.update(
+        {
+            "members": [Path(d).name for d in member_dirs],
+            "size_mb": round(sum(weights_bytes(d) for d in member_dirs) / 1e6, 2),
+            "layers": sum(m.config.num_hidden_layers for m in members),
+        }
+    )
     n_seeds = min(len(r) for r in runs)
     if all(r[0][0] is not None for r in runs) and n_seeds > 1:
-        per_seed = [(0, result)] + [(k, _score(EnsembleClassifier([_load_classifier(r[k][1]) for r in runs]).eval(), cache_dir,
-                                               batch_size, [], 0)) for k in range(1, n_seeds)]
+        per_seed = [(0, result)] + [
+            (k, _score(EnsembleClassifier([_load_classifier(r[k][1]) for r in runs]).eval(), cache_dir, batch_size, [], 0))
+            for k in range(1, n_seeds)
+        ]
         _seed_spread(result, per_seed)
         result["seeds"] = [[r[k][0] for r in runs] for k in range(n_seeds)]  # the members' seeds in each ensemble
     return result

@@ -40,19 +40,30 @@ def index_dtype(vocab_size: int) -> str:
 def _uniform(example_ids: np.ndarray, positions: np.ndarray, seed: int, salt: int) -> np.ndarray:
     """Uniform floats in [0, 1), one per (example id, position), from a splitmix64 hash: reproducible anywhere."""
     with np.errstate(over="ignore"):
-        x = (example_ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-             + positions.astype(np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
-             + np.uint64((seed * 8 + salt) & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x94D049BB133111EB))
+        x = (
+            example_ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            + positions.astype(np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
+            + np.uint64((seed * 8 + salt) & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x94D049BB133111EB)
+        )
         x ^= x >> np.uint64(30)
         x *= np.uint64(0xBF58476D1CE4E5B9)
         x ^= x >> np.uint64(27)
         x *= np.uint64(0x94D049BB133111EB)
         x ^= x >> np.uint64(31)
-    return (x >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def mask_tokens(input_ids: np.ndarray, real: np.ndarray, example_ids: np.ndarray, *, seed: int, probability: float,
-                mask_token_id: int, vocab_size: int, special_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def mask_tokens(
+    input_ids: np.ndarray,
+    real: np.ndarray,
+    example_ids: np.ndarray,
+    *,
+    seed: int,
+    probability: float,
+    mask_token_id: int,
+    vocab_size: int,
+    special_ids: list[int],
+) -> tuple[np.ndarray, np.ndarray]:
     """BERT masking of padded rows (rows, width): each real, non-special token is chosen with `probability`; a chosen
     token becomes [MASK] 80% of the time, a random token 10%, and stays 10%. Returns (masked ids, targets): the
     original id at chosen positions, IGNORE elsewhere."""
@@ -69,8 +80,10 @@ def mask_tokens(input_ids: np.ndarray, real: np.ndarray, example_ids: np.ndarray
 def masked_token_metrics(predictions: np.ndarray, targets: np.ndarray, teacher_top1: np.ndarray | None = None) -> dict:
     """Top-1 accuracy at the masked positions (targets != IGNORE); with the teacher's top-1 there, the agreement."""
     chosen = targets != IGNORE
-    out = {"accuracy": float(np.mean(predictions[chosen] == targets[chosen])) if chosen.any() else 0.0,
-           "masked_tokens": int(chosen.sum())}
+    out = {
+        "accuracy": float(np.mean(predictions[chosen] == targets[chosen])) if chosen.any() else 0.0,
+        "masked_tokens": int(chosen.sum()),
+    }
     if teacher_top1 is not None:
         out["teacher_agreement"] = float(np.mean(predictions[chosen] == teacher_top1[chosen])) if chosen.any() else 0.0
     return out

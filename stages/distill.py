@@ -5,17 +5,21 @@ from pathlib import Path
 
 from pipeline.cli import run_stage
 from pipeline.distill import distill_seeds
-from pipeline.training import write_history_csv
+from pipeline.trainer import write_history_csv
 
 
 def main(params, args):
-    if args.student not in params.students:
-        params.distill_for(args.student)  # raises the one-line error naming the known students
-    spec = params.students[args.student]
-    cfg, _ = params.distill_for(args.student)
-    result = distill_seeds(Path(args.cache), Path(args.out_root) / args.student, spec, cfg, seeds=params.seeds_for(args.student),
-                           teacher_dir=Path(args.teacher), max_length=params.data.max_length,
-                           label_names=params.data.label_names, verify=cfg.verify_cache)
+    cfg, _ = params.distill_for(args.student)  # an unknown student: one line naming the known ones
+    result = distill_seeds(
+        Path(args.cache),
+        Path(args.out_root) / args.student,
+        params.students[args.student],
+        cfg,
+        seeds=params.seeds_for(args.student),
+        teacher_dir=Path(args.teacher),
+        max_length=params.data.max_length,
+        label_names=params.data.label_names,
+    )
     write_history_csv(result["history"], Path(args.plots_root) / f"{args.student}.csv")
     metrics = Path(args.metrics_root) / f"train_{args.student}.json"
     metrics.parent.mkdir(parents=True, exist_ok=True)
@@ -26,7 +30,11 @@ def main(params, args):
 def configure(p):
     p.add_argument("--student", required=True, help="a name under `students` in params.yaml")
     p.add_argument("--cache", default="artifacts/cache")
-    p.add_argument("--teacher", default="artifacts/teacher", help="read only for init 'teacher' (chosen tensors, lazily; checked against the cache's teacher fingerprint)")
+    p.add_argument(
+        "--teacher",
+        default="artifacts/teacher",
+        help="read only for init 'teacher' (chosen tensors, lazily; checked against the cache's teacher fingerprint)",
+    )
     p.add_argument("--out-root", default="artifacts/students")
     p.add_argument("--metrics-root", default="artifacts/metrics")
     p.add_argument("--plots-root", default="artifacts/plots")

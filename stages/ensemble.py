@@ -10,9 +10,14 @@ from pipeline.metrics import compare_to_teacher, evaluate_ensemble
 def main(params, args):
     spec = params.ensembles[args.name]
     cfg = params.evaluate
-    result = evaluate_ensemble([Path(args.students_root) / m for m in spec.members], Path(args.cache), batch_size=cfg.batch_size,
-                               latency_batch_sizes=cfg.latency_batch_sizes, latency_repeats=cfg.latency_repeats,
-                               against_teacher_shape=True)
+    result = evaluate_ensemble(
+        [Path(args.students_root) / m for m in spec.members],
+        Path(args.cache),
+        batch_size=cfg.batch_size,
+        latency_batch_sizes=cfg.latency_batch_sizes,
+        latency_repeats=cfg.latency_repeats,
+        against_teacher_shape=True,
+    )
     result.update(compare_to_teacher(result, json.loads(Path(args.teacher_metrics).read_text())))
     out = Path(args.metrics_root) / f"{args.name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

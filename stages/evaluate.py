@@ -11,9 +11,14 @@ from pipeline.metrics import compare_to_teacher, evaluate_saved_model
 
 def main(params, args):
     cfg = params.evaluate
-    result = evaluate_saved_model(Path(args.model), Path(args.cache), batch_size=cfg.batch_size,
-                                  latency_batch_sizes=cfg.latency_batch_sizes, latency_repeats=cfg.latency_repeats,
-                                  against_teacher_shape=bool(args.teacher_metrics))
+    result = evaluate_saved_model(
+        Path(args.model),
+        Path(args.cache),
+        batch_size=cfg.batch_size,
+        latency_batch_sizes=cfg.latency_batch_sizes,
+        latency_repeats=cfg.latency_repeats,
+        against_teacher_shape=bool(args.teacher_metrics),
+    )
     if args.teacher_metrics:
         path = Path(args.teacher_metrics)
         if not path.is_file():
@@ -29,7 +34,11 @@ def configure(p):
     p.add_argument("--model", required=True, help="a saved classifier dir")
     p.add_argument("--name", required=True, help="teacher or a student name; names the metrics file")
     p.add_argument("--cache", default="artifacts/cache", help="dev rows come from the cache's dev split")
-    p.add_argument("--teacher-metrics", default=None, help="teacher metrics JSON for retention; also times the model against a teacher-shaped one for speedups")
+    p.add_argument(
+        "--teacher-metrics",
+        default=None,
+        help="teacher metrics JSON for retention; also times the model against a teacher-shaped one for speedups",
+    )
     p.add_argument("--metrics-root", default="artifacts/metrics")
 
 

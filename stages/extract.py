@@ -15,15 +15,11 @@ def main(params, args):
         splits.update(transfer)
         info["splits"].update(transfer_info["splits"])
     if info["max_length"] != params.data.max_length:
-        raise PipelineError(f"{args.prepared}: prepared with max_length {info['max_length']} but data.max_length is "
-                            f"{params.data.max_length}; rerun prepare (`dvc repro`)")
-    cfg = params.extract
-    result = extract_cache(Path(args.teacher), splits, Path(args.out), layers=cfg.layers, dtype=cfg.dtype,
-                           batch_size=cfg.batch_size, shard_max_bytes=cfg.shard_max_mb << 20, device=cfg.device,
-                           max_length=info["max_length"], label_names=info["label_names"],
-                           dataset_fingerprints={k: v["fingerprint"] for k, v in info["splits"].items()},
-                           attentions=cfg.attentions, values=cfg.values, topk=cfg.topk,
-                           mlm_probability=cfg.mlm_probability, mask_seed=params.seed)
+        raise PipelineError(
+            f"{args.prepared}: prepared with max_length {info['max_length']} but data.max_length is "
+            f"{params.data.max_length}; rerun prepare (`dvc repro`)"
+        )
+    result = extract_cache(Path(args.teacher), splits, Path(args.out), params.extract, info=info, mask_seed=params.seed)
     write_extract_report(Path(args.metrics), result)
     m = result["manifest"]
     print(f"extract: {m['bytes'] / 1e6:.1f} MB in {sum(len(s['shards']) for s in m['splits'].values())} shards -> {args.out}")

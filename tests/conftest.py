@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertTokenizerFast
 
-from pipeline.config import DataConfig
+from pipeline.config import DataConfig, ExtractConfig
 from pipeline.data import prepare_corpus, save_prepared
 from pipeline.extract import extract_cache
 
@@ -42,8 +42,9 @@ def sst2_small(tmp_path_factory) -> Path:
 
 
 def make_tokenizer(out: Path, sst2_dir: Path) -> BertTokenizerFast:
-    words = collections.Counter(w for line in (sst2_dir / "train.tsv").read_text().splitlines()[1:]
-                                for w in line.split("\t")[1].split())
+    words = collections.Counter(
+        w for line in (sst2_dir / "train.tsv").read_text().splitlines()[1:] for w in line.split("\t")[1].split()
+    )
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [w for w, _ in words.most_common(400)]
     out.mkdir(parents=True, exist_ok=True)
     (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
@@ -57,10 +58,18 @@ def make_tiny_teacher(out: Path, sst2_dir: Path, *, layers: int = 4, hidden: int
     """A random 4-layer BERT classifier with a word-piece tokenizer over real SST-2 words, saved like the teacher stage does."""
     tokenizer = make_tokenizer(out, sst2_dir)
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=2 * hidden, max_position_embeddings=128, num_labels=2,
-                        id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1},
-                        architectures=["BertForSequenceClassification"])
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+        architectures=["BertForSequenceClassification"],
+    )
     BertForSequenceClassification(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -72,8 +81,16 @@ def tiny_teacher(tmp_path_factory, sst2_small) -> Path:
 
 
 def data_config(sst2_dir: Path, **overrides) -> DataConfig:
-    settings = {"train": str(sst2_dir / "train.tsv"), "dev": str(sst2_dir / "dev.tsv"), "label_names": ["negative", "positive"],
-                "max_length": 32}
+    """The shipped data config shrunk to a small copy of SST-2: no subsetting, no transfer set, 32 tokens."""
+    settings = {
+        "train": str(sst2_dir / "train.tsv"),
+        "dev": str(sst2_dir / "dev.tsv"),
+        "label_names": ["negative", "positive"],
+        "max_length": 32,
+        "max_train_examples": None,
+        "transfer": None,
+        "max_transfer_examples": None,
+    }
     return DataConfig(**{**settings, **overrides})
 
 
@@ -86,14 +103,30 @@ def tiny_prepared(tmp_path_factory, sst2_small, tiny_teacher):
     return splits, info
 
 
-def build_cache(teacher_dir: Path, prepared, out: Path, *, layers=(2, 4), dtype="float16", shard_max_bytes=1 << 16,
-                batch_size=16, attentions=(), values=(), device="cpu") -> dict:
+def build_cache(
+    teacher_dir: Path,
+    prepared,
+    out: Path,
+    *,
+    layers=(2, 4),
+    dtype="float16",
+    shard_max_bytes=1 << 16,
+    batch_size=16,
+    attentions=(),
+    values=(),
+    device="cpu",
+) -> dict:
     splits, info = prepared
-    return extract_cache(teacher_dir, splits, out, layers=list(layers), dtype=dtype, batch_size=batch_size,
-                         shard_max_bytes=shard_max_bytes, device=device, max_length=info["max_length"],
-                         label_names=info["label_names"],
-                         dataset_fingerprints={k: v["fingerprint"] for k, v in info["splits"].items()},
-                         attentions=attentions, values=values)
+    cfg = ExtractConfig(
+        layers=list(layers),
+        dtype=dtype,
+        batch_size=batch_size,
+        shard_max_mb=shard_max_bytes / (1 << 20),
+        device=device,
+        attentions=list(attentions),
+        values=list(values),
+    )
+    return extract_cache(teacher_dir, splits, out, cfg, info=info)
 
 
 @pytest.fixture(scope="session")
@@ -109,8 +142,15 @@ def mlm_teacher(tmp_path_factory, sst2_small) -> Path:
     out = tmp_path_factory.mktemp("mlm_teacher")
     tokenizer = make_tokenizer(out, sst2_small)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128, architectures=["BertForMaskedLM"])
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        architectures=["BertForMaskedLM"],
+    )
     BertForMaskedLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -118,7 +158,7 @@ def mlm_teacher(tmp_path_factory, sst2_small) -> Path:
 
 def build_mlm_cache(teacher_dir: Path, prepared, out: Path, *, topk: int = 8, device: str = "cpu") -> dict:
     splits, info = prepared
-    return extract_cache(teacher_dir, splits, out, layers=[2, 4], dtype="float16", batch_size=16, shard_max_bytes=1 << 16,
-                         device=device, max_length=info["max_length"], label_names=info["label_names"],
-                         dataset_fingerprints={k: v["fingerprint"] for k, v in info["splits"].items()}, topk=topk,
-                         mlm_probability=0.15, mask_seed=3)
+    cfg = ExtractConfig(
+        layers=[2, 4], dtype="float16", batch_size=16, shard_max_mb=1 / 16, device=device, topk=topk, mlm_probability=0.15
+    )
+    return extract_cache(teacher_dir, splits, out, cfg, info=info, mask_seed=3)

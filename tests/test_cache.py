@@ -22,26 +22,51 @@ def _rows(dtype: str, seed: int = 0):
         h = torch.from_numpy(rng.standard_normal((n, HIDDEN)).astype(np.float32) * 10)
         stored = h.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16) if dtype == "bfloat16" else h.half().numpy()
         att = rng.random((2, n, n)).astype(np.float16)
-        rows.append({"example_id": 100 + i, "length": n, "label": i % 2, "input_ids": rng.integers(0, 500, n).astype(np.int32),
-                     "logits": rng.standard_normal(2).astype(np.float32), "hidden_3": stored, "attention_3": att,
-                     "source": h})
+        rows.append(
+            {
+                "example_id": 100 + i,
+                "length": n,
+                "label": i % 2,
+                "input_ids": rng.integers(0, 500, n).astype(np.int32),
+                "logits": rng.standard_normal(2).astype(np.float32),
+                "hidden_3": stored,
+                "attention_3": att,
+                "source": h,
+            }
+        )
     return rows
 
 
 def _write(cache_dir, rows, dtype, rows_per_batch=2, shard_max_bytes=1 << 20):
-    fields = [FieldSpec("logits", "example", "float32", 2), FieldSpec("hidden_3", "token", dtype, HIDDEN),
-              FieldSpec("attention_3", "token_pair", "float16", 2)]
-    meta = {"layers": [3], "label_names": ["a", "b"], "max_length": 64, "tokenizer": {"fingerprint": "t" * 64},
-            "hidden_size": HIDDEN}
+    fields = [
+        FieldSpec("logits", "example", "float32", 2),
+        FieldSpec("hidden_3", "token", dtype, HIDDEN),
+        FieldSpec("attention_3", "token_pair", "float16", 2),
+    ]
+    meta = {
+        "layers": [3],
+        "label_names": ["a", "b"],
+        "max_length": 64,
+        "tokenizer": {"fingerprint": "t" * 64},
+        "hidden_size": HIDDEN,
+    }
     with CacheWriter(cache_dir, fields, meta, shard_max_bytes) as writer:
         for i in range(0, len(rows), rows_per_batch):
-            chunk = rows[i:i + rows_per_batch]
-            writer.write("train", CacheBatch(
-                example_id=np.array([r["example_id"] for r in chunk]), length=np.array([r["length"] for r in chunk]),
-                label=np.array([r["label"] for r in chunk]), input_ids=np.concatenate([r["input_ids"] for r in chunk]),
-                fields={"logits": np.stack([r["logits"] for r in chunk]),
+            chunk = rows[i : i + rows_per_batch]
+            writer.write(
+                "train",
+                CacheBatch(
+                    example_id=np.array([r["example_id"] for r in chunk]),
+                    length=np.array([r["length"] for r in chunk]),
+                    label=np.array([r["label"] for r in chunk]),
+                    input_ids=np.concatenate([r["input_ids"] for r in chunk]),
+                    fields={
+                        "logits": np.stack([r["logits"] for r in chunk]),
                         "hidden_3": np.concatenate([r["hidden_3"] for r in chunk]),
-                        "attention_3": np.concatenate([r["attention_3"].ravel() for r in chunk])}))
+                        "attention_3": np.concatenate([r["attention_3"].ravel() for r in chunk]),
+                    },
+                ),
+            )
         return writer.close()
 
 
@@ -96,8 +121,12 @@ def test_failed_write_leaves_no_manifest_and_no_partial_shard(tmp_path):
     fields = [FieldSpec("logits", "example", "float32", 2)]
     with pytest.raises(RuntimeError):
         with CacheWriter(tmp_path, fields, {}) as writer:
-            writer.write("train", CacheBatch(np.array([1]), np.array([3]), np.array([0]), np.arange(3, dtype=np.int32),
-                                             {"logits": rows[0]["logits"][None]}))
+            writer.write(
+                "train",
+                CacheBatch(
+                    np.array([1]), np.array([3]), np.array([0]), np.arange(3, dtype=np.int32), {"logits": rows[0]["logits"][None]}
+                ),
+            )
             raise RuntimeError("killed mid-extraction")
     assert list(tmp_path.iterdir()) == []
 
@@ -134,9 +163,13 @@ def test_disk_full_keeps_every_closed_shard_even_when_its_hash_is_still_queued(t
     finished = []  # what the writer hands back as done (the extractor journals it): from writes, then from salvage
     with pytest.raises(PipelineError, match=r"could not write a train shard \(No space left on device\)"):
         for i in range(4):
-            finished += writer.write("train", CacheBatch(np.array([i]), np.array([3]), np.array([0]),
-                                                         np.arange(3, dtype=np.int32), {"logits": rows[i]["logits"][None]}),
-                                     tag=i + 1)
+            finished += writer.write(
+                "train",
+                CacheBatch(
+                    np.array([i]), np.array([3]), np.array([0]), np.arange(3, dtype=np.int32), {"logits": rows[i]["logits"][None]}
+                ),
+                tag=i + 1,
+            )
         writer.close()
     finished += writer.salvage()["train"]
     assert [(record["file"], tag) for record, tag in finished] == [(f"train-0000{i}.arrow", i + 1) for i in range(3)]
@@ -211,12 +244,15 @@ def test_missing_manifest_names_the_stage_to_run(tmp_path):
         TeacherCache(tmp_path)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"tokenizer_fingerprint": "x" * 64}, "different tokenizer"),
-    ({"max_length": 128}, "max_length is 64 but data.max_length is 128"),
-    ({"label_names": ["neg", "pos"]}, "labels are"),
-    ({"layers": [3, 5]}, r"teacher layers \[5\] are needed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tokenizer_fingerprint": "x" * 64}, "different tokenizer"),
+        ({"max_length": 128}, "max_length is 64 but data.max_length is 128"),
+        ({"label_names": ["neg", "pos"]}, "labels are"),
+        ({"layers": [3, 5]}, r"teacher layers \[5\] are needed"),
+    ],
+)
 def test_check_compatible_refuses_each_mismatch(tmp_path, kwargs, message):
     manifest = _write(tmp_path, _rows("float16"), "float16")
     check_compatible(manifest, tokenizer_fingerprint="t" * 64, max_length=64, label_names=["a", "b"], layers=[3])

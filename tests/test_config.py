@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import load_params, params_from_dict
 from pipeline.errors import PipelineError
+from pipeline.params import load_params, params_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,31 +30,43 @@ def test_the_shipped_params_are_valid():
         assert cfg.temperature > 0 and seed == params.seed
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"data": {"max_train_exampels": 5}}, r"unknown key 'data.max_train_exampels' \(did you mean 'max_train_examples'\?\)"),
-    ({"extract": {"layers": [2], "dtpye": "float16"}}, r"unknown key 'extract.dtpye' \(did you mean 'dtype'\?\)"),
-    ({"studnets": {}}, r"unknown key 'studnets' \(did you mean 'students'\?\)"),
-    ({"distill": {"epochs": "three"}}, r"'distill.epochs' must be a number, got 'three'"),
-    ({"extract": {"layers": "2,4"}}, r"'extract.layers' must be a list"),
-    ({"extract": {"dtype": "int4"}}, r"'extract.dtype' must be one of"),
-    ({"distill": {"temperature": 0}}, r"'distill.temperature' must be > 0"),
-    ({"data": {"max_length": -3}}, r"'data.max_length' must be > 0"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"data": {"max_train_exampels": 5}}, r"unknown key 'data.max_train_exampels' \(did you mean 'max_train_examples'\?\)"),
+        ({"extract": {"layers": [2], "dtpye": "float16"}}, r"unknown key 'extract.dtpye' \(did you mean 'dtype'\?\)"),
+        ({"studnets": {}}, r"unknown key 'studnets' \(did you mean 'students'\?\)"),
+        ({"distill": {"epochs": "three"}}, r"'distill.epochs' must be a number, got 'three'"),
+        ({"extract": {"layers": "2,4"}}, r"'extract.layers' must be a list"),
+        ({"extract": {"dtype": "int4"}}, r"'extract.dtype' must be one of"),
+        ({"distill": {"temperature": 0}}, r"'distill.temperature' must be > 0"),
+        ({"data": {"max_length": -3}}, r"'data.max_length' must be > 0"),
+    ],
+)
 def test_bad_sections_are_refused_with_the_key(raw, message):
     raw = {**_params(), **raw}
     with pytest.raises(PipelineError, match=message):
         params_from_dict(raw)
 
 
-@pytest.mark.parametrize("student, message", [
-    ({"num_layers": 2, "hidden_size": 100, "num_heads": 12, "init": "random"}, r"'students.s.hidden_size' 100 is not divisible by its 12"),
-    ({"num_layers": 0, "hidden_size": 128}, r"'students.s.num_layers' must be > 0"),
-    ({"num_layers": 2, "hidden_size": -128}, r"'students.s.hidden_size' must be > 0"),
-    ({"num_layers": 2, "hidden_size": 128, "init": "pretrained"}, r"'students.s.init' must be one of"),
-    ({"num_layers": 2, "hidden_size": 128, "layers": 3}, r"unknown key 'students.s.layers'"),
-    ({"hidden_size": 128}, r"'students.s.num_layers' is required"),
-    ({"num_layers": 2, "hidden_size": 384, "init": "teacher", "init_layers": [1]}, r"names 1 teacher layers for 2 student layers"),
-])
+@pytest.mark.parametrize(
+    "student, message",
+    [
+        (
+            {"num_layers": 2, "hidden_size": 100, "num_heads": 12, "init": "random"},
+            r"'students.s.hidden_size' 100 is not divisible by its 12",
+        ),
+        ({"num_layers": 0, "hidden_size": 128}, r"'students.s.num_layers' must be > 0"),
+        ({"num_layers": 2, "hidden_size": -128}, r"'students.s.hidden_size' must be > 0"),
+        ({"num_layers": 2, "hidden_size": 128, "init": "pretrained"}, r"'students.s.init' must be one of"),
+        ({"num_layers": 2, "hidden_size": 128, "layers": 3}, r"unknown key 'students.s.layers'"),
+        ({"hidden_size": 128}, r"'students.s.num_layers' is required"),
+        (
+            {"num_layers": 2, "hidden_size": 384, "init": "teacher", "init_layers": [1]},
+            r"names 1 teacher layers for 2 student layers",
+        ),
+    ],
+)
 def test_bad_students_are_refused(student, message):
     raw = _params()
     raw["students"] = {"s": student}
@@ -88,13 +100,16 @@ def test_missing_params_file_and_bad_yaml(tmp_path):
         load_params(tmp_path / "params.yaml")
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("logit_loss", "kl_div", r"'distill.logit_loss' must be one of \('kl', 'soft_ce', 'mse'\)"),
-    ("hidden_loss", "l1", r"'distill.hidden_loss' must be one of"),
-    ("layer_map", "skip", r"'distill.layer_map' must be one of"),
-    ("layer_pairs", [[1, 2, 3]], r"'distill.layer_pairs' must be a list of \[student_layer, teacher_layer\] pairs"),
-    ("temperature_end", -1.0, r"'distill.temperature_end' must be > 0"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("logit_loss", "kl_div", r"'distill.logit_loss' must be one of \('kl', 'soft_ce', 'mse'\)"),
+        ("hidden_loss", "l1", r"'distill.hidden_loss' must be one of"),
+        ("layer_map", "skip", r"'distill.layer_map' must be one of"),
+        ("layer_pairs", [[1, 2, 3]], r"'distill.layer_pairs' must be a list of \[student_layer, teacher_layer\] pairs"),
+        ("temperature_end", -1.0, r"'distill.temperature_end' must be > 0"),
+    ],
+)
 def test_method_choices_are_validated(key, value, message):
     raw = _params()
     raw["distill"][key] = value

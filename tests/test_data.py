@@ -37,7 +37,11 @@ def test_subset_is_seeded_and_sorted_by_id(sst2_small, tokenizer):
     c, info_c = prepare_corpus(data_config(sst2_small, max_train_examples=50), tokenizer, seed=4)
     ids = a["train"]["example_id"]
     assert len(ids) == 50 and list(ids) == sorted(ids) and ids == b["train"]["example_id"]
-    assert info_a["splits"]["train"]["fingerprint"] == info_b["splits"]["train"]["fingerprint"] != info_c["splits"]["train"]["fingerprint"]
+    assert (
+        info_a["splits"]["train"]["fingerprint"]
+        == info_b["splits"]["train"]["fingerprint"]
+        != info_c["splits"]["train"]["fingerprint"]
+    )
 
 
 def test_long_texts_are_truncated_and_counted_not_refused(tmp_path, tokenizer, sst2_small):
@@ -55,17 +59,23 @@ def test_labels_inferred_when_label_names_is_null(tmp_path, tokenizer):
     assert list(splits["train"]["label"]) == [1, 0, 1]
 
 
-@pytest.mark.parametrize("train, message", [
-    ("", r"train.tsv: file is empty"),
-    ("label\tsentence\n", r"train.tsv: no data rows"),
-    ("label\ttext\n1\tgood\n", r"train.tsv: no column 'sentence' \(have: label, text\); set params 'data.text_column'"),
-    ("score\tsentence\n1\tgood\n", r"no column 'label' .* 'data.label_column'"),
-    ("label\tsentence\n1\tgood\n0\t   \n", r"train.tsv, line 3: empty text in column 'sentence'"),
-    ("label\tsentence\n1\tgood\n0\t\n", r"train.tsv, line 3: empty text"),
-    ("label\tsentence\n1\tgood\n2\tbad\n", r"train.tsv, line 3: label '?2'? in column 'label' is not one of \['negative', 'positive'\]"),
-    ("label\tsentence\n1\tgood\nmaybe\tbad\n", r"line 3: label 'maybe'"),
-    (b"label\tsentence\n1\tgood\n0\tna\xefve caf\xe9\n", r"train.tsv, line 3: bytes that are not UTF-8 .* iconv"),
-])
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ("", r"train.tsv: file is empty"),
+        ("label\tsentence\n", r"train.tsv: no data rows"),
+        ("label\ttext\n1\tgood\n", r"train.tsv: no column 'sentence' \(have: label, text\); set params 'data.text_column'"),
+        ("score\tsentence\n1\tgood\n", r"no column 'label' .* 'data.label_column'"),
+        ("label\tsentence\n1\tgood\n0\t   \n", r"train.tsv, line 3: empty text in column 'sentence'"),
+        ("label\tsentence\n1\tgood\n0\t\n", r"train.tsv, line 3: empty text"),
+        (
+            "label\tsentence\n1\tgood\n2\tbad\n",
+            r"train.tsv, line 3: label '?2'? in column 'label' is not one of \['negative', 'positive'\]",
+        ),
+        ("label\tsentence\n1\tgood\nmaybe\tbad\n", r"line 3: label 'maybe'"),
+        (b"label\tsentence\n1\tgood\n0\tna\xefve caf\xe9\n", r"train.tsv, line 3: bytes that are not UTF-8 .* iconv"),
+    ],
+)
 def test_bad_train_files_are_refused_with_location_and_fix(tmp_path, tokenizer, train, message):
     _write(tmp_path, train)
     with pytest.raises(PipelineError, match=message):

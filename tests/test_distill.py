@@ -9,11 +9,12 @@ import torch
 import transformers
 
 from pipeline.cache import TeacherCache
+from pipeline.collate import CacheCollator
 from pipeline.config import DistillConfig, StudentSpec
 from pipeline.distill import distill_student
 from pipeline.errors import PipelineError
+from pipeline.layers import hidden_layer_pairs
 from pipeline.metrics import classification_metrics, compare_to_teacher, evaluate_saved_model
-from pipeline.training import CacheCollator, hidden_layer_pairs
 from tests.conftest import build_cache, make_tiny_teacher
 
 FAST = DistillConfig(epochs=1, batch_size=16, learning_rate=5e-4, logging_steps=2)
@@ -33,8 +34,8 @@ def test_collator_pads_per_batch_and_restores_teacher_values(tiny_cache):
     assert batch["input_ids"].shape == (3, width) and batch["teacher_hidden_2"].shape == (3, width, 32)
     for i, r in enumerate(rows):
         assert batch["attention_mask"][i].sum() == r["length"]
-        assert torch.equal(batch["teacher_hidden_2"][i, :r["length"]], torch.from_numpy(r["hidden_2"].astype(np.float32)))
-        assert not batch["teacher_hidden_2"][i, r["length"]:].any()
+        assert torch.equal(batch["teacher_hidden_2"][i, : r["length"]], torch.from_numpy(r["hidden_2"].astype(np.float32)))
+        assert not batch["teacher_hidden_2"][i, r["length"] :].any()
 
 
 def test_distill_runs_with_the_teacher_deleted_and_the_student_loads_in_a_pipeline(tmp_path, sst2_small, tiny_prepared):
@@ -42,8 +43,9 @@ def test_distill_runs_with_the_teacher_deleted_and_the_student_loads_in_a_pipeli
     build_cache(teacher, tiny_prepared, tmp_path / "cache")
     shutil.rmtree(teacher)  # stage two must not need it
     spec = StudentSpec(num_layers=2, hidden_size=16, num_heads=2, init="random")
-    result = distill_student(tmp_path / "cache", tmp_path / "student", spec, FAST, seed=0,
-                             max_length=32, label_names=["negative", "positive"])
+    result = distill_student(
+        tmp_path / "cache", tmp_path / "student", spec, FAST, seed=0, max_length=32, label_names=["negative", "positive"]
+    )
     summary = result["summary"]
     assert summary["layer_pairs"] == [[1, 2], [2, 4]] or summary["layer_pairs"] == [(1, 2), (2, 4)]
     assert summary["trained_params"] == summary["params"] + 2 * (16 * 32 + 32)  # two learned 16->32 projections
@@ -127,16 +129,25 @@ def test_same_seed_gives_bit_identical_students_and_metrics(tmp_path, tiny_cache
 
 def test_online_kd_baseline_sees_the_same_teacher_outputs_as_the_cache(tiny_teacher, tiny_cache):
     """The online module's teacher call reproduces what the cache stored, so P3 compares like with like."""
-    from pipeline.training import DistillationModule, OnlineDistillationModule
+    from pipeline.kd import DistillationModule, OnlineDistillationModule
+    from pipeline.layers import LayerPlan
 
     teacher = transformers.AutoModelForSequenceClassification.from_pretrained(tiny_teacher)
-    student = transformers.BertForSequenceClassification(transformers.BertConfig(
-        vocab_size=teacher.config.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=128, num_labels=2))
-    weights = dict(alpha=0.5, beta=0.5, gamma=1.0, temperature=2.0)
-    online = OnlineDistillationModule(student, teacher, [(1, 2), (2, 4)], **weights).train()
+    student = transformers.BertForSequenceClassification(
+        transformers.BertConfig(
+            vocab_size=teacher.config.vocab_size,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=128,
+            num_labels=2,
+        )
+    )
+    cfg = DistillConfig(alpha=0.5, beta=0.5, gamma=1.0, temperature=2.0)
+    online = OnlineDistillationModule(student, teacher, cfg, [(1, 2), (2, 4)]).train()
     assert not online.teacher.training and not any(p.requires_grad for p in online.teacher.parameters())
-    offline = DistillationModule(student, [(1, 2), (2, 4)], 32, **weights).train()
+    offline = DistillationModule(student, cfg, LayerPlan([(1, 2), (2, 4)], 32)).train()
     offline.projections = online.projections
     split = TeacherCache(tiny_cache).split("train", ["logits", "hidden_2", "hidden_4"])
     batch = CacheCollator([2, 4])([split[i] for i in range(8)])
@@ -159,14 +170,24 @@ def test_layer_maps_uniform_last_and_explicit():
 def test_explicit_pairs_need_their_teacher_layers_cached(tiny_cache, tmp_path):
     spec = StudentSpec(num_layers=2, hidden_size=32, init="random", num_heads=4)
     cfg = DistillConfig(epochs=1, batch_size=16, layer_pairs=[[0, 0], [2, 4]])
-    with pytest.raises(PipelineError, match=r"teacher layers \[0\] are needed but the cache holds \[2, 4\]; add them to extract.layers"):
+    with pytest.raises(
+        PipelineError, match=r"teacher layers \[0\] are needed but the cache holds \[2, 4\]; add them to extract.layers"
+    ):
         distill_student(tiny_cache, tmp_path / "s", spec, cfg, seed=0)
 
 
 def test_cosine_soft_ce_and_decaying_temperature_train_end_to_end(tiny_cache, tmp_path):
     spec = StudentSpec(num_layers=2, hidden_size=16, num_heads=2, init="random")
-    cfg = DistillConfig(epochs=2, batch_size=16, logging_steps=2, logit_loss="soft_ce", hidden_loss="cosine",
-                        temperature=4.0, temperature_end=1.0, layer_map="last")
+    cfg = DistillConfig(
+        epochs=2,
+        batch_size=16,
+        logging_steps=2,
+        logit_loss="soft_ce",
+        hidden_loss="cosine",
+        temperature=4.0,
+        temperature_end=1.0,
+        layer_map="last",
+    )
     result = distill_student(tiny_cache, tmp_path / "s", spec, cfg, seed=0)
     logs = [h for h in result["history"] if "loss_soft_ce" in h]
     temps = [h["temperature"] for h in logs]
@@ -176,17 +197,18 @@ def test_cosine_soft_ce_and_decaying_temperature_train_end_to_end(tiny_cache, tm
 
 
 def test_step_schedule_warms_up_then_steps_down():
-    from pipeline.training import step_schedule
+    from pipeline.trainer import step_schedule
 
     f = step_schedule(warmup_steps=10, total_steps=90, stages=3, gamma=0.5)
     assert [f(0), f(5), f(10)] == [0.0, 0.5, 1.0]
     assert [f(29), f(30), f(59), f(60), f(89)] == [1.0, 0.5, 0.5, 0.25, 0.25]
 
 
-@pytest.mark.parametrize("optimizer, scheduler, cls", [("adam", "step", "Adam"), ("sgd", "cosine", "SGD"),
-                                                        ("adamw", "linear", "AdamW")])
+@pytest.mark.parametrize(
+    "optimizer, scheduler, cls", [("adam", "step", "Adam"), ("sgd", "cosine", "SGD"), ("adamw", "linear", "AdamW")]
+)
 def test_optimizers_and_schedulers_are_the_ones_asked_for(tiny_cache, tmp_path, optimizer, scheduler, cls, monkeypatch):
-    from pipeline import training
+    from pipeline import kd as training
 
     seen = {}
     real = training.DistillTrainer.train
@@ -200,8 +222,16 @@ def test_optimizers_and_schedulers_are_the_ones_asked_for(tiny_cache, tmp_path, 
 
     monkeypatch.setattr(training.DistillTrainer, "train", spy)
     spec = StudentSpec(num_layers=1, hidden_size=16, num_heads=2, init="random")
-    cfg = DistillConfig(epochs=3, batch_size=16, logging_steps=1, warmup_ratio=0.0, optimizer=optimizer, scheduler=scheduler,
-                        max_grad_norm=0.5, learning_rate=1e-3)
+    cfg = DistillConfig(
+        epochs=3,
+        batch_size=16,
+        logging_steps=1,
+        warmup_ratio=0.0,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        max_grad_norm=0.5,
+        learning_rate=1e-3,
+    )
     distill_student(tiny_cache, tmp_path / "s", spec, cfg, seed=0)
     assert seen["optimizer"] == cls and seen["clip"] == 0.5
     lrs = seen["lrs"]
@@ -215,8 +245,17 @@ def test_attention_and_value_relation_losses_train_from_the_cache(tmp_path, tiny
     cache = tmp_path / "cache"
     build_cache(tiny_teacher, tiny_prepared, cache, attentions=[2, 4], values=[4])
     spec = StudentSpec(num_layers=2, hidden_size=32, init="teacher")
-    cfg = DistillConfig(epochs=4, batch_size=16, logging_steps=2, learning_rate=1e-3, alpha=0.0, beta=0.0, gamma=0.0,
-                        attention_weight=1.0, value_weight=1.0)
+    cfg = DistillConfig(
+        epochs=4,
+        batch_size=16,
+        logging_steps=2,
+        learning_rate=1e-3,
+        alpha=0.0,
+        beta=0.0,
+        gamma=0.0,
+        attention_weight=1.0,
+        value_weight=1.0,
+    )
     result = distill_student(cache, tmp_path / "s", spec, cfg, seed=0, teacher_dir=tiny_teacher)
     logs = [h for h in result["history"] if "loss_attention" in h]
     assert logs and all(np.isfinite(h["loss_attention"]) and np.isfinite(h["loss_value"]) for h in logs)

@@ -7,7 +7,8 @@ from transformers import AutoModelForSequenceClassification
 
 from pipeline.cache import TeacherCache
 from pipeline.errors import PipelineError
-from pipeline.extract import length_sorted_batches, normalize_layers, pad_rows
+from pipeline.extract import length_sorted_batches, pad_rows
+from pipeline.layers import normalize_layers
 from tests.conftest import build_cache
 
 
@@ -28,15 +29,27 @@ def test_cache_holds_the_teachers_outputs_for_real_tokens_only(tiny_teacher, tin
         np.testing.assert_allclose(row["logits"], out.logits[0].numpy(), rtol=1e-4, atol=1e-5)
         for layer in (2, 4):
             assert row[f"hidden_{layer}"].shape == (source["length"], 32)
-            np.testing.assert_allclose(row[f"hidden_{layer}"].astype(np.float32), out.hidden_states[layer][0].numpy(),
-                                       rtol=2e-3, atol=2e-3)
+            np.testing.assert_allclose(
+                row[f"hidden_{layer}"].astype(np.float32), out.hidden_states[layer][0].numpy(), rtol=2e-3, atol=2e-3
+            )
 
 
 def test_manifest_records_the_contract(tiny_cache, tiny_prepared):
     manifest = TeacherCache(tiny_cache).manifest
     _, info = tiny_prepared
-    for key in ("format_version", "teacher", "tokenizer", "max_length", "layers", "hidden_size", "dtype", "label_names",
-                "dataset", "splits", "fields"):
+    for key in (
+        "format_version",
+        "teacher",
+        "tokenizer",
+        "max_length",
+        "layers",
+        "hidden_size",
+        "dtype",
+        "label_names",
+        "dataset",
+        "splits",
+        "fields",
+    ):
         assert key in manifest, key
     assert manifest["dataset"]["train"] == info["splits"]["train"]["fingerprint"]
     assert len(manifest["teacher"]["fingerprint"]) == 64 and manifest["teacher"]["num_hidden_layers"] == 4
@@ -76,7 +89,7 @@ def test_extract_report_has_sizes_padding_and_writer_timings(tiny_teacher, tiny_
 def test_length_sorting_cuts_padding(tiny_prepared):
     lengths = np.array(tiny_prepared[0]["train"]["length"])
     sorted_pad = sum(len(b) * lengths[b].max() for b in length_sorted_batches(lengths, 16)) / lengths.sum() - 1
-    naive_pad = sum(16 * lengths[i:i + 16].max() for i in range(0, len(lengths), 16)) / lengths.sum() - 1
+    naive_pad = sum(16 * lengths[i : i + 16].max() for i in range(0, len(lengths), 16)) / lengths.sum() - 1
     assert sorted_pad < naive_pad / 3
     batches = length_sorted_batches(lengths, 16)
     assert sorted(np.concatenate(batches)) == list(range(len(lengths)))
@@ -91,8 +104,8 @@ def test_pad_rows_matches_a_row_by_row_copy():
     width = int(lens[order].max())
     ids, mask = pad_rows(flat, starts[order], lens[order], width, pad_id=3)
     for j, r in enumerate(order):
-        assert ids[j, :lens[r]].tolist() == flat[starts[r]:starts[r] + lens[r]].tolist()
-        assert (ids[j, lens[r]:] == 3).all() and mask[j].sum() == lens[r] and mask[j, :lens[r]].all()
+        assert ids[j, : lens[r]].tolist() == flat[starts[r] : starts[r] + lens[r]].tolist()
+        assert (ids[j, lens[r] :] == 3).all() and mask[j].sum() == lens[r] and mask[j, : lens[r]].all()
     assert ids.dtype == np.int64 and ids.shape == (4, width)
 
 
@@ -105,7 +118,7 @@ def test_layer_indices(tiny_teacher):
 
 
 def test_int8_cache_dequantizes_within_half_a_step_at_hidden_plus_2_bytes(tiny_teacher, tiny_prepared, tmp_path):
-    from pipeline.extract import quantize_int8
+    from pipeline.cache.codec import quantize_int8
 
     x = torch.randn(50, 32) * torch.logspace(-2, 2, 50)[:, None]  # tokens of very different magnitudes
     q, scale = quantize_int8(x)

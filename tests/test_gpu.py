@@ -46,8 +46,9 @@ def test_gpu_cache_matches_the_cpu_cache_up_to_bf16_rounding(tmp_path, tiny_teac
             for name in ("hidden_2", "hidden_4", "attention_2", "value_4"):
                 assert a[name].shape == b[name].shape, name
             if dtype == "float16":  # bf16 autocast on the GPU vs float32 on the CPU: close, not equal
-                np.testing.assert_allclose(b["hidden_4"].astype(np.float32), a["hidden_4"].astype(np.float32),
-                                           atol=0.1, rtol=0.05)
+                np.testing.assert_allclose(
+                    b["hidden_4"].astype(np.float32), a["hidden_4"].astype(np.float32), atol=0.1, rtol=0.05
+                )
                 att = b["attention_2"].astype(np.float32)
                 np.testing.assert_allclose(att, a["attention_2"].astype(np.float32), atol=0.02)
 
@@ -82,8 +83,9 @@ def test_students_train_on_the_gpu_from_a_gpu_cache(tmp_path, tiny_teacher, tiny
     cache = tmp_path / "cache"
     build_cache(tiny_teacher, tiny_prepared, cache, device="cuda")
     spec = StudentSpec(num_layers=2, hidden_size=32, init="teacher")
-    cfg = DistillConfig(epochs=3, batch_size=16, learning_rate=1e-3, alpha=0.0, beta=1.0, gamma=1.0, temperature=1.0,
-                        logging_steps=2)
+    cfg = DistillConfig(
+        epochs=3, batch_size=16, learning_rate=1e-3, alpha=0.0, beta=1.0, gamma=1.0, temperature=1.0, logging_steps=2
+    )
     result = distill_student(cache, tmp_path / "student", spec, cfg, seed=0, teacher_dir=tiny_teacher)
     assert torch.cuda.max_memory_allocated() > 0
     losses = [h["loss"] for h in result["history"] if "loss" in h]
@@ -91,8 +93,11 @@ def test_students_train_on_the_gpu_from_a_gpu_cache(tmp_path, tiny_teacher, tiny
     student = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "student").eval()
     dev = TeacherCache(cache).split("dev")
     with torch.no_grad():
-        agree = [int(student(input_ids=torch.tensor(dev[i]["input_ids"][None].astype(np.int64))).logits[0].argmax())
-                 == int(dev[i]["logits"].argmax()) for i in range(len(dev))]
+        agree = [
+            int(student(input_ids=torch.tensor(dev[i]["input_ids"][None].astype(np.int64))).logits[0].argmax())
+            == int(dev[i]["logits"].argmax())
+            for i in range(len(dev))
+        ]
     assert np.mean(agree) >= 0.8, np.mean(agree)
     assert json.loads((tmp_path / "student" / "config.json").read_text())["num_hidden_layers"] == 2
 

@@ -40,8 +40,9 @@ def test_hidden_mse_ignores_padding_golden():
 
 
 def test_distillation_loss_weighted_mix_golden():
-    total, parts = distillation_loss(STUDENT, LABELS, TEACHER, [(S_HID, T_HID)], MASK, alpha=0.3, beta=0.7, gamma=2.0,
-                                     temperature=2.0)
+    total, parts = distillation_loss(
+        STUDENT, LABELS, TEACHER, [(S_HID, T_HID)], MASK, alpha=0.3, beta=0.7, gamma=2.0, temperature=2.0
+    )
     assert_close(total, torch.tensor(2.5484977844442205))
     assert_close(parts["ce"], torch.tensor(GOLDEN_CE))
     assert_close(parts["kl"], torch.tensor(GOLDEN_KL_T2))
@@ -49,8 +50,9 @@ def test_distillation_loss_weighted_mix_golden():
 
 
 def test_distillation_loss_averages_layer_pairs_and_skips_zero_weights():
-    total, parts = distillation_loss(STUDENT, LABELS, TEACHER, [(S_HID, T_HID), (T_HID, T_HID)], MASK, alpha=0.0, beta=0.0,
-                                     gamma=1.0, temperature=2.0)
+    total, parts = distillation_loss(
+        STUDENT, LABELS, TEACHER, [(S_HID, T_HID), (T_HID, T_HID)], MASK, alpha=0.0, beta=0.0, gamma=1.0, temperature=2.0
+    )
     assert set(parts) == {"hidden"}
     assert_close(total, torch.tensor(GOLDEN_MSE / 2))
 
@@ -87,15 +89,48 @@ def test_logit_mse_and_hidden_cosine_golden():
 
 @pytest.mark.parametrize("kind, part, golden", [("soft_ce", "soft_ce", GOLDEN_SOFT_CE_T2), ("mse", "mse", GOLDEN_LOGIT_MSE)])
 def test_distillation_loss_selects_the_logit_and_hidden_losses(kind, part, golden):
-    total, parts = distillation_loss(STUDENT, LABELS, TEACHER, [(S_HID, T_HID)], MASK, alpha=0.0, beta=1.0, gamma=2.0,
-                                     temperature=2.0, logit_kind=kind, hidden_kind="cosine")
+    total, parts = distillation_loss(
+        STUDENT,
+        LABELS,
+        TEACHER,
+        [(S_HID, T_HID)],
+        MASK,
+        alpha=0.0,
+        beta=1.0,
+        gamma=2.0,
+        temperature=2.0,
+        logit_kind=kind,
+        hidden_kind="cosine",
+    )
     assert_close(parts[part], torch.tensor(golden))
     assert_close(total, torch.tensor(golden + 2 * GOLDEN_COSINE))
 
 
 # attention maps (B=2, heads=2, T=3) from these scores with padded keys masked; example 2 has 2 real tokens
-ATT_S = torch.tensor([[[[0.1257, -0.1321, 0.6404], [0.1049, -0.5357, 0.3616], [1.304, 0.9471, -0.7037]], [[-1.2654, -0.6233, 0.0413], [-2.325, -0.2188, -1.2459], [-0.7323, -0.5443, -0.3163]]], [[[0.4116, 1.0425, -0.1285], [1.3665, -0.6652, 0.3515], [0.9035, 0.094, -0.7435]], [[-0.9217, -0.4577, 0.2202], [-1.0096, -0.2092, -0.1592], [0.5408, 0.2147, 0.3554]]]])  # noqa: E501
-ATT_T = torch.tensor([[[[-0.6538, -0.1296, 0.784], [1.4934, -1.2591, 1.5139], [1.3459, 0.7813, 0.2645]], [[-0.3139, 1.458, 1.9603], [1.8016, 1.3151, 0.3574], [-1.2083, -0.0045, 0.6565]]], [[[-1.2884, 0.3951, 0.4299], [0.696, -1.1841, -0.6617], [-0.4364, -1.1698, 1.7394]], [[-0.4959, 0.329, -0.2586], [1.5835, 1.3204, 0.6334], [-2.2035, 0.052, 0.6837]]]])  # noqa: E501
+ATT_S = torch.tensor(
+    [
+        [
+            [[0.1257, -0.1321, 0.6404], [0.1049, -0.5357, 0.3616], [1.304, 0.9471, -0.7037]],
+            [[-1.2654, -0.6233, 0.0413], [-2.325, -0.2188, -1.2459], [-0.7323, -0.5443, -0.3163]],
+        ],
+        [
+            [[0.4116, 1.0425, -0.1285], [1.3665, -0.6652, 0.3515], [0.9035, 0.094, -0.7435]],
+            [[-0.9217, -0.4577, 0.2202], [-1.0096, -0.2092, -0.1592], [0.5408, 0.2147, 0.3554]],
+        ],
+    ]
+)  # noqa: E501
+ATT_T = torch.tensor(
+    [
+        [
+            [[-0.6538, -0.1296, 0.784], [1.4934, -1.2591, 1.5139], [1.3459, 0.7813, 0.2645]],
+            [[-0.3139, 1.458, 1.9603], [1.8016, 1.3151, 0.3574], [-1.2083, -0.0045, 0.6565]],
+        ],
+        [
+            [[-1.2884, 0.3951, 0.4299], [0.696, -1.1841, -0.6617], [-0.4364, -1.1698, 1.7394]],
+            [[-0.4959, 0.329, -0.2586], [1.5835, 1.3204, 0.6334], [-2.2035, 0.052, 0.6837]],
+        ],
+    ]
+)  # noqa: E501
 ATT_MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
 GOLDEN_ATT_KL = 0.13514541648585077  # mean over real query rows and heads of sum_k t log(t/s) over real keys
 GOLDEN_ATT_MSE = 0.028291958840957213  # mean over real (query, key) pairs and heads of (s - t)^2

@@ -10,12 +10,13 @@ import torch
 from transformers import AutoModelForMaskedLM, BertForMaskedLM
 
 from pipeline.cache import TeacherCache
-from pipeline.config import DistillConfig, StudentSpec, params_from_dict
+from pipeline.config import DistillConfig, StudentSpec
 from pipeline.distill import distill_student
 from pipeline.errors import PipelineError
 from pipeline.losses import kd_kl_loss, topk_kd_loss
 from pipeline.metrics import compare_to_teacher, evaluate_saved_model
 from pipeline.mlm import IGNORE, MLM_TARGET, TOPK_INDICES, TOPK_VALUES, mask_tokens
+from pipeline.params import params_from_dict
 from tests.conftest import build_mlm_cache
 
 
@@ -41,11 +42,14 @@ def test_topk_kl_by_hand():
     # T = 2 scales the logits and multiplies by T^2
     p2 = torch.softmax(torch.tensor([2.0, 1.0]) / 2, -1)
     expected2 = 4 * float((p2 * (p2.log() - math.log(0.25))).sum())
-    assert topk_kd_loss(torch.zeros(1, 1, 4), top.values, top.indices, torch.ones(1, 1, dtype=torch.bool), 2.0).item() == \
-        pytest.approx(expected2, abs=1e-6)
+    assert topk_kd_loss(
+        torch.zeros(1, 1, 4), top.values, top.indices, torch.ones(1, 1, dtype=torch.bool), 2.0
+    ).item() == pytest.approx(expected2, abs=1e-6)
     # a student that puts the teacher's top-k mass exactly there: zero; no selected position: zero, still differentiable
     exact = torch.tensor([[[2.0, 1.0, -1e4, -1e4]]], requires_grad=True)
-    assert topk_kd_loss(exact, top.values, top.indices, torch.ones(1, 1, dtype=torch.bool), 1.0).item() == pytest.approx(0, abs=1e-6)
+    assert topk_kd_loss(exact, top.values, top.indices, torch.ones(1, 1, dtype=torch.bool), 1.0).item() == pytest.approx(
+        0, abs=1e-6
+    )
     none = topk_kd_loss(exact, top.values, top.indices, torch.zeros(1, 1, dtype=torch.bool), 1.0)
     none.backward()
     assert none.item() == 0.0
@@ -89,7 +93,9 @@ def test_mlm_cache_holds_the_teachers_topk_on_the_rows_it_saw(mlm_cache, mlm_tea
     fields = {f.name: f for f in cache.fields}
     assert "logits" not in fields and fields[TOPK_INDICES].dtype == "uint16" and fields[TOPK_VALUES].dtype == "float16"
     teacher = AutoModelForMaskedLM.from_pretrained(mlm_teacher).eval()
-    prepared = {int(e): np.asarray(ids) for e, ids in zip(tiny_prepared[0]["dev"]["example_id"], tiny_prepared[0]["dev"]["input_ids"])}
+    prepared = {
+        int(e): np.asarray(ids) for e, ids in zip(tiny_prepared[0]["dev"]["example_id"], tiny_prepared[0]["dev"]["input_ids"])
+    }
     dev = cache.split("dev")
     masked_total = 0
     for i in range(len(dev)):
@@ -117,16 +123,26 @@ def test_mlm_extraction_resumes_to_the_same_masking(tmp_path, mlm_teacher, tiny_
     build_mlm_cache(mlm_teacher, tiny_prepared, tmp_path / "again")
     first = json.loads((mlm_cache / "manifest.json").read_text())
     second = json.loads((tmp_path / "again" / "manifest.json").read_text())
-    assert [s["sha256"] for sp in first["splits"].values() for s in sp["shards"]] == \
-        [s["sha256"] for sp in second["splits"].values() for s in sp["shards"]]
+    assert [s["sha256"] for sp in first["splits"].values() for s in sp["shards"]] == [
+        s["sha256"] for sp in second["splits"].values() for s in sp["shards"]
+    ]
 
 
 def test_masked_lm_student_learns_from_the_topk_cache(tmp_path, mlm_cache, mlm_teacher):
     """A random-init student sees only the teacher's top-k (alpha = 0): its top-1 agreement with the teacher at the
     masked dev tokens must rise far above its untrained level; evaluate reports masked-token accuracy and agreement."""
     spec = StudentSpec(num_layers=2, hidden_size=32, num_heads=4, init="random")
-    cfg = DistillConfig(epochs=6, batch_size=16, learning_rate=2e-3, alpha=0.0, beta=1.0, gamma=0.0, temperature=1.0,
-                        mlm_positions="all", logging_steps=5)
+    cfg = DistillConfig(
+        epochs=6,
+        batch_size=16,
+        learning_rate=2e-3,
+        alpha=0.0,
+        beta=1.0,
+        gamma=0.0,
+        temperature=1.0,
+        mlm_positions="all",
+        logging_steps=5,
+    )
     untrained = DistillConfig(**{**cfg.__dict__, "epochs": 0.01})
     kwargs = dict(batch_size=64, latency_batch_sizes=[1], latency_repeats=2)
     distill_student(mlm_cache, tmp_path / "before", spec, untrained, seed=0)
@@ -182,9 +198,11 @@ def test_a_masked_lm_teacher_is_fine_tuned_from_a_checkpoint_without_an_mlm_head
     fine-tuned (new head, output weights tied to the embeddings) otherwise; the saved teacher names its head."""
     from transformers import AutoTokenizer
 
+    from pipeline.config import TeacherConfig
     from pipeline.mlm import MASKED_LM, head_task
     from pipeline.models import load_masked_lm
-    from pipeline.training import fine_tune_masked_lm, training_arguments
+    from pipeline.teacher import fine_tune_masked_lm
+    from pipeline.trainer import training_arguments
 
     with pytest.raises(PipelineError, match="no trained masked-LM head"):
         load_masked_lm(str(tiny_teacher), require_head=True)
@@ -192,8 +210,8 @@ def test_a_masked_lm_teacher_is_fine_tuned_from_a_checkpoint_without_an_mlm_head
     assert model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
     tokenizer = AutoTokenizer.from_pretrained(tiny_teacher)
     splits, _ = tiny_prepared
-    args = training_arguments(tmp_path / "trainer", epochs=2, batch_size=16, learning_rate=1e-3, warmup_ratio=0.0,
-                              weight_decay=0.0, seed=0, logging_steps=5)
+    cfg = TeacherConfig(epochs=2, batch_size=16, learning_rate=1e-3, warmup_ratio=0.0, weight_decay=0.0)
+    args = training_arguments(tmp_path / "trainer", cfg, seed=0)
     history = fine_tune_masked_lm(model, tokenizer, splits["train"], splits["dev"], args, 0.15, seed=0)
     dev_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
     assert len(dev_losses) == 2 and dev_losses[-1] < dev_losses[0]
@@ -207,20 +225,31 @@ def test_running_the_vocabulary_head_on_selected_tokens_gives_the_full_logits_lo
     computed from the full (tokens x vocabulary) logits, as in evaluation (dropout off so both passes match)."""
     from transformers import BertConfig
 
-    from pipeline.training import DistillationModule
+    from pipeline.kd import DistillationModule
+    from pipeline.layers import LayerPlan
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    module = DistillationModule(BertForMaskedLM(config), [(2, 2)], 16, alpha=0.5, beta=0.5, gamma=1.0, temperature=2.0,
-                                task="masked_lm", mlm_positions=positions)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    cfg = DistillConfig(alpha=0.5, beta=0.5, gamma=1.0, temperature=2.0, mlm_positions=positions)
+    module = DistillationModule(BertForMaskedLM(config), cfg, LayerPlan([(2, 2)], 16), task="masked_lm")
     ids = torch.randint(5, 50, (3, 7))
     mask = torch.ones(3, 7, dtype=torch.long)
     mask[1, 5:] = 0
     labels = torch.full((3, 7), IGNORE)
     labels[0, 2], labels[1, 1], labels[2, 6] = 11, 12, 13
-    teacher = {"teacher_topk_values": torch.randn(3, 7, 4), "teacher_topk_indices": torch.randint(0, 50, (3, 7, 4)),
-               "teacher_hidden_2": torch.randn(3, 7, 16)}
+    teacher = {
+        "teacher_topk_values": torch.randn(3, 7, 4),
+        "teacher_topk_indices": torch.randint(0, 50, (3, 7, 4)),
+        "teacher_hidden_2": torch.randn(3, 7, 16),
+    }
     module.train()
     selected = module(ids, mask, labels, **teacher)
     assert set(selected) == {"loss"}

@@ -8,11 +8,13 @@ from safetensors.torch import load_file
 
 from pipeline.config import StudentSpec
 from pipeline.errors import PipelineError
-from pipeline.models import build_student, uniform_layer_map
+from pipeline.layers import uniform_layer_map
+from pipeline.models import build_student
 
 
-@pytest.mark.parametrize("m, n, expected", [(3, 6, [2, 4, 6]), (2, 6, [3, 6]), (4, 6, [1, 3, 4, 6]), (6, 6, [1, 2, 3, 4, 5, 6]),
-                                            (1, 12, [12])])
+@pytest.mark.parametrize(
+    "m, n, expected", [(3, 6, [2, 4, 6]), (2, 6, [3, 6]), (4, 6, [1, 3, 4, 6]), (6, 6, [1, 2, 3, 4, 5, 6]), (1, 12, [12])]
+)
 def test_uniform_layer_map(m, n, expected):
     assert uniform_layer_map(m, n) == expected
 
@@ -34,8 +36,12 @@ def test_teacher_init_copies_exactly_the_chosen_layers(tiny_teacher, init_layers
             key = "encoder.layer.{}.attention.self.query.weight"
             same = torch.equal(state["bert." + key.format(s_idx)], weights["bert." + key.format(t_idx)])
             assert same == (t_idx == t_layer - 1), (s_idx, t_idx)
-    for key in ("bert.embeddings.word_embeddings.weight", "bert.embeddings.LayerNorm.weight", "bert.pooler.dense.weight",
-                "classifier.weight"):
+    for key in (
+        "bert.embeddings.word_embeddings.weight",
+        "bert.embeddings.LayerNorm.weight",
+        "bert.pooler.dense.weight",
+        "classifier.weight",
+    ):
         assert torch.equal(state[key], weights[key]), key
     # every student tensor but position ids came from the teacher
     assert set(info["copied"]) == {k for k in state if "position_ids" not in k}
@@ -47,7 +53,9 @@ def test_random_init_copies_nothing_and_is_seeded(tiny_teacher):
     a, info = build_student(spec, config, ["negative", "positive"], None, seed=1)
     b, _ = build_student(spec, config, ["negative", "positive"], None, seed=1)
     assert "copied" not in info
-    assert not torch.equal(a.state_dict()["bert.embeddings.word_embeddings.weight"], weights["bert.embeddings.word_embeddings.weight"])
+    assert not torch.equal(
+        a.state_dict()["bert.embeddings.word_embeddings.weight"], weights["bert.embeddings.word_embeddings.weight"]
+    )
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
@@ -76,8 +84,16 @@ def test_pretrained_init_loads_a_local_bert_checkpoint(tiny_teacher, tmp_path):
     from transformers import BertConfig, BertModel
 
     config, _ = _teacher(tiny_teacher)
-    ckpt = BertModel(BertConfig(vocab_size=config["vocab_size"], hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                intermediate_size=32, max_position_embeddings=128))
+    ckpt = BertModel(
+        BertConfig(
+            vocab_size=config["vocab_size"],
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=128,
+        )
+    )
     ckpt.save_pretrained(tmp_path / "ckpt")
     spec = StudentSpec(num_layers=2, hidden_size=16, num_heads=2, init=f"pretrained:{tmp_path / 'ckpt'}")
     student, info = build_student(spec, config, ["negative", "positive"], None, seed=0)
@@ -87,4 +103,6 @@ def test_pretrained_init_loads_a_local_bert_checkpoint(tiny_teacher, tmp_path):
     with pytest.raises(PipelineError, match="checkpoint has 2 layers of width 16"):
         build_student(wrong, config, ["negative", "positive"], None, seed=0)
     with pytest.raises(PipelineError, match="found no checkpoint config"):
-        build_student(StudentSpec(num_layers=2, hidden_size=16, init=f"pretrained:{tmp_path / 'none'}"), config, ["a", "b"], None, 0)
+        build_student(
+            StudentSpec(num_layers=2, hidden_size=16, init=f"pretrained:{tmp_path / 'none'}"), config, ["a", "b"], None, 0
+        )

@@ -30,8 +30,9 @@ def _ran(output: str) -> set[str]:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("e2e") / "repo"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in files:
         if (ROOT / name).is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
@@ -48,8 +49,11 @@ def repo(tmp_path_factory) -> Path:
     # (trained under 2 seeds: the seed-spread path through the real stages)
     params["students"]["r2"] = {"num_layers": 2, "hidden_size": 128, "num_heads": 2, "init": "random", "seeds": 2}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "fixture"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "fixture"],
+    ):
         _run(cmd, repo)
     return repo
 
@@ -64,8 +68,12 @@ def first_repro(repo) -> str:
 def test_dvc_repro_builds_everything_then_nothing_then_only_the_changed_student(repo, first_repro):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     students, ensembles = list(params["students"]), list(params["ensembles"])
-    expected = ({"prepare", "teacher", "extract", "evaluate_teacher", "report"} | {f"distill@{s}" for s in students}
-                | {f"evaluate@{s}" for s in students} | {f"ensemble@{e}" for e in ensembles})
+    expected = (
+        {"prepare", "teacher", "extract", "evaluate_teacher", "report"}
+        | {f"distill@{s}" for s in students}
+        | {f"evaluate@{s}" for s in students}
+        | {f"ensemble@{e}" for e in ensembles}
+    )
     assert _ran(first_repro) == expected
     report = (repo / "artifacts/report/report.md").read_text()
     assert all(f"| {name} |" in report for name in ["teacher", *students, *ensembles])
@@ -90,7 +98,10 @@ def test_dvc_repro_builds_everything_then_nothing_then_only_the_changed_student(
     assert (repo / "artifacts/students/r2/seeds/43/model.safetensors").is_file()
     assert "| r2 | 42, 43 |" in report  # the per-seed table
     l3 = json.loads((repo / "artifacts/metrics/train_l3.json").read_text())
-    assert l3["transfer_rows"] == 500 and json.loads((repo / "artifacts/metrics/train_l3_hard.json").read_text())["transfer_rows"] == 0
+    assert (
+        l3["transfer_rows"] == 500
+        and json.loads((repo / "artifacts/metrics/train_l3_hard.json").read_text())["transfer_rows"] == 0
+    )
 
     second = _run([sys.executable, "-m", "dvc", "repro"], repo)
     assert _ran(second.stdout) == set()
@@ -112,7 +123,9 @@ def test_stage_errors_are_one_line_with_exit_code_2(repo, tmp_path):
     bad = yaml.safe_load((repo / "params.yaml").read_text())
     bad["distill"]["temprature"] = 3
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
-    proc = _run([sys.executable, "stages/distill.py", "--params", str(tmp_path / "bad.yaml"), "--student", "l3"], repo, check=False)
+    proc = _run(
+        [sys.executable, "stages/distill.py", "--params", str(tmp_path / "bad.yaml"), "--student", "l3"], repo, check=False
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: params.yaml: unknown key 'distill.temprature' (did you mean 'temperature'?)"
     proc = _run([sys.executable, "stages/evaluate.py", "--model", "artifacts/students/nope", "--name", "nope"], repo, check=False)
@@ -150,7 +163,10 @@ def test_dvc_exp_run_reuses_the_cache_and_exp_show_lists_student_metrics(repo, f
     status = _run(dvc + ["status"], repo).stdout
     if "up to date" not in status:  # earlier tests may leave param edits: record them first so the experiment is clean
         _run(dvc + ["repro"], repo)
-    for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline", "--allow-empty"]):
+    for cmd in (
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline", "--allow-empty"],
+    ):
         _run(cmd, repo)
     out = _run(dvc + ["exp", "run", "-n", "l2-lr", "-S", "students.l2.learning_rate=2e-4"], repo).stdout
     ran = _ran(out)
@@ -167,7 +183,10 @@ def test_a_queued_sweep_reuses_the_cache_and_exp_show_lists_every_point(repo, fi
     dvc = [sys.executable, "-m", "dvc"]
     if "up to date" not in _run(dvc + ["status"], repo).stdout:
         _run(dvc + ["repro"], repo)
-    for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "sweep base", "--allow-empty"]):
+    for cmd in (
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "sweep base", "--allow-empty"],
+    ):
         _run(cmd, repo)
     names = {"r2-lr1": "1e-3", "r2-lr2": "2e-3"}
     for name, lr in names.items():
@@ -184,8 +203,10 @@ def test_a_queued_sweep_reuses_the_cache_and_exp_show_lists_every_point(repo, fi
         for rev in exp.get("revs", []):
             data, name = rev.get("data") or {}, rev.get("name")
             if name in names:
-                found[name] = (data["params"]["params.yaml"]["data"]["students"]["r2"]["learning_rate"],
-                                       data["metrics"]["artifacts/metrics/r2.json"]["data"]["accuracy"])
+                found[name] = (
+                    data["params"]["params.yaml"]["data"]["students"]["r2"]["learning_rate"],
+                    data["metrics"]["artifacts/metrics/r2.json"]["data"]["accuracy"],
+                )
     assert set(found) == set(names) and {lr for lr, _ in found.values()} == {1e-3, 2e-3}, json.dumps(shown)[:3000]
     assert all(0 <= acc <= 1 for _, acc in found.values())
 
@@ -200,17 +221,25 @@ def test_a_masked_lm_teacher_through_the_pipeline_with_a_topk_cache(repo, first_
     dvc = [sys.executable, "-m", "dvc"]
     if "up to date" not in _run(dvc + ["status"], repo).stdout:
         _run(dvc + ["repro"], repo)
-    for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "mlm base", "--allow-empty"]):
+    for cmd in (
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "mlm base", "--allow-empty"],
+    ):
         _run(cmd, repo)
-    out = _run(dvc + ["exp", "run", "-n", "mlm", "-S", "teacher.task=masked_lm", "-S", "teacher.epochs=1",
-                      "-S", "distill.temperature=1.0"], repo).stdout
+    out = _run(
+        dvc
+        + ["exp", "run", "-n", "mlm", "-S", "teacher.task=masked_lm", "-S", "teacher.epochs=1", "-S", "distill.temperature=1.0"],
+        repo,
+    ).stdout
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert {"teacher", "extract", "evaluate_teacher", "report"} | {f"distill@{s}" for s in params["students"]} <= _ran(out)
     manifest = json.loads((repo / "artifacts/cache/manifest.json").read_text())
     assert manifest["task"] == "masked_lm" and manifest["topk"] == 8 and manifest["vocab_size"] == 30522
     assert {"topk_values", "topk_indices", "mlm_target"} <= {f["name"] for f in manifest["fields"]}
     teacher = json.loads((repo / "artifacts/metrics/teacher.json").read_text())
-    assert teacher["metric"] == "masked-token accuracy" and teacher["teacher_agreement"] >= 0.95 and teacher["masked_tokens"] > 300
+    assert (
+        teacher["metric"] == "masked-token accuracy" and teacher["teacher_agreement"] >= 0.95 and teacher["masked_tokens"] > 300
+    )
     for name in [*params["students"], *params["ensembles"]]:
         m = json.loads((repo / f"artifacts/metrics/{name}.json").read_text())
         assert m["metric"] == "masked-token accuracy" and 0 <= m["accuracy"] <= 1 and 0 <= m["teacher_agreement"] <= 1, name

@@ -8,9 +8,21 @@ from pipeline.report import render_report, svg_chart
 
 
 def _metrics(d, name, acc, params, b32, layers=3, **extra):
-    (d / f"{name}.json").write_text(json.dumps({"accuracy": acc, "f1": acc - 0.01, "params": params, "size_mb": params * 4e-6,
-                                                "latency_ms_b1": b32 / 10, "latency_ms_b32": b32, "layers": layers,
-                                                "hidden_size": 384, **extra}))
+    (d / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "accuracy": acc,
+                "f1": acc - 0.01,
+                "params": params,
+                "size_mb": params * 4e-6,
+                "latency_ms_b1": b32 / 10,
+                "latency_ms_b32": b32,
+                "layers": layers,
+                "hidden_size": 384,
+                **extra,
+            }
+        )
+    )
 
 
 @pytest.fixture
@@ -25,7 +37,9 @@ def fixture_dirs(tmp_path):
     _metrics(metrics, "both", 0.90, 32_000_000, 37.0, members=["small", "tiny"])
     (metrics / "train_small.json").write_text(json.dumps({"seconds": 123.0, "peak_rss_mb": 1500.0}))
     (metrics / "extract.json").write_text(json.dumps({"bytes": 1}))
-    (plots / "small.csv").write_text("step,epoch,loss,eval_accuracy\n10,0.5,0.6,\n20,1.0,0.4,0.88\n30,1.5,0.3,\n40,2.0,0.25,0.895\n")
+    (plots / "small.csv").write_text(
+        "step,epoch,loss,eval_accuracy\n10,0.5,0.6,\n20,1.0,0.4,0.88\n30,1.5,0.3,\n40,2.0,0.25,0.895\n"
+    )
     return metrics, plots
 
 
@@ -63,12 +77,22 @@ def test_report_gives_mean_and_std_over_seeds_and_the_gain_over_the_baseline(tmp
     metrics = tmp_path / "metrics"
     metrics.mkdir()
     _metrics(metrics, "teacher", 0.90, 22_000_000, 50.0, layers=6)
-    seeded = lambda accs: {"seeds": [1, 2, 3], "accuracy_per_seed": accs, "accuracy_mean": sum(accs) / 3,  # noqa: E731
-                           "accuracy_std": 0.01, "f1_mean": sum(accs) / 3 - 0.01, "f1_std": 0.02}
+
+    def seeded(accs):
+        return {
+            "seeds": [1, 2, 3],
+            "accuracy_per_seed": accs,
+            "accuracy_mean": sum(accs) / 3,
+            "accuracy_std": 0.01,
+            "f1_mean": sum(accs) / 3 - 0.01,
+            "f1_std": 0.02,
+        }
+
     _metrics(metrics, "kd", 0.88, 17_000_000, 25.0, speedup_b32=1.9, **seeded([0.88, 0.89, 0.87]))
     _metrics(metrics, "hard", 0.87, 17_000_000, 25.0, **seeded([0.87, 0.85, 0.86]))
-    (metrics / "train_kd.json").write_text(json.dumps({"seconds": 100.0, "seeds": [1, 2, 3], "seconds_mean": 110.0,
-                                                       "seconds_std": 8.0}))
+    (metrics / "train_kd.json").write_text(
+        json.dumps({"seconds": 100.0, "seeds": [1, 2, 3], "seconds_mean": 110.0, "seconds_std": 8.0})
+    )
     md = render_report(metrics, tmp_path, tmp_path / "report", {"kd": "student", "hard": "baseline (hard labels)"})
     kd = next(line for line in md.splitlines() if line.startswith("| kd "))
     # mean ± std of accuracy and F1 (in points), retention of the mean, the interleaved speedup, train time over seeds

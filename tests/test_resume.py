@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.data import save_prepared
-from pipeline.extract import work_dir_for
+from pipeline.journal import work_dir_for
 
 # Runs extract_cache in a fresh process; when the batch at absolute position N (train batches first, then dev) finishes,
 # it arms a timer that SIGKILLs the process a few milliseconds later, so the kill lands anywhere: mid-forward,
@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from pipeline.data import load_prepared
+from pipeline.config import ExtractConfig
 from pipeline.extract import extract_cache
 
 torch.set_num_threads(1)
@@ -36,23 +37,27 @@ def on_batch(split, index):
     if position == kill_after:
         threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
 
-result = extract_cache(Path(teacher), splits, Path(out), layers=[1, 2, 4], dtype="float16", batch_size=8,
-                       shard_max_bytes=20_000, device=device, max_length=info["max_length"], label_names=info["label_names"],
-                       dataset_fingerprints={k: v["fingerprint"] for k, v in info["splits"].items()},
-                       on_batch=on_batch if kill_after else None)
+cfg = ExtractConfig(layers=[1, 2, 4], dtype="float16", batch_size=8, shard_max_mb=20_000 / (1 << 20), device=device)
+result = extract_cache(Path(teacher), splits, Path(out), cfg, info=info, on_batch=on_batch if kill_after else None)
 print(json.dumps({k: v["resumed_batches"] for k, v in result["stats"].items()}))
 """
 
 
-def _extract(prepared: Path, teacher: Path, out: Path, kill_after: int = 0, delay: float = 0.0,
-             device: str = "cpu") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", CHILD, str(prepared), str(teacher), str(out), str(kill_after), str(delay),
-                           device],
-                          capture_output=True, text=True, timeout=300)
+def _extract(
+    prepared: Path, teacher: Path, out: Path, kill_after: int = 0, delay: float = 0.0, device: str = "cpu"
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, str(prepared), str(teacher), str(out), str(kill_after), str(delay), device],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _digest(cache: Path) -> dict[str, str]:
-    return {str(p.relative_to(cache)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(cache.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(cache)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(cache.rglob("*")) if p.is_file()
+    }
 
 
 def test_kill_minus_nine_at_random_points_then_resume_is_byte_identical(tmp_path, tiny_teacher, tiny_prepared):
@@ -114,8 +119,9 @@ def test_journal_of_another_job_is_discarded(tmp_path, tiny_teacher, tiny_prepar
     assert json.loads(final.stdout.strip().splitlines()[-1]) == {"train": 0, "dev": 0}
 
 
-def test_disk_full_while_writing_a_shard_is_one_error_and_loses_no_finished_shard(tmp_path, tiny_teacher, tiny_prepared,
-                                                                                  monkeypatch):
+def test_disk_full_while_writing_a_shard_is_one_error_and_loses_no_finished_shard(
+    tmp_path, tiny_teacher, tiny_prepared, monkeypatch
+):
     import errno
 
     import pyarrow as pa

@@ -16,8 +16,14 @@ SOURCES = sorted((ROOT / "pipeline").rglob("*.py")) + sorted((ROOT / "stages").g
 
 
 def test_a_pickled_only_checkpoint_is_refused(tmp_path):
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                        architectures=["BertForSequenceClassification"])
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        architectures=["BertForSequenceClassification"],
+    )
     config.save_pretrained(tmp_path)
     torch.save(BertForSequenceClassification(config).state_dict(), tmp_path / "pytorch_model.bin")  # a pickle
     with pytest.raises(PipelineError, match="loads only safetensors checkpoints"):

@@ -8,20 +8,28 @@ import statistics
 import pytest
 import torch
 
-from pipeline.config import DistillConfig, StudentSpec, params_from_dict
+from pipeline.config import DistillConfig, StudentSpec
 from pipeline.distill import distill_seeds
 from pipeline.errors import PipelineError
 from pipeline.metrics import evaluate_ensemble, evaluate_saved_model, paired_latency_ms, teacher_shaped_model
 from pipeline.models import seed_model_dirs
+from pipeline.params import params_from_dict
 
 FAST = DistillConfig(epochs=1, batch_size=16, learning_rate=5e-4, logging_steps=2)
 SPEC = StudentSpec(num_layers=1, hidden_size=16, num_heads=2, init="random")
 
 
 def _params(**distill):
-    return params_from_dict({"students": {"a": {"num_layers": 1, "hidden_size": 16}, "b": {"num_layers": 1, "hidden_size": 16,
-                                                                                             "seeds": 2, "seed": 7}},
-                             "distill": distill, "seed": 3})
+    return params_from_dict(
+        {
+            "students": {
+                "a": {"num_layers": 1, "hidden_size": 16},
+                "b": {"num_layers": 1, "hidden_size": 16, "seeds": 2, "seed": 7},
+            },
+            "distill": distill,
+            "seed": 3,
+        }
+    )
 
 
 def test_seeds_are_counted_from_the_seed_and_overridable_per_student():
@@ -45,7 +53,10 @@ def three_seeds(tmp_path_factory, tiny_cache):
 def test_each_seed_is_its_own_run_and_the_first_is_shipped(three_seeds, tmp_path, tiny_cache):
     out, result = three_seeds
     assert [s for s, _ in seed_model_dirs(out)] == [5, 6, 7]
-    assert not (out / "seeds" / "99").exists() and json.loads((out / "distill.json").read_text()) == {"seed": 5, "seeds": [5, 6, 7]}
+    assert not (out / "seeds" / "99").exists() and json.loads((out / "distill.json").read_text()) == {
+        "seed": 5,
+        "seeds": [5, 6, 7],
+    }
     weights = [(d / "model.safetensors").read_bytes() for _, d in seed_model_dirs(out)]
     assert len(set(weights)) == 3  # three different runs
     single = tmp_path / "single"
@@ -59,8 +70,10 @@ def test_each_seed_is_its_own_run_and_the_first_is_shipped(three_seeds, tmp_path
 def test_evaluate_gives_each_seed_and_mean_and_sample_std(three_seeds, tiny_cache):
     out, _ = three_seeds
     m = evaluate_saved_model(out, tiny_cache, batch_size=32, latency_batch_sizes=[], latency_repeats=1)
-    alone = [evaluate_saved_model(d, tiny_cache, batch_size=32, latency_batch_sizes=[], latency_repeats=1)["accuracy"]
-             for _, d in seed_model_dirs(out)[1:]]
+    alone = [
+        evaluate_saved_model(d, tiny_cache, batch_size=32, latency_batch_sizes=[], latency_repeats=1)["accuracy"]
+        for _, d in seed_model_dirs(out)[1:]
+    ]
     assert m["seeds"] == [5, 6, 7] and m["accuracy_per_seed"] == pytest.approx([m["accuracy"], *alone], abs=1e-6)
     assert m["accuracy_mean"] == pytest.approx(statistics.mean(m["accuracy_per_seed"]), abs=1e-6)
     assert m["accuracy_std"] == pytest.approx(statistics.stdev(m["accuracy_per_seed"]), abs=1e-6)
@@ -87,11 +100,15 @@ def test_ensemble_of_seeded_members_scores_each_seed_index(three_seeds, tmp_path
 def test_speedup_is_timed_against_a_teacher_shaped_model(tiny_teacher, tiny_cache, three_seeds):
     ref = teacher_shaped_model(tiny_cache, 2)
     teacher_cfg = json.loads((tiny_teacher / "config.json").read_text())
-    assert ref.config.num_hidden_layers == teacher_cfg["num_hidden_layers"] and ref.config.hidden_size == teacher_cfg["hidden_size"]
+    assert (
+        ref.config.num_hidden_layers == teacher_cfg["num_hidden_layers"] and ref.config.hidden_size == teacher_cfg["hidden_size"]
+    )
     real = type(ref).from_pretrained(tiny_teacher)
     assert sum(p.numel() for p in ref.parameters()) == sum(p.numel() for p in real.parameters())
     out, _ = three_seeds
-    m = evaluate_saved_model(out, tiny_cache, batch_size=32, latency_batch_sizes=[4], latency_repeats=5, against_teacher_shape=True)
+    m = evaluate_saved_model(
+        out, tiny_cache, batch_size=32, latency_batch_sizes=[4], latency_repeats=5, against_teacher_shape=True
+    )
     assert m["speedup_b4"] == pytest.approx(m["teacher_shaped_latency_ms_b4"] / m["latency_ms_b4"], rel=0.01)
 
 
@@ -102,6 +119,7 @@ class _Sleepy(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask):
         import time
+
         time.sleep(self.seconds)
 
 

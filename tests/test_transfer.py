@@ -34,8 +34,14 @@ def test_transfer_rows_are_unlabeled_and_never_texts_of_train_or_dev(with_transf
     transfer, train = splits["transfer"], splits["train"]
     assert set(transfer["label"]) == {UNLABELED}
     assert not set(transfer["example_id"]) & set(train["example_id"])
-    dev_ids = {tuple(e) for e in tokenizer([line.split("\t")[1] for line in (sst2_small / "dev.tsv").read_text().splitlines()[1:]],
-                                           truncation=True, max_length=32)["input_ids"]}
+    dev_ids = {
+        tuple(e)
+        for e in tokenizer(
+            [line.split("\t")[1] for line in (sst2_small / "dev.tsv").read_text().splitlines()[1:]],
+            truncation=True,
+            max_length=32,
+        )["input_ids"]
+    }
     seen = [tuple(e) for e in transfer["input_ids"]]
     assert len(set(seen)) == len(seen) and not set(seen) & ({tuple(e) for e in train["input_ids"]} | dev_ids)
     stats = info["splits"]["transfer"]
@@ -55,7 +61,9 @@ def test_hard_label_loss_skips_unlabeled_rows_golden():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [5.0, -5.0]], requires_grad=True)
     # only rows 0 and 1 are labeled: mean of -log softmax = (log(1+e^-2) + log(1+e^-1)) / 2
     expected = (np.log1p(np.exp(-2.0)) + np.log1p(np.exp(-1.0))) / 2
-    torch.testing.assert_close(hard_label_loss(logits, torch.tensor([0, 1, UNLABELED])), torch.tensor(expected, dtype=torch.float32))
+    torch.testing.assert_close(
+        hard_label_loss(logits, torch.tensor([0, 1, UNLABELED])), torch.tensor(expected, dtype=torch.float32)
+    )
     none = hard_label_loss(logits, torch.tensor([UNLABELED] * 3))
     none.backward()
     assert none.item() == 0.0 and torch.count_nonzero(logits.grad) == 0

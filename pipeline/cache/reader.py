@@ -13,8 +13,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.cache.schema import (MANIFEST, SCALE_SUFFIX, STORAGE, TOKENIZER_DIR, FieldSpec, fields_from_manifest, file_sha256,
-                                   read_manifest, record_batch_crc32, safe_shard_path)
+from pipeline.cache.codec import dequantize_int8
+from pipeline.cache.schema import (
+    MANIFEST,
+    SCALE_SUFFIX,
+    STORAGE,
+    TOKENIZER_DIR,
+    FieldSpec,
+    fields_from_manifest,
+    file_sha256,
+    read_manifest,
+    record_batch_crc32,
+    safe_shard_path,
+)
 from pipeline.errors import PipelineError
 
 # full: sha256 of every shard at open. lazy: sizes at open, then each record batch's CRC-32 on first touch (the
@@ -27,14 +38,23 @@ VERIFY_MODES = ("full", "lazy", "size", "none")
 class CacheSplit:
     """Rows of one split across its shards. `split[i]` -> dict of numpy arrays shaped per the field kinds."""
 
-    def __init__(self, cache_dir: Path, name: str, meta: dict, fields: list[FieldSpec], columns: list[str] | None = None,
-                 check_batches: bool = False):
+    def __init__(
+        self,
+        cache_dir: Path,
+        name: str,
+        meta: dict,
+        fields: list[FieldSpec],
+        columns: list[str] | None = None,
+        check_batches: bool = False,
+    ):
         self.cache_dir, self.name, self.meta, self.check_batches = cache_dir, name, meta, check_batches
         self.fields = {f.name: f for f in fields}
         wanted = [f for f in self.fields if not f.endswith(SCALE_SUFFIX)] if columns is None else list(columns)
         for col in wanted:
             if col not in self.fields:
-                raise PipelineError(f"{cache_dir / MANIFEST}: split '{name}' has no field '{col}' (has: {', '.join(self.fields)})")
+                raise PipelineError(
+                    f"{cache_dir / MANIFEST}: split '{name}' has no field '{col}' (has: {', '.join(self.fields)})"
+                )
         self.columns = wanted
         # int8 fields come back dequantized: their scales are read along with them
         self._read = wanted + [c + SCALE_SUFFIX for c in wanted if self.fields[c].dtype == "int8"]
@@ -67,8 +87,11 @@ class CacheSplit:
             starts = np.concatenate([[0], np.cumsum([b.num_rows for b in batches])]).astype(np.int64)
             per_batch = []
             for b in batches:
-                cols = {"example_id": b.column("example_id").to_numpy(), "length": b.column("length").to_numpy(),
-                        "label": b.column("label").to_numpy()}
+                cols = {
+                    "example_id": b.column("example_id").to_numpy(),
+                    "length": b.column("length").to_numpy(),
+                    "label": b.column("label").to_numpy(),
+                }
                 ids = b.column("input_ids")
                 cols["input_ids"] = (ids.offsets.to_numpy(), ids.values.to_numpy())
                 for name in self._read:
@@ -96,8 +119,10 @@ class CacheSplit:
         if self.check_batches and "_checked" not in cols:
             expected = self.meta["shards"][shard].get("batch_crc32")
             if expected is not None and (b >= len(expected) or record_batch_crc32(cols["_batch"]) != expected[b]):
-                raise PipelineError(f"{self.shard_paths[shard]}: record batch {b} does not match its checksum in the manifest "
-                                    f"(corrupted); {REMEDY}")
+                raise PipelineError(
+                    f"{self.shard_paths[shard]}: record batch {b} does not match its checksum in the manifest "
+                    f"(corrupted); {REMEDY}"
+                )
             cols["_checked"] = True
         return cols, int(local - starts[b])
 
@@ -114,18 +139,22 @@ class CacheSplit:
         cols, row = self._locate(index)
         length = int(cols["length"][row])
         offsets, values = cols["input_ids"]
-        out = {"example_id": int(cols["example_id"][row]), "label": int(cols["label"][row]), "length": length,
-               "input_ids": values[offsets[row]:offsets[row + 1]]}
+        out = {
+            "example_id": int(cols["example_id"][row]),
+            "label": int(cols["label"][row]),
+            "length": length,
+            "input_ids": values[offsets[row] : offsets[row + 1]],
+        }
         for name in self.columns:
             spec = self.fields[name]
             if spec.kind == "example":
                 out[name] = cols[name][row]
                 continue
             offsets, values = cols[name]
-            out[name] = values[offsets[row]:offsets[row + 1]].reshape(spec.shape(length))
+            out[name] = values[offsets[row] : offsets[row + 1]].reshape(spec.shape(length))
             if spec.dtype == "int8":
                 offsets, scales = cols[name + SCALE_SUFFIX]
-                out[name] = out[name].astype(np.float32) * scales[offsets[row]:offsets[row + 1]].astype(np.float32)[:, None]
+                out[name] = dequantize_int8(out[name], scales[offsets[row] : offsets[row + 1]][:, None])
         return out
 
     def lengths(self) -> np.ndarray:
@@ -142,7 +171,9 @@ class CacheSplit:
         for path in self.shard_paths:
             table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all().select([name])
             col = table.column(name).combine_chunks()
-            out.append(col.flatten().to_numpy().reshape(len(col), -1) if pa.types.is_fixed_size_list(col.type) else col.to_numpy())
+            out.append(
+                col.flatten().to_numpy().reshape(len(col), -1) if pa.types.is_fixed_size_list(col.type) else col.to_numpy()
+            )
         return np.concatenate(out)
 
 
@@ -157,7 +188,9 @@ class TeacherCache:
         self.fields = fields_from_manifest(self.manifest)
         for f in self.fields:
             if f.dtype not in STORAGE:
-                raise PipelineError(f"{self.cache_dir / MANIFEST}: field '{f.name}' has unknown dtype '{f.dtype}'; rebuild the cache")
+                raise PipelineError(
+                    f"{self.cache_dir / MANIFEST}: field '{f.name}' has unknown dtype '{f.dtype}'; rebuild the cache"
+                )
         self.verify_mode = verify
         if verify != "none":
             self.verify(full=verify == "full")
@@ -165,7 +198,7 @@ class TeacherCache:
     def verify(self, full: bool = True) -> None:
         """Every listed shard exists with its recorded size (and, with `full`, its sha256)."""
         remedy = REMEDY
-        for split, meta in self.manifest["splits"].items():
+        for _split, meta in self.manifest["splits"].items():
             for shard in meta["shards"]:
                 path = safe_shard_path(self.cache_dir, shard["file"])
                 if not path.is_file():
@@ -194,5 +227,6 @@ class TeacherCache:
     def split(self, name: str, columns: list[str] | None = None) -> CacheSplit:
         if name not in self.manifest["splits"]:
             raise PipelineError(f"{self.cache_dir / MANIFEST}: no split '{name}' (has: {', '.join(self.splits)}); rerun extract")
-        return CacheSplit(self.cache_dir, name, self.manifest["splits"][name], self.fields, columns,
-                          check_batches=self.verify_mode == "lazy")
+        return CacheSplit(
+            self.cache_dir, name, self.manifest["splits"][name], self.fields, columns, check_batches=self.verify_mode == "lazy"
+        )

@@ -63,7 +63,12 @@ class FieldSpec:
 
 
 # Columns every cache has, in this order; teacher outputs follow.
-BASE_COLUMNS = [("example_id", pa.int64()), ("length", pa.int32()), ("label", pa.int64()), ("input_ids", pa.large_list(pa.int32()))]
+BASE_COLUMNS = [
+    ("example_id", pa.int64()),
+    ("length", pa.int32()),
+    ("label", pa.int64()),
+    ("input_ids", pa.large_list(pa.int32())),
+]
 
 
 def hidden_field(layer: int) -> str:
@@ -101,8 +106,10 @@ def safe_shard_path(cache_dir: Path, name: str) -> Path:
     """A manifest's shard name as a path inside `cache_dir`; names that escape it are refused."""
     pure = PurePosixPath(name)
     if pure.is_absolute() or ".." in pure.parts or "\\" in name or not name or len(pure.parts) != 1:
-        raise PipelineError(f"{cache_dir / MANIFEST}: shard name '{name}' points outside the cache directory; the manifest "
-                            "is corrupt or hostile: rerun the extract stage or `dvc pull` the cache")
+        raise PipelineError(
+            f"{cache_dir / MANIFEST}: shard name '{name}' points outside the cache directory; the manifest "
+            "is corrupt or hostile: rerun the extract stage or `dvc pull` the cache"
+        )
     return cache_dir / name
 
 
@@ -113,11 +120,15 @@ def read_manifest(cache_dir: Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise PipelineError(f"{path}: manifest is not valid JSON ({exc}); rerun the extract stage or `dvc pull` the cache") from None
+        raise PipelineError(
+            f"{path}: manifest is not valid JSON ({exc}); rerun the extract stage or `dvc pull` the cache"
+        ) from None
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        raise PipelineError(f"{path}: cache format version {version} but this code reads version {FORMAT_VERSION}; rerun the "
-                            "extract stage (`dvc repro extract`) to rebuild the cache")
+        raise PipelineError(
+            f"{path}: cache format version {version} but this code reads version {FORMAT_VERSION}; rerun the "
+            "extract stage (`dvc repro extract`) to rebuild the cache"
+        )
     return manifest
 
 
@@ -154,16 +165,25 @@ def write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def check_compatible(manifest: dict, *, cache_dir: Path | str = "cache", tokenizer_fingerprint: str | None = None,
-                     max_length: int | None = None, label_names: list[str] | None = None,
-                     layers: list[int] | None = None, attentions: list[int] | None = None,
-                     values: list[int] | None = None) -> None:
+def check_compatible(
+    manifest: dict,
+    *,
+    cache_dir: Path | str = "cache",
+    tokenizer_fingerprint: str | None = None,
+    max_length: int | None = None,
+    label_names: list[str] | None = None,
+    layers: list[int] | None = None,
+    attentions: list[int] | None = None,
+    values: list[int] | None = None,
+) -> None:
     """Refuse a cache that does not match what the consumer expects, before any training step."""
     where = Path(cache_dir) / MANIFEST
     fix = "rerun `dvc repro extract` with matching params, or point the student at the right cache"
     if tokenizer_fingerprint is not None and manifest["tokenizer"]["fingerprint"] != tokenizer_fingerprint:
-        raise PipelineError(f"{where}: cache was tokenized with a different tokenizer (fingerprint "
-                            f"{manifest['tokenizer']['fingerprint'][:12]} vs {tokenizer_fingerprint[:12]}); {fix}")
+        raise PipelineError(
+            f"{where}: cache was tokenized with a different tokenizer (fingerprint "
+            f"{manifest['tokenizer']['fingerprint'][:12]} vs {tokenizer_fingerprint[:12]}); {fix}"
+        )
     if max_length is not None and manifest["max_length"] != max_length:
         raise PipelineError(f"{where}: cache max_length is {manifest['max_length']} but data.max_length is {max_length}; {fix}")
     if label_names is not None and list(manifest["label_names"]) != list(label_names):
@@ -171,11 +191,15 @@ def check_compatible(manifest: dict, *, cache_dir: Path | str = "cache", tokeniz
     if layers is not None:
         missing = [layer for layer in layers if layer not in manifest["layers"]]
         if missing:
-            raise PipelineError(f"{where}: teacher layers {missing} are needed but the cache holds {manifest['layers']}; add "
-                                f"them to extract.layers and rerun extract, or set the hidden-state weight gamma to 0")
+            raise PipelineError(
+                f"{where}: teacher layers {missing} are needed but the cache holds {manifest['layers']}; add "
+                f"them to extract.layers and rerun extract, or set the hidden-state weight gamma to 0"
+            )
     for wanted, key, weight in ((attentions, "attentions", "attention_weight"), (values, "values", "value_weight")):
         held = manifest.get(key, [])
         missing = [layer for layer in (wanted or []) if layer not in held]
         if missing:
-            raise PipelineError(f"{where}: teacher {key} of layers {missing} are needed but the cache holds {held}; add them to "
-                                f"extract.{key} and rerun extract, or set {weight} to 0")
+            raise PipelineError(
+                f"{where}: teacher {key} of layers {missing} are needed but the cache holds {held}; add them to "
+                f"extract.{key} and rerun extract, or set {weight} to 0"
+            )

@@ -12,6 +12,8 @@ interrupted extraction continues where it stopped.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +22,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.cache.schema import (FORMAT_VERSION, MANIFEST, STORAGE, FieldSpec, arrow_schema, fields_to_manifest, file_sha256,
-                                   shard_batch_crc32, write_json_atomic)
+from pipeline.cache.schema import (
+    FORMAT_VERSION,
+    MANIFEST,
+    STORAGE,
+    FieldSpec,
+    arrow_schema,
+    fields_to_manifest,
+    file_sha256,
+    shard_batch_crc32,
+    write_json_atomic,
+)
 from pipeline.errors import PipelineError
 
 
@@ -42,20 +53,50 @@ class CacheBatch:
         return len(self.example_id)
 
 
-def _finish_shard(tmp: Path, final: Path, rows: int, tokens: int) -> dict:
+class HashClock:
+    """Thread-seconds the hashing pool spent on shards (its threads overlap: not wall time); benchmarks read it."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self.seconds += seconds
+
+
+def _finish_shard(tmp: Path, final: Path, rows: int, tokens: int, clock: HashClock) -> dict:
     """Publish a closed shard under its final name and hash it: the record the manifest and the journal keep."""
     os.replace(tmp, final)
-    return {"file": final.name, "rows": rows, "tokens": tokens, "bytes": final.stat().st_size,
-            "sha256": file_sha256(final), "batch_crc32": shard_batch_crc32(final)}
+    started = time.perf_counter()
+    try:
+        return {
+            "file": final.name,
+            "rows": rows,
+            "tokens": tokens,
+            "bytes": final.stat().st_size,
+            "sha256": file_sha256(final),
+            "batch_crc32": shard_batch_crc32(final),
+        }
+    finally:
+        clock.add(time.perf_counter() - started)
 
 
 class _ShardedSplit:
-    def __init__(self, cache_dir: Path, split: str, schema: pa.Schema, max_bytes: int, done: list[dict],
-                 finisher: ThreadPoolExecutor):
+    def __init__(
+        self,
+        cache_dir: Path,
+        split: str,
+        schema: pa.Schema,
+        max_bytes: int,
+        done: list[dict],
+        finisher: ThreadPoolExecutor,
+        clock: HashClock,
+    ):
         self.cache_dir, self.split, self.schema, self.max_bytes = cache_dir, split, schema, max_bytes
         self.shards: list[dict] = list(done)
         self.pending: list[tuple[Future, Any]] = []  # closed shards being hashed, in order, with their tags
-        self.finisher = finisher
+        self.finisher, self.clock = finisher, clock
         self._sink = self._writer = None
         self._rows = self._tokens = self._bytes = 0
         self._unreported: list[tuple[dict, Any]] = []  # finished, not yet handed out (an error came first)
@@ -85,7 +126,7 @@ class _ShardedSplit:
         self._writer.close()
         self._sink.close()
         tmp, final = self._tmp(), self.cache_dir / self._name
-        self.pending.append((self.finisher.submit(_finish_shard, tmp, final, self._rows, self._tokens), tag))
+        self.pending.append((self.finisher.submit(_finish_shard, tmp, final, self._rows, self._tokens, self.clock), tag))
         self._sink = self._writer = None
         self._rows = self._tokens = self._bytes = 0
 
@@ -126,16 +167,26 @@ class CacheWriter:
     continues with the next shard number.
     """
 
-    def __init__(self, cache_dir: Path | str, fields: list[FieldSpec], meta: dict, shard_max_bytes: int = 256 << 20,
-                 resume: dict[str, list[dict]] | None = None, hash_threads: int = 3):
+    def __init__(
+        self,
+        cache_dir: Path | str,
+        fields: list[FieldSpec],
+        meta: dict,
+        shard_max_bytes: int = 256 << 20,
+        resume: dict[str, list[dict]] | None = None,
+        hash_threads: int = 3,
+    ):
         self.cache_dir = Path(cache_dir)
         self.fields = fields
         self.meta = meta
         self.schema = arrow_schema(fields)
         self.shard_max_bytes = shard_max_bytes
         self._finisher = ThreadPoolExecutor(max_workers=hash_threads, thread_name_prefix="cache-hash")
-        self._splits = {name: _ShardedSplit(self.cache_dir, name, self.schema, shard_max_bytes, done, self._finisher)
-                        for name, done in (resume or {}).items()}
+        self.hash_clock = HashClock()
+        self._splits = {
+            name: _ShardedSplit(self.cache_dir, name, self.schema, shard_max_bytes, done, self._finisher, self.hash_clock)
+            for name, done in (resume or {}).items()
+        }
         self.cache_dir.mkdir(parents=True, exist_ok=True)
 
     def _record_batch(self, batch: CacheBatch) -> pa.RecordBatch:
@@ -143,9 +194,12 @@ class CacheWriter:
         token_offsets = np.concatenate([[0], np.cumsum(lengths)])
         if len(batch.input_ids) != token_offsets[-1]:
             raise ValueError(f"input_ids holds {len(batch.input_ids)} tokens but lengths sum to {token_offsets[-1]}")
-        arrays = [pa.array(np.asarray(batch.example_id, dtype=np.int64)), pa.array(lengths.astype(np.int32)),
-                  pa.array(np.asarray(batch.label, dtype=np.int64)),
-                  pa.LargeListArray.from_arrays(pa.array(token_offsets), pa.array(np.asarray(batch.input_ids, dtype=np.int32)))]
+        arrays = [
+            pa.array(np.asarray(batch.example_id, dtype=np.int64)),
+            pa.array(lengths.astype(np.int32)),
+            pa.array(np.asarray(batch.label, dtype=np.int64)),
+            pa.LargeListArray.from_arrays(pa.array(token_offsets), pa.array(np.asarray(batch.input_ids, dtype=np.int32))),
+        ]
         for spec in self.fields:
             values = np.ascontiguousarray(batch.fields[spec.name]).reshape(-1)
             stored = STORAGE[spec.dtype][1]
@@ -168,12 +222,16 @@ class CacheWriter:
             return action(*args)
         except OSError as exc:
             self.abort()
-            raise PipelineError(f"{self.cache_dir}: could not write a {split} shard ({exc.strerror or exc}); free disk space "
-                                "or fix permissions, then rerun the extract stage (finished shards are kept)") from None
+            raise PipelineError(
+                f"{self.cache_dir}: could not write a {split} shard ({exc.strerror or exc}); free disk space "
+                "or fix permissions, then rerun the extract stage (finished shards are kept)"
+            ) from None
 
     def _split(self, name: str) -> _ShardedSplit:
         if name not in self._splits:
-            self._splits[name] = _ShardedSplit(self.cache_dir, name, self.schema, self.shard_max_bytes, [], self._finisher)
+            self._splits[name] = _ShardedSplit(
+                self.cache_dir, name, self.schema, self.shard_max_bytes, [], self._finisher, self.hash_clock
+            )
         return self._splits[name]
 
     def write(self, split: str, batch: CacheBatch, tag: Any = None) -> list[tuple[dict, Any]]:
@@ -195,11 +253,19 @@ class CacheWriter:
         for name, split in self._splits.items():
             self._io(name, split.close_shard)
             self._io(name, split.completed, True)
-            splits[name] = {"rows": sum(s["rows"] for s in split.shards), "tokens": sum(s["tokens"] for s in split.shards),
-                            "shards": split.shards}
+            splits[name] = {
+                "rows": sum(s["rows"] for s in split.shards),
+                "tokens": sum(s["tokens"] for s in split.shards),
+                "shards": split.shards,
+            }
         self._finisher.shutdown()
-        manifest = {"format_version": FORMAT_VERSION, **self.meta, "fields": fields_to_manifest(self.fields),
-                    "splits": splits, "bytes": sum(s["bytes"] for sp in splits.values() for s in sp["shards"])}
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            **self.meta,
+            "fields": fields_to_manifest(self.fields),
+            "splits": splits,
+            "bytes": sum(s["bytes"] for sp in splits.values() for s in sp["shards"]),
+        }
         self._io("manifest", write_json_atomic, self.cache_dir / MANIFEST, manifest)
         return manifest
 
@@ -217,7 +283,7 @@ class CacheWriter:
         self._finisher.shutdown(wait=True)
         return out
 
-    def __enter__(self) -> "CacheWriter":
+    def __enter__(self) -> CacheWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

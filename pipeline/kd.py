@@ -1,0 +1,233 @@
+"""The students' loss as a module the Trainer trains: `DistillationModule` wraps a student and returns the
+distillation loss from cached teacher outputs, so the Trainer's loop stays as it is and only the loss is ours.
+`OnlineDistillationModule` is the baseline the cache is measured against: the same loss with the teacher run in
+every step."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.cache import CacheSplit, attention_field, hidden_field, value_field
+from pipeline.collate import CacheCollator
+from pipeline.config import DistillConfig
+from pipeline.errors import PipelineError
+from pipeline.layers import LayerPlan
+from pipeline.losses import (
+    attention_kl_loss,
+    attention_mse_loss,
+    distillation_loss,
+    masked_lm_distillation_loss,
+    value_relation_loss,
+)
+from pipeline.mlm import IGNORE, MASKED_LM
+from pipeline.trainer import LengthGroupedTrainer, accuracy_metrics, argmax_logits, masked_accuracy_metrics
+
+
+class DistillationModule(nn.Module):
+    """Student + learned projections; forward returns the distillation loss computed from cached teacher outputs,
+    weighted as `cfg` (the student's merged distill settings) says, over the layers `plan` pairs.
+
+    Optional MiniLM/TinyBERT terms: attention_weight x attention loss over the plan's attention pairs, and
+    value_weight x value-relation KL between the student's and the teacher's layers of its value pair.
+    """
+
+    def __init__(self, student: nn.Module, cfg: DistillConfig, plan: LayerPlan, task: str = "sequence_classification"):
+        super().__init__()
+        self.cfg, self.task = cfg, task
+        self.attention_pairs = list(plan.attention_pairs) if cfg.attention_weight else []
+        self.value_pair = plan.value_pair if cfg.value_weight else None
+        self.relation_heads = plan.relation_heads
+        self._student_values = None
+        if self.value_pair is not None:
+            projection = student.base_model.encoder.layer[self.value_pair[0] - 1].attention.self.value
+            projection.register_forward_hook(lambda module, args, output: setattr(self, "_student_values", output))
+        self.student, self.pairs = student, plan.pairs
+        self.temperature = cfg.temperature  # scheduled by DistillTrainer when cfg.temperature_end is set
+        s_hidden = student.config.hidden_size
+        # A learned linear map when widths differ (TinyBERT); identity otherwise, so equal widths add no parameters.
+        self.projections = nn.ModuleDict(
+            {
+                str(m): nn.Linear(s_hidden, plan.teacher_hidden) if s_hidden != plan.teacher_hidden else nn.Identity()
+                for m, _ in self.pairs
+            }
+        )
+        self.running: dict[str, list[float]] = {}
+
+    def forward(self, input_ids, attention_mask, labels, teacher_logits=None, **teacher_hidden):
+        cfg = self.cfg
+        need_hidden = bool(cfg.gamma and self.pairs)
+        mlm_training = self.task == MASKED_LM and self.training
+        # a masked-LM student in training runs its vocabulary head only where a loss reads it (see _mlm_losses)
+        model = self.student.base_model if mlm_training else self.student
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=need_hidden,
+            output_attentions=bool(self.attention_pairs),
+        )
+        hidden_pairs = []
+        if need_hidden:
+            hidden_pairs = [
+                (self.projections[str(m)](out.hidden_states[m]), teacher_hidden[f"teacher_{hidden_field(t)}"])
+                for m, t in self.pairs
+            ]
+        if self.task == MASKED_LM:
+            loss, parts = self._mlm_losses(out, labels, attention_mask, hidden_pairs, teacher_hidden, mlm_training)
+        else:
+            loss, parts = distillation_loss(
+                out.logits,
+                labels,
+                teacher_logits,
+                hidden_pairs,
+                attention_mask,
+                alpha=cfg.alpha,
+                beta=cfg.beta,
+                gamma=cfg.gamma,
+                temperature=self.temperature,
+                logit_kind=cfg.logit_loss,
+                hidden_kind=cfg.hidden_loss,
+            )
+        if self.attention_pairs:
+            att_loss = attention_kl_loss if cfg.attention_loss == "kl" else attention_mse_loss
+            parts["attention"] = torch.stack(
+                [
+                    att_loss(out.attentions[m - 1], teacher_hidden[f"teacher_{attention_field(t)}"], attention_mask)
+                    for m, t in self.attention_pairs
+                ]
+            ).mean()
+            loss = loss + cfg.attention_weight * parts["attention"]
+        if self.value_pair is not None:
+            parts["value"] = value_relation_loss(
+                self._student_values,
+                teacher_hidden[f"teacher_{value_field(self.value_pair[1])}"],
+                attention_mask,
+                self.relation_heads,
+            )
+            loss = loss + cfg.value_weight * parts["value"]
+        if self.training:
+            for k, v in parts.items():
+                self.running.setdefault(k, []).append(float(v.detach()))
+        return {"loss": loss} if mlm_training else {"loss": loss, "logits": out.logits}
+
+    def _mlm_losses(self, out, labels, attention_mask, hidden_pairs, teacher, head_on_selected: bool):
+        """Masked-LM losses at the tokens they read: the masked ones (CE; and the top-k KL with mlm_positions
+        'masked') or every real token (KL with 'all'). With `head_on_selected` the vocabulary head runs on those
+        tokens only — at 15% masking that skips most of the (tokens x vocabulary) projection, the bulk of a small
+        student's step; otherwise (evaluation) the full logits are there and are indexed."""
+        cfg = self.cfg
+        masked = labels != IGNORE
+        kl_where = masked if cfg.mlm_positions == "masked" else attention_mask.bool()
+        need = masked | kl_where
+        logits = self.student.cls(out.last_hidden_state[need]) if head_on_selected else out.logits[need]
+        return masked_lm_distillation_loss(
+            logits,
+            labels[need],
+            teacher["teacher_topk_values"][need],
+            teacher["teacher_topk_indices"][need],
+            kl_where[need],
+            hidden_pairs,
+            attention_mask,
+            alpha=cfg.alpha,
+            beta=cfg.beta,
+            gamma=cfg.gamma,
+            temperature=self.temperature,
+            hidden_kind=cfg.hidden_loss,
+        )
+
+
+class OnlineDistillationModule(DistillationModule):
+    """Online KD, the baseline the cache is measured against: the same module, loss and Trainer, with the teacher run
+    inside every training step instead of its outputs read from the cache."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, cfg: DistillConfig, pairs: list[tuple[int, int]]):
+        super().__init__(student, cfg, LayerPlan(pairs, teacher.config.hidden_size))
+        self.teacher = teacher.eval().requires_grad_(False)  # frozen: the Trainer's optimizer skips it
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # no dropout in the teacher, as in extraction
+        return self
+
+    def forward(self, input_ids, attention_mask, labels, **_):
+        if self.attention_pairs or self.value_pair is not None:
+            raise PipelineError(
+                "the online-KD baseline covers the logit and hidden-state losses; set attention_weight and value_weight to 0"
+            )
+        need_hidden = bool(self.cfg.gamma and self.pairs)
+        with torch.no_grad():
+            out = self.teacher(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_hidden)
+        hidden = {f"teacher_{hidden_field(t)}": out.hidden_states[t] for _, t in self.pairs} if need_hidden else {}
+        return super().forward(input_ids, attention_mask, labels, out.logits, **hidden)
+
+
+class DistillTrainer(LengthGroupedTrainer):
+    """Sets the scheduled temperature each step; logs the mean of each loss part since the last log beside the total."""
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        module = self.model
+        end = module.cfg.temperature_end
+        if end is not None and self.state.max_steps:
+            progress = self.state.global_step / self.state.max_steps
+            module.temperature = module.cfg.temperature + (end - module.cfg.temperature) * progress
+        return super().training_step(model, inputs, *args, **kwargs)
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "loss" in logs:
+            for k, values in self.model.running.items():
+                logs[f"loss_{k}"] = float(np.mean(values))
+            self.model.running.clear()
+            logs["temperature"] = self.model.temperature
+        super().log(logs, *args, **kwargs)
+
+
+def train_student(
+    module: DistillationModule,
+    train: CacheSplit,
+    dev: CacheSplit,
+    args,
+    pad_token_id: int,
+    optimizer: tuple[type, dict] | None = None,
+    staged: tuple[int, float] | None = None,
+) -> list[dict]:
+    """Distil into `module.student` from the cache splits (Trainer `args`); returns the Trainer's log history."""
+    collator = CacheCollator(
+        sorted({t for _, t in module.pairs}),
+        pad_token_id,
+        [t for _, t in module.attention_pairs],
+        [module.value_pair[1]] if module.value_pair else [],
+        task=module.task,
+    )
+    mlm = module.task == MASKED_LM
+    trainer = DistillTrainer(
+        model=module,
+        args=args,
+        train_dataset=train,
+        eval_dataset=dev,
+        data_collator=collator,
+        compute_metrics=masked_accuracy_metrics if mlm else accuracy_metrics,
+        preprocess_logits_for_metrics=argmax_logits if mlm else None,
+        lengths=train.lengths(),
+        optimizer_cls_and_kwargs=optimizer,
+        staged=staged,
+    )
+    trainer.train()
+    return trainer.state.log_history
+
+
+def train_student_online(module: OnlineDistillationModule, train_ds, tokenizer, args) -> list[dict]:
+    """Online-KD twin of `train_student`: prepared rows (token ids, labels) in, teacher called each step."""
+    from transformers import DataCollatorWithPadding
+
+    from pipeline.teacher import TokenDataset
+
+    trainer = DistillTrainer(
+        model=module,
+        args=args,
+        train_dataset=TokenDataset(train_ds),
+        data_collator=DataCollatorWithPadding(tokenizer),
+        lengths=np.asarray(train_ds["length"]),
+    )
+    trainer.train()
+    return trainer.state.log_history

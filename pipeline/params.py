@@ -1,0 +1,246 @@
+"""Reading params.yaml into `pipeline.config`'s classes: types, the bounds and choices declared there, and the checks that
+span several keys. Every mistake is refused with its dotted key. `python -m pipeline.params --reference` prints the
+params reference (docs/params.md) from the declarations."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config import DistillConfig, EnsembleSpec, Params, StudentSpec
+from pipeline.errors import PipelineError
+
+# Letters, digits, '_' and '-': DVC reads a '.' in a stage key as nesting (students.l3.v2 would be a missing param).
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+STUDENT_INITS = ("random", "teacher")
+SHAPE_KEYS = [f.name for f in dataclasses.fields(StudentSpec) if f.name != "overrides"]
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it (dataclasses built from dicts)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise PipelineError(f"params.yaml: '{key}' must be a mapping of settings, got {value!r}")
+        return _build(tp, value, key)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise PipelineError(f"params.yaml: '{key}' must be a list of {_type_name(item)}s, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise PipelineError(f"params.yaml: '{key}' must be a mapping, got {value!r}")
+        return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
+    if value is None:
+        raise PipelineError(f"params.yaml: '{key}' must be {_type_name(tp)}, not null")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise PipelineError(f"params.yaml: '{key}' must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def check_bounds(value: Any, meta: typing.Mapping, key: str) -> None:
+    """A value (each item of a list) against a knob's declared choices and bounds."""
+    if value is None:
+        return
+    if isinstance(value, list):
+        for item in value:
+            check_bounds(item, meta, key)
+        return
+    if meta.get("choices") and value not in meta["choices"]:
+        raise PipelineError(f"params.yaml: '{key}' must be one of {meta['choices']}, got '{value}'")
+    gt, ge, lt = meta.get("gt"), meta.get("ge"), meta.get("lt")
+    if (gt is not None and not value > gt) or (ge is not None and not value >= ge) or (lt is not None and not value < lt):
+        bounds = " and ".join(f"{op} {b}" for op, b in (("> ", gt), (">=", ge), ("< ", lt)) if b is not None).replace("  ", " ")
+        raise PipelineError(f"params.yaml: '{key}' must be {bounds}, got {value}")
+
+
+def _unknown(key: str, known: list[str], prefix: str) -> PipelineError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
+    return PipelineError(f"params.yaml: unknown key '{prefix + '.' if prefix else ''}{key}'{hint}")
+
+
+def _kwargs(cls: type, raw: dict, prefix: str, skip: tuple = ()) -> dict:
+    """Each declared field of `cls` found in `raw`, type-checked and bounds-checked; required ones must be there."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        dotted = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in skip:
+            continue
+        if f.name in raw:
+            kwargs[f.name] = _coerce(raw[f.name], hints[f.name], dotted)
+            check_bounds(kwargs[f.name], f.metadata, dotted)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise PipelineError(f"params.yaml: '{dotted}' is required")
+    return kwargs
+
+
+def _build(cls: type, raw: dict, prefix: str) -> Any:
+    if cls is StudentSpec:
+        return _build_student(raw, prefix)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise _unknown(str(key), names, prefix)
+    return cls(**_kwargs(cls, raw, prefix))
+
+
+def _build_student(raw: dict, prefix: str) -> StudentSpec:
+    """Shape keys build the spec; every other key must be a distill key and becomes one of its overrides."""
+    distill_keys = [f.name for f in dataclasses.fields(DistillConfig)]
+    for key in raw:
+        if key not in SHAPE_KEYS and key not in distill_keys:
+            raise _unknown(str(key), SHAPE_KEYS + distill_keys, prefix)
+    overrides = _kwargs(DistillConfig, {k: v for k, v in raw.items() if k not in SHAPE_KEYS}, prefix)
+    return StudentSpec(**_kwargs(StudentSpec, raw, prefix, skip=("overrides",)), overrides=overrides)
+
+
+def _validate_student(name: str, spec: StudentSpec) -> None:
+    k = f"students.{name}"
+    if not MODEL_NAME.match(name) or name == "teacher":
+        raise PipelineError(
+            f"params.yaml: student name '{name}' must be letters, digits, '_' or '-' (DVC reads a '.' as "
+            "nesting) and not 'teacher'"
+        )
+    if spec.num_heads is not None and spec.hidden_size % spec.heads:
+        raise PipelineError(
+            f"params.yaml: '{k}.hidden_size' {spec.hidden_size} is not divisible by its {spec.heads} attention "
+            f"heads; set '{k}.num_heads' to a divisor of {spec.hidden_size}"
+        )
+    if spec.init not in STUDENT_INITS and not (spec.init.startswith("pretrained:") and len(spec.init) > len("pretrained:")):
+        raise PipelineError(
+            f"params.yaml: '{k}.init' must be one of {STUDENT_INITS} or pretrained:<checkpoint dir>, got '{spec.init}'"
+        )
+    if spec.init_layers is not None and len(spec.init_layers) != spec.num_layers:
+        raise PipelineError(
+            f"params.yaml: '{k}.init_layers' names {len(spec.init_layers)} teacher layers for "
+            f"{spec.num_layers} student layers; give exactly one per student layer"
+        )
+    pairs = spec.overrides.get("layer_pairs")
+    if pairs is not None and any(len(pair) != 2 for pair in pairs):
+        raise PipelineError(f"params.yaml: '{k}.layer_pairs' must be a list of [student_layer, teacher_layer] pairs, got {pairs}")
+
+
+def validate(params: Params) -> Params:
+    """The checks that span keys: non-empty lists, student names and shapes, ensemble members."""
+    if not params.extract.layers:
+        raise PipelineError("params.yaml: 'extract.layers' is empty; name at least one hidden_states index (e.g. [6])")
+    names = params.data.label_names
+    if names is not None and len(set(names)) != len(names):
+        raise PipelineError(f"params.yaml: 'data.label_names' has duplicates: {names}")
+    pairs = params.distill.layer_pairs
+    if pairs is not None and any(len(pair) != 2 for pair in pairs):
+        raise PipelineError(
+            f"params.yaml: 'distill.layer_pairs' must be a list of [student_layer, teacher_layer] pairs of "
+            f"layers >= 0 (0 = embeddings), got {pairs}"
+        )
+    if not params.students:
+        raise PipelineError("params.yaml: 'students' is empty; add at least one student (see README)")
+    for name, spec in params.students.items():
+        _validate_student(name, spec)
+    for name, ens in params.ensembles.items():
+        if not MODEL_NAME.match(name) or name in params.students or name == "teacher":
+            raise PipelineError(
+                f"params.yaml: ensemble name '{name}' must be letters, digits, '_' or '-' and differ from the students' names"
+            )
+        unknown = [m for m in ens.members if m not in params.students]
+        if unknown or len(ens.members) < 2:
+            raise PipelineError(
+                f"params.yaml: 'ensembles.{name}.members' must name at least two students from 'students' (unknown: {unknown})"
+            )
+    return params
+
+
+def params_from_dict(raw: dict | None) -> Params:
+    return validate(_build(Params, raw or {}, ""))
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read, type-check and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: params file not found; run from the project root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: not valid YAML ({exc}); fix the syntax") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise PipelineError(f"{path}: top level must be a mapping of sections")
+    return params_from_dict(raw)
+
+
+def _bounds_text(meta: typing.Mapping) -> str:
+    if meta.get("choices"):
+        return " \\| ".join(f"`{c}`" for c in meta["choices"])
+    parts = [f"{op} {meta[k]}" for k, op in (("gt", ">"), ("ge", "≥"), ("lt", "<")) if meta.get(k) is not None]
+    return ", ".join(parts)
+
+
+def params_reference() -> str:
+    """The params reference as markdown, one table per section, from the knob declarations."""
+    lines = [
+        "# Params reference",
+        "",
+        "Generated from `pipeline/config.py` by `python -m pipeline.params --reference > "
+        "docs/params.md`; a test fails when this file is stale. Defaults are the values params.yaml ships.",
+        "",
+    ]
+    sections = [
+        ("top level", None, Params),
+        ("data", "data", None),
+        ("teacher", "teacher", None),
+        ("extract", "extract", None),
+        ("distill (per student: any of these keys under `students.<name>` overrides it for that student)", "distill", None),
+        ("students.<name>", None, StudentSpec),
+        ("ensembles.<name>", None, EnsembleSpec),
+        ("evaluate", "evaluate", None),
+    ]
+    hints = typing.get_type_hints(Params)
+    for title, attr, cls in sections:
+        cls = cls or hints[attr]
+        lines += [f"## {title}", "", "| key | default | allowed | what it does |", "|---|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            if (
+                f.name == "overrides"
+                or dataclasses.is_dataclass(typing.get_type_hints(cls).get(f.name))
+                or typing.get_origin(typing.get_type_hints(cls).get(f.name)) is dict
+            ):
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f"`{yaml.safe_dump(f.default, default_flow_style=True).strip().removesuffix('...').strip()}`"
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f"`{yaml.safe_dump(f.default_factory(), default_flow_style=True).strip()}`"
+            else:
+                default = "required"
+            lines.append(f"| `{f.name}` | {default} | {_bounds_text(f.metadata)} | {f.metadata.get('help', '')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--reference", action="store_true", help="print the params reference (markdown)")
+    if parser.parse_args().reference:
+        print(params_reference(), end="")

@@ -1,0 +1,131 @@
+"""The one training loop, transformers' Trainer, as the teacher and the students share it: arguments built from a
+config section, length-grouped batches, the optimizer and schedule choices, and the log history as CSV."""
+
+from __future__ import annotations
+
+import csv
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from pipeline.config import DistillConfig, TeacherConfig
+from pipeline.metrics import classification_metrics
+from pipeline.mlm import masked_token_metrics
+
+
+def optimizer_choice(name: str, learning_rate: float, momentum: float = 0.9) -> tuple[type, dict] | None:
+    """Trainer's `optimizer_cls_and_kwargs` for `name`; None keeps the Trainer's AdamW (decoupled weight decay).
+    The Trainer still builds the parameter groups (no decay on biases and norms), so Adam's decay is plain L2."""
+    if name == "adam":
+        return torch.optim.Adam, {"lr": learning_rate}
+    if name == "sgd":
+        return torch.optim.SGD, {"lr": learning_rate, "momentum": momentum}
+    return None
+
+
+def step_schedule(warmup_steps: int, total_steps: int, stages: int, gamma: float):
+    """Linear warm-up, then the rate multiplied by `gamma` at the start of each of `stages` equal stages after the first."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        return gamma ** min(stages - 1, stages * step // max(1, total_steps))
+
+    return factor
+
+
+class LengthGroupedTrainer(Trainer):
+    """A Trainer whose training batches group examples of similar length (padding is per batch), given the lengths.
+
+    `staged` = (stages, gamma) replaces the scheduler with `step_schedule`.
+    """
+
+    def __init__(self, *args, lengths: np.ndarray, staged: tuple[int, float] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lengths = [int(n) for n in lengths]
+        self.staged = staged
+
+    def _get_train_sampler(self, train_dataset=None):
+        generator = torch.Generator().manual_seed(self.args.seed)
+        return LengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self.lengths, generator=generator
+        )
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.staged is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        schedule = step_schedule(self.args.get_warmup_steps(num_training_steps), num_training_steps, *self.staged)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, schedule)
+        return self.lr_scheduler
+
+
+def training_arguments(
+    output_dir: Path | str, cfg: TeacherConfig | DistillConfig, seed: int, eval_each_epoch: bool = True
+) -> TrainingArguments:
+    """Trainer arguments from a config section: warm-up then linear (or cosine) decay, clipping at max_grad_norm;
+    nothing saved by the Trainer (stages save with save_pretrained). A 'step' scheduler is set up by
+    `LengthGroupedTrainer(staged=...)`. The teacher section has no scheduler, clipping, logging or worker knobs: it
+    trains with the defaults below."""
+    scheduler = getattr(cfg, "scheduler", "linear")
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=max(cfg.batch_size, 64),
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type="cosine" if scheduler == "cosine" else "linear",
+        optim="adamw_torch",
+        max_grad_norm=getattr(cfg, "max_grad_norm", 1.0),
+        seed=seed,
+        data_seed=seed,
+        logging_steps=getattr(cfg, "logging_steps", 10),
+        save_strategy="no",
+        eval_strategy="epoch" if eval_each_epoch else "no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=getattr(cfg, "num_workers", 0),
+        dataloader_pin_memory=torch.cuda.is_available(),
+        label_names=["labels"],
+        # progress bars only on a terminal: under DVC, carriage-return updates would fill the logs
+        disable_tqdm=not sys.stderr.isatty(),
+        remove_unused_columns=False,
+    )
+
+
+def accuracy_metrics(eval_pred) -> dict:
+    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+    labels = eval_pred.label_ids
+    return classification_metrics(np.asarray(logits).argmax(-1), np.asarray(labels), int(np.asarray(logits).shape[-1]))
+
+
+def argmax_logits(logits, labels):
+    """Per-token vocabulary logits -> top-1 ids before the Trainer gathers them (full logits would be tokens x vocab)."""
+    return (logits[0] if isinstance(logits, tuple) else logits).argmax(-1)
+
+
+def masked_accuracy_metrics(eval_pred) -> dict:
+    predictions = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+    return masked_token_metrics(np.asarray(predictions), np.asarray(eval_pred.label_ids))
+
+
+def write_history_csv(history: list[dict], path: Path) -> None:
+    """Trainer log history -> one CSV row per log step (DVC plots read it)."""
+    rows = [h for h in history if "loss" in h or "eval_accuracy" in h]
+    keys = ["step", "epoch"] + sorted({k for h in rows for k in h} - {"step", "epoch"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def scratch_dir() -> str:
+    """Trainer needs an output_dir; stages save through save_pretrained, so it is scratch."""
+    return tempfile.mkdtemp(prefix="kd-trainer-")
