@@ -23,7 +23,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from pipeline.config import ExtractConfig
-from pipeline.extract import LoopPlan, extract_cache, extract_splits, length_sorted_batches, resolve_device
+from pipeline.extract import extract_cache, resolve_device
+from pipeline.extract_loop import LoopPlan, extract_splits, length_sorted_batches
 
 from common import WORK, Timer, prepared, random_teacher, save, teacher_dir
 

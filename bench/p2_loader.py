@@ -17,7 +17,7 @@ from pipeline.config import DistillConfig, ExtractConfig, StudentSpec
 from pipeline.extract import extract_cache
 from pipeline.kd import DistillationModule, train_student
 from pipeline.layers import LayerPlan, hidden_layer_pairs
-from pipeline.models import build_student
+from pipeline.students import build_student
 from pipeline.trainer import scratch_dir, training_arguments
 
 from common import WORK, prepared, save, teacher_dir

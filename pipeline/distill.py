@@ -23,7 +23,8 @@ from pipeline.kd import DistillationModule, train_student
 from pipeline.layers import LayerPlan, hidden_layer_pairs
 from pipeline.metrics import count_parameters
 from pipeline.mlm import CLASSIFICATION, MASKED_LM, MLM_TARGET, TOPK_INDICES, TOPK_VALUES
-from pipeline.models import PROVENANCE, SEEDS_DIR, build_student, model_fingerprint, tokenizer_fingerprint
+from pipeline.models import PROVENANCE, SEEDS_DIR, model_fingerprint, tokenizer_fingerprint
+from pipeline.students import build_student
 from pipeline.trainer import optimizer_choice, scratch_dir, training_arguments
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from transformers import DataCollatorWithPadding
 
 from pipeline.cache import CacheSplit, attention_field, hidden_field, value_field
 from pipeline.collate import CacheCollator
@@ -22,7 +23,7 @@ from pipeline.losses import (
     value_relation_loss,
 )
 from pipeline.mlm import IGNORE, MASKED_LM
-from pipeline.trainer import LengthGroupedTrainer, accuracy_metrics, argmax_logits, masked_accuracy_metrics
+from pipeline.trainer import LengthGroupedTrainer, TokenDataset, accuracy_metrics, argmax_logits, masked_accuracy_metrics
 
 
 class DistillationModule(nn.Module):
@@ -218,10 +219,6 @@ def train_student(
 
 def train_student_online(module: OnlineDistillationModule, train_ds, tokenizer, args) -> list[dict]:
     """Online-KD twin of `train_student`: prepared rows (token ids, labels) in, teacher called each step."""
-    from transformers import DataCollatorWithPadding
-
-    from pipeline.teacher import TokenDataset
-
     trainer = DistillTrainer(
         model=module,
         args=args,

@@ -1,4 +1,5 @@
-"""Teacher and student models: locating checkpoints, fingerprints, student construction and teacher-weight init."""
+"""Checkpoints: locating a model (dir, hub id or package), loading tokenizers and safetensors-only models with the head
+a stage needs, fingerprints, and the seed runs of a saved student."""
 
 from __future__ import annotations
 
@@ -8,23 +9,15 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-from safetensors import safe_open
 from transformers import (
     AutoConfig,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    BertConfig,
-    BertForMaskedLM,
-    BertForSequenceClassification,
 )
 
 from pipeline.cache.schema import file_sha256
-from pipeline.config import StudentSpec
 from pipeline.errors import PipelineError
-from pipeline.layers import student_init_layers
-from pipeline.mlm import MASKED_LM
 
 log = logging.getLogger(__name__)
 
@@ -152,151 +145,6 @@ def load_classifier(
             else {}
         )
     return _from_safetensors(AutoModelForSequenceClassification, path, trust_remote_code, **kwargs)
-
-
-def student_config(
-    spec: StudentSpec, teacher_config: dict, label_names: list[str], task: str = "sequence_classification"
-) -> BertConfig:
-    """A BertConfig for the student: its own shape, the teacher's vocabulary, positions and labels (and head)."""
-    return BertConfig(
-        vocab_size=teacher_config["vocab_size"],
-        max_position_embeddings=teacher_config.get("max_position_embeddings", 512),
-        type_vocab_size=teacher_config.get("type_vocab_size", 2),
-        pad_token_id=teacher_config.get("pad_token_id", 0),
-        hidden_size=spec.hidden_size,
-        num_hidden_layers=spec.num_layers,
-        num_attention_heads=spec.heads,
-        intermediate_size=spec.ffn_size,
-        hidden_act=teacher_config.get("hidden_act", "gelu"),
-        layer_norm_eps=teacher_config.get("layer_norm_eps", 1e-12),
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={n: i for i, n in enumerate(label_names)},
-        architectures=["BertForMaskedLM" if task == MASKED_LM else "BertForSequenceClassification"],
-    )
-
-
-def build_student(
-    spec: StudentSpec,
-    teacher_config: dict,
-    label_names: list[str],
-    teacher_weights: Path | None,
-    seed: int,
-    task: str = "sequence_classification",
-) -> tuple[torch.nn.Module, dict]:
-    """Create the student (a sequence classifier, or for a masked-LM cache a BertForMaskedLM); with init 'teacher',
-    copy embeddings, chosen layers, pooler and head from the teacher's safetensors file, reading only those tensors
-    (no teacher model is built)."""
-    torch.manual_seed(seed)
-    spec = spec.resolved(teacher_config)
-    if spec.hidden_size % spec.heads:
-        raise PipelineError(
-            f"params.yaml: student hidden_size {spec.hidden_size} is not divisible by its {spec.heads} attention "
-            f"heads; set num_heads to a divisor of {spec.hidden_size}"
-        )
-    config = student_config(spec, teacher_config, label_names, task)
-    info = {"init": spec.init}
-    if spec.init.startswith("pretrained:"):
-        return load_pretrained_student(spec.init.split(":", 1)[1], spec, teacher_config, label_names, task), info
-    student = BertForMaskedLM(config) if task == MASKED_LM else BertForSequenceClassification(config)
-    if spec.init == "teacher":
-        t_hidden, t_ffn, t_heads = (
-            teacher_config["hidden_size"],
-            teacher_config["intermediate_size"],
-            teacher_config["num_attention_heads"],
-        )
-        if (spec.hidden_size, spec.ffn_size, spec.heads) != (t_hidden, t_ffn, t_heads):
-            raise PipelineError(
-                f"params.yaml: init 'teacher' needs the teacher's widths (hidden_size {t_hidden}, intermediate_size {t_ffn}, "
-                f"num_heads {t_heads}); the student has ({spec.hidden_size}, {spec.ffn_size}, {spec.heads}). Match them or "
-                "use init 'random'"
-            )
-        if teacher_weights is None or not Path(teacher_weights).is_file():
-            raise PipelineError(
-                f"{teacher_weights}: teacher weights needed for init 'teacher' are missing; run the teacher "
-                "stage (or `dvc pull artifacts/teacher`) or use init 'random'"
-            )
-        layers = student_init_layers(spec.num_layers, spec.init_layers, teacher_config["num_hidden_layers"])
-        info["teacher_layers"] = layers
-        info["copied"] = copy_teacher_weights(student, Path(teacher_weights), layers)
-    return student, info
-
-
-def load_pretrained_student(
-    path: str, spec: StudentSpec, teacher_config: dict, label_names: list[str], task: str = "sequence_classification"
-):
-    """A local BERT checkpoint as the student (its classification head is new when it has none or another size; a
-    masked-LM student's head is the checkpoint's, or new with output weights tied to its embeddings)."""
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=False)  # students are plain BERT
-    except OSError as exc:
-        raise PipelineError(
-            f"{path}: student init 'pretrained:{path}' found no checkpoint config ({str(exc).splitlines()[0]}); "
-            "point it at a local dir saved with save_pretrained"
-        ) from None
-    if config.model_type != "bert":
-        raise PipelineError(f"{path}: pretrained student must be a BERT checkpoint, this is '{config.model_type}'")
-    if config.vocab_size != teacher_config["vocab_size"]:
-        raise PipelineError(
-            f"{path}: vocabulary of {config.vocab_size} tokens but the cache's token ids come from a "
-            f"{teacher_config['vocab_size']}-token vocabulary; use a checkpoint with the teacher's tokenizer"
-        )
-    if (config.num_hidden_layers, config.hidden_size) != (spec.num_layers, spec.hidden_size):
-        raise PipelineError(
-            f"{path}: checkpoint has {config.num_hidden_layers} layers of width {config.hidden_size}; set the "
-            f"student's num_layers / hidden_size to match"
-        )
-    if task == MASKED_LM:
-        return BertForMaskedLM.from_pretrained(path, use_safetensors=True)
-    return BertForSequenceClassification.from_pretrained(
-        path,
-        use_safetensors=True,
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={n: i for i, n in enumerate(label_names)},
-        ignore_mismatched_sizes=True,
-    )
-
-
-def _teacher_key_map(student_keys: list[str], teacher_keys: set[str], layers: list[int]) -> dict[str, str]:
-    """student state-dict key -> teacher key, for embeddings, the chosen layers, pooler and classifier."""
-    prefix = next((p for p in ("bert.", "") if f"{p}embeddings.word_embeddings.weight" in teacher_keys), None)
-    if prefix is None:
-        raise PipelineError(
-            "teacher weights have no BERT embeddings (bert.embeddings.*); init 'teacher' supports BERT teachers only"
-        )
-    mapping = {}
-    for key in student_keys:
-        if key.startswith("bert.encoder.layer."):
-            idx, rest = key[len("bert.encoder.layer.") :].split(".", 1)
-            source = f"{prefix}encoder.layer.{layers[int(idx)] - 1}.{rest}"
-        elif key.startswith("bert."):
-            source = prefix + key[len("bert.") :]
-        else:
-            source = key  # classifier.* (cls.* of a masked-LM head) lives at the top level
-        if source in teacher_keys:
-            mapping[key] = source
-    return mapping
-
-
-def copy_teacher_weights(student: torch.nn.Module, weights_path: Path, layers: list[int]) -> list[str]:
-    """Copy the mapped teacher tensors into the student in place; returns the student keys copied."""
-    state = student.state_dict()
-    with safe_open(str(weights_path), framework="pt") as f:
-        mapping = _teacher_key_map(list(state), set(f.keys()), layers)
-        copied = []
-        with torch.no_grad():
-            for s_key, t_key in mapping.items():
-                tensor = f.get_tensor(t_key)
-                if tensor.shape == state[s_key].shape:
-                    state[s_key].copy_(tensor)
-                    copied.append(s_key)
-    missing = [k for k in state if k.startswith("bert.") and k not in copied and "position_ids" not in k]
-    if missing:
-        log.warning(
-            "init 'teacher': %d student tensors were not found in the teacher and stay random: %s", len(missing), missing[:5]
-        )
-    return copied
 
 
 SEEDS_DIR, PROVENANCE = "seeds", "distill.json"  # a student's extra seed runs; its seed list

@@ -8,36 +8,15 @@ import time
 
 import datasets
 import numpy as np
-import torch
 from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding, set_seed
 
 from pipeline.config import TeacherConfig
 from pipeline.errors import PipelineError
 from pipeline.mlm import MASKED_LM
 from pipeline.models import load_classifier, load_masked_lm, load_tokenizer, resolve_model_path, tokenizer_fingerprint
-from pipeline.trainer import LengthGroupedTrainer, accuracy_metrics, scratch_dir, training_arguments
+from pipeline.trainer import LengthGroupedTrainer, TextDataset, TokenDataset, accuracy_metrics, scratch_dir, training_arguments
 
 log = logging.getLogger(__name__)
-
-
-class TokenDataset(torch.utils.data.Dataset):
-    """Prepared rows (input_ids, label) for a Trainer."""
-
-    def __init__(self, ds):
-        self.ids, self.labels = ds["input_ids"], ds["label"]
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "labels": self.labels[i]}
-
-
-class TextDataset(TokenDataset):
-    """Prepared rows as token ids only, for masked-LM fine-tuning (the collator masks them and makes the labels)."""
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i]}
 
 
 def fine_tune_teacher(model, tokenizer, train_ds, dev_ds, args) -> list[dict]:

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from transformers import BertTokenizerFast
 
-from pipeline.data import parse_source, prepare_corpus
+from pipeline.data import prepare_corpus
 from pipeline.errors import PipelineError
+from pipeline.sources import parse_source
 from tests.conftest import data_config
 
 

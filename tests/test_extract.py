@@ -7,7 +7,7 @@ from transformers import AutoModelForSequenceClassification
 
 from pipeline.cache import TeacherCache
 from pipeline.errors import PipelineError
-from pipeline.extract import length_sorted_batches, pad_rows
+from pipeline.extract_loop import length_sorted_batches, pad_rows
 from pipeline.layers import normalize_layers
 from tests.conftest import build_cache
 

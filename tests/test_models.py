@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from pipeline.config import StudentSpec
 from pipeline.errors import PipelineError
 from pipeline.layers import uniform_layer_map
-from pipeline.models import build_student
+from pipeline.students import build_student
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,148 @@
+"""dvc.yaml's code deps and ensemble stages, derived instead of listed by hand (hand lists drift).
+
+- Each stage depends on its script and on exactly the `pipeline/` modules that script imports, directly or through other
+  modules (read from the source's import statements), so editing report code never retrains the teacher while editing
+  the masking code always rebuilds the cache. `pipeline/cache` is one dep: its package imports all of it.
+- DVC cannot expand a list into deps, so each ensemble gets its own stage, `ensemble-<name>`, depending on exactly its
+  members' directories (what `dvc repro --pull --allow-missing` needs to fetch them on another machine).
+
+`python -m pipeline.dvcgraph` rewrites dvc.yaml from params.yaml (comments kept); `--check` lists what is stale and
+exits 1. A test runs the check, and the ensemble stage refuses to run when its dvc.yaml entry is stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+from pipeline.params import load_params
+
+CODE_ROOTS = ("pipeline/", "stages/")
+ENSEMBLE_PREFIX = "ensemble-"
+
+
+def _module_file(root: Path, module: str) -> Path | None:
+    base = root / Path(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    """pipeline.* modules a file imports (a `from pipeline.x import y` may name a submodule y too)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.split(".")[0] == "pipeline")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pipeline":
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def code_deps(script: Path, root: Path) -> list[str]:
+    """The pipeline files `script` runs, as dvc.yaml deps: its import closure, parent packages included."""
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        for module in _imports(todo.pop()):
+            parts = module.split(".")
+            for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
+                found = _module_file(root, ".".join(parts[:i]))
+                if found is not None and found not in seen:
+                    seen.add(found)
+                    todo.append(found)
+    deps = set()
+    for path in seen:
+        rel = path.relative_to(root).as_posix()
+        deps.add("pipeline/cache" if rel.startswith("pipeline/cache/") else rel)
+    return sorted(deps)
+
+
+def _script(cmd: str) -> str | None:
+    parts = cmd.split()
+    return next((p for p in parts if p.startswith("stages/") and p.endswith(".py")), None)
+
+
+def ensemble_stage(name: str, members: list[str], template: dict) -> dict:
+    """One ensemble's stage: the template's shape, with the name and exactly its members' dirs."""
+    deps = [d for d in template["deps"] if not str(d).startswith("artifacts/students")]
+    return {
+        "cmd": f"python stages/ensemble.py --name {name} --members {' '.join(members)}",
+        "deps": deps + [f"artifacts/students/{m}" for m in members],
+        "params": ["evaluate", f"ensembles.{name}"],
+        "metrics": [{f"artifacts/metrics/{name}.json": {"cache": False}}],
+    }
+
+
+def expected_graph(root: Path) -> dict:
+    """dvc.yaml as params.yaml and the code say it should be (loaded round-trip, so comments survive a rewrite)."""
+    yaml = YAML()
+    graph = yaml.load((root / "dvc.yaml").read_text(encoding="utf-8"))
+    stages = graph["stages"]
+    params = load_params(root / "params.yaml")
+    template = next((s for n, s in stages.items() if n.startswith(ENSEMBLE_PREFIX)), None)
+    for name in [n for n in stages if n.startswith(ENSEMBLE_PREFIX)]:
+        del stages[name]
+    template = template or {"deps": ["stages/ensemble.py", "artifacts/cache", "artifacts/metrics/teacher.json"]}
+    report_at = list(stages).index("report") if "report" in stages else len(stages)
+    for offset, (name, ens) in enumerate(params.ensembles.items()):
+        stages.insert(report_at + offset, f"{ENSEMBLE_PREFIX}{name}", ensemble_stage(name, ens.members, template))
+    for stage in stages.values():
+        body = stage["do"] if "do" in stage else stage
+        script = _script(body["cmd"])
+        if script is None:
+            continue
+        data = [d for d in body["deps"] if not str(d).startswith(CODE_ROOTS)]
+        body["deps"] = [script, *code_deps(root / script, root), *data]
+    return graph
+
+
+def _plain(node):
+    if isinstance(node, dict):
+        return {str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def stale(root: Path) -> list[str]:
+    """Stages whose dvc.yaml entry differs from what the code and params.yaml make it; [] when in step."""
+    current = _plain(YAML(typ="safe").load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"])
+    wanted = _plain(expected_graph(root)["stages"])
+    names = sorted(set(current) | set(wanted))
+    return [n for n in names if current.get(n) != wanted.get(n)]
+
+
+def write(root: Path) -> None:
+    yaml = YAML()
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.width = 4096  # one line per command
+    graph = expected_graph(root)  # read before the file is opened for writing
+    with open(root / "dvc.yaml", "w", encoding="utf-8") as f:
+        yaml.dump(graph, f)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="list stale stages and exit 1 instead of rewriting dvc.yaml")
+    parser.add_argument("--root", default=".", help="project root (default: .)")
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    if args.check:
+        names = stale(root)
+        if names:
+            print(f"dvc.yaml: stale stages {names}; run `python -m pipeline.dvcgraph` to regenerate them", file=sys.stderr)
+            return 1
+        return 0
+    write(root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""The extraction hot loop: length-sorted batches through the teacher, each batch's outputs encoded on the device and
+handed, with its host copy in flight, to a sink (the journaled writer thread of `pipeline.journal`, or a benchmark's).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import datasets
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.cache import CacheBatch, FieldSpec, attention_field, hidden_field, token_fields, value_field
+from pipeline.cache.codec import encode
+from pipeline.journal import BatchSink
+from pipeline.mlm import MLM_TARGET, TOPK_INDICES, TOPK_VALUES, index_dtype, mask_tokens
+from pipeline.pinned import PinnedRing, to_host
+
+log = logging.getLogger(__name__)
+
+
+def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Row indices grouped into batches of similar length, so padding waste is small."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_rows(
+    flat_ids: np.ndarray, starts: np.ndarray, lens: np.ndarray, width: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a flat token array (row i = flat_ids[starts[i]:starts[i] + lens[i]]) -> (rows, width) int64 ids padded
+    with pad_id, and the boolean mask of real tokens; one gather, no per-row Python loop."""
+    mask = np.arange(width)[None, :] < lens[:, None]
+    positions = np.minimum(starts[:, None] + np.arange(width)[None, :], max(len(flat_ids) - 1, 0))
+    return np.where(mask, flat_ids[positions], pad_id).astype(np.int64), mask
+
+
+@dataclass
+class LoopPlan:
+    """What the teacher loop computes per batch: which outputs, stored how, from batches of which size."""
+
+    layers: list[int]
+    dtype: str = "float16"
+    batch_size: int = 64
+    pad_id: int = 0
+    attentions: list[int] = field(default_factory=list)
+    values: list[int] = field(default_factory=list)
+    masking: dict | None = None  # masked-LM teachers: `mask_tokens` keyword arguments
+    topk: int = 0
+
+    @property
+    def attention_dtype(self) -> str:
+        return "float16" if self.dtype == "int8" else self.dtype  # probabilities: per-token absmax int8 does not apply
+
+    def fields(self, num_labels: int, hidden: int, heads: int, vocab: int) -> list[FieldSpec]:
+        """The cache fields this plan writes, in column order."""
+        if self.masking is not None:
+            out = [
+                FieldSpec(MLM_TARGET, "token", "int32", 1),
+                FieldSpec(TOPK_VALUES, "token", "float16", self.topk),
+                FieldSpec(TOPK_INDICES, "token", index_dtype(vocab), self.topk),
+            ]
+        else:
+            out = [FieldSpec("logits", "example", "float32", num_labels)]
+        out += [f for layer in self.layers for f in token_fields(hidden_field(layer), self.dtype, hidden)]
+        out += [FieldSpec(attention_field(layer), "token_pair", self.attention_dtype, heads) for layer in self.attentions]
+        out += [f for layer in self.values for f in token_fields(value_field(layer), self.dtype, hidden)]
+        return out
+
+
+def extract_splits(
+    model,
+    splits: dict[str, datasets.Dataset],
+    plan: LoopPlan,
+    sink: BatchSink,
+    *,
+    state: dict | None = None,
+    on_batch: Callable[[str, int], None] | None = None,
+    captured: dict | None = None,
+) -> dict[str, dict]:
+    """The hot loop: length-sorted batches through the teacher (on the device its parameters are on); rows handed to
+    `sink`. `state` (the journal's, per split) says where each split resumes; returns per-split timing stats.
+
+    On a GPU the teacher runs under bf16 autocast, entered once for the whole loop: leaving an autocast region drops its
+    cache of bf16 weight copies, so entering it per batch would re-cast every weight (hundreds of kernels) per batch."""
+    dev = next(model.parameters()).device
+    state = {} if state is None else state
+    # slots: the sink's queue, the batch it writes, the one being computed, one spare
+    ring = PinnedRing(sink.depth + 2) if dev.type == "cuda" else None
+    stats = {}
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        for split, ds in splits.items():
+            entry = state.setdefault(split, {"shards": [], "done": False})
+            stats[split] = _extract_split(
+                model, dev, split, ds, entry, plan, sink, ring, on_batch, {} if captured is None else captured
+            )
+    if ring is not None:
+        sink.wait_s += ring.wait_s  # waiting for a pinned slot the writer still holds is waiting on the writer too
+    return stats
+
+
+def _extract_split(model, dev, split, ds, entry, plan: LoopPlan, sink: BatchSink, ring, on_batch, captured) -> dict:
+    table = ds.data.table if hasattr(ds.data, "table") else ds.data
+    lengths = table.column("length").to_numpy()
+    ids_col = table.column("input_ids").combine_chunks()
+    offsets, flat_ids = ids_col.offsets.to_numpy(), ids_col.values.to_numpy()
+    example_ids, labels = table.column("example_id").to_numpy(), table.column("label").to_numpy()
+    batches = length_sorted_batches(lengths, plan.batch_size)
+    first = len(batches) if entry["done"] else (entry["shards"][-1]["batch_end"] if entry["shards"] else 0)
+    if first:
+        log.info(
+            "extract %s: resuming after batch %d of %d (%d shards verified)", split, first, len(batches), len(entry["shards"])
+        )
+    padded_tokens = real_tokens = 0
+    start = time.perf_counter()
+    for bi in tqdm(range(first, len(batches)), desc=f"extract {split}", unit="batch", initial=first, total=len(batches)):
+        rows = batches[bi]
+        lens = lengths[rows]
+        width = int(lens.max())
+        input_ids, mask = pad_rows(flat_ids, offsets[rows], lens, width, plan.pad_id)
+        host_fields = {}
+        if plan.masking is not None:  # the teacher sees (and the cache keeps) the masked row
+            input_ids, targets = mask_tokens(input_ids, mask, example_ids[rows], **plan.masking)
+            host_fields[MLM_TARGET] = targets[mask].astype(np.int32)[:, None]
+        # everything the device needs goes over in one non-blocking step; real tokens are picked on the device by
+        # index (a boolean mask there would make the host wait for the GPU before it can queue the next batch)
+        host_in = [input_ids, mask.astype(np.int64), np.flatnonzero(mask)]
+        if ring is not None:  # a pinned slot for this batch's inputs and outputs, free once the writer is done with it
+            slot = ring.acquire()
+            ids_t, mask_t, real_index = ring.upload(slot, host_in, dev)
+        else:
+            ids_t, mask_t, real_index = (torch.from_numpy(a) for a in host_in)
+        out = model(input_ids=ids_t, attention_mask=mask_t, output_hidden_states=True, output_attentions=bool(plan.attentions))
+        device_out = _batch_outputs(out, real_index, lens, plan, captured)
+        fields_out, ready = ring.download(slot, device_out) if ring is not None else to_host(device_out)
+        fields_out.update(host_fields)
+        sink.put(
+            "batch",
+            split,
+            CacheBatch(
+                example_id=example_ids[rows],
+                length=lens,
+                label=labels[rows],
+                input_ids=input_ids[mask].astype(np.int32),
+                fields=fields_out,
+            ),
+            bi + 1,
+            ready,
+        )
+        padded_tokens += len(rows) * width
+        real_tokens += int(lens.sum())
+        if on_batch is not None:
+            on_batch(split, bi)
+    if not entry["done"]:
+        sink.put("finish", split, None, len(batches))
+    return {
+        "seconds": time.perf_counter() - start,
+        "rows": len(ds),
+        "tokens": int(lengths.sum()),
+        "resumed_batches": first,
+        "padding_fraction": 1 - real_tokens / max(padded_tokens, 1),
+    }
+
+
+def _batch_outputs(out, real_index: torch.Tensor, lens: np.ndarray, plan: LoopPlan, captured: dict) -> dict[str, torch.Tensor]:
+    """One batch's teacher outputs as the stored fields' tensors, on the device, real tokens only."""
+
+    def tokens(t: torch.Tensor) -> torch.Tensor:  # (batch, width, d) -> (real tokens, d), row-major
+        return t.reshape(-1, t.shape[-1]).index_select(0, real_index)
+
+    if plan.masking is None:
+        device_out = {"logits": out.logits.float()}
+    else:  # the k largest vocabulary logits of each real token; indices narrowed to the field's dtype on the host
+        top = tokens(out.logits).topk(plan.topk, dim=-1)
+        device_out = {TOPK_VALUES: top.values.to(torch.float16), TOPK_INDICES: top.indices.to(torch.int32)}
+    for layer in plan.layers:
+        device_out.update(encode(tokens(out.hidden_states[layer]), plan.dtype, hidden_field(layer)))
+    for layer in plan.attentions:  # only the real-token block of each example's heads x len x len map
+        att = out.attentions[layer - 1]
+        flat = torch.cat([att[j, :, :n, :n].reshape(-1) for j, n in enumerate(lens.tolist())])
+        device_out.update(encode(flat, plan.attention_dtype, attention_field(layer)))
+    for layer, value in captured.items():
+        device_out.update(encode(tokens(value), plan.dtype, value_field(layer)))
+    return device_out
