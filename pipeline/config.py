@@ -44,7 +44,9 @@ class DataConfig:
     text_column: str = knob("sentence", "column holding the text")
     label_column: str = knob("label", "column holding the label (a name or an integer)")
     id_column: str | None = knob(None, "integer example-id column (unique); null = row number in the file")
-    label_names: list[str] | None = knob(None, "label i = label_names[i]; null = sorted labels seen in train")
+    label_names: list[str] | None = knob(
+        help="label i = label_names[i]; null = sorted labels seen in train", factory=lambda: ["negative", "positive"]
+    )
     max_train_examples: int | None = knob(12000, "seeded random subset of train; null = all (67,349 for SST-2)", gt=0)
     max_dev_examples: int | None = knob(None, "seeded random subset of dev; null = all", gt=0)
     max_length: int = knob(64, "tokens per example after truncation", gt=0)

@@ -15,7 +15,7 @@ from pipeline.cache import TeacherCache
 from pipeline.cache.schema import TEACHER_CONFIG
 from pipeline.errors import PipelineError
 from pipeline.mlm import MASKED_LM, MLM_TARGET, TOPK_INDICES, auto_model_class, head_task, masked_token_metrics
-from pipeline.models import seed_model_dirs
+from pipeline.models import from_safetensors, seed_model_dirs
 
 
 def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
@@ -132,9 +132,7 @@ def _load_classifier(model_dir: Path):
     """A saved classifier, or masked-LM model (by its config's architecture), on the CPU in eval mode."""
     if not (Path(model_dir) / "config.json").is_file():
         raise PipelineError(f"{model_dir}: no saved model (config.json missing); run the stage that trains it first")
-    return (
-        auto_model_class(AutoConfig.from_pretrained(model_dir)).from_pretrained(model_dir, use_safetensors=True).to("cpu").eval()
-    )
+    return from_safetensors(auto_model_class(AutoConfig.from_pretrained(model_dir)), str(model_dir), False).to("cpu").eval()
 
 
 def _quality(model: torch.nn.Module, cache, tokens: list[np.ndarray], rows: list[dict], batch_size: int, pad_id: int) -> dict:

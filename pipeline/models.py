@@ -86,7 +86,7 @@ def _load_config(path: str, trust_remote_code: bool):
         raise PipelineError(f"{path}: no model config could be loaded ({exc}); check teacher.model") from None
 
 
-def _from_safetensors(auto_class, path: str, trust_remote_code: bool, **kwargs):
+def from_safetensors(auto_class, path: str, trust_remote_code: bool, **kwargs):
     """Safetensors only: a pickled checkpoint can run code when loaded."""
     try:
         return auto_class.from_pretrained(path, trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs)
@@ -106,7 +106,7 @@ def load_masked_lm(path: str, trust_remote_code: bool = False, require_head: boo
             f"{path}: teacher.epochs is 0 but this checkpoint has no trained masked-LM head (architectures: "
             f"{config.architectures}); set teacher.epochs > 0 to fine-tune one on the corpus"
         )
-    model = _from_safetensors(AutoModelForMaskedLM, path, trust_remote_code)
+    model = from_safetensors(AutoModelForMaskedLM, path, trust_remote_code)
     model.config.architectures = [type(model).__name__]  # what downstream stages read the head from
     return model
 
@@ -144,7 +144,7 @@ def load_classifier(
             if label_names
             else {}
         )
-    return _from_safetensors(AutoModelForSequenceClassification, path, trust_remote_code, **kwargs)
+    return from_safetensors(AutoModelForSequenceClassification, path, trust_remote_code, **kwargs)
 
 
 SEEDS_DIR, PROVENANCE = "seeds", "distill.json"  # a student's extra seed runs; its seed list

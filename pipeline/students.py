@@ -14,6 +14,7 @@ from pipeline.config import StudentSpec
 from pipeline.errors import PipelineError
 from pipeline.layers import student_init_layers
 from pipeline.mlm import MASKED_LM
+from pipeline.models import from_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +112,11 @@ def load_pretrained_student(
             f"student's num_layers / hidden_size to match"
         )
     if task == MASKED_LM:
-        return BertForMaskedLM.from_pretrained(path, use_safetensors=True)
-    return BertForSequenceClassification.from_pretrained(
+        return from_safetensors(BertForMaskedLM, path, trust_remote_code=False)
+    return from_safetensors(
+        BertForSequenceClassification,
         path,
-        use_safetensors=True,
+        False,
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={n: i for i, n in enumerate(label_names)},

@@ -1,12 +1,14 @@
 """params.yaml validation: each mistake a user can make gets one message naming the key and the fix."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pipeline.config import Params
 from pipeline.errors import PipelineError
-from pipeline.params import load_params, params_from_dict
+from pipeline.params import load_params, params_from_dict, params_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,4 +120,55 @@ def test_method_choices_are_validated(key, value, message):
     raw = _params()
     raw["students"]["l3"][key] = value
     with pytest.raises(PipelineError, match=message.replace("distill", "students.l3")):
+        params_from_dict(raw)
+
+
+def _declared_defaults(cls) -> dict:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+@pytest.mark.parametrize("section", ["data", "teacher", "extract", "distill", "evaluate"])
+def test_params_yaml_ships_exactly_the_declared_defaults(section):
+    """One source of defaults: every key of a section is declared, and params.yaml holds its declared default, so tests
+    built from the dataclasses test what the project ships."""
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())[section]
+    declared = _declared_defaults(type(getattr(Params(), section)))
+    assert shipped == declared
+
+
+def test_the_params_reference_is_generated_from_the_declarations():
+    assert (ROOT / "docs" / "params.md").read_text() == params_reference(), (
+        "run: python -m pipeline.params --reference > docs/params.md"
+    )
+
+
+def test_a_student_override_is_checked_against_the_distill_section():
+    raw = _params()
+    raw["students"]["l3"].update(temperature=4.0, logit_loss="mse")
+    params = params_from_dict(raw)
+    cfg, _ = params.distill_for("l3")
+    assert (cfg.temperature, cfg.logit_loss, cfg.alpha) == (4.0, "mse", params.distill.alpha)
+    assert params.distill.temperature == 2.0  # the section itself is untouched
+    for bad, message in [
+        ({"temperature": 0}, r"'students.l3.temperature' must be > 0"),
+        ({"logit_loss": "l1"}, r"'students.l3.logit_loss' must be one of"),
+        ({"temprature": 3}, r"unknown key 'students.l3.temprature' \(did you mean 'temperature'\?\)"),
+    ]:
+        raw = _params()
+        raw["students"]["l3"].update(bad)
+        with pytest.raises(PipelineError, match=message):
+            params_from_dict(raw)
+
+
+def test_a_dot_in_a_student_name_is_refused_before_dvc_reads_it_as_nesting():
+    raw = _params()
+    raw["students"]["l3.v2"] = raw["students"].pop("l3")
+    raw["ensembles"] = {}
+    with pytest.raises(PipelineError, match=r"student name 'l3.v2' must be letters, digits, '_' or '-'"):
         params_from_dict(raw)

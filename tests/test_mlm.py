@@ -174,6 +174,30 @@ def test_masked_lm_student_with_teacher_init_and_hidden_loss(tmp_path, mlm_cache
     assert student.cls.predictions.transform.dense.weight.shape == teacher.cls.predictions.transform.dense.weight.shape
 
 
+def test_a_masked_lm_student_from_the_teacher_starts_with_the_teachers_head_by_value(mlm_teacher):
+    """init 'teacher' copies the masked-LM head's values (transform and bias), and the decoder stays tied to the copied
+    word embeddings."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from pipeline.students import build_student
+
+    config = json.loads((mlm_teacher / "config.json").read_text())
+    weights = load_file(mlm_teacher / "model.safetensors")
+    spec = StudentSpec(num_layers=2, hidden_size=32, init="teacher")
+    student, info = build_student(
+        spec, config, ["negative", "positive"], mlm_teacher / "model.safetensors", seed=0, task="masked_lm"
+    )
+    state = student.state_dict()
+    head = [k for k in weights if k.startswith("cls.") and not k.endswith("decoder.weight")]
+    assert head, "the teacher has masked-LM head tensors to copy"
+    for key in head + ["bert.embeddings.word_embeddings.weight"]:
+        assert torch.equal(state[key], weights[key]), key
+    assert student.cls.predictions.decoder.weight.data_ptr() == student.bert.embeddings.word_embeddings.weight.data_ptr()
+    assert torch.equal(state["bert.encoder.layer.1.output.dense.weight"], weights["bert.encoder.layer.3.output.dense.weight"])
+
+
 def test_a_classifier_is_not_scored_against_a_masked_lm_cache(mlm_cache, tiny_teacher):
     with pytest.raises(PipelineError, match="masked_lm"):
         evaluate_saved_model(tiny_teacher, mlm_cache, batch_size=64, latency_batch_sizes=[], latency_repeats=1)

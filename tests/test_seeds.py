@@ -112,18 +112,37 @@ def test_speedup_is_timed_against_a_teacher_shaped_model(tiny_teacher, tiny_cach
     assert m["speedup_b4"] == pytest.approx(m["teacher_shaped_latency_ms_b4"] / m["latency_ms_b4"], rel=0.01)
 
 
-class _Sleepy(torch.nn.Module):
-    def __init__(self, seconds):
+class _FakeClock:
+    """Stands in for time.perf_counter: time moves only when a model says it ran (no sleeping, no load flakes)."""
+
+    def __init__(self):
+        self.now, self.calls = 0.0, []
+
+    def __call__(self):
+        return self.now
+
+
+class _Timed(torch.nn.Module):
+    """A model whose forward takes `ms` on the fake clock (`first_ms` the first time: a warm-up pass), and logs its call."""
+
+    def __init__(self, name, clock, ms, first_ms=None):
         super().__init__()
-        self.seconds = seconds
+        self.name, self.clock, self.ms, self.first_ms = name, clock, ms, first_ms
 
     def forward(self, input_ids, attention_mask):
-        import time
+        self.clock.calls.append(self.name)
+        self.clock.now += (
+            self.first_ms if self.first_ms is not None and self.clock.calls.count(self.name) == 1 else self.ms
+        ) / 1000
 
-        time.sleep(self.seconds)
 
+def test_paired_latency_times_each_model_interleaved_after_untimed_warmup(monkeypatch):
+    from pipeline import metrics
 
-def test_paired_latency_times_each_model_interleaved():
+    clock = _FakeClock()
+    monkeypatch.setattr(metrics.time, "perf_counter", clock)
     tokens = [torch.arange(5).numpy()] * 8
-    fast, slow = paired_latency_ms([_Sleepy(0.002), _Sleepy(0.008)], tokens, batch_size=4, repeats=5, warmup=1)
-    assert 1.5 < fast < 6 and 7 < slow < 14 and slow / fast > 2
+    models = [_Timed("fast", clock, 2.0, first_ms=500.0), _Timed("slow", clock, 8.0, first_ms=900.0)]
+    fast, slow = paired_latency_ms(models, tokens, batch_size=4, repeats=5, warmup=1)
+    assert (fast, slow) == (pytest.approx(2.0), pytest.approx(8.0))  # the slow warm-up passes are not counted
+    assert clock.calls == ["fast", "slow"] * 6  # interleaved: A, B, A, B, ... (1 warm-up + 5 timed each)
