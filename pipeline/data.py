@@ -12,6 +12,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from pipeline.config import DataConfig
 from pipeline.errors import PipelineError
 from pipeline.sources import (
     Source,
@@ -30,18 +31,11 @@ PREPARED_COLUMNS = ("example_id", "input_ids", "length", "label")
 
 
 def prepare_split(
-    source: Source,
-    ds: datasets.Dataset,
-    tokenizer,
-    text_column: str,
-    label_column: str,
-    label_names: list[str],
-    max_length: int,
-    max_examples: int | None,
-    seed: int,
-    id_column: str | None = None,
+    source: Source, ds: datasets.Dataset, tokenizer, data: DataConfig, label_names: list[str], max_examples: int | None, seed: int
 ) -> tuple[datasets.Dataset, dict]:
-    """Validate, subsample, map labels and tokenize one loaded split. Returns the prepared dataset and its stats."""
+    """Validate, subsample, map labels and tokenize one loaded split (columns, ids and max length as `data` says).
+    Returns the prepared dataset and its stats."""
+    text_column, label_column, max_length, id_column = data.text_column, data.label_column, data.max_length, data.id_column
     texts, raw_labels = ds[text_column], ds[label_column]
     texts = [t if t is None or isinstance(t, str) else str(t) for t in texts]  # a column of numbers is still text
     validate_texts(texts, source, text_column)
@@ -112,18 +106,7 @@ def prepare_corpus(data, tokenizer, seed: int) -> tuple[dict[str, datasets.Datas
     splits, stats = {}, {}
     for name, source in sources.items():
         limit = data.max_train_examples if name == "train" else data.max_dev_examples
-        splits[name], stats[name] = prepare_split(
-            source,
-            loaded[name],
-            tokenizer,
-            data.text_column,
-            data.label_column,
-            label_names,
-            data.max_length,
-            limit,
-            seed,
-            data.id_column,
-        )
+        splits[name], stats[name] = prepare_split(source, loaded[name], tokenizer, data, label_names, limit, seed)
     if data.transfer is not None:
         splits["transfer"], stats["transfer"] = prepare_transfer(
             parse_source(data.transfer), data, tokenizer, seed, loaded["train"], sources["train"], splits["train"], loaded["dev"]

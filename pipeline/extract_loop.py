@@ -95,15 +95,38 @@ def extract_splits(
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         for split, ds in splits.items():
             entry = state.setdefault(split, {"shards": [], "done": False})
-            stats[split] = _extract_split(
-                model, dev, split, ds, entry, plan, sink, ring, on_batch, {} if captured is None else captured
-            )
+            loop = _Loop(model, dev, plan, sink, ring, on_batch, {} if captured is None else captured)
+            stats[split] = _extract_split(loop, split, ds, entry)
     if ring is not None:
         sink.wait_s += ring.wait_s  # waiting for a pinned slot the writer still holds is waiting on the writer too
     return stats
 
 
-def _extract_split(model, dev, split, ds, entry, plan: LoopPlan, sink: BatchSink, ring, on_batch, captured) -> dict:
+@dataclass
+class _Loop:
+    """What every split's pass shares: the teacher and its device, the plan, where batches go, the pinned ring (GPU),
+    the progress callback and the value vectors the forward hooks capture."""
+
+    model: torch.nn.Module
+    dev: torch.device
+    plan: LoopPlan
+    sink: BatchSink
+    ring: PinnedRing | None
+    on_batch: Callable[[str, int], None] | None
+    captured: dict
+
+
+def _extract_split(loop: _Loop, split: str, ds: datasets.Dataset, entry: dict) -> dict:
+    """One split through the teacher, from the batch its journal entry resumes at; returns its timing stats."""
+    model, dev, plan, sink, ring, on_batch, captured = (
+        loop.model,
+        loop.dev,
+        loop.plan,
+        loop.sink,
+        loop.ring,
+        loop.on_batch,
+        loop.captured,
+    )
     table = ds.data.table if hasattr(ds.data, "table") else ds.data
     lengths = table.column("length").to_numpy()
     ids_col = table.column("input_ids").combine_chunks()

@@ -16,6 +16,7 @@ from pipeline.config import DistillConfig
 from pipeline.errors import PipelineError
 from pipeline.layers import LayerPlan
 from pipeline.losses import (
+    LossMix,
     attention_kl_loss,
     attention_mse_loss,
     distillation_loss,
@@ -56,6 +57,10 @@ class DistillationModule(nn.Module):
         )
         self.running: dict[str, list[float]] = {}
 
+    def loss_mix(self) -> LossMix:
+        cfg = self.cfg
+        return LossMix(cfg.alpha, cfg.beta, cfg.gamma, self.temperature, cfg.logit_loss, cfg.hidden_loss)
+
     def forward(self, input_ids, attention_mask, labels, teacher_logits=None, **teacher_hidden):
         cfg = self.cfg
         need_hidden = bool(cfg.gamma and self.pairs)
@@ -83,12 +88,7 @@ class DistillationModule(nn.Module):
                 teacher_logits,
                 hidden_pairs,
                 attention_mask,
-                alpha=cfg.alpha,
-                beta=cfg.beta,
-                gamma=cfg.gamma,
-                temperature=self.temperature,
-                logit_kind=cfg.logit_loss,
-                hidden_kind=cfg.hidden_loss,
+                self.loss_mix(),
             )
         if self.attention_pairs:
             att_loss = attention_kl_loss if cfg.attention_loss == "kl" else attention_mse_loss
@@ -130,11 +130,7 @@ class DistillationModule(nn.Module):
             kl_where[need],
             hidden_pairs,
             attention_mask,
-            alpha=cfg.alpha,
-            beta=cfg.beta,
-            gamma=cfg.gamma,
-            temperature=self.temperature,
-            hidden_kind=cfg.hidden_loss,
+            self.loss_mix(),
         )
 
 

@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class LossMix:
+    """How the loss terms are weighted and which kinds are used: a student's distill settings at this step (the
+    temperature may be scheduled)."""
+
+    alpha: float
+    beta: float
+    gamma: float
+    temperature: float
+    logit_kind: str = "kl"
+    hidden_kind: str = "mse"
 
 
 def hard_label_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -70,12 +85,7 @@ def masked_lm_distillation_loss(
     kl_rows: torch.Tensor,
     hidden_pairs: list[tuple[torch.Tensor, torch.Tensor]],
     attention_mask: torch.Tensor,
-    *,
-    alpha: float,
-    beta: float,
-    gamma: float,
-    temperature: float,
-    hidden_kind: str = "mse",
+    mix: LossMix,
 ) -> tuple[torch.Tensor, dict]:
     """DistilBERT's objective from a cache, over the token positions the head was run on (n of them):
     alpha * masked-LM cross-entropy where `targets` != -100 + beta * T^2 top-k KL where `kl_rows` + gamma * the hidden
@@ -84,18 +94,18 @@ def masked_lm_distillation_loss(
     parts = {}
     total = student_logits.new_zeros((), dtype=torch.float32)
     masked = targets != -100
-    if alpha:
+    if mix.alpha:
         parts["ce"] = (
             F.cross_entropy(student_logits[masked].float(), targets[masked]) if masked.any() else student_logits.sum() * 0.0
         )
-        total = total + alpha * parts["ce"]
-    if beta:
-        parts["kl"] = topk_kd_loss(student_logits, topk_values, topk_indices, kl_rows, temperature)
-        total = total + beta * parts["kl"]
-    if gamma and hidden_pairs:
-        hidden_loss = hidden_cosine_loss if hidden_kind == "cosine" else hidden_mse_loss
+        total = total + mix.alpha * parts["ce"]
+    if mix.beta:
+        parts["kl"] = topk_kd_loss(student_logits, topk_values, topk_indices, kl_rows, mix.temperature)
+        total = total + mix.beta * parts["kl"]
+    if mix.gamma and hidden_pairs:
+        hidden_loss = hidden_cosine_loss if mix.hidden_kind == "cosine" else hidden_mse_loss
         parts["hidden"] = torch.stack([hidden_loss(s, t, attention_mask) for s, t in hidden_pairs]).mean()
-        total = total + gamma * parts["hidden"]
+        total = total + mix.gamma * parts["hidden"]
     return total, parts
 
 
@@ -169,13 +179,7 @@ def distillation_loss(
     teacher_logits: torch.Tensor,
     hidden_pairs: list[tuple[torch.Tensor, torch.Tensor]],
     attention_mask: torch.Tensor,
-    *,
-    alpha: float,
-    beta: float,
-    gamma: float,
-    temperature: float,
-    logit_kind: str = "kl",
-    hidden_kind: str = "mse",
+    mix: LossMix,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """alpha*CE(labels) + beta*logit loss (default T^2*KL(teacher||student)) + gamma*mean over pairs of the hidden
     loss (default MSE over real tokens).
@@ -184,16 +188,16 @@ def distillation_loss(
     """
     parts = {}
     total = student_logits.new_zeros((), dtype=torch.float32)
-    if alpha:
+    if mix.alpha:
         parts["ce"] = hard_label_loss(student_logits, labels)
-        total = total + alpha * parts["ce"]
-    if beta:
-        parts["kl" if logit_kind == "kl" else logit_kind] = soft = logit_loss(
-            logit_kind, student_logits, teacher_logits, temperature
+        total = total + mix.alpha * parts["ce"]
+    if mix.beta:
+        parts["kl" if mix.logit_kind == "kl" else mix.logit_kind] = soft = logit_loss(
+            mix.logit_kind, student_logits, teacher_logits, mix.temperature
         )
-        total = total + beta * soft
-    if gamma and hidden_pairs:
-        hidden_loss = hidden_cosine_loss if hidden_kind == "cosine" else hidden_mse_loss
+        total = total + mix.beta * soft
+    if mix.gamma and hidden_pairs:
+        hidden_loss = hidden_cosine_loss if mix.hidden_kind == "cosine" else hidden_mse_loss
         parts["hidden"] = torch.stack([hidden_loss(s, t, attention_mask) for s, t in hidden_pairs]).mean()
-        total = total + gamma * parts["hidden"]
+        total = total + mix.gamma * parts["hidden"]
     return total, parts

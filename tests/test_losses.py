@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from pipeline.losses import distillation_loss, hard_label_loss, hidden_mse_loss, kd_kl_loss
+from pipeline.losses import LossMix, distillation_loss, hard_label_loss, hidden_mse_loss, kd_kl_loss
 
 STUDENT = torch.tensor([[1.0, 2.0, 0.5], [0.3, -1.2, 2.2]])
 TEACHER = torch.tensor([[2.0, 0.5, -1.0], [0.0, 0.1, 1.5]])
@@ -41,7 +41,7 @@ def test_hidden_mse_ignores_padding_golden():
 
 def test_distillation_loss_weighted_mix_golden():
     total, parts = distillation_loss(
-        STUDENT, LABELS, TEACHER, [(S_HID, T_HID)], MASK, alpha=0.3, beta=0.7, gamma=2.0, temperature=2.0
+        STUDENT, LABELS, TEACHER, [(S_HID, T_HID)], MASK, LossMix(alpha=0.3, beta=0.7, gamma=2.0, temperature=2.0)
     )
     assert_close(total, torch.tensor(2.5484977844442205))
     assert_close(parts["ce"], torch.tensor(GOLDEN_CE))
@@ -51,7 +51,7 @@ def test_distillation_loss_weighted_mix_golden():
 
 def test_distillation_loss_averages_layer_pairs_and_skips_zero_weights():
     total, parts = distillation_loss(
-        STUDENT, LABELS, TEACHER, [(S_HID, T_HID), (T_HID, T_HID)], MASK, alpha=0.0, beta=0.0, gamma=1.0, temperature=2.0
+        STUDENT, LABELS, TEACHER, [(S_HID, T_HID), (T_HID, T_HID)], MASK, LossMix(alpha=0.0, beta=0.0, gamma=1.0, temperature=2.0)
     )
     assert set(parts) == {"hidden"}
     assert_close(total, torch.tensor(GOLDEN_MSE / 2))
@@ -95,12 +95,7 @@ def test_distillation_loss_selects_the_logit_and_hidden_losses(kind, part, golde
         TEACHER,
         [(S_HID, T_HID)],
         MASK,
-        alpha=0.0,
-        beta=1.0,
-        gamma=2.0,
-        temperature=2.0,
-        logit_kind=kind,
-        hidden_kind="cosine",
+        LossMix(alpha=0.0, beta=1.0, gamma=2.0, temperature=2.0, logit_kind=kind, hidden_kind="cosine"),
     )
     assert_close(parts[part], torch.tensor(golden))
     assert_close(total, torch.tensor(golden + 2 * GOLDEN_COSINE))
