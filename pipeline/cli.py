@@ -15,6 +15,14 @@ from pipeline.errors import PipelineError
 from pipeline.params import load_params
 
 
+def quiet_progress_bars() -> None:
+    """No progress bars off a terminal: under DVC or in CI, each carriage-return update would be a line of the log."""
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
 def run_stage(
     main: Callable[[Params, argparse.Namespace], None],
     configure: Callable[[argparse.ArgumentParser], None] | None = None,
@@ -27,6 +35,8 @@ def run_stage(
         configure(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("KD_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    if not sys.stderr.isatty():
+        quiet_progress_bars()
     start = time.perf_counter()
     try:
         main(load_params(args.params), args)

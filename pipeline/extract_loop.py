@@ -140,7 +140,9 @@ def _extract_split(loop: _Loop, split: str, ds: datasets.Dataset, entry: dict) -
         )
     padded_tokens = real_tokens = 0
     start = time.perf_counter()
-    for bi in tqdm(range(first, len(batches)), desc=f"extract {split}", unit="batch", initial=first, total=len(batches)):
+    for bi in tqdm(
+        range(first, len(batches)), desc=f"extract {split}", unit="batch", initial=first, total=len(batches), disable=None
+    ):
         rows = batches[bi]
         lens = lengths[rows]
         width = int(lens.max())
