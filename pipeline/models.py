@@ -79,7 +79,7 @@ def model_fingerprint(model_dir: Path) -> dict:
     }
 
 
-def _load_config(path: str, trust_remote_code: bool):
+def load_config(path: str, trust_remote_code: bool):
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as exc:
@@ -97,10 +97,20 @@ def from_safetensors(auto_class, path: str, trust_remote_code: bool, **kwargs):
         ) from None
 
 
+def check_max_length(spec: str, max_length: int, trust_remote_code: bool = False) -> None:
+    """Refuse a data.max_length the teacher has no position embeddings for, before anything is tokenized."""
+    positions = getattr(load_config(resolve_model_path(spec), trust_remote_code), "max_position_embeddings", None)
+    if positions is not None and max_length > positions:
+        raise PipelineError(
+            f"params.yaml: 'data.max_length' is {max_length} but teacher.model '{spec}' has {positions} "
+            f"position embeddings; set data.max_length to at most {positions}"
+        )
+
+
 def load_masked_lm(path: str, trust_remote_code: bool = False, require_head: bool = False):
     """A masked-LM model from a dir or hub id. A checkpoint without a trained masked-LM head gets a new one (output
     weights tied to the word embeddings, so only the small transform is untrained); `require_head` refuses that."""
-    config = _load_config(path, trust_remote_code)
+    config = load_config(path, trust_remote_code)
     if require_head and not any(a.endswith("ForMaskedLM") or a.endswith("ForPreTraining") for a in config.architectures or []):
         raise PipelineError(
             f"{path}: teacher.epochs is 0 but this checkpoint has no trained masked-LM head (architectures: "
@@ -126,7 +136,7 @@ def load_classifier(
             "id2label": dict(enumerate(label_names)),
             "label2id": {n: i for i, n in enumerate(label_names)},
         }
-    config = _load_config(path, trust_remote_code)
+    config = load_config(path, trust_remote_code)
     if require_head:
         archs = config.architectures or []
         if not any(a.endswith("ForSequenceClassification") for a in archs):

@@ -4,6 +4,7 @@ on its columns, labels, texts and ids that name the file and row at fault."""
 from __future__ import annotations
 
 import logging
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,9 +144,14 @@ def map_labels(raw_labels: list, label_names: list[str], source: Source, column:
     return out
 
 
+def _blank(text: str) -> bool:
+    """Nothing a reader could see: whitespace and invisible format characters (zero-width spaces and joiners, BOMs)."""
+    return not "".join(ch for ch in text if unicodedata.category(ch) != "Cf").strip()
+
+
 def validate_texts(texts: list, source: Source, column: str) -> None:
     for row, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str) or _blank(text):
             raise PipelineError(f"{source.where(row)}: empty text in column '{column}'; remove the row or fill in its text")
 
 

@@ -278,3 +278,25 @@ def test_flipped_byte_stops_lazy_reads_at_the_batch_that_holds_it(tmp_path):
         split[4]
     unchecked = TeacherCache(tmp_path, verify="size").split("train")
     assert unchecked[4]["hidden_3"].tobytes() != clean[4]  # the flip is real: only the checksum stood between it and training
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"[]", "manifest is a JSON list, not an object"),
+        (json.dumps({"format_version": FORMAT_VERSION}).encode(), "manifest lacks or mistypes fields, splits"),
+        (b"\xff\xfe{}", "manifest is not UTF-8 text"),
+    ],
+)
+def test_a_manifest_of_the_wrong_shape_is_one_error_naming_the_fix(tmp_path, content, message):
+    (tmp_path / "manifest.json").write_bytes(content)
+    with pytest.raises(PipelineError, match=message + r".*rerun the extract stage .*or `dvc pull` the cache"):
+        TeacherCache(tmp_path)
+
+
+def test_a_manifest_without_a_fields_list_is_refused(tmp_path):
+    manifest = _write(tmp_path, _rows("float16"), "float16")
+    del manifest["fields"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PipelineError, match="lacks or mistypes fields"):
+        TeacherCache(tmp_path)

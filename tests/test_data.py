@@ -69,6 +69,7 @@ def test_labels_inferred_when_label_names_is_null(tmp_path, tokenizer):
         ("score\tsentence\n1\tgood\n", r"no column 'label' .* 'data.label_column'"),
         ("label\tsentence\n1\tgood\n0\t   \n", r"train.tsv, line 3: empty text in column 'sentence'"),
         ("label\tsentence\n1\tgood\n0\t\n", r"train.tsv, line 3: empty text"),
+        ("label\tsentence\n1\tgood\n0\t\u200b\u200d \ufeff\n", r"train.tsv, line 3: empty text"),  # invisible characters only
         (
             "label\tsentence\n1\tgood\n2\tbad\n",
             r"train.tsv, line 3: label '?2'? in column 'label' is not one of \['negative', 'positive'\]",

@@ -106,3 +106,12 @@ def test_pretrained_init_loads_a_local_bert_checkpoint(tiny_teacher, tmp_path):
         build_student(
             StudentSpec(num_layers=2, hidden_size=16, init=f"pretrained:{tmp_path / 'none'}"), config, ["a", "b"], None, 0
         )
+
+
+def test_a_max_length_beyond_the_teachers_positions_is_refused_before_prepare(tiny_teacher):
+    from pipeline.models import check_max_length
+
+    positions = json.loads((tiny_teacher / "config.json").read_text())["max_position_embeddings"]
+    check_max_length(str(tiny_teacher), positions)  # the most it has is fine
+    with pytest.raises(PipelineError, match=rf"'data.max_length' is {positions + 1} but .* has {positions} position embeddings"):
+        check_max_length(str(tiny_teacher), positions + 1)

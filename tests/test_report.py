@@ -108,3 +108,16 @@ def test_report_leaves_out_models_params_no_longer_name(fixture_dirs, tmp_path):
     names = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert names == ["teacher", "small", "hard"]
     assert "tiny" not in md and "both" not in md
+
+
+def test_fastest_within_a_point_is_ranked_by_the_speedup_it_prints(tmp_path):
+    """A student can be slower in raw latency (timed on its own, on a busy spell) yet faster against the teacher-shaped
+    model timed interleaved with it: the advice names the one with the larger printed speedup."""
+    metrics, plots = tmp_path / "metrics", tmp_path / "plots"
+    metrics.mkdir()
+    plots.mkdir()
+    _metrics(metrics, "teacher", 0.90, 22_000_000, 50.0, layers=6)
+    _metrics(metrics, "a", 0.895, 17_000_000, 20.0, speedup_b32=1.5)  # lower raw latency, smaller speedup
+    _metrics(metrics, "b", 0.895, 17_000_000, 30.0, speedup_b32=2.0)
+    md = render_report(metrics, plots, tmp_path / "out", {"teacher": "teacher", "a": "student", "b": "student"})
+    assert "Fastest within 1 point of the teacher: **b** (2.00× faster at batch 32)" in md

@@ -39,7 +39,8 @@ STORAGE = {
     "int8": (pa.int8(), np.int8),  # quantized; the reader multiplies by the field's `<name>_scale` field
 }
 SCALE_SUFFIX = "_scale"
-KINDS = ("example", "token", "token_pair")
+# what every reader of a manifest relies on, and its JSON type
+MANIFEST_KEYS = {"fields": list, "splits": dict}
 
 
 @dataclass(frozen=True)
@@ -117,18 +118,27 @@ def read_manifest(cache_dir: Path) -> dict:
     path = Path(cache_dir) / MANIFEST
     if not path.is_file():
         raise PipelineError(f"{path}: no cache manifest; run `dvc repro extract` (or `dvc pull` the cache) first")
+    fix = "rerun the extract stage (`dvc repro -f extract`) or `dvc pull` the cache"
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise PipelineError(f"{path}: manifest is not UTF-8 text (corrupted); {fix}") from None
     except json.JSONDecodeError as exc:
-        raise PipelineError(
-            f"{path}: manifest is not valid JSON ({exc}); rerun the extract stage or `dvc pull` the cache"
-        ) from None
+        raise PipelineError(f"{path}: manifest is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(manifest, dict):
+        raise PipelineError(f"{path}: manifest is a JSON {type(manifest).__name__}, not an object (corrupted); {fix}")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise PipelineError(
             f"{path}: cache format version {version} but this code reads version {FORMAT_VERSION}; rerun the "
             "extract stage (`dvc repro extract`) to rebuild the cache"
         )
+    missing = [key for key, kind in MANIFEST_KEYS.items() if not isinstance(manifest.get(key), kind)]
+    if missing:
+        raise PipelineError(f"{path}: manifest lacks or mistypes {', '.join(missing)} (corrupted or hand-edited); {fix}")
+    for name, split in manifest["splits"].items():
+        if not isinstance(split, dict) or not isinstance(split.get("shards"), list):
+            raise PipelineError(f"{path}: manifest split '{name}' has no list of shards (corrupted); {fix}")
     return manifest
 
 
