@@ -17,6 +17,7 @@ from transformers import (
 )
 
 from pipeline.cache.schema import file_sha256
+from pipeline.config import StudentSpec
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -97,9 +98,10 @@ def from_safetensors(auto_class, path: str, trust_remote_code: bool, **kwargs):
         ) from None
 
 
-def check_max_length(spec: str, max_length: int, trust_remote_code: bool = False) -> None:
-    """Refuse a data.max_length the teacher has no position embeddings for, before anything is tokenized."""
-    positions = getattr(load_config(resolve_model_path(spec), trust_remote_code), "max_position_embeddings", None)
+def check_max_length(spec: str, max_length: int, config) -> None:
+    """Refuse a data.max_length the teacher (`config`, of teacher.model `spec`) has no position embeddings for, before
+    anything is tokenized."""
+    positions = getattr(config, "max_position_embeddings", None)
     if positions is not None and max_length > positions:
         raise PipelineError(
             f"params.yaml: 'data.max_length' is {max_length} but teacher.model '{spec}' has {positions} "
@@ -155,6 +157,35 @@ def load_classifier(
             else {}
         )
     return from_safetensors(AutoModelForSequenceClassification, path, trust_remote_code, **kwargs)
+
+
+def teacher_init_mismatch(spec: StudentSpec, teacher_config: dict) -> str:
+    """What keeps a student from taking the teacher's layers ('' when nothing): every width that differs, named."""
+    spec = spec.resolved(teacher_config)
+    wanted = {
+        "hidden_size": ("hidden_size", spec.hidden_size),
+        "intermediate_size": ("intermediate_size", spec.ffn_size),
+        "num_heads": ("num_attention_heads", spec.heads),
+    }
+    return ", ".join(
+        f"{key} {ours} (the teacher's is {teacher_config[theirs]})"
+        for key, (theirs, ours) in wanted.items()
+        if ours != teacher_config[theirs]
+    )
+
+
+def check_teacher_init(students: dict[str, StudentSpec], teacher_config: dict) -> None:
+    """Before any work: every student with init 'teacher' must have the teacher's widths; one message names them all."""
+    bad = [
+        f"students.{name}: {m}"
+        for name, spec in students.items()
+        if spec.init == "teacher" and (m := teacher_init_mismatch(spec, teacher_config))
+    ]
+    if bad:
+        raise PipelineError(
+            f"params.yaml: init 'teacher' copies the teacher's layers, so widths must match: {'; '.join(bad)}. "
+            "Set those keys to the teacher's values, or use init 'random'"
+        )
 
 
 SEEDS_DIR, PROVENANCE = "seeds", "distill.json"  # a student's extra seed runs; its seed list

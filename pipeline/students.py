@@ -14,7 +14,7 @@ from pipeline.config import StudentSpec
 from pipeline.errors import PipelineError
 from pipeline.layers import student_init_layers
 from pipeline.mlm import MASKED_LM
-from pipeline.models import from_safetensors
+from pipeline.models import from_safetensors, teacher_init_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +65,10 @@ def build_student(
         return load_pretrained_student(spec.init.split(":", 1)[1], spec, teacher_config, label_names, task), info
     student = BertForMaskedLM(config) if task == MASKED_LM else BertForSequenceClassification(config)
     if spec.init == "teacher":
-        t_hidden, t_ffn, t_heads = (
-            teacher_config["hidden_size"],
-            teacher_config["intermediate_size"],
-            teacher_config["num_attention_heads"],
-        )
-        if (spec.hidden_size, spec.ffn_size, spec.heads) != (t_hidden, t_ffn, t_heads):
+        mismatch = teacher_init_mismatch(spec, teacher_config)
+        if mismatch:
             raise PipelineError(
-                f"params.yaml: init 'teacher' needs the teacher's widths (hidden_size {t_hidden}, intermediate_size {t_ffn}, "
-                f"num_heads {t_heads}); the student has ({spec.hidden_size}, {spec.ffn_size}, {spec.heads}). Match them or "
-                "use init 'random'"
+                f"params.yaml: init 'teacher' needs the teacher's widths ({mismatch}); match them or use init 'random'"
             )
         if teacher_weights is None or not Path(teacher_weights).is_file():
             raise PipelineError(

@@ -6,11 +6,20 @@ from pathlib import Path
 
 from pipeline.cli import run_stage
 from pipeline.data import prepare_corpus, save_prepared
-from pipeline.models import check_max_length, load_tokenizer, tokenizer_fingerprint
+from pipeline.models import (
+    check_max_length,
+    check_teacher_init,
+    load_config,
+    load_tokenizer,
+    resolve_model_path,
+    tokenizer_fingerprint,
+)
 
 
 def main(params, args):
-    check_max_length(params.teacher.model, params.data.max_length, params.teacher.trust_remote_code)
+    teacher = load_config(resolve_model_path(params.teacher.model), params.teacher.trust_remote_code)
+    check_max_length(params.teacher.model, params.data.max_length, teacher)  # before work that would fail later
+    check_teacher_init(params.students, teacher.to_dict())
     tokenizer = load_tokenizer(params.teacher.model, params.teacher.trust_remote_code)
     splits, info = prepare_corpus(params.data, tokenizer, params.seed)
     info["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)

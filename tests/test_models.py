@@ -109,9 +109,29 @@ def test_pretrained_init_loads_a_local_bert_checkpoint(tiny_teacher, tmp_path):
 
 
 def test_a_max_length_beyond_the_teachers_positions_is_refused_before_prepare(tiny_teacher):
+    from transformers import AutoConfig
+
     from pipeline.models import check_max_length
 
-    positions = json.loads((tiny_teacher / "config.json").read_text())["max_position_embeddings"]
-    check_max_length(str(tiny_teacher), positions)  # the most it has is fine
+    config = AutoConfig.from_pretrained(tiny_teacher)
+    positions = config.max_position_embeddings
+    check_max_length(str(tiny_teacher), positions, config)  # the most it has is fine
     with pytest.raises(PipelineError, match=rf"'data.max_length' is {positions + 1} but .* has {positions} position embeddings"):
-        check_max_length(str(tiny_teacher), positions + 1)
+        check_max_length(str(tiny_teacher), positions + 1, config)
+
+
+def test_every_student_that_cannot_take_the_teachers_layers_is_named_in_one_message(tiny_teacher):
+    from pipeline.models import check_teacher_init
+
+    config, _ = _teacher(tiny_teacher)
+    ok = StudentSpec(num_layers=2, hidden_size=32, init="teacher")
+    narrow = StudentSpec(num_layers=2, hidden_size=16, init="teacher")
+    heads = StudentSpec(num_layers=2, hidden_size=32, init="teacher", num_heads=2, intermediate_size=32)
+    free = StudentSpec(num_layers=2, hidden_size=16, num_heads=2, init="random")
+    check_teacher_init({"ok": ok, "free": free}, config)
+    with pytest.raises(PipelineError) as err:
+        check_teacher_init({"ok": ok, "narrow": narrow, "heads": heads, "free": free}, config)
+    message = str(err.value)
+    assert "students.narrow: hidden_size 16 (the teacher's is 32)" in message
+    assert "students.heads: intermediate_size 32 (the teacher's is 64), num_heads 2 (the teacher's is 4)" in message
+    assert "students.free" not in message and "students.ok" not in message
