@@ -6,7 +6,6 @@ Fixtures shrink the real thing (real data, real code paths) instead of mocking i
 from __future__ import annotations
 
 import collections
-import os
 from pathlib import Path
 
 import pytest
@@ -18,10 +17,7 @@ from pipeline.data import prepare_corpus, save_prepared
 from pipeline.extract import extract_cache
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("KD_SHARED_DATA", ROOT.parent / "shared" / "data"))
-SST2 = SHARED_DATA / "sst2"
-
-needs_sst2 = pytest.mark.skipif(not (SST2 / "train.tsv").is_file(), reason=f"real SST-2 not found at {SST2} (set KD_SHARED_DATA)")
+SST2 = ROOT / "data" / "raw" / "sst2"  # ships with the project: tests never lack it
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -33,8 +29,6 @@ def sst2_rows(split: str, n: int) -> list[str]:
 @pytest.fixture(scope="session")
 def sst2_small(tmp_path_factory) -> Path:
     """300 train / 80 dev real SST-2 rows as tsv files."""
-    if not (SST2 / "train.tsv").is_file():
-        pytest.skip(f"real SST-2 not found at {SST2}")
     out = tmp_path_factory.mktemp("sst2")
     (out / "train.tsv").write_text("\n".join(sst2_rows("train", 300)) + "\n", encoding="utf-8")
     (out / "dev.tsv").write_text("\n".join(sst2_rows("dev", 80)) + "\n", encoding="utf-8")

