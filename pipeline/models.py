@@ -87,15 +87,26 @@ def load_config(path: str, trust_remote_code: bool):
         raise PipelineError(f"{path}: no model config could be loaded ({exc}); check teacher.model") from None
 
 
-def from_safetensors(auto_class, path: str, trust_remote_code: bool, **kwargs):
-    """Safetensors only: a pickled checkpoint can run code when loaded."""
+def from_safetensors(auto_class, path: str, trust_remote_code: bool, *, require_all: bool = False, **kwargs):
+    """Safetensors only: a pickled checkpoint can run code when loaded. `require_all` refuses a checkpoint missing
+    any weight of the model (transformers would initialise it at random, a warning at most)."""
     try:
-        return auto_class.from_pretrained(path, trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs)
+        model, info = auto_class.from_pretrained(
+            path, trust_remote_code=trust_remote_code, use_safetensors=True, output_loading_info=True, **kwargs
+        )
     except OSError as exc:
         raise PipelineError(
             f"{path}: no safetensors weights could be loaded ({str(exc).splitlines()[0]}); this tool loads only "
             "safetensors checkpoints: convert it (save_pretrained with safe_serialization) or pick another"
         ) from None
+    missing = sorted(info.get("missing_keys") or [])
+    if require_all and missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise PipelineError(
+            f"{path}: teacher.epochs is 0 but the checkpoint lacks weights the model needs ({shown}), so they would be "
+            "random; set teacher.epochs > 0 to fine-tune them, or point teacher.model at the complete checkpoint"
+        )
+    return model
 
 
 def check_max_length(spec: str, max_length: int, config) -> None:
@@ -118,7 +129,7 @@ def load_masked_lm(path: str, trust_remote_code: bool = False, require_head: boo
             f"{path}: teacher.epochs is 0 but this checkpoint has no trained masked-LM head (architectures: "
             f"{config.architectures}); set teacher.epochs > 0 to fine-tune one on the corpus"
         )
-    model = from_safetensors(AutoModelForMaskedLM, path, trust_remote_code)
+    model = from_safetensors(AutoModelForMaskedLM, path, trust_remote_code, require_all=require_head)
     model.config.architectures = [type(model).__name__]  # what downstream stages read the head from
     return model
 
@@ -156,7 +167,7 @@ def load_classifier(
             if label_names
             else {}
         )
-    return from_safetensors(AutoModelForSequenceClassification, path, trust_remote_code, **kwargs)
+    return from_safetensors(AutoModelForSequenceClassification, path, trust_remote_code, require_all=require_head, **kwargs)
 
 
 def teacher_init_mismatch(spec: StudentSpec, teacher_config: dict) -> str:

@@ -3,7 +3,9 @@ on its columns, labels, texts and ids that name the file and row at fault."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +87,52 @@ def _check_text_file(path: Path, header_lines: int) -> None:
         raise PipelineError(f"{path}: no data rows; point the params key at a non-empty file")
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    """The error the parser raised, under the DatasetGenerationError that `datasets` wraps it in."""
+    seen = {id(exc)}
+    while (inner := exc.__cause__ or exc.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        exc = inner
+    return exc
+
+
+def _parse_failure(path: Path, exc: BaseException) -> str:
+    """Where and why a file did not parse, as ', line N: reason'. JSON is re-read here to find the line (the
+    parser's own message counts rows within a block); pandas names the line (or the 0-based row) of delimited text."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        first = next((line for line in lines if line.strip()), "")
+        if suffix == ".json" and not _parses(first):  # one JSON document, not JSON Lines
+            try:
+                json.loads("\n".join(lines))
+            except json.JSONDecodeError as bad:
+                return f", line {bad.lineno}: not valid JSON ({bad.msg}, column {bad.colno})"
+        for number, line in enumerate(lines, 1):
+            if line.strip() and not _parses(line):
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as bad:
+                    return f", line {number}: not valid JSON ({bad.msg}, column {bad.colno}); each line must be one JSON object"
+    cause = _one_line(_root_cause(exc))
+    line = re.search(r"\bline (\d+)", cause)
+    row = re.search(r"\bstarting at row (\d+)", cause)  # pandas' tokenizer counts file rows from 0
+    where = f", line {line.group(1)}" if line else f", line {int(row.group(1)) + 1}" if row else ""
+    return f"{where}: could not parse as {suffix} ({cause})"
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
 def load_source(source: Source) -> datasets.Dataset:
     """Read one split with `datasets`."""
     if source.path is None:
@@ -102,7 +150,7 @@ def load_source(source: Source) -> datasets.Dataset:
     try:
         ds = datasets.load_dataset(builder, data_files=str(source.path), split="train", **kwargs)
     except Exception as exc:
-        raise PipelineError(f"{source.spec}: could not parse as {suffix} ({type(exc).__name__}: {exc}); fix the file") from None
+        raise PipelineError(f"{source.spec}{_parse_failure(source.path, exc)}; fix the file") from None
     if len(ds) == 0:
         raise PipelineError(f"{source.spec}: no data rows; point the params key at a non-empty file")
     return ds

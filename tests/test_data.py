@@ -84,6 +84,29 @@ def test_bad_train_files_are_refused_with_location_and_fix(tmp_path, tokenizer, 
         prepare_corpus(data_config(tmp_path), tokenizer, seed=0)
 
 
+@pytest.mark.parametrize(
+    "suffix, text, message",
+    [
+        (".tsv", "label\tsentence\n1\tgood\n0\tbad\textra\t1\n", r"train.tsv, line 3: could not parse .*Expected 2 fields"),
+        (".csv", 'label,sentence\n1,good\n0,"unclosed\n', r"train.csv, line 3: could not parse .*EOF inside string"),
+        (
+            ".jsonl",
+            '{"label": 1, "sentence": "good"}\n\n{"label": 0, "sentence": "bad"\n',
+            r"train.jsonl, line 3: not valid JSON \(Expecting ',' delimiter, column 31\); each line must be one JSON object",
+        ),
+        (".json", '[{"label": 1, "sentence": "good"},\n {"label": 0 "sentence": "bad"}]\n', r"train.json, line 2: not valid"),
+    ],
+)
+def test_unparseable_files_name_the_line(tmp_path, tokenizer, suffix, text, message):
+    _write(tmp_path, "label\tsentence\n1\tfine\n")
+    (tmp_path / f"train{suffix}").write_text(text)
+    cfg = data_config(tmp_path)
+    cfg.train = str(tmp_path / f"train{suffix}")
+    with pytest.raises(PipelineError, match=message) as caught:
+        prepare_corpus(cfg, tokenizer, seed=0)
+    assert "\n" not in str(caught.value) and str(caught.value).endswith("fix the file")
+
+
 def test_dev_label_outside_train_labels(tmp_path, tokenizer):
     _write(tmp_path, "label\tsentence\n1\tgood\n0\tbad\n", "label\tsentence\n1\tok\n7\tweird\n")
     with pytest.raises(PipelineError, match=r"dev.tsv, line 3: label '?7'?"):

@@ -135,3 +135,22 @@ def test_every_student_that_cannot_take_the_teachers_layers_is_named_in_one_mess
     assert "students.narrow: hidden_size 16 (the teacher's is 32)" in message
     assert "students.heads: intermediate_size 32 (the teacher's is 64), num_heads 2 (the teacher's is 4)" in message
     assert "students.free" not in message and "students.ok" not in message
+
+
+def test_epochs_zero_refuses_a_classifier_checkpoint_without_head_weights(tiny_teacher, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from pipeline.models import load_classifier
+
+    headless = tmp_path / "headless"
+    shutil.copytree(tiny_teacher, headless)
+    weights = load_file(headless / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("classifier.")}, headless / "model.safetensors")
+    with pytest.raises(PipelineError, match=r"headless: teacher.epochs is 0 but the checkpoint lacks .*classifier.bias, "):
+        load_classifier(str(headless), label_names=["negative", "positive"], require_head=True)
+    model = load_classifier(str(headless), label_names=["negative", "positive"])  # fine-tuning puts a new head on: fine
+    assert model.classifier.weight.shape == (2, 32)
+    complete = load_classifier(str(tiny_teacher), label_names=["negative", "positive"], require_head=True)
+    assert torch.equal(complete.classifier.weight, weights["classifier.weight"])
