@@ -73,6 +73,9 @@ class TeacherConfig:
     weight_decay: float = knob(0.01, "AdamW weight decay", ge=0)
     trust_remote_code: bool = knob(False, "let transformers run code shipped with teacher.model")
     mlm_probability: float = knob(0.15, "masked_lm fine-tuning: share of tokens masked (drawn anew each epoch)", gt=0, lt=1)
+    checkpoint_steps: int = knob(
+        500, "steps between resumable checkpoints (one is also kept at each epoch end); 0 = epoch ends only", ge=0
+    )
 
 
 @dataclass
@@ -140,6 +143,9 @@ class DistillConfig:
     transfer: bool = knob(True, "KD students also learn from the cache's transfer rows (teacher signal only)")
     seeds: int = knob(
         1, "runs per student under seed, seed+1, ...; the first is shipped, evaluate and report give mean +- std", gt=0
+    )
+    checkpoint_steps: int = knob(
+        500, "steps between resumable checkpoints (one is also kept at each epoch end); 0 = epoch ends only", ge=0
     )
     mlm_positions: str = knob(
         "masked", "masked-LM caches: top-k KL at the masked tokens (DistilBERT) or at all real tokens", choices=("masked", "all")

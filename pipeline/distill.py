@@ -3,6 +3,7 @@ only the chosen tensors are read from its safetensors file."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import resource
@@ -15,7 +16,8 @@ import torch
 from transformers import AutoTokenizer, set_seed
 
 from pipeline.cache import TeacherCache, attention_field, check_compatible, hidden_field, value_field
-from pipeline.cache.schema import TEACHER_CONFIG
+from pipeline.cache.schema import MANIFEST, TEACHER_CONFIG
+from pipeline.checkpoints import Checkpoints, files_digest, save_atomically, train_work_dir, training_key
 from pipeline.collate import ConcatSplits
 from pipeline.config import DistillConfig, StudentSpec
 from pipeline.errors import PipelineError
@@ -104,11 +106,15 @@ def distill_student(
     teacher_dir: Path | None = None,
     max_length: int | None = None,
     label_names: list[str] | None = None,
+    work: Path | None = None,
+    callbacks=(),
 ) -> dict:
     """Build the student, check the cache fits it, distil, save with save_pretrained + tokenizer. Returns a summary.
 
     `teacher_dir` is read only for init 'teacher' (the chosen tensors, lazily); init 'random' needs no teacher at all.
-    `max_length` and `label_names` (params.yaml's) are checked against the cache's.
+    `max_length` and `label_names` (params.yaml's) are checked against the cache's. With `work`, training keeps
+    resumable checkpoints there (keyed on the student, its settings, seed and the cache's manifest) and resumes from
+    the last one an interrupted run left; the caller removes `work` once it is done with it.
     """
     start = time.perf_counter()
     cache = TeacherCache(cache_dir, verify=cfg.verify_cache)
@@ -143,18 +149,31 @@ def distill_student(
     labeled_rows, transfer_rows = len(train), len(transfer) if transfer is not None else 0
     if transfer is not None:  # unlabeled rows: the teacher's outputs are their only target
         train = ConcatSplits([train, transfer])
+    checkpoints = None
+    if work is not None:
+        settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_steps"}
+        key = training_key(
+            student=dataclasses.asdict(spec),
+            distill=settings,
+            seed=seed,
+            cache=files_digest([Path(cache_dir) / MANIFEST]),
+            max_length=max_length,
+        )
+        checkpoints = Checkpoints(work, key, cfg.checkpoint_steps, f"student {Path(out_dir).name} (seed {seed})")
     history = train_student(
         module,
         train,
         dev,
-        training_arguments(scratch_dir(), cfg, seed),
+        training_arguments(scratch_dir(), cfg, seed, checkpoints=checkpoints),
         tokenizer.pad_token_id or 0,
         optimizer=optimizer_choice(cfg.optimizer, cfg.learning_rate, cfg.momentum),
         staged=(cfg.step_stages, cfg.step_gamma) if cfg.scheduler == "step" else None,
+        checkpoints=checkpoints,
+        callbacks=callbacks,
     )
     if plan.attention_pairs:
         student.set_attn_implementation("sdpa")  # serve with the fused kernel
-    save_student(student, tokenizer, Path(out_dir), max_length or cache.manifest["max_length"])
+    save_student(student, tokenizer, Path(out_dir), max_length or cache.manifest["max_length"], kept=work)
     evals = [h for h in history if "eval_accuracy" in h]
     summary = {
         "seconds": round(time.perf_counter() - start, 1),
@@ -170,15 +189,21 @@ def distill_student(
         "transfer_rows": transfer_rows,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "dev_accuracy_per_epoch": [round(h["eval_accuracy"], 4) for h in evals],
+        "resumed_from_step": checkpoints.resumed_step if checkpoints is not None else None,
     }
     return {"summary": summary, "history": history}
 
 
-def save_student(student, tokenizer, out_dir: Path, max_length: int) -> None:
-    """save_pretrained for the model and its tokenizer, which says the length the student was trained at."""
-    student.save_pretrained(out_dir)
+def save_student(student, tokenizer, out_dir: Path, max_length: int, kept: Path | None = None) -> None:
+    """save_pretrained for the model and its tokenizer (which says the length the student was trained at), into a
+    temporary dir renamed into place; a failed save names the checkpoints `kept` for the rerun."""
     tokenizer.init_kwargs["max_length"] = max_length
-    tokenizer.save_pretrained(out_dir)
+
+    def write(path: Path) -> None:
+        student.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+
+    save_atomically(out_dir, write, kept=kept)
 
 
 def distill_seeds(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: DistillConfig, *, seeds: list[int], **kwargs) -> dict:
@@ -186,13 +211,21 @@ def distill_seeds(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: Distil
     `out_dir/seeds/<seed>/` so evaluate and report can give mean +- std. `out_dir/distill.json` records the seeds."""
     out_dir = Path(out_dir)
     shutil.rmtree(out_dir / SEEDS_DIR, ignore_errors=True)  # never mix in runs of an earlier seed list
+    work = train_work_dir(out_dir)  # each seed's checkpoints, kept until every seed is saved
     runs = []
     for i, seed in enumerate(seeds):
         log.info("student %s: seed %d (%d of %d)", out_dir.name, seed, i + 1, len(seeds))
         result = distill_student(
-            cache_dir, out_dir if i == 0 else out_dir / SEEDS_DIR / str(seed), spec, cfg, seed=seed, **kwargs
+            cache_dir,
+            out_dir if i == 0 else out_dir / SEEDS_DIR / str(seed),
+            spec,
+            cfg,
+            seed=seed,
+            work=work / f"seed-{seed}",
+            **kwargs,
         )
         runs.append((seed, result))
+    shutil.rmtree(work, ignore_errors=True)
     primary = runs[0][1]
     summary = dict(
         primary["summary"],

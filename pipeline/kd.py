@@ -11,6 +11,7 @@ from torch import nn
 from transformers import DataCollatorWithPadding
 
 from pipeline.cache import CacheSplit, attention_field, hidden_field, value_field
+from pipeline.checkpoints import Checkpoints
 from pipeline.collate import CacheCollator
 from pipeline.config import DistillConfig
 from pipeline.errors import PipelineError
@@ -187,8 +188,11 @@ def train_student(
     pad_token_id: int,
     optimizer: tuple[type, dict] | None = None,
     staged: tuple[int, float] | None = None,
+    checkpoints: Checkpoints | None = None,
+    callbacks=(),
 ) -> list[dict]:
-    """Distil into `module.student` from the cache splits (Trainer `args`); returns the Trainer's log history."""
+    """Distil into `module.student` from the cache splits (Trainer `args`), resuming from `checkpoints` when an
+    interrupted run left one; returns the Trainer's log history."""
     collator = CacheCollator(
         sorted({t for _, t in module.pairs}),
         pad_token_id,
@@ -208,8 +212,9 @@ def train_student(
         lengths=train.lengths(),
         optimizer_cls_and_kwargs=optimizer,
         staged=staged,
+        callbacks=list(callbacks),
     )
-    trainer.train()
+    trainer.fit(checkpoints)
     return trainer.state.log_history
 
 

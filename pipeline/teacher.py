@@ -3,13 +3,16 @@ texts (masked LM), on the same Trainer loop the students use."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from pathlib import Path
 
 import datasets
 import numpy as np
 from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding, set_seed
 
+from pipeline.checkpoints import Checkpoints, files_digest, save_atomically, train_work_dir, training_key
 from pipeline.config import TeacherConfig
 from pipeline.errors import PipelineError
 from pipeline.mlm import MASKED_LM
@@ -19,8 +22,9 @@ from pipeline.trainer import LengthGroupedTrainer, TextDataset, TokenDataset, ac
 log = logging.getLogger(__name__)
 
 
-def fine_tune_teacher(model, tokenizer, train_ds, dev_ds, args) -> list[dict]:
-    """Fine-tune a sequence classifier in place; returns the Trainer's log history (loss, dev accuracy per epoch)."""
+def fine_tune_teacher(model, tokenizer, train_ds, dev_ds, args, checkpoints=None, callbacks=()) -> list[dict]:
+    """Fine-tune a sequence classifier in place; returns the Trainer's log history (loss, dev accuracy per epoch).
+    With `checkpoints`, resumes from the last one an interrupted run left."""
     trainer = LengthGroupedTrainer(
         model=model,
         args=args,
@@ -29,30 +33,89 @@ def fine_tune_teacher(model, tokenizer, train_ds, dev_ds, args) -> list[dict]:
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=accuracy_metrics,
         lengths=np.asarray(train_ds["length"]),
+        callbacks=list(callbacks),
     )
-    trainer.train()
+    trainer.fit(checkpoints)
     return trainer.state.log_history
 
 
-def fine_tune_masked_lm(model, tokenizer, train_ds, dev_ds, args, mlm_probability: float, seed: int) -> list[dict]:
-    """Fine-tune a masked-LM model in place on the corpus texts (BERT masking, drawn anew each epoch from `seed`);
-    returns the log history (loss; dev masked-LM loss per epoch)."""
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed)
-    trainer = LengthGroupedTrainer(
+def fine_tune_masked_lm(
+    model, tokenizer, train_ds, dev_ds, args, mlm_probability: float, seed: int, checkpoints=None, callbacks=()
+) -> list[dict]:
+    """Fine-tune a masked-LM model in place on the corpus texts (BERT masking, drawn anew for every training batch
+    from `seed`'s stream; the dev rows get the same masks at every evaluation); returns the log history (loss; dev
+    masked-LM loss per epoch). The masking stream is checkpointed with the rest."""
+    masking = ResumableMasking(DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed))
+    if checkpoints is not None:
+        checkpoints.extra_state = (lambda: masking.state_at(trainer.state.global_step), masking.restore)
+    trainer = MaskedLMTrainer(
         model=model,
         args=args,
         train_dataset=TextDataset(train_ds),
         eval_dataset=TextDataset(dev_ds),
-        data_collator=collator,
+        data_collator=masking,
         lengths=np.asarray(train_ds["length"]),
+        callbacks=list(callbacks),
+        eval_collator=lambda: DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, seed=seed),
     )
-    trainer.train()
+    trainer.fit(checkpoints)
     return trainer.state.log_history
 
 
-def train_teacher(cfg: TeacherConfig, splits: dict[str, datasets.Dataset], info: dict, seed: int) -> tuple:
-    """Load teacher.model with the task's head and fine-tune it (unless `cfg.epochs` is 0). Returns (model, tokenizer,
-    Trainer log history, summary)."""
+class ResumableMasking:
+    """The training collator's masking stream, checkpointable at a step. The dataloader collates a batch ahead of the
+    step it trains, so the generator's state before each recent batch is kept; a checkpoint at step N saves the
+    state after exactly N training batches."""
+
+    KEEP = 8
+
+    def __init__(self, collator: DataCollatorForLanguageModeling):
+        self.collator, self.calls, self.before = collator, 0, {}
+
+    def __call__(self, examples):
+        generator = self.collator.generator
+        self.before[self.calls] = None if generator is None else generator.get_state()
+        self.before.pop(self.calls - self.KEEP, None)
+        self.calls += 1
+        return self.collator(examples)
+
+    def state_at(self, batches: int) -> dict:
+        """The masking state after `batches` training batches (gradient accumulation is 1 here)."""
+        if batches == self.calls:
+            generator = self.collator.generator
+            return {"calls": batches, "generator": None if generator is None else generator.get_state()}
+        return {"calls": batches, "generator": self.before[batches]}
+
+    def restore(self, state: dict) -> None:
+        self.calls, self.before = state["calls"], {}
+        if state["generator"] is None:
+            self.collator.generator = None  # not drawn from yet: seeded on first use
+        else:
+            self.collator.generator = self.collator.get_generator(self.collator.seed)
+            self.collator.generator.set_state(state["generator"])
+
+
+class MaskedLMTrainer(LengthGroupedTrainer):
+    """Evaluates with a fresh collator from `eval_collator()`: every evaluation masks the dev rows alike, and the
+    training masking stream is not drawn from by evaluation."""
+
+    def __init__(self, *args, eval_collator, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_collator = eval_collator
+
+    def evaluate(self, *args, **kwargs):
+        train_collator, self.data_collator = self.data_collator, self.eval_collator()
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self.data_collator = train_collator
+
+
+def train_teacher(
+    cfg: TeacherConfig, splits: dict[str, datasets.Dataset], info: dict, seed: int, checkpoints=None, callbacks=()
+) -> tuple:
+    """Load teacher.model with the task's head and fine-tune it (unless `cfg.epochs` is 0), resuming from
+    `checkpoints` when an interrupted run left one. Returns (model, tokenizer, Trainer log history, summary)."""
     tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
     if tokenizer_fingerprint(tokenizer) != info["tokenizer_fingerprint"]:
         raise PipelineError(f"data/prepared: prepared with a different tokenizer than teacher.model '{cfg.model}'; rerun prepare")
@@ -76,11 +139,12 @@ def train_teacher(cfg: TeacherConfig, splits: dict[str, datasets.Dataset], info:
         )
     start, history = time.perf_counter(), []
     if cfg.epochs > 0:
-        args = training_arguments(scratch_dir(), cfg, seed)
+        args = training_arguments(scratch_dir(), cfg, seed, checkpoints=checkpoints)
+        train, dev = splits["train"], splits["dev"]
         history = (
-            fine_tune_masked_lm(model, tokenizer, splits["train"], splits["dev"], args, cfg.mlm_probability, seed)
+            fine_tune_masked_lm(model, tokenizer, train, dev, args, cfg.mlm_probability, seed, checkpoints, callbacks)
             if mlm
-            else fine_tune_teacher(model, tokenizer, splits["train"], splits["dev"], args)
+            else fine_tune_teacher(model, tokenizer, train, dev, args, checkpoints, callbacks)
         )
     evals = [h for h in history if "eval_accuracy" in h]
     summary = {
@@ -89,7 +153,34 @@ def train_teacher(cfg: TeacherConfig, splits: dict[str, datasets.Dataset], info:
         "epochs": cfg.epochs,
         "train_rows": len(splits["train"]),
         "dev_accuracy_per_epoch": [round(h["eval_accuracy"], 4) for h in evals],
+        "resumed_from_step": checkpoints.resumed_step if checkpoints is not None else None,
     }
     if mlm:  # dev masked-LM loss (dynamic masking); the evaluate stage gives masked-token accuracy on the cached masking
         summary["dev_mlm_loss_per_epoch"] = [round(h["eval_loss"], 4) for h in history if "eval_loss" in h]
     return model, tokenizer, history, summary
+
+
+def teacher_checkpoints(cfg: TeacherConfig, splits: dict[str, datasets.Dataset], info: dict, seed: int, out_dir: Path):
+    """The teacher run's checkpoints beside `out_dir`, keyed on its settings, seed, tokenizer and prepared rows."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_steps"}
+    data = files_digest(f["filename"] for name in ("train", "dev") for f in splits[name].cache_files)
+    key = training_key(teacher=settings, seed=seed, tokenizer=info["tokenizer_fingerprint"], data=data)
+    return Checkpoints(train_work_dir(out_dir), key, cfg.checkpoint_steps, "teacher")
+
+
+def run_teacher(
+    cfg: TeacherConfig, splits: dict[str, datasets.Dataset], info: dict, seed: int, out_dir: Path, callbacks=()
+) -> tuple[list[dict], dict]:
+    """The teacher stage: train (resumably) and save model + tokenizer atomically to `out_dir`; the checkpoints are
+    removed once the save succeeded. Returns (log history, summary)."""
+    checkpoints = teacher_checkpoints(cfg, splits, info, seed, out_dir) if cfg.epochs > 0 else None
+    model, tokenizer, history, summary = train_teacher(cfg, splits, info, seed, checkpoints, callbacks)
+
+    def write(path: Path) -> None:
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+
+    save_atomically(out_dir, write, kept=checkpoints.work if checkpoints is not None else None)
+    if checkpoints is not None:
+        checkpoints.remove()
+    return history, summary

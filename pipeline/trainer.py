@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainingArguments
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
+from pipeline.checkpoints import Checkpoints
 from pipeline.config import DistillConfig, TeacherConfig
 from pipeline.metrics import classification_metrics
 from pipeline.mlm import masked_token_metrics
@@ -51,10 +52,29 @@ class LengthGroupedTrainer(Trainer):
         self.staged = staged
 
     def _get_train_sampler(self, train_dataset=None):
-        generator = torch.Generator().manual_seed(self.args.seed)
-        return LengthGroupedSampler(
-            self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self.lengths, generator=generator
+        return EpochLengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps, self.lengths, self.args.seed
         )
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """A checkpoint of a module that is not a PreTrainedModel (a student inside its distillation module) is a
+        plain state dict in safetensors, which refuses tensors sharing memory (a masked-LM student's tied output
+        weights): those are written as copies, and load back into the one shared tensor."""
+        if state_dict is None and not isinstance(self.model, PreTrainedModel):
+            seen, state_dict = set(), {}
+            for name, tensor in self.model.state_dict().items():
+                shared = tensor.untyped_storage().data_ptr() in seen
+                seen.add(tensor.untyped_storage().data_ptr())
+                state_dict[name] = tensor.clone() if shared else tensor
+        super()._save(output_dir, state_dict)
+
+    def fit(self, checkpoints: Checkpoints | None = None) -> None:
+        """train(), resuming from the last complete checkpoint of `checkpoints` when an earlier run left one."""
+        if checkpoints is None:
+            self.train()
+            return
+        self.add_callback(checkpoints.callback())
+        self.train(resume_from_checkpoint=checkpoints.latest())
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.staged is None or self.lr_scheduler is not None:
@@ -62,6 +82,24 @@ class LengthGroupedTrainer(Trainer):
         schedule = step_schedule(self.args.get_warmup_steps(num_training_steps), num_training_steps, *self.staged)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, schedule)
         return self.lr_scheduler
+
+
+class EpochLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order whose epoch e is the (e+1)-th draw of a generator seeded with `seed`: the same order an
+    uninterrupted run gives, also when a resumed run starts at epoch e (the Trainer calls `set_epoch`)."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.epoch):  # replay the earlier epochs' draws (a permutation each: cheap)
+            get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
 class TokenDataset(torch.utils.data.Dataset):
@@ -85,15 +123,20 @@ class TextDataset(TokenDataset):
 
 
 def training_arguments(
-    output_dir: Path | str, cfg: TeacherConfig | DistillConfig, seed: int, eval_each_epoch: bool = True
+    output_dir: Path | str,
+    cfg: TeacherConfig | DistillConfig,
+    seed: int,
+    eval_each_epoch: bool = True,
+    checkpoints: Checkpoints | None = None,
 ) -> TrainingArguments:
-    """Trainer arguments from a config section: warm-up then linear (or cosine) decay, clipping at max_grad_norm;
-    nothing saved by the Trainer (stages save with save_pretrained). A 'step' scheduler is set up by
-    `LengthGroupedTrainer(staged=...)`. The teacher section has no scheduler, clipping, logging or worker knobs: it
-    trains with the defaults below."""
+    """Trainer arguments from a config section: warm-up then linear (or cosine) decay, clipping at max_grad_norm.
+    With `checkpoints` the Trainer saves resumable checkpoints into its work dir every `checkpoints.every` steps (its
+    callback adds one at each epoch end); otherwise `output_dir` is scratch and nothing is saved (stages save with
+    save_pretrained). A 'step' scheduler is set up by `LengthGroupedTrainer(staged=...)`. The teacher section has no
+    scheduler, clipping, logging or worker knobs: it trains with the defaults below."""
     scheduler = getattr(cfg, "scheduler", "linear")
     return TrainingArguments(
-        output_dir=str(output_dir),
+        output_dir=str(checkpoints.work if checkpoints is not None else output_dir),
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=max(cfg.batch_size, 64),
@@ -106,7 +149,8 @@ def training_arguments(
         seed=seed,
         data_seed=seed,
         logging_steps=getattr(cfg, "logging_steps", 10),
-        save_strategy="no",
+        save_strategy="steps" if checkpoints is not None and checkpoints.every else "no",
+        save_steps=checkpoints.every if checkpoints is not None and checkpoints.every else 500,
         eval_strategy="epoch" if eval_each_epoch else "no",
         report_to="none",
         use_cpu=not torch.cuda.is_available(),

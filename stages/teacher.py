@@ -6,16 +6,14 @@ from pathlib import Path
 
 from pipeline.cli import run_stage
 from pipeline.data import load_prepared
-from pipeline.teacher import train_teacher
+from pipeline.teacher import run_teacher
 from pipeline.trainer import write_history_csv
 
 
 def main(params, args):
     splits, info = load_prepared(Path(args.prepared))
-    model, tokenizer, history, summary = train_teacher(params.teacher, splits, info, params.seed)
     out = Path(args.out)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    history, summary = run_teacher(params.teacher, splits, info, params.seed, out)
     write_history_csv(history, Path(args.plots))
     Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
     Path(args.metrics).write_text(json.dumps(summary, indent=2) + "\n")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForMaskedLM, BertForMaskedLM
+from transformers import AutoModelForMaskedLM, BertForMaskedLM, TrainerCallback
 
 from pipeline.cache import TeacherCache
 from pipeline.config import DistillConfig, StudentSpec
@@ -281,3 +281,50 @@ def test_running_the_vocabulary_head_on_selected_tokens_gives_the_full_logits_lo
     full = module(ids, mask, labels, **teacher)
     assert full["logits"].shape == (3, 7, 50)
     assert selected["loss"].item() == pytest.approx(full["loss"].item(), rel=1e-5)
+
+
+class _Interrupt(TrainerCallback):
+    """A crash (as kill -9 would be) just after the checkpoint at `step` is complete."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_masked_lm_teacher_resumes_with_the_same_dynamic_masking(tmp_path, tiny_teacher, tiny_prepared):
+    """The collator's masking generator is checkpointed: an interrupted masked-LM fine-tuning resumes to the weights
+    of an uninterrupted one (masks drawn after the resume point are the same)."""
+    from transformers import AutoTokenizer
+
+    from pipeline.config import TeacherConfig
+    from pipeline.models import tokenizer_fingerprint
+    from pipeline.teacher import run_teacher
+
+    splits, info = tiny_prepared
+    info = dict(info, tokenizer_fingerprint=tokenizer_fingerprint(AutoTokenizer.from_pretrained(tiny_teacher)))
+    cfg = TeacherConfig(model=str(tiny_teacher), task="masked_lm", epochs=2, batch_size=16, checkpoint_steps=5)
+    _, reference = run_teacher(cfg, splits, info, 0, tmp_path / "reference")
+    with pytest.raises(KeyboardInterrupt):
+        run_teacher(cfg, splits, info, 0, tmp_path / "teacher", callbacks=[_Interrupt(25)])
+    _, resumed = run_teacher(cfg, splits, info, 0, tmp_path / "teacher")
+    assert resumed["resumed_from_step"] == 25
+    assert resumed["dev_mlm_loss_per_epoch"] == reference["dev_mlm_loss_per_epoch"]
+    want = (tmp_path / "reference" / "model.safetensors").read_bytes()
+    assert (tmp_path / "teacher" / "model.safetensors").read_bytes() == want
+
+
+def test_masked_lm_student_resumes_to_identical_weights(tmp_path, mlm_cache):
+    from pipeline.distill import distill_seeds
+
+    spec = StudentSpec(num_layers=2, hidden_size=16, num_heads=2, init="random")
+    cfg = DistillConfig(epochs=2, batch_size=16, learning_rate=5e-4, checkpoint_steps=4)
+    reference = distill_seeds(mlm_cache, tmp_path / "reference", spec, cfg, seeds=[0])["summary"]
+    with pytest.raises(KeyboardInterrupt):
+        distill_seeds(mlm_cache, tmp_path / "s", spec, cfg, seeds=[0], callbacks=[_Interrupt(8)])
+    resumed = distill_seeds(mlm_cache, tmp_path / "s", spec, cfg, seeds=[0])["summary"]
+    assert resumed["resumed_from_step"] == 8 and resumed["dev_accuracy_per_epoch"] == reference["dev_accuracy_per_epoch"]
+    want = (tmp_path / "reference" / "model.safetensors").read_bytes()
+    assert (tmp_path / "s" / "model.safetensors").read_bytes() == want

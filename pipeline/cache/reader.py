@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.cache.codec import dequantize_int8
+from pipeline.cache.remedy import remedy
 from pipeline.cache.schema import (
     MANIFEST,
     SCALE_SUFFIX,
@@ -31,7 +32,6 @@ from pipeline.errors import PipelineError
 # full: sha256 of every shard at open. lazy: sizes at open, then each record batch's CRC-32 on first touch (the
 # default: a flipped byte stops training at the batch that holds it, and no time is spent up front). size: sizes only.
 RELEASE_EVERY = 512  # rows read between page releases: bounds resident cache pages to about this many rows' worth
-REMEDY = "run `dvc pull` for the cache, or rebuild it (`dvc repro -f extract`)"
 VERIFY_MODES = ("full", "lazy", "size", "none")
 
 
@@ -83,7 +83,7 @@ class CacheSplit:
                 reader = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mapping)))  # zero-copy over our own mapping
                 batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
             except (pa.ArrowException, OSError) as exc:
-                raise PipelineError(f"{path}: shard is unreadable ({exc}); {REMEDY}") from None
+                raise PipelineError(f"{path}: shard is unreadable ({exc}); {remedy(path, self.cache_dir)}") from None
             starts = np.concatenate([[0], np.cumsum([b.num_rows for b in batches])]).astype(np.int64)
             per_batch = []
             for b in batches:
@@ -121,7 +121,7 @@ class CacheSplit:
             if expected is not None and (b >= len(expected) or record_batch_crc32(cols["_batch"]) != expected[b]):
                 raise PipelineError(
                     f"{self.shard_paths[shard]}: record batch {b} does not match its checksum in the manifest "
-                    f"(corrupted); {REMEDY}"
+                    f"(corrupted); {remedy(self.shard_paths[shard], self.cache_dir)}"
                 )
             cols["_checked"] = True
         return cols, int(local - starts[b])
@@ -197,16 +197,20 @@ class TeacherCache:
 
     def verify(self, full: bool = True) -> None:
         """Every listed shard exists with its recorded size (and, with `full`, its sha256)."""
-        remedy = REMEDY
         for _split, meta in self.manifest["splits"].items():
             for shard in meta["shards"]:
                 path = safe_shard_path(self.cache_dir, shard["file"])
                 if not path.is_file():
-                    raise PipelineError(f"{path}: shard listed in the manifest is missing; {remedy}")
+                    raise PipelineError(f"{path}: shard listed in the manifest is missing; {remedy(path, self.cache_dir)}")
                 if path.stat().st_size != shard["bytes"]:
-                    raise PipelineError(f"{path}: shard is {path.stat().st_size} bytes, manifest says {shard['bytes']}; {remedy}")
+                    raise PipelineError(
+                        f"{path}: shard is {path.stat().st_size} bytes, manifest says {shard['bytes']}; "
+                        f"{remedy(path, self.cache_dir)}"
+                    )
                 if full and file_sha256(path) != shard["sha256"]:
-                    raise PipelineError(f"{path}: shard checksum does not match the manifest (corrupted); {remedy}")
+                    raise PipelineError(
+                        f"{path}: shard checksum does not match the manifest (corrupted); {remedy(path, self.cache_dir)}"
+                    )
 
     @property
     def splits(self) -> list[str]:

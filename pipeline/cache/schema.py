@@ -118,7 +118,7 @@ def read_manifest(cache_dir: Path) -> dict:
     path = Path(cache_dir) / MANIFEST
     if not path.is_file():
         raise PipelineError(f"{path}: no cache manifest; run `dvc repro extract` (or `dvc pull` the cache) first")
-    fix = "rerun the extract stage (`dvc repro -f extract`) or `dvc pull` the cache"
+    fix = "rerun the extract stage alone (`dvc repro -s -f extract`) or `dvc pull` the cache"
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
