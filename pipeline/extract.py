@@ -27,8 +27,8 @@ from pipeline.errors import PipelineError
 from pipeline.extract_loop import LoopPlan, extract_splits
 from pipeline.journal import JOURNAL, ShardSink, job_key, load_journal, work_dir_for
 from pipeline.layers import normalize_layers, normalize_model_layers
-from pipeline.mlm import MASKED_LM, auto_model_class, head_task
 from pipeline.models import model_fingerprint, tokenizer_fingerprint
+from pipeline.tasks import task_of_model
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +52,6 @@ def value_projection(model, layer: int):
         ) from None
 
 
-def _masking(task: str, cfg: ExtractConfig, model, tokenizer, teacher_dir: Path, seed: int) -> dict | None:
-    if task != MASKED_LM:
-        return None
-    vocab = model.config.vocab_size
-    if not 0 < cfg.topk <= vocab:
-        raise PipelineError(f"params.yaml: extract.topk is {cfg.topk}; it must be between 1 and the vocabulary size {vocab}")
-    if tokenizer.mask_token_id is None:
-        raise PipelineError(f"{teacher_dir}: the teacher's tokenizer has no mask token; a masked-LM teacher needs one")
-    return {
-        "seed": seed,
-        "probability": cfg.mlm_probability,
-        "mask_token_id": tokenizer.mask_token_id,
-        "vocab_size": vocab,
-        "special_ids": sorted(set(tokenizer.all_special_ids)),
-    }
-
-
 def extract_cache(
     teacher_dir: Path,
     splits: dict[str, datasets.Dataset],
@@ -82,9 +65,9 @@ def extract_cache(
     """Write the cache for `splits` (prepared by `pipeline.data`, described by its `info`) to `out_dir`. Returns the
     manifest plus timing stats.
 
-    A sequence classifier's cache holds its logits per example; a masked-LM teacher's (see `pipeline.mlm`) holds, per
-    real token of the seeded-masked rows it saw, the `topk` largest vocabulary logits and their indices and the masking
-    target (masked under `mask_seed`).
+    What the cache holds besides hidden layers is the teacher's task's (`pipeline.tasks`): a sequence classifier's
+    logits per example; a token classifier's logits and labels per token; a masked-LM teacher's `topk` largest
+    vocabulary logits per real token of the seeded-masked rows it saw (masked under `mask_seed`) and the targets.
 
     Work happens in `work_dir_for(out_dir)` with a journal of completed shards; rerun after a crash (even `kill -9`),
     finished shards are checked against their sha256 and kept, the rest is computed, and the result is byte-identical
@@ -93,10 +76,10 @@ def extract_cache(
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
     dev = resolve_device(cfg.device)
     teacher_config = AutoConfig.from_pretrained(teacher_dir)
-    task = head_task(teacher_config)
+    task = task_of_model(teacher_config)
     # attention maps need the eager implementation: fused kernels never materialise them
     model = (
-        auto_model_class(teacher_config)
+        task.auto_class()
         .from_pretrained(teacher_dir, use_safetensors=True, **({"attn_implementation": "eager"} if cfg.attentions else {}))
         .to(dev)
         .eval()
@@ -110,8 +93,8 @@ def extract_cache(
         pad_id=tokenizer.pad_token_id or 0,
         attentions=normalize_model_layers(list(cfg.attentions), n_layers, "extract.attentions"),
         values=normalize_model_layers(list(cfg.values), n_layers, "extract.values"),
-        masking=_masking(task, cfg, model, tokenizer, teacher_dir, mask_seed),
-        topk=cfg.topk,
+        task=task,
+        task_setup=task.extract_setup(cfg, model, tokenizer, teacher_dir, mask_seed),
     )
     fields = plan.fields(model.config.num_labels, hidden, heads, model.config.vocab_size)
     meta = {
@@ -128,15 +111,7 @@ def extract_cache(
         "dataset": {name: split["fingerprint"] for name, split in info["splits"].items()},
         "versions": {"torch": torch.__version__.split("+")[0], "transformers": transformers.__version__},
     }
-    if plan.masking is not None:  # classifier caches keep their manifest (and bytes) as before
-        meta.update(
-            {
-                "task": MASKED_LM,
-                "topk": cfg.topk,
-                "vocab_size": plan.masking["vocab_size"],
-                "masking": {k: plan.masking[k] for k in ("seed", "probability", "mask_token_id", "special_ids")},
-            }
-        )
+    meta.update(task.manifest_meta(plan.task_setup, cfg))  # a sequence classifier's adds nothing: its bytes stay
 
     shard_max_bytes = int(cfg.shard_max_mb * (1 << 20))
     work = work_dir_for(out_dir)

@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 from pipeline.cache import CacheBatch, FieldSpec, attention_field, hidden_field, token_fields, value_field
 from pipeline.cache.codec import encode
 from pipeline.journal import BatchSink
-from pipeline.mlm import MLM_TARGET, TOPK_INDICES, TOPK_VALUES, index_dtype, mask_tokens
 from pipeline.pinned import PinnedRing, to_host
+from pipeline.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ class LoopPlan:
     pad_id: int = 0
     attentions: list[int] = field(default_factory=list)
     values: list[int] = field(default_factory=list)
-    masking: dict | None = None  # masked-LM teachers: `mask_tokens` keyword arguments
-    topk: int = 0
+    task: Task = field(default_factory=Task)  # what the logit-level fields are (pipeline.tasks)
+    task_setup: dict | None = None  # the task's extraction state (a masked-LM teacher's masking and top-k)
 
     @property
     def attention_dtype(self) -> str:
@@ -58,14 +58,7 @@ class LoopPlan:
 
     def fields(self, num_labels: int, hidden: int, heads: int, vocab: int) -> list[FieldSpec]:
         """The cache fields this plan writes, in column order."""
-        if self.masking is not None:
-            out = [
-                FieldSpec(MLM_TARGET, "token", "int32", 1),
-                FieldSpec(TOPK_VALUES, "token", "float16", self.topk),
-                FieldSpec(TOPK_INDICES, "token", index_dtype(vocab), self.topk),
-            ]
-        else:
-            out = [FieldSpec("logits", "example", "float32", num_labels)]
+        out = self.task.fields(self.task_setup, num_labels, vocab)
         out += [f for layer in self.layers for f in token_fields(hidden_field(layer), self.dtype, hidden)]
         out += [FieldSpec(attention_field(layer), "token_pair", self.attention_dtype, heads) for layer in self.attentions]
         out += [f for layer in self.values for f in token_fields(value_field(layer), self.dtype, hidden)]
@@ -132,6 +125,7 @@ def _extract_split(loop: _Loop, split: str, ds: datasets.Dataset, entry: dict) -
     ids_col = table.column("input_ids").combine_chunks()
     offsets, flat_ids = ids_col.offsets.to_numpy(), ids_col.values.to_numpy()
     example_ids, labels = table.column("example_id").to_numpy(), table.column("label").to_numpy()
+    task_columns = {name: _ragged(table.column(name)) for name in plan.task.prepared_columns()}
     batches = length_sorted_batches(lengths, plan.batch_size)
     first = len(batches) if entry["done"] else (entry["shards"][-1]["batch_end"] if entry["shards"] else 0)
     if first:
@@ -147,10 +141,8 @@ def _extract_split(loop: _Loop, split: str, ds: datasets.Dataset, entry: dict) -
         lens = lengths[rows]
         width = int(lens.max())
         input_ids, mask = pad_rows(flat_ids, offsets[rows], lens, width, plan.pad_id)
-        host_fields = {}
-        if plan.masking is not None:  # the teacher sees (and the cache keeps) the masked row
-            input_ids, targets = mask_tokens(input_ids, mask, example_ids[rows], **plan.masking)
-            host_fields[MLM_TARGET] = targets[mask].astype(np.int32)[:, None]
+        extra = {name: [values[offs[r] : offs[r + 1]] for r in rows] for name, (offs, values) in task_columns.items()}
+        input_ids, host_fields = plan.task.host_fields(plan.task_setup, input_ids, mask, example_ids[rows], extra)
         # everything the device needs goes over in one non-blocking step; real tokens are picked on the device by
         # index (a boolean mask there would make the host wait for the GPU before it can queue the next batch)
         host_in = [input_ids, mask.astype(np.int64), np.flatnonzero(mask)]
@@ -191,17 +183,19 @@ def _extract_split(loop: _Loop, split: str, ds: datasets.Dataset, entry: dict) -
     }
 
 
+def _ragged(column) -> tuple[np.ndarray, np.ndarray]:
+    """A list column of a prepared split as (offsets, flat values)."""
+    column = column.combine_chunks()
+    return column.offsets.to_numpy(), column.values.to_numpy()
+
+
 def _batch_outputs(out, real_index: torch.Tensor, lens: np.ndarray, plan: LoopPlan, captured: dict) -> dict[str, torch.Tensor]:
     """One batch's teacher outputs as the stored fields' tensors, on the device, real tokens only."""
 
     def tokens(t: torch.Tensor) -> torch.Tensor:  # (batch, width, d) -> (real tokens, d), row-major
         return t.reshape(-1, t.shape[-1]).index_select(0, real_index)
 
-    if plan.masking is None:
-        device_out = {"logits": out.logits.float()}
-    else:  # the k largest vocabulary logits of each real token; indices narrowed to the field's dtype on the host
-        top = tokens(out.logits).topk(plan.topk, dim=-1)
-        device_out = {TOPK_VALUES: top.values.to(torch.float16), TOPK_INDICES: top.indices.to(torch.int32)}
+    device_out = plan.task.device_fields(out, tokens, plan.task_setup)
     for layer in plan.layers:
         device_out.update(encode(tokens(out.hidden_states[layer]), plan.dtype, hidden_field(layer)))
     for layer in plan.attentions:  # only the real-token block of each example's heads x len x len map

@@ -16,16 +16,9 @@ from pipeline.collate import CacheCollator
 from pipeline.config import DistillConfig
 from pipeline.errors import PipelineError
 from pipeline.layers import LayerPlan
-from pipeline.losses import (
-    LossMix,
-    attention_kl_loss,
-    attention_mse_loss,
-    distillation_loss,
-    masked_lm_distillation_loss,
-    value_relation_loss,
-)
-from pipeline.mlm import IGNORE, MASKED_LM
-from pipeline.trainer import LengthGroupedTrainer, TokenDataset, accuracy_metrics, argmax_logits, masked_accuracy_metrics
+from pipeline.losses import LossMix, attention_kl_loss, attention_mse_loss, value_relation_loss
+from pipeline.tasks import Task, get_task
+from pipeline.trainer import LengthGroupedTrainer, TokenDataset
 
 
 class DistillationModule(nn.Module):
@@ -36,9 +29,9 @@ class DistillationModule(nn.Module):
     value_weight x value-relation KL between the student's and the teacher's layers of its value pair.
     """
 
-    def __init__(self, student: nn.Module, cfg: DistillConfig, plan: LayerPlan, task: str = "sequence_classification"):
+    def __init__(self, student: nn.Module, cfg: DistillConfig, plan: LayerPlan, task: str | Task = "sequence_classification"):
         super().__init__()
-        self.cfg, self.task = cfg, task
+        self.cfg, self.task = cfg, get_task(task)
         self.attention_pairs = list(plan.attention_pairs) if cfg.attention_weight else []
         self.value_pair = plan.value_pair if cfg.value_weight else None
         self.relation_heads = plan.relation_heads
@@ -65,10 +58,7 @@ class DistillationModule(nn.Module):
     def forward(self, input_ids, attention_mask, labels, teacher_logits=None, **teacher_hidden):
         cfg = self.cfg
         need_hidden = bool(cfg.gamma and self.pairs)
-        mlm_training = self.task == MASKED_LM and self.training
-        # a masked-LM student in training runs its vocabulary head only where a loss reads it (see _mlm_losses)
-        model = self.student.base_model if mlm_training else self.student
-        out = model(
+        out = self.task.student_forward(self.student, self.training)(
             input_ids=input_ids,
             attention_mask=attention_mask,
             output_hidden_states=need_hidden,
@@ -80,17 +70,10 @@ class DistillationModule(nn.Module):
                 (self.projections[str(m)](out.hidden_states[m]), teacher_hidden[f"teacher_{hidden_field(t)}"])
                 for m, t in self.pairs
             ]
-        if self.task == MASKED_LM:
-            loss, parts = self._mlm_losses(out, labels, attention_mask, hidden_pairs, teacher_hidden, mlm_training)
-        else:
-            loss, parts = distillation_loss(
-                out.logits,
-                labels,
-                teacher_logits,
-                hidden_pairs,
-                attention_mask,
-                self.loss_mix(),
-            )
+        teacher = dict(teacher_hidden, teacher_logits=teacher_logits)
+        loss, parts = self.task.loss(
+            self.student, out, labels, teacher, hidden_pairs, attention_mask, self.loss_mix(), cfg, self.training
+        )
         if self.attention_pairs:
             att_loss = attention_kl_loss if cfg.attention_loss == "kl" else attention_mse_loss
             parts["attention"] = torch.stack(
@@ -111,28 +94,7 @@ class DistillationModule(nn.Module):
         if self.training:
             for k, v in parts.items():
                 self.running.setdefault(k, []).append(float(v.detach()))
-        return {"loss": loss} if mlm_training else {"loss": loss, "logits": out.logits}
-
-    def _mlm_losses(self, out, labels, attention_mask, hidden_pairs, teacher, head_on_selected: bool):
-        """Masked-LM losses at the tokens they read: the masked ones (CE; and the top-k KL with mlm_positions
-        'masked') or every real token (KL with 'all'). With `head_on_selected` the vocabulary head runs on those
-        tokens only — at 15% masking that skips most of the (tokens x vocabulary) projection, the bulk of a small
-        student's step; otherwise (evaluation) the full logits are there and are indexed."""
-        cfg = self.cfg
-        masked = labels != IGNORE
-        kl_where = masked if cfg.mlm_positions == "masked" else attention_mask.bool()
-        need = masked | kl_where
-        logits = self.student.cls(out.last_hidden_state[need]) if head_on_selected else out.logits[need]
-        return masked_lm_distillation_loss(
-            logits,
-            labels[need],
-            teacher["teacher_topk_values"][need],
-            teacher["teacher_topk_indices"][need],
-            kl_where[need],
-            hidden_pairs,
-            attention_mask,
-            self.loss_mix(),
-        )
+        return {"loss": loss, "logits": out.logits} if self.task.returns_logits(self.training) else {"loss": loss}
 
 
 class OnlineDistillationModule(DistillationModule):
@@ -200,15 +162,14 @@ def train_student(
         [module.value_pair[1]] if module.value_pair else [],
         task=module.task,
     )
-    mlm = module.task == MASKED_LM
+    label_names = [module.student.config.id2label[i] for i in range(module.student.config.num_labels)]
     trainer = DistillTrainer(
         model=module,
         args=args,
         train_dataset=train,
         eval_dataset=dev,
         data_collator=collator,
-        compute_metrics=masked_accuracy_metrics if mlm else accuracy_metrics,
-        preprocess_logits_for_metrics=argmax_logits if mlm else None,
+        **module.task.trainer_metrics(label_names),
         lengths=train.lengths(),
         optimizer_cls_and_kwargs=optimizer,
         staged=staged,

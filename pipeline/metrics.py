@@ -14,8 +14,8 @@ from transformers import AutoConfig
 from pipeline.cache import TeacherCache
 from pipeline.cache.schema import TEACHER_CONFIG
 from pipeline.errors import PipelineError
-from pipeline.mlm import MASKED_LM, MLM_TARGET, TOPK_INDICES, auto_model_class, head_task, masked_token_metrics
 from pipeline.models import from_safetensors, seed_model_dirs
+from pipeline.tasks import task_of_cache, task_of_model
 
 
 def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
@@ -125,32 +125,26 @@ def teacher_shaped_model(cache_dir: Path, num_labels: int) -> torch.nn.Module:
     config.num_labels = num_labels
     with torch.random.fork_rng():  # the caller's RNG stream stays untouched
         torch.manual_seed(0)
-        return auto_model_class(AutoConfig.for_model(**raw)).from_config(config).to("cpu").eval()
+        return task_of_model(AutoConfig.for_model(**raw)).auto_class().from_config(config).to("cpu").eval()
 
 
 def _load_classifier(model_dir: Path):
     """A saved classifier, or masked-LM model (by its config's architecture), on the CPU in eval mode."""
     if not (Path(model_dir) / "config.json").is_file():
         raise PipelineError(f"{model_dir}: no saved model (config.json missing); run the stage that trains it first")
-    return from_safetensors(auto_model_class(AutoConfig.from_pretrained(model_dir)), str(model_dir), False).to("cpu").eval()
+    auto_class = task_of_model(AutoConfig.from_pretrained(model_dir)).auto_class()
+    return from_safetensors(auto_class, str(model_dir), False).to("cpu").eval()
 
 
 def _quality(model: torch.nn.Module, cache, tokens: list[np.ndarray], rows: list[dict], batch_size: int, pad_id: int) -> dict:
-    """Classifier: accuracy and macro-F1 on the dev labels. Masked-LM model (on a masked-LM cache): top-1 accuracy at
-    the masked tokens of the cached (masked) dev rows, and agreement with the teacher's top-1 there."""
-    task = cache.manifest.get("task")
-    if head_task(model.config) == MASKED_LM or task == MASKED_LM:
-        if head_task(model.config) != task:
-            raise PipelineError(
-                f"{cache.cache_dir}: the model has a {head_task(model.config)} head but the cache was made by a "
-                f"{task or 'sequence_classification'} teacher; evaluate it against a cache of its own task"
-            )
-        predictions = np.concatenate(predict_tokens(model, tokens, batch_size, pad_id))
-        targets = np.concatenate([r[MLM_TARGET][:, 0] for r in rows])
-        teacher_top1 = np.concatenate([r[TOPK_INDICES][:, 0] for r in rows]).astype(np.int64)
-        return {"metric": "masked-token accuracy", **masked_token_metrics(predictions, targets, teacher_top1)}
-    logits = predict(model, tokens, batch_size, pad_id)
-    return classification_metrics(logits.argmax(-1), np.array([r["label"] for r in rows]), model.config.num_labels)
+    """The dev metrics of the model's task (`Task.quality`), refused for a cache made by a teacher of another task."""
+    task, cache_task = task_of_model(model.config), task_of_cache(cache.manifest)
+    if task.name != cache_task.name:
+        raise PipelineError(
+            f"{cache.cache_dir}: the model has a {task.name} head but the cache was made by a {cache_task.name} "
+            "teacher; evaluate it against a cache of its own task"
+        )
+    return task.quality(model, rows, tokens, batch_size, pad_id)
 
 
 def _score(
@@ -164,7 +158,7 @@ def _score(
     """Accuracy/F1 on the cache's dev rows (token ids and labels only) and median CPU latency per batch size; with a
     `reference` model, both are timed interleaved and speedup_b<N> = reference latency / model latency."""
     cache = TeacherCache(cache_dir, verify="lazy")
-    dev = cache.split("dev", columns=[MLM_TARGET, TOPK_INDICES] if cache.manifest.get("task") == MASKED_LM else [])
+    dev = cache.split("dev", columns=task_of_cache(cache.manifest).dev_columns())
     rows = [dev[i] for i in range(len(dev))]
     tokens = [r["input_ids"] for r in rows]
     pad_id = model.config.pad_token_id or 0

@@ -15,21 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 IGNORE = -100  # target of a token that was not masked (the cross-entropy ignore index)
-MASKED_LM, CLASSIFICATION = "masked_lm", "sequence_classification"
+MASKED_LM = "masked_lm"
 TOPK_VALUES, TOPK_INDICES, MLM_TARGET = "topk_values", "topk_indices", "mlm_target"
-
-
-def head_task(config) -> str:
-    """'masked_lm' for a checkpoint whose architecture is a masked-LM head, else 'sequence_classification'."""
-    archs = getattr(config, "architectures", None) or []
-    return MASKED_LM if any(a.endswith("ForMaskedLM") for a in archs) else CLASSIFICATION
-
-
-def auto_model_class(config):
-    """The transformers Auto class that loads a checkpoint with this config's head (masked LM or sequence classifier)."""
-    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
-
-    return AutoModelForMaskedLM if head_task(config) == MASKED_LM else AutoModelForSequenceClassification
 
 
 def index_dtype(vocab_size: int) -> str:

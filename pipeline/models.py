@@ -9,12 +9,7 @@ import json
 import logging
 from pathlib import Path
 
-from transformers import (
-    AutoConfig,
-    AutoModelForMaskedLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-)
+from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 
 from pipeline.cache.schema import file_sha256
 from pipeline.config import StudentSpec
@@ -134,6 +129,33 @@ def load_masked_lm(path: str, trust_remote_code: bool = False, require_head: boo
     return model
 
 
+def load_teacher(task, path: str, label_names: list[str], trust_remote_code: bool = False, require_head: bool = False):
+    """The teacher with `task`'s head from a dir or hub id: a masked LM, or a sequence / token classifier over
+    `label_names`. With `require_head` (teacher.epochs 0) a checkpoint without that trained head, or with another
+    number of labels, is refused."""
+    if task.name == "masked_lm":
+        return load_masked_lm(path, trust_remote_code, require_head)
+    head = task.head_config(label_names)
+    config = load_config(path, trust_remote_code)
+    if require_head:
+        archs = config.architectures or []
+        suffix = task.architecture.removeprefix("Bert")
+        if not any(a.endswith(suffix) for a in archs):
+            raise PipelineError(
+                f"{path}: teacher.epochs is 0 but this checkpoint has no fine-tuned {suffix.removeprefix('For')} head "
+                f"(architectures: {archs}); set teacher.epochs > 0 to fine-tune it"
+            )
+        if config.num_labels != len(label_names):
+            raise PipelineError(
+                f"{path}: classifier has {config.num_labels} labels but the data has {len(label_names)}; "
+                "fine-tune it (teacher.epochs > 0) or fix data.label_names"
+            )
+        head = {k: head[k] for k in ("id2label", "label2id")}
+    model = from_safetensors(task.auto_class(), path, trust_remote_code, require_all=require_head, **head)
+    model.config.architectures = [type(model).__name__]
+    return model
+
+
 def load_classifier(
     path: str,
     num_labels: int | None = None,
@@ -142,32 +164,12 @@ def load_classifier(
     require_head: bool = False,
 ):
     """A sequence classifier from a dir or hub id; with `require_head`, refuse a checkpoint whose head is untrained."""
-    kwargs = {}
-    if label_names is not None:
-        kwargs = {
-            "num_labels": len(label_names),
-            "id2label": dict(enumerate(label_names)),
-            "label2id": {n: i for i, n in enumerate(label_names)},
-        }
-    config = load_config(path, trust_remote_code)
-    if require_head:
-        archs = config.architectures or []
-        if not any(a.endswith("ForSequenceClassification") for a in archs):
-            raise PipelineError(
-                f"{path}: teacher.epochs is 0 but this checkpoint has no fine-tuned classification head "
-                f"(architectures: {archs}); set teacher.epochs > 0 to fine-tune it"
-            )
-        if num_labels is not None and config.num_labels != num_labels:
-            raise PipelineError(
-                f"{path}: classifier has {config.num_labels} labels but the data has {num_labels}; "
-                "fine-tune it (teacher.epochs > 0) or fix data.label_names"
-            )
-        kwargs = (
-            {"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}}
-            if label_names
-            else {}
-        )
-    return from_safetensors(AutoModelForSequenceClassification, path, trust_remote_code, require_all=require_head, **kwargs)
+    from pipeline.tasks import get_task
+
+    if label_names is None:
+        config = load_config(path, trust_remote_code)
+        label_names = [config.id2label[i] for i in range(num_labels or config.num_labels)]
+    return load_teacher(get_task("sequence_classification"), path, label_names, trust_remote_code, require_head)
 
 
 def teacher_init_mismatch(spec: StudentSpec, teacher_config: dict) -> str:

@@ -174,6 +174,11 @@ def validate(params: Params) -> Params:
 
 
 def params_from_dict(raw: dict | None) -> Params:
+    if isinstance(raw, dict) and isinstance(raw.get("teacher"), dict) and "task" in raw["teacher"]:
+        raise PipelineError(
+            f"params.yaml: 'teacher.task' moved to the top-level key 'task'; write `task: {raw['teacher']['task']}` at "
+            "the top of params.yaml and remove it from the teacher section"
+        )
     return validate(_build(Params, raw or {}, ""))
 
 

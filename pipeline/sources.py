@@ -50,16 +50,17 @@ class Source:
         return f"{self.spec}, row {row}"
 
 
-def parse_source(spec: str) -> Source:
+def parse_source(spec: str, formats: tuple[str, ...] = tuple(LOCAL_FORMATS)) -> Source:
+    """A split's source from its params value; `formats` are the file types the task reads."""
     path = Path(spec)
-    if path.suffix.lower() in LOCAL_FORMATS or path.exists() or "/" in spec and "@" not in spec:
+    if path.suffix.lower() in formats or path.exists() or "/" in spec and "@" not in spec:
         if not path.is_file():
             raise PipelineError(
                 f"{spec}: data file not found; copy it there (README: 'Data') or set the params key to a "
                 "hub id such as glue:sst2@train"
             )
-        if path.suffix.lower() not in LOCAL_FORMATS:
-            raise PipelineError(f"{spec}: unsupported file type '{path.suffix}'; use one of {', '.join(LOCAL_FORMATS)}")
+        if path.suffix.lower() not in formats:
+            raise PipelineError(f"{spec}: unsupported file type '{path.suffix}'; use one of {', '.join(formats)}")
         return Source(spec=spec, path=path)
     name, _, split = spec.partition("@")
     name, _, config = name.partition(":")

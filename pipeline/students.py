@@ -8,19 +8,19 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformers import AutoConfig, BertConfig, BertForMaskedLM, BertForSequenceClassification
+from transformers import AutoConfig, BertConfig
 
 from pipeline.config import StudentSpec
 from pipeline.errors import PipelineError
 from pipeline.layers import student_init_layers
-from pipeline.mlm import MASKED_LM
 from pipeline.models import from_safetensors, teacher_init_mismatch
+from pipeline.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 
 
 def student_config(
-    spec: StudentSpec, teacher_config: dict, label_names: list[str], task: str = "sequence_classification"
+    spec: StudentSpec, teacher_config: dict, label_names: list[str], task: str | Task = "sequence_classification"
 ) -> BertConfig:
     """A BertConfig for the student: its own shape, the teacher's vocabulary, positions and labels (and head)."""
     return BertConfig(
@@ -37,7 +37,7 @@ def student_config(
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={n: i for i, n in enumerate(label_names)},
-        architectures=["BertForMaskedLM" if task == MASKED_LM else "BertForSequenceClassification"],
+        architectures=[get_task(task).architecture],
     )
 
 
@@ -47,7 +47,7 @@ def build_student(
     label_names: list[str],
     teacher_weights: Path | None,
     seed: int,
-    task: str = "sequence_classification",
+    task: str | Task = "sequence_classification",
 ) -> tuple[torch.nn.Module, dict]:
     """Create the student (a sequence classifier, or for a masked-LM cache a BertForMaskedLM); with init 'teacher',
     copy embeddings, chosen layers, pooler and head from the teacher's safetensors file, reading only those tensors
@@ -63,7 +63,7 @@ def build_student(
     info = {"init": spec.init}
     if spec.init.startswith("pretrained:"):
         return load_pretrained_student(spec.init.split(":", 1)[1], spec, teacher_config, label_names, task), info
-    student = BertForMaskedLM(config) if task == MASKED_LM else BertForSequenceClassification(config)
+    student = get_task(task).student_class()(config)
     if spec.init == "teacher":
         mismatch = teacher_init_mismatch(spec, teacher_config)
         if mismatch:
@@ -82,7 +82,7 @@ def build_student(
 
 
 def load_pretrained_student(
-    path: str, spec: StudentSpec, teacher_config: dict, label_names: list[str], task: str = "sequence_classification"
+    path: str, spec: StudentSpec, teacher_config: dict, label_names: list[str], task: str | Task = "sequence_classification"
 ):
     """A local BERT checkpoint as the student (its classification head is new when it has none or another size; a
     masked-LM student's head is the checkpoint's, or new with output weights tied to its embeddings)."""
@@ -105,17 +105,10 @@ def load_pretrained_student(
             f"{path}: checkpoint has {config.num_hidden_layers} layers of width {config.hidden_size}; set the "
             f"student's num_layers / hidden_size to match"
         )
-    if task == MASKED_LM:
-        return from_safetensors(BertForMaskedLM, path, trust_remote_code=False)
-    return from_safetensors(
-        BertForSequenceClassification,
-        path,
-        False,
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={n: i for i, n in enumerate(label_names)},
-        ignore_mismatched_sizes=True,
-    )
+    task = get_task(task)
+    if task.name == "masked_lm":
+        return from_safetensors(task.student_class(), path, trust_remote_code=False)
+    return from_safetensors(task.student_class(), path, False, **task.head_config(label_names), ignore_mismatched_sizes=True)
 
 
 def _teacher_key_map(student_keys: list[str], teacher_keys: set[str], layers: list[int]) -> dict[str, str]:

@@ -10,29 +10,29 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding, set_seed
+from transformers import DataCollatorForLanguageModeling, set_seed
 
 from pipeline.checkpoints import Checkpoints, files_digest, save_atomically, train_work_dir, training_key
 from pipeline.config import TeacherConfig
 from pipeline.errors import PipelineError
 from pipeline.mlm import MASKED_LM
-from pipeline.models import load_classifier, load_masked_lm, load_tokenizer, resolve_model_path, tokenizer_fingerprint
-from pipeline.trainer import LengthGroupedTrainer, TextDataset, TokenDataset, accuracy_metrics, scratch_dir, training_arguments
+from pipeline.models import load_teacher, load_tokenizer, resolve_model_path, tokenizer_fingerprint
+from pipeline.tasks import Task, get_task
+from pipeline.trainer import LengthGroupedTrainer, TextDataset, scratch_dir, training_arguments
 
 log = logging.getLogger(__name__)
 
 
-def fine_tune_teacher(model, tokenizer, train_ds, dev_ds, args, checkpoints=None, callbacks=()) -> list[dict]:
-    """Fine-tune a sequence classifier in place; returns the Trainer's log history (loss, dev accuracy per epoch).
-    With `checkpoints`, resumes from the last one an interrupted run left."""
+def fine_tune_teacher(
+    model, tokenizer, splits, args, task: Task, label_names: list[str], checkpoints=None, callbacks=()
+) -> list[dict]:
+    """Fine-tune a sequence or token classifier in place; returns the Trainer's log history (loss, dev metrics per
+    epoch). With `checkpoints`, resumes from the last one an interrupted run left."""
     trainer = LengthGroupedTrainer(
         model=model,
         args=args,
-        train_dataset=TokenDataset(train_ds),
-        eval_dataset=TokenDataset(dev_ds),
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=accuracy_metrics,
-        lengths=np.asarray(train_ds["length"]),
+        **task.teacher_trainer_kwargs(tokenizer, splits, None, args.seed, label_names),
+        lengths=np.asarray(splits["train"]["length"]),
         callbacks=list(callbacks),
     )
     trainer.fit(checkpoints)
@@ -120,23 +120,17 @@ def train_teacher(
     if tokenizer_fingerprint(tokenizer) != info["tokenizer_fingerprint"]:
         raise PipelineError(f"data/prepared: prepared with a different tokenizer than teacher.model '{cfg.model}'; rerun prepare")
     set_seed(seed)
-    mlm = cfg.task == MASKED_LM
+    task = get_task(info.get("task", "sequence_classification"))
+    mlm = task.name == MASKED_LM
     if cfg.epochs > 0:
         log.info(
             "teacher: a new %s head is put on %s and trained now; transformers lists its weights as missing, as expected",
-            "masked-LM" if mlm else "classification",
+            task.name,
             cfg.model,
         )
-    if mlm:
-        model = load_masked_lm(resolve_model_path(cfg.model), cfg.trust_remote_code, require_head=cfg.epochs == 0)
-    else:
-        model = load_classifier(
-            resolve_model_path(cfg.model),
-            num_labels=len(info["label_names"]),
-            label_names=info["label_names"],
-            trust_remote_code=cfg.trust_remote_code,
-            require_head=cfg.epochs == 0,
-        )
+    model = load_teacher(
+        task, resolve_model_path(cfg.model), info["label_names"], cfg.trust_remote_code, require_head=cfg.epochs == 0
+    )
     start, history = time.perf_counter(), []
     if cfg.epochs > 0:
         args = training_arguments(scratch_dir(), cfg, seed, checkpoints=checkpoints)
@@ -144,17 +138,19 @@ def train_teacher(
         history = (
             fine_tune_masked_lm(model, tokenizer, train, dev, args, cfg.mlm_probability, seed, checkpoints, callbacks)
             if mlm
-            else fine_tune_teacher(model, tokenizer, train, dev, args, checkpoints, callbacks)
+            else fine_tune_teacher(model, tokenizer, splits, args, task, info["label_names"], checkpoints, callbacks)
         )
     evals = [h for h in history if "eval_accuracy" in h]
     summary = {
         "seconds": round(time.perf_counter() - start, 1),
-        "task": cfg.task,
+        "task": task.name,
         "epochs": cfg.epochs,
         "train_rows": len(splits["train"]),
         "dev_accuracy_per_epoch": [round(h["eval_accuracy"], 4) for h in evals],
         "resumed_from_step": checkpoints.resumed_step if checkpoints is not None else None,
     }
+    if task.headline != "accuracy":
+        summary[f"dev_{task.headline}_per_epoch"] = [round(h[f"eval_{task.headline}"], 4) for h in evals]
     if mlm:  # dev masked-LM loss (dynamic masking); the evaluate stage gives masked-token accuracy on the cached masking
         summary["dev_mlm_loss_per_epoch"] = [round(h["eval_loss"], 4) for h in history if "eval_loss" in h]
     return model, tokenizer, history, summary
@@ -164,7 +160,7 @@ def teacher_checkpoints(cfg: TeacherConfig, splits: dict[str, datasets.Dataset],
     """The teacher run's checkpoints beside `out_dir`, keyed on its settings, seed, tokenizer and prepared rows."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_steps"}
     data = files_digest(f["filename"] for name in ("train", "dev") for f in splits[name].cache_files)
-    key = training_key(teacher=settings, seed=seed, tokenizer=info["tokenizer_fingerprint"], data=data)
+    key = training_key(teacher=settings, task=info.get("task"), seed=seed, tokenizer=info["tokenizer_fingerprint"], data=data)
     return Checkpoints(train_work_dir(out_dir), key, cfg.checkpoint_steps, "teacher")
 
 

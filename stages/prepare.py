@@ -5,7 +5,7 @@ sees it, does not retrain when only the transfer set changes)."""
 from pathlib import Path
 
 from pipeline.cli import run_stage
-from pipeline.data import prepare_corpus, save_prepared
+from pipeline.data import save_prepared
 from pipeline.models import (
     check_max_length,
     check_teacher_init,
@@ -14,6 +14,7 @@ from pipeline.models import (
     resolve_model_path,
     tokenizer_fingerprint,
 )
+from pipeline.tasks import get_task
 
 
 def main(params, args):
@@ -21,8 +22,9 @@ def main(params, args):
     check_max_length(params.teacher.model, params.data.max_length, teacher)  # before work that would fail later
     check_teacher_init(params.students, teacher.to_dict())
     tokenizer = load_tokenizer(params.teacher.model, params.teacher.trust_remote_code)
-    splits, info = prepare_corpus(params.data, tokenizer, params.seed)
+    splits, info = get_task(params.task).prepare(params.data, tokenizer, params.seed)
     info["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
+    info["task"] = params.task
     transfer = {k: splits.pop(k) for k in ("transfer",) if k in splits}
     transfer_info = {**info, "splits": {k: info["splits"].pop(k) for k in transfer}}
     save_prepared(Path(args.out), splits, info)

@@ -1,4 +1,4 @@
-"""teacher: fine-tune teacher.model with Trainer for sequence classification, or with teacher.task masked_lm on the corpus
+"""teacher: fine-tune teacher.model with Trainer for sequence classification, or with task masked_lm on the corpus
 texts as a masked LM (or take it as is when teacher.epochs is 0)."""
 
 import json

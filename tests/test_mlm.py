@@ -204,8 +204,10 @@ def test_a_classifier_is_not_scored_against_a_masked_lm_cache(mlm_cache, tiny_te
 
 
 def test_mlm_params_are_checked():
-    with pytest.raises(PipelineError, match="teacher.task"):
-        params_from_dict({"teacher": {"task": "mlm"}, "students": {"s": {"num_layers": 1, "hidden_size": 8}}})
+    with pytest.raises(PipelineError, match="'teacher.task' moved to the top-level key 'task'"):
+        params_from_dict({"teacher": {"task": "masked_lm"}, "students": {"s": {"num_layers": 1, "hidden_size": 8}}})
+    with pytest.raises(PipelineError, match="'task' must be one of"):
+        params_from_dict({"task": "mlm", "students": {"s": {"num_layers": 1, "hidden_size": 8}}})
     with pytest.raises(PipelineError, match="extract.topk"):
         params_from_dict({"extract": {"topk": 0}, "students": {"s": {"num_layers": 1, "hidden_size": 8}}})
     with pytest.raises(PipelineError, match="mlm_probability"):
@@ -223,8 +225,9 @@ def test_a_masked_lm_teacher_is_fine_tuned_from_a_checkpoint_without_an_mlm_head
     from transformers import AutoTokenizer
 
     from pipeline.config import TeacherConfig
-    from pipeline.mlm import MASKED_LM, head_task
+    from pipeline.mlm import MASKED_LM
     from pipeline.models import load_masked_lm
+    from pipeline.tasks import task_of_model
     from pipeline.teacher import fine_tune_masked_lm
     from pipeline.trainer import training_arguments
 
@@ -240,7 +243,7 @@ def test_a_masked_lm_teacher_is_fine_tuned_from_a_checkpoint_without_an_mlm_head
     dev_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
     assert len(dev_losses) == 2 and dev_losses[-1] < dev_losses[0]
     model.save_pretrained(tmp_path / "teacher")
-    assert head_task(BertForMaskedLM.from_pretrained(tmp_path / "teacher").config) == MASKED_LM
+    assert task_of_model(BertForMaskedLM.from_pretrained(tmp_path / "teacher").config).name == MASKED_LM
 
 
 @pytest.mark.parametrize("positions", ["masked", "all"])
@@ -304,8 +307,8 @@ def test_masked_lm_teacher_resumes_with_the_same_dynamic_masking(tmp_path, tiny_
     from pipeline.teacher import run_teacher
 
     splits, info = tiny_prepared
-    info = dict(info, tokenizer_fingerprint=tokenizer_fingerprint(AutoTokenizer.from_pretrained(tiny_teacher)))
-    cfg = TeacherConfig(model=str(tiny_teacher), task="masked_lm", epochs=2, batch_size=16, checkpoint_steps=5)
+    info = dict(info, task="masked_lm", tokenizer_fingerprint=tokenizer_fingerprint(AutoTokenizer.from_pretrained(tiny_teacher)))
+    cfg = TeacherConfig(model=str(tiny_teacher), epochs=2, batch_size=16, checkpoint_steps=5)
     _, reference = run_teacher(cfg, splits, info, 0, tmp_path / "reference")
     with pytest.raises(KeyboardInterrupt):
         run_teacher(cfg, splits, info, 0, tmp_path / "teacher", callbacks=[_Interrupt(25)])

@@ -224,7 +224,7 @@ def test_a_queued_sweep_reuses_the_cache_and_exp_show_lists_every_point(repo, fi
 
 @pytest.mark.slow
 def test_a_masked_lm_teacher_through_the_pipeline_with_a_topk_cache(repo, first_repro):
-    """`dvc exp run -S teacher.task=masked_lm`: the MiniLM teacher gets an MLM head fine-tuned on the texts, extract
+    """`dvc exp run -S task=masked_lm`: the MiniLM teacher gets an MLM head fine-tuned on the texts, extract
     caches its top-k vocabulary logits on seeded-masked rows, every student and the ensemble are masked-LM models
     scored on masked-token accuracy and agreement with the teacher, and the report names the metric. (Last in this
     file: the experiment's outputs stay in the workspace.)"""
@@ -237,8 +237,7 @@ def test_a_masked_lm_teacher_through_the_pipeline_with_a_topk_cache(repo, first_
     ):
         _run(cmd, repo)
     out = _run(
-        dvc
-        + ["exp", "run", "-n", "mlm", "-S", "teacher.task=masked_lm", "-S", "teacher.epochs=1", "-S", "distill.temperature=1.0"],
+        dvc + ["exp", "run", "-n", "mlm", "-S", "task=masked_lm", "-S", "teacher.epochs=1", "-S", "distill.temperature=1.0"],
         repo,
     ).stdout
     params = yaml.safe_load((repo / "params.yaml").read_text())
