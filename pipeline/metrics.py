@@ -163,6 +163,9 @@ def _score(
     tokens = [r["input_ids"] for r in rows]
     pad_id = model.config.pad_token_id or 0
     result = _quality(model, cache, tokens, rows, batch_size, pad_id)
+    headline = task_of_cache(cache.manifest).headline
+    if headline != "accuracy":  # (sequence-classification metrics keep their keys as before tasks existed)
+        result["headline"] = headline
     result.update({"dev_rows": len(rows), "params": count_parameters(model), "cpu_threads": torch.get_num_threads()})
     for bs in latency_batch_sizes:
         if reference is None:
@@ -183,6 +186,8 @@ def _seed_spread(result: dict, per_seed: list[tuple[int, dict]]) -> dict:
     """Add seeds, per-seed accuracy and mean +- sample std of accuracy and F1 over the seed runs."""
     result["seeds"] = [s for s, _ in per_seed]
     result["accuracy_per_seed"] = [round(r["accuracy"], 6) for _, r in per_seed]
+    if result.get("headline", "accuracy") != "accuracy":
+        result[f"{result['headline']}_per_seed"] = [round(r[result["headline"]], 6) for _, r in per_seed]
     for key in [k for k in ("accuracy", "f1", "teacher_agreement") if k in result]:
         values = [r[key] for _, r in per_seed]
         result[f"{key}_mean"] = round(statistics.mean(values), 6)
@@ -220,18 +225,19 @@ def evaluate_saved_model(
 
 
 def compare_to_teacher(student: dict, teacher: dict) -> dict:
-    """Retention (student / teacher accuracy and F1; and of the seed mean when there is one) and, for batch sizes not
+    """Retention (student / teacher headline metric, and F1; and of the seed mean when there is one) and, for batch sizes not
     already timed against a teacher-shaped model, latency speedups from the teacher's own metrics."""
     ratio = lambda a, b: round(a / b, 4) if b else None  # noqa: E731
+    key = student.get("headline", "accuracy")  # retention is of the task's headline metric (entity F1 for NER)
     out = {
-        "retention": ratio(student["accuracy"], teacher["accuracy"]),
+        "retention": ratio(student[key], teacher[key]),
         "param_ratio": round(student["params"] / teacher["params"], 4),
     }
     if "f1" in student and "f1" in teacher:  # a masked-LM model has masked-token accuracy and teacher agreement instead
         out["f1_retention"] = ratio(student["f1"], teacher["f1"])
-    if "accuracy_mean" in student:
-        out["retention_mean"] = ratio(student["accuracy_mean"], teacher["accuracy"])
-        out["retention_std"] = ratio(student["accuracy_std"], teacher["accuracy"])
+    if f"{key}_mean" in student:
+        out["retention_mean"] = ratio(student[f"{key}_mean"], teacher[key])
+        out["retention_std"] = ratio(student[f"{key}_std"], teacher[key])
     for key in student:
         speedup = f"speedup_{key.removeprefix('latency_ms_')}"
         if key.startswith("latency_ms_") and teacher.get(key) and speedup not in student:

@@ -81,9 +81,19 @@ def _n_seeds(m: dict) -> int:
     return len(m.get("seeds") or [None])
 
 
-def mean_accuracy(m: dict) -> float:
-    """The figure models are compared on: the mean over seed runs when there are several, else the one run's."""
-    return m.get("accuracy_mean", m["accuracy"])
+# the task's headline metric -> (its column, the other quality column); NER's headline is entity F1
+COLUMNS = {"accuracy": ("dev acc", "f1", "macro-F1"), "f1": ("entity F1", "accuracy", "token acc")}
+
+
+def headline(m: dict) -> str:
+    return m.get("headline", "accuracy")
+
+
+def mean_score(m: dict) -> float:
+    """The figure models are compared on (the task's headline metric): the mean over seed runs when there are several,
+    else the one run's."""
+    key = headline(m)
+    return m.get(f"{key}_mean", m[key])
 
 
 def _pm(m: dict, key: str, scale: float = 100.0, spec: str = ".2f") -> str:
@@ -127,10 +137,12 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
     if "teacher" not in models:
         raise FileNotFoundError(f"{metrics_dir}/teacher.json: no teacher metrics; run evaluate_teacher first")
     teacher = models["teacher"]
-    t_acc = teacher["accuracy"]
-    order = ["teacher"] + sorted((n for n in models if n != "teacher"), key=lambda n: -mean_accuracy(models[n]))
+    key = headline(teacher)
+    label, other, other_label = COLUMNS.get(key, (key, "f1", "F1"))
+    t_acc = teacher[key]
+    order = ["teacher"] + sorted((n for n in models if n != "teacher"), key=lambda n: -mean_score(models[n]))
     head = (
-        "| model | role | layers×hidden | params | size | seeds | dev acc | macro-F1 | retention | latency b1 / b32 (ms) "
+        f"| model | role | layers×hidden | params | size | seeds | {label} | {other_label} | retention | latency b1 / b32 (ms) "
         "| speedup b32 | train time | peak RSS |"
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -142,9 +154,9 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
             "—"
             if n == "teacher"
             else (
-                f"{100 * m['accuracy_mean'] / t_acc:.1f} ± {100 * m['accuracy_std'] / t_acc:.1f}%"
+                f"{100 * m[f'{key}_mean'] / t_acc:.1f} ± {100 * m[f'{key}_std'] / t_acc:.1f}%"
                 if _n_seeds(m) > 1
-                else f"{100 * m['accuracy'] / t_acc:.1f}%"
+                else f"{100 * m[key] / t_acc:.1f}%"
             )
         )
         speedup = _speedup(m, teacher)
@@ -157,17 +169,17 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
         )
         rows.append(
             f"| {n} | {kinds.get(n, 'teacher' if n == 'teacher' else 'student')} | {shape} | {m['params'] / 1e6:.1f} M "
-            f"| {m['size_mb']:.1f} MB | {_n_seeds(m)} | {_pm(m, 'accuracy')} | {_pm(m, 'f1')} | {ret} | {lat} | {speed} "
+            f"| {m['size_mb']:.1f} MB | {_n_seeds(m)} | {_pm(m, key)} | {_pm(m, other)} | {ret} | {lat} | {speed} "
             f"| {t_time} | {_fmt(train.get('peak_rss_mb'), '.0f', ' MB')} |"
         )
     students = [n for n in order if n != "teacher"]
-    near = [n for n in students if mean_accuracy(models[n]) >= t_acc - 0.01 and kinds.get(n) != "ensemble"]
+    near = [n for n in students if mean_score(models[n]) >= t_acc - 0.01 and kinds.get(n) != "ensemble"]
     # ranked by the speedup the line prints (timed interleaved with a teacher-shaped model), not by raw latency
     fastest = max(near, key=lambda n: _speedup(models[n], teacher) or 0.0) if near else None
-    best = max(students, key=lambda n: mean_accuracy(models[n])) if students else None
+    best = max(students, key=lambda n: mean_score(models[n])) if students else None
     advice = [
-        f"- Most accurate: **{best}** ({_pm(models[best], 'accuracy')}, "
-        f"{100 * mean_accuracy(models[best]) / t_acc:.1f}% of the teacher)."
+        f"- Most accurate: **{best}** ({label} {_pm(models[best], key)}, "
+        f"{100 * mean_score(models[best]) / t_acc:.1f}% of the teacher)."
         if best
         else "- No students yet."
     ]
@@ -180,8 +192,8 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
     for base in (n for n in students if kinds.get(n, "").startswith("baseline")):
         rivals = [n for n in students if n != base and kinds.get(n) == "student" and _same_shape(models[n], models[base])]
         if rivals:
-            top = max(rivals, key=lambda n: mean_accuracy(models[n]))
-            gain = 100 * (mean_accuracy(models[top]) - mean_accuracy(models[base]))
+            top = max(rivals, key=lambda n: mean_score(models[n]))
+            gain = 100 * (mean_score(models[top]) - mean_score(models[base]))
             advice.append(
                 f"- Distillation vs the hard-label baseline **{base}** (same shape): best KD student **{top}** "
                 f"{gain:+.2f} points ({_n_seeds(models[top])} vs {_n_seeds(models[base])} seeds)."
@@ -190,32 +202,32 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
     per_seed = []
     if seeded:
         per_seed = [
-            "Dev accuracy of each seed run (the first is the shipped checkpoint; an ensemble's k-th run averages "
+            f"{label} of each seed run (the first is the shipped checkpoint; an ensemble's k-th run averages "
             "its members' k-th runs):",
             "",
-            "| model | seeds | dev acc per seed |",
+            f"| model | seeds | {label} per seed |",
             "|---|---|---|",
         ]
         per_seed += [
             f"| {n} | {', '.join('+'.join(map(str, s)) if isinstance(s, list) else str(s) for s in models[n]['seeds'])} "
-            f"| {', '.join(f'{100 * a:.2f}' for a in models[n]['accuracy_per_seed'])} |"
+            f"| {', '.join(f'{100 * a:.2f}' for a in models[n][f'{key}_per_seed'])} |"
             for n in seeded
         ]
         per_seed.append("")
     svg_chart(
-        {n: [(models[n]["params"] / 1e6, 100 * mean_accuracy(models[n]))] for n in order},
+        {n: [(models[n]["params"] / 1e6, 100 * mean_score(models[n]))] for n in order},
         out_dir / "accuracy_vs_params.svg",
         x_label="parameters (M)",
-        y_label="dev accuracy (%)",
-        title="Accuracy against size",
+        y_label=f"{label} (%)",
+        title=f"{label} against size",
         lines=False,
     )
     svg_chart(
-        {n: [(models[n]["latency_ms_b32"], 100 * mean_accuracy(models[n]))] for n in order if models[n].get("latency_ms_b32")},
+        {n: [(models[n]["latency_ms_b32"], 100 * mean_score(models[n]))] for n in order if models[n].get("latency_ms_b32")},
         out_dir / "accuracy_vs_latency.svg",
         x_label="CPU latency, batch 32 (ms)",
-        y_label="dev accuracy (%)",
-        title="Accuracy against latency",
+        y_label=f"{label} (%)",
+        title=f"{label} against latency",
         lines=False,
     )
     svg_chart(
@@ -226,16 +238,14 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
         title="Learning curves",
     )
     svg_chart(
-        {n: _curve(Path(plots_dir) / f"{n}.csv", "eval_accuracy") for n in order},
+        {n: _curve(Path(plots_dir) / f"{n}.csv", f"eval_{key}") for n in order},
         out_dir / "dev_accuracy.svg",
         x_label="step",
-        y_label="dev accuracy",
-        title="Dev accuracy at each epoch end",
+        y_label=label,
+        title=f"{label} at each epoch end",
     )
     metric = (
-        [f"Quality metric: {teacher['metric']} on the cached dev rows (the 'dev acc' column; macro-F1 does not apply).", ""]
-        if "metric" in teacher
-        else []
+        [f"Quality metric: {teacher['metric']} on the cached dev rows (the '{label}' column).", ""] if "metric" in teacher else []
     )
     md = "\n".join(
         [
@@ -248,7 +258,7 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
             *rows,
             "",
             *per_seed,
-            "Dev accuracy, macro-F1, retention (student ÷ teacher dev accuracy) and train time are mean ± sample "
+            f"{label}, {other_label}, retention (student ÷ teacher {label}) and train time are mean ± sample "
             "std over the seed runs where a model has more than one (`distill.seeds`), else the single run. "
             "Speedup = latency of a teacher-shaped model ÷ the model's, timed interleaved in one process at batch "
             "32 (CPU). Peak RSS is that of the model's own training stage (the teacher's is its fine-tuning).",

@@ -237,3 +237,27 @@ def test_a_student_learns_from_the_token_cache_and_serves_in_a_pipeline(ner_run)
     assert isinstance(tagger("Peter Blackburn visited Germany"), list)
     saved = BertForTokenClassification.from_pretrained(root / "student").config
     assert [saved.id2label[i] for i in range(len(TAGS))] == TAGS
+
+
+def test_the_report_ranks_token_models_by_entity_f1(ner_run, tmp_path):
+    import json
+
+    from pipeline.metrics import compare_to_teacher
+    from pipeline.report import render_report
+
+    root, teacher, cache, _ = ner_run
+    spec = StudentSpec(num_layers=1, hidden_size=32, init="teacher")
+    distill_seeds(cache, tmp_path / "s", spec, DistillConfig(epochs=1, batch_size=16), seeds=[0, 1], teacher_dir=teacher)
+    kwargs = {"batch_size": 16, "latency_batch_sizes": [32], "latency_repeats": 2}
+    t = evaluate_saved_model(teacher, cache, **kwargs)
+    s = evaluate_saved_model(tmp_path / "s", cache, against_teacher_shape=True, **kwargs)
+    s.update(compare_to_teacher(s, t))
+    assert t["headline"] == "f1" and s["retention"] == round(s["f1"] / t["f1"], 4) and len(s["f1_per_seed"]) == 2
+    assert s["retention_mean"] == round(s["f1_mean"] / t["f1"], 4)
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    (metrics / "teacher.json").write_text(json.dumps(t))
+    (metrics / "s.json").write_text(json.dumps(s))
+    md = render_report(metrics, tmp_path / "plots", tmp_path / "report", {"s": "student"})
+    assert "| entity F1 | token acc | retention |" in md and "entity F1 per seed" in md
+    assert f"{100 * s['f1_mean']:.2f} ± {100 * s['f1_std']:.2f}" in md
