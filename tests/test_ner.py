@@ -261,3 +261,28 @@ def test_the_report_ranks_token_models_by_entity_f1(ner_run, tmp_path):
     md = render_report(metrics, tmp_path / "plots", tmp_path / "report", {"s": "student"})
     assert "| entity F1 | token acc | retention |" in md and "entity F1 per seed" in md
     assert f"{100 * s['f1_mean']:.2f} ± {100 * s['f1_std']:.2f}" in md
+
+
+def test_word_and_tag_lists_from_jsonl_and_a_classlabel_split_read_like_conll(tmp_path, conll_small):
+    """The hub's conll2003 shape (tokens + ner_tags as ClassLabel ids), and a jsonl file of word and tag lists."""
+    import datasets
+
+    from pipeline.sources import parse_source
+    from pipeline.tasks.token_classification import load_sentences
+
+    sentences = read_conll(conll_small / "dev.txt")[:20]
+    rows = {"tokens": [w for w, _, _ in sentences], "ner_tags": [t for _, t, _ in sentences]}
+    datasets.Dataset.from_dict(rows).to_json(tmp_path / "dev.jsonl")
+    features = datasets.Features(
+        {"tokens": datasets.List(datasets.Value("string")), "ner_tags": datasets.List(datasets.ClassLabel(names=TAGS))}
+    )
+    ids = {"tokens": rows["tokens"], "ner_tags": [[TAGS.index(t) for t in row] for row in rows["ner_tags"]]}
+    datasets.Dataset.from_dict(ids, features=features).to_parquet(tmp_path / "dev.parquet")
+    data = _data(conll_small, text_column="tokens", label_column="ner_tags")
+    for name in ("dev.jsonl", "dev.parquet"):
+        words, tags, where = load_sentences(parse_source(str(tmp_path / name)), data)
+        assert (words, tags) == (rows["tokens"], rows["ner_tags"]), name
+        assert where[3].endswith("row 3")
+    bad = _data(conll_small, text_column="words", label_column="ner_tags")
+    with pytest.raises(PipelineError, match=r"dev.jsonl: no column 'words' .* set params 'data.text_column'"):
+        load_sentences(parse_source(str(tmp_path / "dev.jsonl")), bad)
