@@ -18,7 +18,7 @@ from pipeline.errors import PipelineError
 from pipeline.mlm import MASKED_LM
 from pipeline.models import load_teacher, load_tokenizer, resolve_model_path, tokenizer_fingerprint
 from pipeline.tasks import Task, get_task
-from pipeline.trainer import LengthGroupedTrainer, TextDataset, scratch_dir, training_arguments
+from pipeline.trainer import LengthGroupedTrainer, scratch_dir, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,7 @@ def fine_tune_masked_lm(
     trainer = MaskedLMTrainer(
         model=model,
         args=args,
-        train_dataset=TextDataset(train_ds),
-        eval_dataset=TextDataset(dev_ds),
+        **get_task(MASKED_LM).teacher_trainer_kwargs(tokenizer, {"train": train_ds, "dev": dev_ds}, None, seed, []),
         data_collator=masking,
         lengths=np.asarray(train_ds["length"]),
         callbacks=list(callbacks),

@@ -130,22 +130,41 @@ def tiny_cache(tmp_path_factory, tiny_teacher, tiny_prepared) -> Path:
     return out
 
 
+def tiny_bert_config(vocab_size: int, **head) -> BertConfig:
+    """The tiny teachers' shape: 4 layers of width 32, 4 heads, 128 positions; `head` adds the task's config keys."""
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        **head,
+    )
+
+
+def copy_project(dest: Path) -> Path:
+    """The project's tracked and untracked-but-not-ignored files copied to `dest`, as a fresh clone has them."""
+    import shutil
+    import subprocess
+
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def mlm_teacher(tmp_path_factory, sst2_small) -> Path:
     """A random 4-layer BERT masked-LM (same tiny tokenizer), saved as the teacher stage saves one."""
     out = tmp_path_factory.mktemp("mlm_teacher")
     tokenizer = make_tokenizer(out, sst2_small)
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        architectures=["BertForMaskedLM"],
-    )
-    BertForMaskedLM(config).save_pretrained(out)
+    BertForMaskedLM(tiny_bert_config(len(tokenizer), architectures=["BertForMaskedLM"])).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 

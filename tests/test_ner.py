@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForTokenClassification, BertTokenizerFast
+from transformers import BertForTokenClassification, BertTokenizerFast
 
 from pipeline.cache import TeacherCache
 from pipeline.config import DataConfig, DistillConfig, ExtractConfig, StudentSpec
@@ -27,7 +27,7 @@ from pipeline.tasks.token_classification import (
     entity_metrics,
     read_conll,
 )
-from tests.conftest import ROOT, make_tokenizer
+from tests.conftest import ROOT, make_tokenizer, tiny_bert_config
 
 CONLL = ROOT.parent / "shared" / "data" / "conll2003"
 TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
@@ -186,15 +186,7 @@ def ner_run(tmp_path_factory, conll_small):
     root = tmp_path_factory.mktemp("ner")
     tokenizer = _tokenizer(root)
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        **TASK.head_config(TAGS),
-    )
+    config = tiny_bert_config(len(tokenizer), **TASK.head_config(TAGS))
     teacher = root / "teacher"
     BertForTokenClassification(config).save_pretrained(teacher)
     tokenizer.save_pretrained(teacher)

