@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 
-TASKS = ("sequence_classification", "token_classification", "masked_lm")  # pipeline.tasks implements each
+TASKS = ("sequence_classification", "token_classification", "question_answering", "masked_lm")  # pipeline.tasks implements each
 
 
 def knob(
@@ -56,6 +56,9 @@ class DataConfig:
         "ignored; rows also in train or dev are dropped); null = none",
     )
     max_transfer_examples: int | None = knob(24000, "seeded random subset of the transfer texts; null = all", gt=0)
+    doc_stride: int = knob(
+        128, "question_answering: tokens shared by consecutive windows of a context longer than a window", gt=0
+    )
     label_all_tokens: bool = knob(
         False, "token_classification: label every sub-word of a word (B- becomes I-), not only the first (the rest -100)"
     )

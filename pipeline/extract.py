@@ -138,6 +138,8 @@ def extract_cache(
             sink.close()
             for hook in hooks:
                 hook.remove()
+        for name, table in task.cache_tables(splits).items():
+            writer.write_table(name, table)
         manifest = writer.close()
     # busy: the writer thread's time on batches; producer_wait: the teacher loop blocked on a full queue (the writer is
     # the bottleneck when it is large); tail: after the last forward, until the last shard is hashed and the manifest out

@@ -145,13 +145,20 @@ def _extract_split(loop: _Loop, split: str, ds: datasets.Dataset, entry: dict) -
         input_ids, host_fields = plan.task.host_fields(plan.task_setup, input_ids, mask, example_ids[rows], extra)
         # everything the device needs goes over in one non-blocking step; real tokens are picked on the device by
         # index (a boolean mask there would make the host wait for the GPU before it can queue the next batch)
-        host_in = [input_ids, mask.astype(np.int64), np.flatnonzero(mask)]
+        inputs = plan.task.model_inputs(plan.task_setup, input_ids, mask, extra)  # e.g. a QA window's segment ids
+        host_in = [input_ids, mask.astype(np.int64), np.flatnonzero(mask), *inputs.values()]
         if ring is not None:  # a pinned slot for this batch's inputs and outputs, free once the writer is done with it
             slot = ring.acquire()
-            ids_t, mask_t, real_index = ring.upload(slot, host_in, dev)
+            ids_t, mask_t, real_index, *more = ring.upload(slot, host_in, dev)
         else:
-            ids_t, mask_t, real_index = (torch.from_numpy(a) for a in host_in)
-        out = model(input_ids=ids_t, attention_mask=mask_t, output_hidden_states=True, output_attentions=bool(plan.attentions))
+            ids_t, mask_t, real_index, *more = (torch.from_numpy(a) for a in host_in)
+        out = model(
+            input_ids=ids_t,
+            attention_mask=mask_t,
+            **dict(zip(inputs, more)),
+            output_hidden_states=True,
+            output_attentions=bool(plan.attentions),
+        )
         device_out = _batch_outputs(out, real_index, lens, plan, captured)
         fields_out, ready = ring.download(slot, device_out) if ring is not None else to_host(device_out)
         fields_out.update(host_fields)

@@ -55,12 +55,13 @@ class DistillationModule(nn.Module):
         cfg = self.cfg
         return LossMix(cfg.alpha, cfg.beta, cfg.gamma, self.temperature, cfg.logit_loss, cfg.hidden_loss)
 
-    def forward(self, input_ids, attention_mask, labels, teacher_logits=None, **teacher_hidden):
+    def forward(self, input_ids, attention_mask, labels, teacher_logits=None, token_type_ids=None, **teacher_hidden):
         cfg = self.cfg
         need_hidden = bool(cfg.gamma and self.pairs)
         out = self.task.student_forward(self.student, self.training)(
             input_ids=input_ids,
             attention_mask=attention_mask,
+            **({"token_type_ids": token_type_ids} if token_type_ids is not None else {}),
             output_hidden_states=need_hidden,
             output_attentions=bool(self.attention_pairs),
         )

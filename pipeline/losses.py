@@ -103,8 +103,7 @@ def masked_lm_distillation_loss(
         parts["kl"] = topk_kd_loss(student_logits, topk_values, topk_indices, kl_rows, mix.temperature)
         total = total + mix.beta * parts["kl"]
     if mix.gamma and hidden_pairs:
-        hidden_loss = hidden_cosine_loss if mix.hidden_kind == "cosine" else hidden_mse_loss
-        parts["hidden"] = torch.stack([hidden_loss(s, t, attention_mask) for s, t in hidden_pairs]).mean()
+        parts["hidden"] = hidden_state_loss(hidden_pairs, attention_mask, mix.hidden_kind)
         total = total + mix.gamma * parts["hidden"]
     return total, parts
 
@@ -173,6 +172,14 @@ def value_relation_loss(
     )
 
 
+def hidden_state_loss(
+    hidden_pairs: list[tuple[torch.Tensor, torch.Tensor]], attention_mask: torch.Tensor, kind: str
+) -> torch.Tensor:
+    """The hidden loss (MSE or cosine over real tokens) averaged over the paired layers."""
+    hidden_loss = hidden_cosine_loss if kind == "cosine" else hidden_mse_loss
+    return torch.stack([hidden_loss(s, t, attention_mask) for s, t in hidden_pairs]).mean()
+
+
 def distillation_loss(
     student_logits: torch.Tensor,
     labels: torch.Tensor,
@@ -197,7 +204,6 @@ def distillation_loss(
         )
         total = total + mix.beta * soft
     if mix.gamma and hidden_pairs:
-        hidden_loss = hidden_cosine_loss if mix.hidden_kind == "cosine" else hidden_mse_loss
-        parts["hidden"] = torch.stack([hidden_loss(s, t, attention_mask) for s, t in hidden_pairs]).mean()
+        parts["hidden"] = hidden_state_loss(hidden_pairs, attention_mask, mix.hidden_kind)
         total = total + mix.gamma * parts["hidden"]
     return total, parts

@@ -144,7 +144,7 @@ def _quality(model: torch.nn.Module, cache, tokens: list[np.ndarray], rows: list
             f"{cache.cache_dir}: the model has a {task.name} head but the cache was made by a {cache_task.name} "
             "teacher; evaluate it against a cache of its own task"
         )
-    return task.quality(model, rows, tokens, batch_size, pad_id)
+    return task.quality(model, rows, tokens, batch_size, pad_id, cache=cache)
 
 
 def _score(
@@ -253,11 +253,13 @@ class EnsembleClassifier(torch.nn.Module):
         self.members = torch.nn.ModuleList(members)
         self.config = members[0].config
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, **inputs):
+        """The members' mean logits (start and end logits of QA members)."""
         from types import SimpleNamespace
 
-        logits = torch.stack([m(input_ids=input_ids, attention_mask=attention_mask).logits.float() for m in self.members])
-        return SimpleNamespace(logits=logits.mean(0))
+        outs = [m(input_ids=input_ids, attention_mask=attention_mask, **inputs) for m in self.members]
+        names = ("start_logits", "end_logits") if hasattr(outs[0], "start_logits") else ("logits",)
+        return SimpleNamespace(**{n: torch.stack([getattr(o, n).float() for o in outs]).mean(0) for n in names})
 
 
 def evaluate_ensemble(

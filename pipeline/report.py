@@ -81,8 +81,16 @@ def _n_seeds(m: dict) -> int:
     return len(m.get("seeds") or [None])
 
 
-# the task's headline metric -> (its column, the other quality column); NER's headline is entity F1
+# the task's headline metric -> (its column, the other quality column's key and name); NER's headline is entity F1,
+# extractive QA's is SQuAD F1 beside exact match
 COLUMNS = {"accuracy": ("dev acc", "f1", "macro-F1"), "f1": ("entity F1", "accuracy", "token acc")}
+SQUAD_COLUMNS = ("F1", "exact_match", "EM")
+
+
+def columns(m: dict) -> tuple[str, str, str]:
+    if m.get("metric", "").startswith("SQuAD"):
+        return SQUAD_COLUMNS
+    return COLUMNS.get(headline(m), (headline(m), "f1", "F1"))
 
 
 def headline(m: dict) -> str:
@@ -138,7 +146,7 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
         raise FileNotFoundError(f"{metrics_dir}/teacher.json: no teacher metrics; run evaluate_teacher first")
     teacher = models["teacher"]
     key = headline(teacher)
-    label, other, other_label = COLUMNS.get(key, (key, "f1", "F1"))
+    label, other, other_label = columns(teacher)
     t_acc = teacher[key]
     order = ["teacher"] + sorted((n for n in models if n != "teacher"), key=lambda n: -mean_score(models[n]))
     head = (

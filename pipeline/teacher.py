@@ -28,6 +28,7 @@ def fine_tune_teacher(
 ) -> list[dict]:
     """Fine-tune a sequence or token classifier in place; returns the Trainer's log history (loss, dev metrics per
     epoch). With `checkpoints`, resumes from the last one an interrupted run left."""
+    args.label_names = task.label_keys
     trainer = LengthGroupedTrainer(
         model=model,
         args=args,

@@ -212,6 +212,22 @@ class TeacherCache:
                         f"{path}: shard checksum does not match the manifest (corrupted); {remedy(path, self.cache_dir)}"
                     )
 
+    def table(self, name: str) -> pa.Table:
+        """A table kept beside the shards (`CacheWriter.write_table`), checked against its sha256 in the manifest."""
+        record = self.manifest.get("tables", {}).get(name)
+        if record is None:
+            raise PipelineError(
+                f"{self.cache_dir / MANIFEST}: no table '{name}' (a cache of another task, or from older code); "
+                "rerun the extract stage (`dvc repro extract`)"
+            )
+        path = safe_shard_path(self.cache_dir, record["file"])
+        if not path.is_file() or path.stat().st_size != record["bytes"] or file_sha256(path) != record["sha256"]:
+            raise PipelineError(
+                f"{path}: the cache's '{name}' table is missing or does not match the manifest; {remedy(path, self.cache_dir)}"
+            )
+        with pa.memory_map(str(path)) as source:
+            return pa.ipc.open_file(source).read_all()
+
     @property
     def splits(self) -> list[str]:
         return list(self.manifest["splits"])

@@ -187,6 +187,7 @@ class CacheWriter:
             name: _ShardedSplit(self.cache_dir, name, self.schema, shard_max_bytes, done, self._finisher, self.hash_clock)
             for name, done in (resume or {}).items()
         }
+        self._tables: dict[str, dict] = {}
         self.cache_dir.mkdir(parents=True, exist_ok=True)
 
     def _record_batch(self, batch: CacheBatch) -> pa.RecordBatch:
@@ -247,6 +248,22 @@ class CacheWriter:
         self._io(split, sharded.close_shard, tag)
         return self._io(split, sharded.completed, True)
 
+    def write_table(self, name: str, table: pa.Table) -> None:
+        """A table kept beside the shards (`table-<name>.arrow`, Arrow IPC), listed in the manifest with its sha256."""
+        path = self.cache_dir / f"table-{name}.arrow"
+
+        def write() -> None:
+            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as out:
+                out.write_table(table)
+
+        self._io(name, write)
+        self._tables[name] = {
+            "file": path.name,
+            "rows": table.num_rows,
+            "bytes": path.stat().st_size,
+            "sha256": file_sha256(path),
+        }
+
     def close(self) -> dict:
         """Close open shards, wait for their hashes and write the manifest; returns it."""
         splits = {}
@@ -266,6 +283,8 @@ class CacheWriter:
             "splits": splits,
             "bytes": sum(s["bytes"] for sp in splits.values() for s in sp["shards"]),
         }
+        if self._tables:  # (caches without tables keep the manifest they always had)
+            manifest["tables"] = self._tables
         self._io("manifest", write_json_atomic, self.cache_dir / MANIFEST, manifest)
         return manifest
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 from pipeline.errors import PipelineError
 from pipeline.tasks.base import Task
 from pipeline.tasks.masked_lm import MaskedLM
+from pipeline.tasks.question_answering import QuestionAnswering
 from pipeline.tasks.token_classification import TokenClassification
 
-TASKS: dict[str, Task] = {t.name: t for t in (Task(), TokenClassification(), MaskedLM())}
+TASKS: dict[str, Task] = {t.name: t for t in (Task(), TokenClassification(), QuestionAnswering(), MaskedLM())}
 TASK_NAMES = tuple(TASKS)
 
 

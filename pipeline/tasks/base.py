@@ -28,6 +28,7 @@ class Task:
     pipeline_tag = "text-classification"
     headline = "accuracy"  # the metric the report ranks by
     logit_field = "logits"
+    label_keys = ["labels"]  # the batch keys the teacher's Trainer treats as labels
 
     # ---- models ---------------------------------------------------------------------------------------------------
     def auto_class(self):
@@ -92,6 +93,15 @@ class Task:
         batch's rows of the prepared split's task columns."""
         return input_ids, {}
 
+    def model_inputs(self, setup: dict | None, input_ids: np.ndarray, mask: np.ndarray, extra: dict) -> dict[str, np.ndarray]:
+        """Per batch: inputs the teacher's forward takes besides input_ids and attention_mask (segment ids)."""
+        return {}
+
+    def cache_tables(self, splits: dict) -> dict[str, Any]:
+        """Tables (pyarrow) the cache keeps beside its shards, from the prepared splits: what scoring needs that is
+        not per token or per example (a QA task's question texts and reference answers)."""
+        return {}
+
     def device_fields(self, out, tokens, setup: dict | None) -> dict[str, torch.Tensor]:
         """Per batch, after the forward: the logit-level fields on the device. `tokens(t)` selects real tokens."""
         return {self.logit_field: out.logits.float()}
@@ -134,8 +144,8 @@ class Task:
         """Cache fields of the dev rows that scoring a model needs (token ids and labels always come)."""
         return []
 
-    def quality(self, model, rows: list[dict], tokens: list[np.ndarray], batch_size: int, pad_id: int) -> dict:
-        """Dev metrics of `model` on the cache's dev rows; must include `accuracy` and the task's headline."""
+    def quality(self, model, rows: list[dict], tokens: list[np.ndarray], batch_size: int, pad_id: int, cache=None) -> dict:
+        """Dev metrics of `model` on the dev rows of `cache`; must include `accuracy` and the task's headline."""
         from pipeline.metrics import classification_metrics, predict
 
         logits = predict(model, tokens, batch_size, pad_id)

@@ -127,7 +127,7 @@ class MaskedLM(Task):
     def dev_columns(self) -> list[str]:
         return [MLM_TARGET, TOPK_INDICES]
 
-    def quality(self, model, rows: list[dict], tokens: list[np.ndarray], batch_size: int, pad_id: int) -> dict:
+    def quality(self, model, rows: list[dict], tokens: list[np.ndarray], batch_size: int, pad_id: int, cache=None) -> dict:
         """Top-1 accuracy at the masked tokens of the cached (masked) dev rows, and agreement with the teacher's top-1."""
         from pipeline.metrics import predict_tokens
 

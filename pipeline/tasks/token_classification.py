@@ -331,7 +331,7 @@ class TokenClassification(Task):
     def dev_columns(self) -> list[str]:
         return [TOKEN_LABELS]
 
-    def quality(self, model, rows: list[dict], tokens: list[np.ndarray], batch_size: int, pad_id: int) -> dict:
+    def quality(self, model, rows: list[dict], tokens: list[np.ndarray], batch_size: int, pad_id: int, cache=None) -> dict:
         from pipeline.metrics import predict_tokens
 
         predictions = predict_tokens(model, tokens, batch_size, pad_id)
