@@ -212,8 +212,8 @@ class Params:
     seed: int = knob(42, "seed of every random choice (subsets, masking, init, data order)")
     task: str = knob(
         "sequence_classification",
-        "sequence_classification, token_classification (NER: CoNLL files, per-token logits), or masked_lm (top-k "
-        "vocabulary logits)",
+        "sequence_classification, token_classification (NER: CoNLL files, per-token logits), question_answering "
+        "(SQuAD: start/end logits per token), or masked_lm (top-k vocabulary logits)",
         choices=TASKS,
     )
     data: DataConfig = field(default_factory=DataConfig)
