@@ -53,3 +53,47 @@ def test_ner_on_conll2003_through_dvc_repro(tmp_path):
     saved = yaml.safe_load((repo / "artifacts/students/l3/config.json").read_text())
     assert saved["architectures"] == ["BertForTokenClassification"] and saved["id2label"]["1"] == "B-PER"
     assert "up to date" in _run([sys.executable, "-m", "dvc", "status"], repo).stdout
+
+
+@pytest.mark.slow
+def test_qa_on_squad_through_dvc_repro(tmp_path):
+    from pipeline.tasks.question_answering import QuestionAnswerer
+
+    repo = copy_project(tmp_path / "repo")
+    (repo / "data/raw/squad").mkdir(parents=True)
+    for split in ("train", "dev"):  # as the README says: copy the SQuAD files there
+        shutil.copy(SHARED / "squad" / f"{split}.json", repo / "data/raw/squad" / f"{split}.json")
+    shutil.copy(repo / "params/squad.yaml", repo / "params.yaml")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"].update(max_train_examples=240, max_dev_examples=100, max_transfer_examples=120, max_length=128, doc_stride=32)
+    params["teacher"].update(epochs=2, learning_rate=3e-4)
+    for name in params["students"]:
+        params["students"][name]["seeds"] = 1
+    params["evaluate"].update(latency_repeats=3)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "qa"],
+    ):
+        _run(cmd, repo)
+    out = _run([sys.executable, "-m", "dvc", "repro"], repo).stdout
+    assert {"prepare", "teacher", "extract", "evaluate_teacher", "report", "ensemble-l3_l2"} <= _ran(out)
+    manifest = json.loads((repo / "artifacts/cache/manifest.json").read_text())
+    assert manifest["task"] == "question_answering" and manifest["tables"]["questions"]["rows"] == 100
+    assert {"start_logits", "end_logits", "qa_window", "offsets"} <= {f["name"] for f in manifest["fields"]}
+    metrics = {p.stem: json.loads(p.read_text()) for p in (repo / "artifacts/metrics").glob("*.json")}
+    for name in ("teacher", "l3", "l2", "l3_hard", "l3_l2"):
+        m = metrics[name]
+        assert m["headline"] == "f1" and 0 <= m["exact_match"] <= m["f1"] <= 1 and m["questions"] == 100, name
+    assert metrics["teacher"]["f1"] > 0.1  # the real teacher learns something from 240 questions
+    assert metrics["l3"]["retention"] == round(metrics["l3"]["f1"] / metrics["teacher"]["f1"], 4)
+    assert metrics["teacher_train"]["dev_f1_per_epoch"][-1] == pytest.approx(metrics["teacher"]["f1"], abs=1e-4)
+    report = (repo / "artifacts/report/report.md").read_text()
+    assert "SQuAD v1.1 F1" in report and "| F1 | EM |" in report
+    saved = json.loads((repo / "artifacts/students/l3/config.json").read_text())
+    assert saved["architectures"] == ["BertForQuestionAnswering"]
+    context = json.loads((repo / "data/raw/squad/dev.json").read_text())["data"][0]["paragraphs"][0]["context"]
+    answer = QuestionAnswerer(repo / "artifacts/students/l3")("What is this about?", context)
+    assert answer["answer"] == context[answer["start"] : answer["end"]]
+    assert "up to date" in _run([sys.executable, "-m", "dvc", "status"], repo).stdout
