@@ -30,6 +30,12 @@ def main(params, args):
     save_prepared(Path(args.out), splits, info)
     save_prepared(Path(args.transfer_out), transfer, transfer_info)
     for name, stats in {**info["splits"], **transfer_info["splits"]}.items():
+        if "questions" in stats:  # extractive QA: a row is a window of a question's context
+            print(
+                f"prepare: {name}: {stats['questions']} questions in {stats['rows']} windows, {stats['tokens']} tokens, "
+                f"{stats['answers_outside_windows']} answers inside no window"
+            )
+            continue
         print(f"prepare: {name}: {stats['rows']} rows, {stats['tokens']} tokens, {stats['truncated']} truncated")
 
 

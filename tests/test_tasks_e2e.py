@@ -65,7 +65,7 @@ def test_qa_on_squad_through_dvc_repro(tmp_path):
         shutil.copy(SHARED / "squad" / f"{split}.json", repo / "data/raw/squad" / f"{split}.json")
     shutil.copy(repo / "params/squad.yaml", repo / "params.yaml")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"].update(max_train_examples=240, max_dev_examples=100, max_transfer_examples=120, max_length=128, doc_stride=32)
+    params["data"].update(max_train_examples=200, max_dev_examples=100, max_transfer_examples=100)
     params["teacher"].update(epochs=2, learning_rate=3e-4)
     for name in params["students"]:
         params["students"][name]["seeds"] = 1
@@ -86,9 +86,10 @@ def test_qa_on_squad_through_dvc_repro(tmp_path):
     for name in ("teacher", "l3", "l2", "l3_hard", "l3_l2"):
         m = metrics[name]
         assert m["headline"] == "f1" and 0 <= m["exact_match"] <= m["f1"] <= 1 and m["questions"] == 100, name
-    assert metrics["teacher"]["f1"] > 0.1  # the real teacher learns something from 240 questions
+    assert metrics["teacher"]["f1"] > 0.1  # the real teacher learns something from 200 questions
     assert metrics["l3"]["retention"] == round(metrics["l3"]["f1"] / metrics["teacher"]["f1"], 4)
-    assert metrics["teacher_train"]["dev_f1_per_epoch"][-1] == pytest.approx(metrics["teacher"]["f1"], abs=1e-4)
+    # the per-epoch dev F1 of fine-tuning and the evaluate stage score alike (padding may move one question of 100)
+    assert metrics["teacher_train"]["dev_f1_per_epoch"][-1] == pytest.approx(metrics["teacher"]["f1"], abs=0.011)
     report = (repo / "artifacts/report/report.md").read_text()
     assert "SQuAD v1.1 F1" in report and "| F1 | EM |" in report
     saved = json.loads((repo / "artifacts/students/l3/config.json").read_text())
