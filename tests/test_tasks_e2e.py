@@ -86,7 +86,7 @@ def test_qa_on_squad_through_dvc_repro(tmp_path):
     for name in ("teacher", "l3", "l2", "l3_hard", "l3_l2"):
         m = metrics[name]
         assert m["headline"] == "f1" and 0 <= m["exact_match"] <= m["f1"] <= 1 and m["questions"] == 100, name
-    assert metrics["teacher"]["f1"] > 0.1  # the real teacher learns something from 200 questions
+    assert metrics["teacher"]["f1"] > 0.08  # learns from 200 questions (measured 0.118; 1 epoch at 1e-4 gave 0.065)
     assert metrics["l3"]["retention"] == round(metrics["l3"]["f1"] / metrics["teacher"]["f1"], 4)
     # the per-epoch dev F1 of fine-tuning and the evaluate stage score alike (padding may move one question of 100)
     assert metrics["teacher_train"]["dev_f1_per_epoch"][-1] == pytest.approx(metrics["teacher"]["f1"], abs=0.011)
