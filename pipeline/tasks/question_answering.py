@@ -83,8 +83,8 @@ def load_questions(source: Source) -> list[Question]:
     """From a SQuAD JSON file, or a jsonl/parquet file or hub split with the hub's `squad` columns (id, context,
     question, answers: {text: [...], answer_start: [...]})."""
     if source.path is not None and source.path.suffix.lower() == ".json":
-        head = source.path.read_bytes()[:4096].lstrip()
-        if head.startswith(b"{") and b'"data"' in source.path.read_bytes():
+        raw = source.path.read_bytes()
+        if raw.lstrip().startswith(b"{") and b'"data"' in raw:
             return read_squad_json(source.path)
     ds = load_source(source)
     check_columns(ds, source, {"id": "id", "context": "context", "question": "question", "answers": "answers"})
