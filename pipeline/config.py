@@ -138,7 +138,7 @@ class DistillConfig:
     logging_steps: int = knob(10, "steps between logged losses", gt=0)
     verify_cache: str = knob(
         "lazy",
-        "lazy: CRC-32 of each record batch on first read; full: sha256 of every shard first; size: sizes only",
+        "lazy: xxh3 of each record batch on first read; full: xxh3 of every shard first; size: sizes only",
         choices=("lazy", "full", "size"),
     )
     transfer: bool = knob(True, "KD students also learn from the cache's transfer rows (teacher signal only)")

@@ -70,7 +70,7 @@ def extract_cache(
     vocabulary logits per real token of the seeded-masked rows it saw (masked under `mask_seed`) and the targets.
 
     Work happens in `work_dir_for(out_dir)` with a journal of completed shards; rerun after a crash (even `kill -9`),
-    finished shards are checked against their sha256 and kept, the rest is computed, and the result is byte-identical
+    finished shards are checked against their digest and kept, the rest is computed, and the result is byte-identical
     to an uninterrupted run. The finished cache is moved into `out_dir` in one rename at the end.
     """
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)

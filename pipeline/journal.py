@@ -2,7 +2,7 @@
 
 An extraction in progress lives in a work dir beside the cache. Each shard enters the journal once it is renamed and
 hashed, tagged with the batch count it ends at; rerun after a crash (even `kill -9`), the journal's shards are checked
-against their sha256 and kept, and the loop starts after the last one.
+against their digest and kept, and the loop starts after the last one.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pipeline.cache import CacheBatch, CacheWriter, FieldSpec
-from pipeline.cache.schema import file_sha256, write_json_atomic
+from pipeline.cache.schema import DIGEST, file_digest, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def job_key(meta: dict, fields: list[FieldSpec], batch_size: int, shard_max_byte
 
 
 def load_journal(work: Path, key: str) -> dict[str, dict]:
-    """Verified progress of an interrupted run: per split, the shards whose sha256 still matches, in order. Everything
+    """Verified progress of an interrupted run: per split, the shards whose digest still matches, in order. Everything
     else in the work dir (partial shards, shards past a bad one, files of another job) is removed."""
     journal = work / JOURNAL
     state = {}
@@ -52,7 +52,7 @@ def load_journal(work: Path, key: str) -> dict[str, dict]:
                     if not (
                         path.is_file()
                         and path.stat().st_size == shard["record"]["bytes"]
-                        and file_sha256(path) == shard["record"]["sha256"]
+                        and file_digest(path) == shard["record"][DIGEST]
                     ):
                         break
                     good.append(shard)

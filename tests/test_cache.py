@@ -1,13 +1,15 @@
 """The cache contract: bit-exact ragged round-trips, atomic shards, manifest checks."""
 
+import hashlib
 import json
 
 import numpy as np
 import pytest
 import torch
+import xxhash
 
 from pipeline.cache import CacheBatch, CacheWriter, FieldSpec, TeacherCache, check_compatible, read_manifest
-from pipeline.cache.schema import FORMAT_VERSION
+from pipeline.cache.schema import FORMAT_VERSION, file_digest
 from pipeline.errors import PipelineError
 
 LENGTHS = [7, 1, 12, 3, 30, 5]
@@ -113,7 +115,7 @@ def test_no_temporary_files_and_manifest_lists_every_shard_with_checksums(tmp_pa
     listed = sorted(s["file"] for s in manifest["splits"]["train"]["shards"])
     assert on_disk == sorted(listed + ["manifest.json"])
     assert manifest["format_version"] == FORMAT_VERSION
-    assert all(len(s["sha256"]) == 64 for s in manifest["splits"]["train"]["shards"])
+    assert all(len(s["xxh3_128"]) == 32 for s in manifest["splits"]["train"]["shards"])
 
 
 def test_failed_write_leaves_no_manifest_and_no_partial_shard(tmp_path):
@@ -209,6 +211,21 @@ def test_flipped_byte_is_caught_with_full_verification_only(tmp_path):
     TeacherCache(tmp_path, verify="size")  # same size: the cheap check cannot see it
     with pytest.raises(PipelineError, match=r"train-00000\.arrow.*checksum.*dvc pull"):
         TeacherCache(tmp_path, verify="full")
+
+
+def test_the_fast_digest_catches_every_single_bit_flip_sha256_catches(tmp_path):
+    """xxh3-128 replaced sha256 as the shard digest: over every byte of a real shard, a flipped bit changes both."""
+    manifest = _write(tmp_path, _rows("float16"), "float16")
+    record = manifest["splits"]["train"]["shards"][0]
+    clean = (tmp_path / record["file"]).read_bytes()
+    assert file_digest(tmp_path / record["file"]) == record["xxh3_128"] == xxhash.xxh3_128(clean).hexdigest()
+    sha = hashlib.sha256(clean).hexdigest()
+    for at in range(len(clean)):
+        for bit in (0, 7):
+            data = bytearray(clean)
+            data[at] ^= 1 << bit
+            assert xxhash.xxh3_128(bytes(data)).hexdigest() != record["xxh3_128"], (at, bit)
+            assert hashlib.sha256(bytes(data)).hexdigest() != sha
 
 
 def test_missing_or_truncated_shard_is_refused(tmp_path):

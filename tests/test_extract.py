@@ -60,7 +60,7 @@ def test_manifest_records_the_contract(tiny_cache, tiny_prepared):
 def test_extraction_is_deterministic_and_bf16_is_supported(tiny_teacher, tiny_prepared, tmp_path):
     a = build_cache(tiny_teacher, tiny_prepared, tmp_path / "a", dtype="bfloat16")
     b = build_cache(tiny_teacher, tiny_prepared, tmp_path / "b", dtype="bfloat16")
-    shas = lambda m: [s["sha256"] for sp in m["manifest"]["splits"].values() for s in sp["shards"]]  # noqa: E731
+    shas = lambda m: [s["xxh3_128"] for sp in m["manifest"]["splits"].values() for s in sp["shards"]]  # noqa: E731
     assert shas(a) == shas(b)
     row = TeacherCache(tmp_path / "a").split("dev")[0]
     assert row["hidden_2"].dtype == np.uint16

@@ -123,8 +123,8 @@ def test_mlm_extraction_resumes_to_the_same_masking(tmp_path, mlm_teacher, tiny_
     build_mlm_cache(mlm_teacher, tiny_prepared, tmp_path / "again")
     first = json.loads((mlm_cache / "manifest.json").read_text())
     second = json.loads((tmp_path / "again" / "manifest.json").read_text())
-    assert [s["sha256"] for sp in first["splits"].values() for s in sp["shards"]] == [
-        s["sha256"] for sp in second["splits"].values() for s in sp["shards"]
+    assert [s["xxh3_128"] for sp in first["splits"].values() for s in sp["shards"]] == [
+        s["xxh3_128"] for sp in second["splits"].values() for s in sp["shards"]
     ]
 
 

@@ -16,20 +16,22 @@ import pyarrow as pa
 from pipeline.cache.codec import dequantize_int8
 from pipeline.cache.remedy import remedy
 from pipeline.cache.schema import (
+    BATCH_DIGEST,
+    DIGEST,
     MANIFEST,
     SCALE_SUFFIX,
     STORAGE,
     TOKENIZER_DIR,
     FieldSpec,
     fields_from_manifest,
-    file_sha256,
+    file_digest,
     read_manifest,
-    record_batch_crc32,
+    record_batch_digest,
     safe_shard_path,
 )
 from pipeline.errors import PipelineError
 
-# full: sha256 of every shard at open. lazy: sizes at open, then each record batch's CRC-32 on first touch (the
+# full: xxh3-128 of every shard at open. lazy: sizes at open, then each record batch's xxh3-64 on first touch (the
 # default: a flipped byte stops training at the batch that holds it, and no time is spent up front). size: sizes only.
 RELEASE_EVERY = 512  # rows read between page releases: bounds resident cache pages to about this many rows' worth
 VERIFY_MODES = ("full", "lazy", "size", "none")
@@ -117,8 +119,8 @@ class CacheSplit:
         b = int(np.searchsorted(starts, local, side="right")) - 1
         cols = batches[b]
         if self.check_batches and "_checked" not in cols:
-            expected = self.meta["shards"][shard].get("batch_crc32")
-            if expected is not None and (b >= len(expected) or record_batch_crc32(cols["_batch"]) != expected[b]):
+            expected = self.meta["shards"][shard].get(BATCH_DIGEST)
+            if expected is not None and (b >= len(expected) or record_batch_digest(cols["_batch"]) != expected[b]):
                 raise PipelineError(
                     f"{self.shard_paths[shard]}: record batch {b} does not match its checksum in the manifest "
                     f"(corrupted); {remedy(self.shard_paths[shard], self.cache_dir)}"
@@ -196,7 +198,7 @@ class TeacherCache:
             self.verify(full=verify == "full")
 
     def verify(self, full: bool = True) -> None:
-        """Every listed shard exists with its recorded size (and, with `full`, its sha256)."""
+        """Every listed shard exists with its recorded size (and, with `full`, its digest)."""
         for _split, meta in self.manifest["splits"].items():
             for shard in meta["shards"]:
                 path = safe_shard_path(self.cache_dir, shard["file"])
@@ -207,13 +209,13 @@ class TeacherCache:
                         f"{path}: shard is {path.stat().st_size} bytes, manifest says {shard['bytes']}; "
                         f"{remedy(path, self.cache_dir)}"
                     )
-                if full and file_sha256(path) != shard["sha256"]:
+                if full and file_digest(path) != shard[DIGEST]:
                     raise PipelineError(
                         f"{path}: shard checksum does not match the manifest (corrupted); {remedy(path, self.cache_dir)}"
                     )
 
     def table(self, name: str) -> pa.Table:
-        """A table kept beside the shards (`CacheWriter.write_table`), checked against its sha256 in the manifest."""
+        """A table kept beside the shards (`CacheWriter.write_table`), checked against its digest in the manifest."""
         record = self.manifest.get("tables", {}).get(name)
         if record is None:
             raise PipelineError(
@@ -221,7 +223,7 @@ class TeacherCache:
                 "rerun the extract stage (`dvc repro extract`)"
             )
         path = safe_shard_path(self.cache_dir, record["file"])
-        if not path.is_file() or path.stat().st_size != record["bytes"] or file_sha256(path) != record["sha256"]:
+        if not path.is_file() or path.stat().st_size != record["bytes"] or file_digest(path) != record[DIGEST]:
             raise PipelineError(
                 f"{path}: the cache's '{name}' table is missing or does not match the manifest; {remedy(path, self.cache_dir)}"
             )

@@ -1,10 +1,10 @@
 """The one cache writer: rows in, sharded Arrow IPC files and a manifest out.
 
-A shard is written under a hidden temporary name and renamed only when complete; its sha256 and per-batch CRC-32s are
-computed on a small thread pool while the next shard is being written (hashlib and zlib release the GIL), and a shard
+A shard is written under a hidden temporary name and renamed only when complete; its xxh3-128 and per-batch xxh3-64
+digests are computed on a small thread pool while the next shard is being written (hashlib and zlib release the GIL), and a shard
 counts as done only once its record holds them. The manifest is written last, atomically (fsynced), so a reader never
 sees a partial shard or a manifest listing one. Shards are not fsynced one by one: an extraction resumed after a crash
-re-checks every finished shard against its sha256 (`pipeline.extract`), and readers check CRCs, so a shard torn by a
+re-checks every finished shard against its digest (`pipeline.extract`), and readers check batch digests, so a shard torn by a
 power cut is found and rewritten rather than trusted. Completed shards can be handed back in (`resume`) so an
 interrupted extraction continues where it stopped.
 """
@@ -23,14 +23,16 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.cache.schema import (
+    BATCH_DIGEST,
+    DIGEST,
     FORMAT_VERSION,
     MANIFEST,
     STORAGE,
     FieldSpec,
     arrow_schema,
     fields_to_manifest,
-    file_sha256,
-    shard_batch_crc32,
+    file_digest,
+    shard_batch_digests,
     write_json_atomic,
 )
 from pipeline.errors import PipelineError
@@ -75,8 +77,8 @@ def _finish_shard(tmp: Path, final: Path, rows: int, tokens: int, clock: HashClo
             "rows": rows,
             "tokens": tokens,
             "bytes": final.stat().st_size,
-            "sha256": file_sha256(final),
-            "batch_crc32": shard_batch_crc32(final),
+            DIGEST: file_digest(final),
+            BATCH_DIGEST: shard_batch_digests(final),
         }
     finally:
         clock.add(time.perf_counter() - started)
@@ -249,7 +251,7 @@ class CacheWriter:
         return self._io(split, sharded.completed, True)
 
     def write_table(self, name: str, table: pa.Table) -> None:
-        """A table kept beside the shards (`table-<name>.arrow`, Arrow IPC), listed in the manifest with its sha256."""
+        """A table kept beside the shards (`table-<name>.arrow`, Arrow IPC), listed in the manifest with its digest."""
         path = self.cache_dir / f"table-{name}.arrow"
 
         def write() -> None:
@@ -261,7 +263,7 @@ class CacheWriter:
             "file": path.name,
             "rows": table.num_rows,
             "bytes": path.stat().st_size,
-            "sha256": file_sha256(path),
+            DIGEST: file_digest(path),
         }
 
     def close(self) -> dict:
