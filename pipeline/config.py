@@ -97,6 +97,12 @@ class ExtractConfig:
     device: str = knob("auto", "auto (cuda when available), cpu, cuda, cuda:N")
     topk: int = knob(8, "masked-LM teachers: vocabulary logits kept per token (fp16 values + uint16 indices)", gt=0)
     mlm_probability: float = knob(0.15, "masked-LM teachers: share of tokens masked (static, seeded by `seed`)", gt=0, lt=1)
+    nproc: int = knob(
+        1,
+        "processes (one per GPU) the stage runs under `torchrun --standalone`; the cache is the same for any count, "
+        "so extract does not depend on this key",
+        gt=0,
+    )
 
 
 @dataclass
@@ -155,6 +161,12 @@ class DistillConfig:
     )
     mlm_positions: str = knob(
         "masked", "masked-LM caches: top-k KL at the masked tokens (DistilBERT) or at all real tokens", choices=("masked", "all")
+    )
+    nproc: int = knob(
+        1,
+        "processes (one per GPU) training each student with DDP under `torchrun --standalone`; batch_size stays the "
+        "global batch (each process takes batch_size / nproc rows per step)",
+        gt=0,
     )
 
 

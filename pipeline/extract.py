@@ -23,9 +23,10 @@ from transformers import AutoConfig, AutoTokenizer
 from pipeline.cache import CacheWriter
 from pipeline.cache.schema import TEACHER_CONFIG, TOKENIZER_DIR
 from pipeline.config import ExtractConfig
+from pipeline.distributed import Ranks, ranks
 from pipeline.errors import PipelineError
 from pipeline.extract_loop import LoopPlan, extract_splits
-from pipeline.journal import JOURNAL, ShardSink, job_key, load_journal, work_dir_for
+from pipeline.journal import ShardSink, job_key, journal_name, load_journal, shard_tag, work_dir_for
 from pipeline.layers import normalize_layers, normalize_model_layers
 from pipeline.models import model_fingerprint, tokenizer_fingerprint
 from pipeline.tasks import task_of_model
@@ -34,11 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PipelineError(f"params.yaml: extract.device is '{name}' but no CUDA device is visible; use 'auto' or 'cpu'")
-    return torch.device(name)
+    return Ranks().device(name)
 
 
 def value_projection(model, layer: int):
@@ -61,7 +58,7 @@ def extract_cache(
     info: dict,
     mask_seed: int = 0,
     on_batch: Callable[[str, int], None] | None = None,
-) -> dict:
+) -> dict | None:
     """Write the cache for `splits` (prepared by `pipeline.data`, described by its `info`) to `out_dir`. Returns the
     manifest plus timing stats.
 
@@ -72,9 +69,15 @@ def extract_cache(
     Work happens in `work_dir_for(out_dir)` with a journal of completed shards; rerun after a crash (even `kill -9`),
     finished shards are checked against their digest and kept, the rest is computed, and the result is byte-identical
     to an uninterrupted run. The finished cache is moved into `out_dir` in one rename at the end.
+
+    Under torchrun each rank computes a contiguous, token-balanced run of every split's length-sorted batches
+    (`rank_batches`) into its own shards and journal in the shared work dir, and resumes on its own; after a barrier
+    rank 0 numbers all shards as one cache's and writes the one manifest, so the cache's rows are those of a
+    one-process run. Rank 0 returns the result, the other ranks None.
     """
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
-    dev = resolve_device(cfg.device)
+    who = ranks()
+    dev = who.device(cfg.device)
     teacher_config = AutoConfig.from_pretrained(teacher_dir)
     task = task_of_model(teacher_config)
     # attention maps need the eager implementation: fused kernels never materialise them
@@ -95,6 +98,8 @@ def extract_cache(
         values=normalize_model_layers(list(cfg.values), n_layers, "extract.values"),
         task=task,
         task_setup=task.extract_setup(cfg, model, tokenizer, teacher_dir, mask_seed),
+        rank=who.rank,
+        world=who.world,
     )
     fields = plan.fields(model.config.num_labels, hidden, heads, model.config.vocab_size)
     meta = {
@@ -115,15 +120,20 @@ def extract_cache(
 
     shard_max_bytes = int(cfg.shard_max_mb * (1 << 20))
     work = work_dir_for(out_dir)
-    key = job_key(meta, fields, cfg.batch_size, shard_max_bytes)
-    state = load_journal(work, key)
+    key = job_key(meta, fields, cfg.batch_size, shard_max_bytes, who.world)
+    if who.main:  # rank 0 clears what belongs to no rank, then lays out the shared files, before the others start
+        state = load_journal(work, key, who.rank, who.world)
+        work.mkdir(parents=True, exist_ok=True)
+        tokenizer.save_pretrained(work / TOKENIZER_DIR)
+        shutil.copy(teacher_dir / "config.json", work / TEACHER_CONFIG)
+    who.barrier()
+    if not who.main:
+        state = load_journal(work, key, who.rank, who.world)
     state = {name: state[name] for name in splits if name in state}  # split order decides manifest order
-    work.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(work / TOKENIZER_DIR)
-    shutil.copy(teacher_dir / "config.json", work / TEACHER_CONFIG)
     resume = {name: [s["record"] for s in entry["shards"]] for name, entry in state.items()}
-    with CacheWriter(work, fields, meta, shard_max_bytes, resume=resume) as writer:
-        sink = ShardSink(writer, work, key, state)
+    journal = journal_name(who.rank, who.world)
+    with CacheWriter(work, fields, meta, shard_max_bytes, resume=resume, shard_tag=shard_tag(who.rank, who.world)) as writer:
+        sink = ShardSink(writer, work, key, state, journal=journal)
         captured: dict[int, torch.Tensor] = {}
         hooks = [
             value_projection(model, layer).register_forward_hook(
@@ -138,9 +148,17 @@ def extract_cache(
             sink.close()
             for hook in hooks:
                 hook.remove()
+        everyone = None
+        if who.world > 1:  # every rank's shards are complete and journaled: rank 0 lists them all
+            everyone = who.gather({name: [s["record"] for s in entry["shards"]] for name, entry in state.items()})
+            stats = _combine_stats(who.gather(stats))
+            if not who.main:
+                writer.close(publish=False)
+                who.barrier()  # until rank 0 has published the cache
+                return None
         for name, table in task.cache_tables(splits).items():
             writer.write_table(name, table)
-        manifest = writer.close()
+        manifest = writer.close(ranks=everyone)
     # busy: the writer thread's time on batches; producer_wait: the teacher loop blocked on a full queue (the writer is
     # the bottleneck when it is large); tail: after the last forward, until the last shard is hashed and the manifest out
     writer_stats = {
@@ -148,11 +166,29 @@ def extract_cache(
         "producer_wait_s": round(sink.wait_s, 3),
         "tail_s": round(time.perf_counter() - last_batch, 3),
     }
-    (work / JOURNAL).unlink()
+    for rank in range(who.world):
+        (work / journal_name(rank, who.world)).unlink(missing_ok=True)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(work, out_dir)
-    return {"manifest": manifest, "stats": stats, "writer": writer_stats}
+    who.barrier()
+    return {"manifest": manifest, "stats": stats, "writer": writer_stats, "processes": who.world}
+
+
+def _combine_stats(per_rank: list[dict[str, dict]]) -> dict[str, dict]:
+    """Per-split timing stats of every rank as one: rows and tokens add up, the split took as long as its slowest rank."""
+    out = {}
+    for split in per_rank[0]:
+        parts = [stats[split] for stats in per_rank]
+        out[split] = {
+            "seconds": max(p["seconds"] for p in parts),
+            "rows": sum(p["rows"] for p in parts),
+            "tokens": sum(p["tokens"] for p in parts),
+            "resumed_batches": sum(p["resumed_batches"] for p in parts),
+            "padding_fraction": max(p["padding_fraction"] for p in parts),
+            "seconds_per_rank": [round(p["seconds"], 3) for p in parts],
+        }
+    return out
 
 
 def write_extract_report(path: Path, result: dict) -> None:

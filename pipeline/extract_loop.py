@@ -29,6 +29,18 @@ def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarr
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def rank_batches(batches: list[np.ndarray], lengths: np.ndarray, rank: int, world: int) -> range:
+    """The contiguous run of `batches` that rank `rank` of `world` computes under torchrun: cut where the padded
+    tokens (rows x width) so far cross each 1/world of the total, so ranks get about equal work although later batches
+    are longer. Deterministic, and in order: rank 0's rows, then rank 1's, ... are the one-process run's rows."""
+    if world == 1:
+        return range(len(batches))
+    cost = np.array([len(b) * int(lengths[b].max()) for b in batches], dtype=np.float64)
+    before = np.cumsum(cost) - cost
+    owner = np.minimum((before * world / max(cost.sum(), 1)).astype(np.int64), world - 1)
+    return range(int(np.searchsorted(owner, rank, "left")), int(np.searchsorted(owner, rank, "right")))
+
+
 def pad_rows(
     flat_ids: np.ndarray, starts: np.ndarray, lens: np.ndarray, width: int, pad_id: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -51,6 +63,8 @@ class LoopPlan:
     values: list[int] = field(default_factory=list)
     task: Task = field(default_factory=Task)  # what the logit-level fields are (pipeline.tasks)
     task_setup: dict | None = None  # the task's extraction state (a masked-LM teacher's masking and top-k)
+    rank: int = 0  # under torchrun: this process computes its part of each split's batches (`rank_batches`)
+    world: int = 1
 
     @property
     def attention_dtype(self) -> str:
@@ -127,15 +141,20 @@ def _extract_split(loop: _Loop, split: str, ds: datasets.Dataset, entry: dict) -
     example_ids, labels = table.column("example_id").to_numpy(), table.column("label").to_numpy()
     task_columns = {name: _ragged(table.column(name)) for name in plan.task.prepared_columns()}
     batches = length_sorted_batches(lengths, plan.batch_size)
-    first = len(batches) if entry["done"] else (entry["shards"][-1]["batch_end"] if entry["shards"] else 0)
-    if first:
-        log.info(
-            "extract %s: resuming after batch %d of %d (%d shards verified)", split, first, len(batches), len(entry["shards"])
-        )
+    mine = rank_batches(batches, lengths, plan.rank, plan.world)
+    first = mine.stop if entry["done"] else (entry["shards"][-1]["batch_end"] if entry["shards"] else mine.start)
+    if first > mine.start:
+        log.info("extract %s: resuming after batch %d of %d (%d shards verified)", split, first, mine.stop, len(entry["shards"]))
     padded_tokens = real_tokens = 0
     start = time.perf_counter()
+    where = f" (rank {plan.rank} of {plan.world})" if plan.world > 1 else ""
     for bi in tqdm(
-        range(first, len(batches)), desc=f"extract {split}", unit="batch", initial=first, total=len(batches), disable=None
+        range(first, mine.stop),
+        desc=f"extract {split}{where}",
+        unit="batch",
+        initial=first - mine.start,
+        total=len(mine),
+        disable=None,
     ):
         rows = batches[bi]
         lens = lengths[rows]
@@ -180,12 +199,13 @@ def _extract_split(loop: _Loop, split: str, ds: datasets.Dataset, entry: dict) -
         if on_batch is not None:
             on_batch(split, bi)
     if not entry["done"]:
-        sink.put("finish", split, None, len(batches))
+        sink.put("finish", split, None, mine.stop)
+    rows = np.concatenate([batches[b] for b in mine]) if len(mine) else np.zeros(0, dtype=np.int64)
     return {
         "seconds": time.perf_counter() - start,
-        "rows": len(ds),
-        "tokens": int(lengths.sum()),
-        "resumed_batches": first,
+        "rows": len(rows),
+        "tokens": int(lengths[rows].sum()),
+        "resumed_batches": first - mine.start,
         "padding_fraction": 1 - real_tokens / max(padded_tokens, 1),
     }
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import queue
+import re
 import shutil
 import threading
 import time
@@ -23,6 +24,23 @@ from pipeline.cache.schema import DIGEST, file_digest, write_json_atomic
 log = logging.getLogger(__name__)
 
 JOURNAL = "journal.json"
+_RANKED = re.compile(r"-r(\d{3})-\d{5}\.arrow(\.tmp)?$|^journal-r(\d{3})\.json$")
+
+
+def journal_name(rank: int = 0, world: int = 1) -> str:
+    """A one-process extraction keeps `journal.json`; under torchrun each rank keeps its own."""
+    return JOURNAL if world == 1 else f"journal-r{rank:03d}.json"
+
+
+def shard_tag(rank: int = 0, world: int = 1) -> str:
+    """What a rank puts into its shard names (`train-r001-00000.arrow`) until rank 0 numbers them all as one cache."""
+    return "" if world == 1 else f"r{rank:03d}-"
+
+
+def owner(name: str) -> int | None:
+    """The rank a work-dir file belongs to (None: shared, or from a one-process run)."""
+    match = _RANKED.search(name)
+    return None if match is None else int(match.group(1) or match.group(3))
 
 
 def work_dir_for(out_dir: Path) -> Path:
@@ -31,16 +49,20 @@ def work_dir_for(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.partial"
 
 
-def job_key(meta: dict, fields: list[FieldSpec], batch_size: int, shard_max_bytes: int) -> str:
-    """Everything that decides the bytes of the shards; a work dir made under another key is discarded."""
+def job_key(meta: dict, fields: list[FieldSpec], batch_size: int, shard_max_bytes: int, world: int = 1) -> str:
+    """Everything that decides the bytes of the shards (and, under torchrun, which rank writes which batches); a work
+    dir made under another key is discarded."""
     spec = {"meta": meta, "fields": [f.__dict__ for f in fields], "batch_size": batch_size, "shard_max_bytes": shard_max_bytes}
+    if world > 1:
+        spec["world"] = world
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def load_journal(work: Path, key: str) -> dict[str, dict]:
+def load_journal(work: Path, key: str, rank: int = 0, world: int = 1) -> dict[str, dict]:
     """Verified progress of an interrupted run: per split, the shards whose digest still matches, in order. Everything
-    else in the work dir (partial shards, shards past a bad one, files of another job) is removed."""
-    journal = work / JOURNAL
+    else in the work dir (partial shards, shards past a bad one, files of another job) is removed, except, under
+    torchrun, the files of the other ranks: each rank checks its own, and rank 0 also clears what belongs to no rank."""
+    journal = work / journal_name(rank, world)
     state = {}
     if journal.is_file():
         saved = json.loads(journal.read_text())
@@ -58,15 +80,19 @@ def load_journal(work: Path, key: str) -> dict[str, dict]:
                     good.append(shard)
                 state[split] = {"shards": good, "done": entry["done"] and len(good) == len(entry["shards"])}
     keep = {s["record"]["file"] for entry in state.values() for s in entry["shards"]}
+    if state:
+        keep.add(journal.name)  # until the next save: a crash before it must not forget the verified shards
     if work.exists():
         for path in work.iterdir():
-            if path.name not in keep:
+            mine = owner(path.name) == rank if world > 1 else True
+            foreign = world > 1 and rank == 0 and (owner(path.name) is None or owner(path.name) >= world)
+            if path.name not in keep and (mine or foreign):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
     return state
 
 
-def save_journal(work: Path, key: str, state: dict) -> None:
-    write_json_atomic(work / JOURNAL, {"key": key, "splits": state})
+def save_journal(work: Path, key: str, state: dict, name: str = JOURNAL) -> None:
+    write_json_atomic(work / name, {"key": key, "splits": state})
 
 
 class BatchSink(Protocol):
@@ -86,8 +112,8 @@ class ShardSink:
     writes and shard hashing overlap the next teacher forward. The bounded queue caps memory; a writer error is raised
     in the main thread by the next `put` or by `close`."""
 
-    def __init__(self, writer: CacheWriter, work: Path, key: str, state: dict, depth: int = 2):
-        self.writer, self.work, self.key, self.state = writer, work, key, state
+    def __init__(self, writer: CacheWriter, work: Path, key: str, state: dict, depth: int = 2, journal: str = JOURNAL):
+        self.writer, self.work, self.key, self.state, self.journal = writer, work, key, state, journal
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.depth = depth
         self.error: BaseException | None = None
@@ -121,7 +147,7 @@ class ShardSink:
             if kind == "finish":
                 entry["done"] = True
             if done or kind == "finish":
-                save_journal(self.work, self.key, self.state)
+                save_journal(self.work, self.key, self.state, self.journal)
         except BaseException as exc:  # re-raised in the main thread by put()/close()
             self.error = exc
             self._salvage()
@@ -136,7 +162,7 @@ class ShardSink:
                     {"record": record, "batch_end": tag} for record, tag in done
                 )
             if any(salvaged.values()):
-                save_journal(self.work, self.key, self.state)
+                save_journal(self.work, self.key, self.state, self.journal)
         except Exception:  # noqa: BLE001 - the original error is the one to report
             log.exception("could not journal the finished shards after a write error")
 

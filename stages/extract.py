@@ -4,11 +4,14 @@ from pathlib import Path
 
 from pipeline.cli import run_stage
 from pipeline.data import load_prepared
+from pipeline.distributed import relaunch_under_torchrun
 from pipeline.errors import PipelineError
 from pipeline.extract import extract_cache, write_extract_report
 
 
 def main(params, args):
+    if (code := relaunch_under_torchrun(params.extract.nproc)) is not None:
+        raise SystemExit(code)  # the torchrun processes did the work (and printed any error)
     splits, info = load_prepared(Path(args.prepared))
     if Path(args.transfer).exists():  # the unlabeled transfer split, when data.transfer names one
         transfer, transfer_info = load_prepared(Path(args.transfer))
@@ -20,6 +23,8 @@ def main(params, args):
             f"{params.data.max_length}; rerun prepare (`dvc repro`)"
         )
     result = extract_cache(Path(args.teacher), splits, Path(args.out), params.extract, info=info, mask_seed=params.seed)
+    if result is None:
+        return  # a torchrun rank other than 0: rank 0 wrote the manifest and reports
     write_extract_report(Path(args.metrics), result)
     m = result["manifest"]
     print(f"extract: {m['bytes'] / 1e6:.1f} MB in {sum(len(s['shards']) for s in m['splits'].values())} shards -> {args.out}")

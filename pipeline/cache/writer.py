@@ -84,6 +84,26 @@ def _finish_shard(tmp: Path, final: Path, rows: int, tokens: int, clock: HashClo
         clock.add(time.perf_counter() - started)
 
 
+def shard_name(split: str, number: int, tag: str = "") -> str:
+    """`train-00003.arrow`; a torchrun rank's own shards carry its tag (`train-r001-00003.arrow`) until `merge_ranks`."""
+    return f"{split}-{tag}{number:05d}.arrow"
+
+
+def merge_ranks(cache_dir: Path, per_rank: list[dict[str, list[dict]]]) -> dict[str, list[dict]]:
+    """The shard records of every rank of a torchrun extraction (rank order: each rank wrote a contiguous run of the
+    length-sorted batches) as one cache's: shards renamed to one numbering per split, so the rows, their order and the
+    manifest are those of a one-process run, and no reader can tell how many processes wrote them."""
+    merged: dict[str, list[dict]] = {}
+    for records in per_rank:
+        for split, shards in records.items():
+            out = merged.setdefault(split, [])
+            for record in shards:
+                name = shard_name(split, len(out))
+                os.replace(cache_dir / record["file"], cache_dir / name)
+                out.append({**record, "file": name})
+    return merged
+
+
 class _ShardedSplit:
     def __init__(
         self,
@@ -94,8 +114,9 @@ class _ShardedSplit:
         done: list[dict],
         finisher: ThreadPoolExecutor,
         clock: HashClock,
+        tag: str = "",
     ):
-        self.cache_dir, self.split, self.schema, self.max_bytes = cache_dir, split, schema, max_bytes
+        self.cache_dir, self.split, self.schema, self.max_bytes, self.tag = cache_dir, split, schema, max_bytes, tag
         self.shards: list[dict] = list(done)
         self.pending: list[tuple[Future, Any]] = []  # closed shards being hashed, in order, with their tags
         self.finisher, self.clock = finisher, clock
@@ -105,7 +126,7 @@ class _ShardedSplit:
 
     @property
     def _name(self) -> str:
-        return f"{self.split}-{len(self.shards) + len(self.pending):05d}.arrow"
+        return shard_name(self.split, len(self.shards) + len(self.pending), self.tag)
 
     def _tmp(self) -> Path:
         return self.cache_dir / f".{self._name}.tmp"
@@ -177,16 +198,19 @@ class CacheWriter:
         shard_max_bytes: int = 256 << 20,
         resume: dict[str, list[dict]] | None = None,
         hash_threads: int = 3,
+        shard_tag: str = "",
     ):
         self.cache_dir = Path(cache_dir)
         self.fields = fields
         self.meta = meta
         self.schema = arrow_schema(fields)
-        self.shard_max_bytes = shard_max_bytes
+        self.shard_max_bytes, self.shard_tag = shard_max_bytes, shard_tag
         self._finisher = ThreadPoolExecutor(max_workers=hash_threads, thread_name_prefix="cache-hash")
         self.hash_clock = HashClock()
         self._splits = {
-            name: _ShardedSplit(self.cache_dir, name, self.schema, shard_max_bytes, done, self._finisher, self.hash_clock)
+            name: _ShardedSplit(
+                self.cache_dir, name, self.schema, shard_max_bytes, done, self._finisher, self.hash_clock, shard_tag
+            )
             for name, done in (resume or {}).items()
         }
         self._tables: dict[str, dict] = {}
@@ -233,7 +257,7 @@ class CacheWriter:
     def _split(self, name: str) -> _ShardedSplit:
         if name not in self._splits:
             self._splits[name] = _ShardedSplit(
-                self.cache_dir, name, self.schema, self.shard_max_bytes, [], self._finisher, self.hash_clock
+                self.cache_dir, name, self.schema, self.shard_max_bytes, [], self._finisher, self.hash_clock, self.shard_tag
             )
         return self._splits[name]
 
@@ -266,18 +290,23 @@ class CacheWriter:
             DIGEST: file_digest(path),
         }
 
-    def close(self) -> dict:
-        """Close open shards, wait for their hashes and write the manifest; returns it."""
-        splits = {}
+    def close(self, ranks: list[dict[str, list[dict]]] | None = None, publish: bool = True) -> dict:
+        """Close open shards, wait for their hashes and write the manifest; returns it. Under torchrun rank 0 passes
+        `ranks`, every rank's shard records (its own included), and the manifest lists them all (`merge_ranks`); the
+        other ranks close with `publish=False`, which writes no manifest and returns their own records per split."""
+        own = {}
         for name, split in self._splits.items():
             self._io(name, split.close_shard)
             self._io(name, split.completed, True)
-            splits[name] = {
-                "rows": sum(s["rows"] for s in split.shards),
-                "tokens": sum(s["tokens"] for s in split.shards),
-                "shards": split.shards,
-            }
+            own[name] = split.shards
         self._finisher.shutdown()
+        if not publish:
+            return own
+        shards = own if ranks is None else self._io("manifest", merge_ranks, self.cache_dir, ranks)
+        splits = {
+            name: {"rows": sum(s["rows"] for s in records), "tokens": sum(s["tokens"] for s in records), "shards": records}
+            for name, records in shards.items()
+        }
         manifest = {
             "format_version": FORMAT_VERSION,
             **self.meta,

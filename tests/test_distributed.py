@@ -1,0 +1,169 @@
+"""Extraction and students under torchrun, on the CPU with gloo: 2 processes, two "nodes" on localhost, kill -9 of one
+rank then resume. A cache written by any number of processes is the one-process cache."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.cache import TeacherCache
+from pipeline.data import save_prepared
+from pipeline.extract_loop import length_sorted_batches, rank_batches
+from pipeline.journal import owner, work_dir_for
+
+# Runs extract_cache in each process torchrun starts (or alone); rank `kill_rank` SIGKILLs itself after its
+# `kill_after`-th batch. Rank 0 prints the per-split count of batches resumed from a journal.
+EXTRACT = r"""
+import json, os, signal, sys
+from pathlib import Path
+
+from pipeline.config import ExtractConfig
+from pipeline.data import load_prepared
+from pipeline.extract import extract_cache
+
+prepared, teacher, out, shard_bytes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+kill_rank, kill_after = int(sys.argv[5]), int(sys.argv[6])
+splits, info = load_prepared(Path(prepared))
+rank, seen = int(os.environ.get("RANK", 0)), []
+
+def on_batch(split, index):
+    seen.append(index)
+    if rank == kill_rank and len(seen) == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+cfg = ExtractConfig(layers=[1, 4], dtype="float16", batch_size=8, shard_max_mb=shard_bytes / (1 << 20), device="cpu")
+result = extract_cache(Path(teacher), splits, Path(out), cfg, info=info, on_batch=on_batch if kill_after else None)
+if result is not None:
+    print(json.dumps({k: v["resumed_batches"] for k, v in result["stats"].items()}))
+"""
+
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same kernels in every process: bit-equal outputs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _args(script: Path, prepared: Path, teacher: Path, out: Path, shard_bytes: int, kill_rank: int, kill_after: int):
+    return [str(script), str(prepared), str(teacher), str(out), str(shard_bytes), str(kill_rank), str(kill_after)]
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ONE_THREAD)
+
+
+def _torchrun(nproc: int, *args) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
+
+
+def _rows(cache_dir: Path) -> dict[str, list[dict]]:
+    cache = TeacherCache(cache_dir, verify="full")
+    return {name: [cache.split(name)[i] for i in range(len(cache.split(name)))] for name in cache.splits}
+
+
+def _assert_same_rows(a: Path, b: Path) -> None:
+    rows_a, rows_b = _rows(a), _rows(b)
+    assert list(rows_a) == list(rows_b)
+    for split in rows_a:
+        assert [r["example_id"] for r in rows_a[split]] == [r["example_id"] for r in rows_b[split]]
+        for x, y in zip(rows_a[split], rows_b[split]):
+            assert x.keys() == y.keys()
+            for key in x:
+                assert np.array_equal(np.asarray(x[key]), np.asarray(y[key])), (split, x["example_id"], key)
+
+
+@pytest.fixture
+def job(tmp_path, tiny_teacher, tiny_prepared):
+    prepared = tmp_path / "prepared"
+    save_prepared(prepared, *tiny_prepared)
+    script = tmp_path / "extract_job.py"
+    script.write_text(EXTRACT)
+    return script, prepared, tiny_teacher
+
+
+def test_rank_batches_are_contiguous_balanced_and_cover_every_batch():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 64, 1000)
+    batches = length_sorted_batches(lengths, 16)
+    for world in (1, 2, 3, 8):
+        parts = [rank_batches(batches, lengths, r, world) for r in range(world)]
+        assert [b for part in parts for b in part] == list(range(len(batches)))  # in order, each batch once
+        cost = [sum(len(batches[b]) * lengths[batches[b]].max() for b in part) for part in parts]
+        assert max(cost) - min(cost) <= 2 * 16 * 64  # within a batch or two of equal padded tokens
+        assert parts == [rank_batches(batches, lengths, r, world) for r in range(world)]  # deterministic
+
+
+def test_two_process_extraction_equals_one_process_byte_for_byte(tmp_path, job):
+    """Shards of one batch each: the 2-process cache (rows, shards, manifest) is the 1-process cache, file for file."""
+    script, prepared, teacher = job
+    one = _run([sys.executable, *_args(script, prepared, teacher, tmp_path / "one", 1, -1, 0)])
+    assert one.returncode == 0, one.stderr[-12000:]
+    two = _run(_torchrun(2, *_args(script, prepared, teacher, tmp_path / "two", 1, -1, 0)))
+    assert two.returncode == 0, two.stderr[-12000:]
+    files = lambda d: {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}  # noqa: E731
+    a, b = files(tmp_path / "one"), files(tmp_path / "two")
+    assert sorted(a) == sorted(b) and a == b
+    assert not work_dir_for(tmp_path / "two").exists()
+
+
+def test_two_process_extraction_killed_on_one_rank_resumes_to_the_one_process_rows(tmp_path, job):
+    script, prepared, teacher = job
+    shard_bytes = 60_000  # a few batches per shard: shard boundaries differ from one process, rows must not
+    one = _run([sys.executable, *_args(script, prepared, teacher, tmp_path / "one", shard_bytes, -1, 0)])
+    assert one.returncode == 0, one.stderr[-12000:]
+    out = tmp_path / "two"
+    killed = _run(_torchrun(2, *_args(script, prepared, teacher, out, shard_bytes, 1, 9)))
+    assert killed.returncode != 0 and not out.exists()
+    work = work_dir_for(out)
+    journals = sorted(p.name for p in work.glob("journal-r*.json"))
+    assert journals, "no rank journaled a shard before the kill"
+    assert {owner(p.name) for p in work.glob("*.arrow")} <= {0, 1}
+    resumed = _run(_torchrun(2, *_args(script, prepared, teacher, out, shard_bytes, -1, 0)))
+    assert resumed.returncode == 0, resumed.stderr[-12000:]
+    assert sum(json.loads(resumed.stdout.strip().splitlines()[-1]).values()) > 0  # journaled shards were kept
+    _assert_same_rows(tmp_path / "one", out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    names = [s["file"] for split in manifest["splits"].values() for s in split["shards"]]
+    assert all(owner(n) is None for n in names) and names == sorted(names, key=lambda n: (n.split("-")[0] != "train", n))
+    assert not work.exists()
+
+
+def test_two_nodes_on_localhost_write_the_one_process_cache(tmp_path, job):
+    """torchrun's multi-node launch (static rendezvous, as the README documents) with one process per "node"."""
+    script, prepared, teacher = job
+    one = _run([sys.executable, *_args(script, prepared, teacher, tmp_path / "one", 1, -1, 0)])
+    assert one.returncode == 0, one.stderr[-12000:]
+    port = _free_port()
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                f"--node-rank={node}",
+                "--nproc-per-node=1",
+                "--master-addr=127.0.0.1",
+                f"--master-port={port}",
+                *_args(script, prepared, teacher, tmp_path / "nodes", 1, -1, 0),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ONE_THREAD,
+        )
+        for node in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    _assert_same_rows(tmp_path / "one", tmp_path / "nodes")
+    assert json.loads((tmp_path / "one" / "manifest.json").read_text()) == json.loads(
+        (tmp_path / "nodes" / "manifest.json").read_text()
+    )
