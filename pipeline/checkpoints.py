@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from transformers import TrainerCallback
 
 from pipeline.cache.schema import write_json_atomic
+from pipeline.distributed import ranks
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -89,20 +90,11 @@ class Checkpoints:
     def latest(self) -> str | None:
         """Prepare the work dir and return the checkpoint to resume from (None: start afresh). A work dir of another key
         and every incomplete or superseded checkpoint are removed first."""
-        key_file = self.work / KEY_FILE
-        if self.work.exists():
-            saved = json.loads(key_file.read_text()).get("key") if key_file.is_file() else None
-            if saved != self.key:  # (the Trainer may have made the dir before any key was written: nothing to say)
-                if any(self.work.glob(f"{PREFIX}*")):
-                    log.info("%s: discarding checkpoints in %s, made with other params or data", self.name, self.work)
-                shutil.rmtree(self.work)
-        self.work.mkdir(parents=True, exist_ok=True)
-        if not key_file.is_file():
-            write_json_atomic(key_file, {"key": self.key})
+        who = ranks()
+        if who.main:
+            self._prepare()
+        who.barrier()  # under torchrun every rank resumes from what rank 0 left in place
         complete = sorted((p for p in self.work.glob(f"{PREFIX}*") if (p / COMPLETE).is_file()), key=_step)
-        for path in self.work.glob(f"{PREFIX}*"):
-            if not complete or path != complete[-1]:
-                shutil.rmtree(path)
         if not complete:
             return None
         latest = complete[-1]
@@ -119,12 +111,33 @@ class Checkpoints:
         )
         return str(latest)
 
+    def _prepare(self) -> None:
+        key_file = self.work / KEY_FILE
+        if self.work.exists():
+            saved = json.loads(key_file.read_text()).get("key") if key_file.is_file() else None
+            if saved != self.key:  # (the Trainer may have made the dir before any key was written: nothing to say)
+                if any(self.work.glob(f"{PREFIX}*")):
+                    log.info("%s: discarding checkpoints in %s, made with other params or data", self.name, self.work)
+                shutil.rmtree(self.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        if not key_file.is_file():
+            write_json_atomic(key_file, {"key": self.key})
+        complete = sorted((p for p in self.work.glob(f"{PREFIX}*") if (p / COMPLETE).is_file()), key=_step)
+        for path in self.work.glob(f"{PREFIX}*"):
+            if not complete or path != complete[-1]:
+                shutil.rmtree(path)
+
     def callback(self) -> TrainerCallback:
         return _CheckpointCallback(self)
 
     def on_saved(self, step: int, max_steps: int) -> None:
         """The Trainer has written checkpoint-`step`: add the extra state, make it durable, mark it complete, and only
         then drop the older ones."""
+        who = ranks()
+        who.barrier()  # under torchrun: every rank has written its part (its RNG state) of the checkpoint
+        if not who.main:
+            who.barrier()
+            return
         path = self.work / f"{PREFIX}{step}"
         if self.extra_state is not None:
             torch.save(self.extra_state[0](), path / EXTRA_STATE)
@@ -133,6 +146,7 @@ class Checkpoints:
         for old in self.work.glob(f"{PREFIX}*"):
             if old != path:
                 shutil.rmtree(old)
+        who.barrier()
 
     def remove(self) -> None:
         """Once the output is saved the checkpoints are no longer needed."""

@@ -20,6 +20,7 @@ from pipeline.cache.schema import MANIFEST, TEACHER_CONFIG
 from pipeline.checkpoints import Checkpoints, files_digest, save_atomically, train_work_dir, training_key
 from pipeline.collate import ConcatSplits
 from pipeline.config import DistillConfig, StudentSpec
+from pipeline.distributed import ranks
 from pipeline.errors import PipelineError
 from pipeline.kd import DistillationModule, train_student
 from pipeline.layers import LayerPlan, hidden_layer_pairs
@@ -115,8 +116,17 @@ def distill_student(
     `max_length` and `label_names` (params.yaml's) are checked against the cache's. With `work`, training keeps
     resumable checkpoints there (keyed on the student, its settings, seed and the cache's manifest) and resumes from
     the last one an interrupted run left; the caller removes `work` once it is done with it.
+
+    Under torchrun the student trains with DDP (the Trainer's Accelerate): each process reads its share of every
+    global batch of `cfg.batch_size` rows from the cache, and rank 0 saves.
     """
     start = time.perf_counter()
+    who = ranks()
+    if cfg.batch_size % who.world:
+        raise PipelineError(
+            f"params.yaml: distill.batch_size {cfg.batch_size} is the global batch and must split evenly over "
+            f"{who.world} processes (distill.nproc); use a multiple of {who.world}"
+        )
     cache = TeacherCache(cache_dir, verify=cfg.verify_cache)
     tokenizer = AutoTokenizer.from_pretrained(cache.tokenizer_dir)
     teacher_config = json.loads((Path(cache_dir) / TEACHER_CONFIG).read_text())
@@ -164,7 +174,7 @@ def distill_student(
         module,
         train,
         dev,
-        training_arguments(scratch_dir(), cfg, seed, checkpoints=checkpoints),
+        training_arguments(scratch_dir(), cfg, seed, checkpoints=checkpoints, world=who.world),
         tokenizer.pad_token_id or 0,
         optimizer=optimizer_choice(cfg.optimizer, cfg.learning_rate, cfg.momentum),
         staged=(cfg.step_stages, cfg.step_gamma) if cfg.scheduler == "step" else None,
@@ -173,7 +183,9 @@ def distill_student(
     )
     if plan.attention_pairs:
         student.set_attn_implementation("sdpa")  # serve with the fused kernel
-    save_student(student, tokenizer, Path(out_dir), max_length or cache.manifest["max_length"], kept=work)
+    if who.main:
+        save_student(student, tokenizer, Path(out_dir), max_length or cache.manifest["max_length"], kept=work)
+    who.barrier()
     evals = [h for h in history if "eval_accuracy" in h]
     summary = {
         "seconds": round(time.perf_counter() - start, 1),
@@ -190,6 +202,7 @@ def distill_student(
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "dev_accuracy_per_epoch": [round(h["eval_accuracy"], 4) for h in evals],
         "resumed_from_step": checkpoints.resumed_step if checkpoints is not None else None,
+        "processes": who.world,
     }
     return {"summary": summary, "history": history}
 
@@ -209,8 +222,10 @@ def save_student(student, tokenizer, out_dir: Path, max_length: int, kept: Path 
 def distill_seeds(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: DistillConfig, *, seeds: list[int], **kwargs) -> dict:
     """Train the student once per seed: the first seed is the shipped checkpoint in `out_dir`, the others go to
     `out_dir/seeds/<seed>/` so evaluate and report can give mean +- std. `out_dir/distill.json` records the seeds."""
-    out_dir = Path(out_dir)
-    shutil.rmtree(out_dir / SEEDS_DIR, ignore_errors=True)  # never mix in runs of an earlier seed list
+    out_dir, who = Path(out_dir), ranks()
+    if who.main:
+        shutil.rmtree(out_dir / SEEDS_DIR, ignore_errors=True)  # never mix in runs of an earlier seed list
+    who.barrier()
     work = train_work_dir(out_dir)  # each seed's checkpoints, kept until every seed is saved
     runs = []
     for i, seed in enumerate(seeds):
@@ -225,7 +240,9 @@ def distill_seeds(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: Distil
             **kwargs,
         )
         runs.append((seed, result))
-    shutil.rmtree(work, ignore_errors=True)
+    who.barrier()
+    if who.main:
+        shutil.rmtree(work, ignore_errors=True)
     primary = runs[0][1]
     summary = dict(
         primary["summary"],
@@ -239,5 +256,6 @@ def distill_seeds(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: Distil
     seconds = [r["summary"]["seconds"] for _, r in runs]
     summary["seconds_mean"] = round(statistics.mean(seconds), 1)
     summary["seconds_std"] = round(statistics.stdev(seconds), 1) if len(seconds) > 1 else 0.0
-    (out_dir / PROVENANCE).write_text(json.dumps({"seed": seeds[0], "seeds": seeds}, indent=2) + "\n")
+    if who.main:
+        (out_dir / PROVENANCE).write_text(json.dumps({"seed": seeds[0], "seeds": seeds}, indent=2) + "\n")
     return {"summary": summary, "history": primary["history"]}

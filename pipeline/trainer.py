@@ -128,17 +128,20 @@ def training_arguments(
     seed: int,
     eval_each_epoch: bool = True,
     checkpoints: Checkpoints | None = None,
+    world: int = 1,
 ) -> TrainingArguments:
     """Trainer arguments from a config section: warm-up then linear (or cosine) decay, clipping at max_grad_norm.
     With `checkpoints` the Trainer saves resumable checkpoints into its work dir every `checkpoints.every` steps (its
     callback adds one at each epoch end); otherwise `output_dir` is scratch and nothing is saved (stages save with
-    save_pretrained). A 'step' scheduler is set up by `LengthGroupedTrainer(staged=...)`. The teacher section has no
+    save_pretrained). A 'step' scheduler is set up by `LengthGroupedTrainer(staged=...)`. Under torchrun (`world`
+    processes, DDP through the Trainer's Accelerate) `cfg.batch_size` stays the global batch: each process takes its
+    share, so the steps and the schedule are those of one process. The teacher section has no
     scheduler, clipping, logging or worker knobs: it trains with the defaults below."""
     scheduler = getattr(cfg, "scheduler", "linear")
     return TrainingArguments(
         output_dir=str(checkpoints.work if checkpoints is not None else output_dir),
         num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=cfg.batch_size // world,
         per_device_eval_batch_size=max(cfg.batch_size, 64),
         learning_rate=cfg.learning_rate,
         warmup_steps=cfg.warmup_ratio,

@@ -5,11 +5,14 @@ from pathlib import Path
 
 from pipeline.cli import run_stage
 from pipeline.distill import distill_seeds
+from pipeline.distributed import ranks, relaunch_under_torchrun
 from pipeline.trainer import write_history_csv
 
 
 def main(params, args):
     cfg, _ = params.distill_for(args.student)  # an unknown student: one line naming the known ones
+    if (code := relaunch_under_torchrun(cfg.nproc)) is not None:
+        raise SystemExit(code)  # DDP processes trained the student (and printed any error)
     result = distill_seeds(
         Path(args.cache),
         Path(args.out_root) / args.student,
@@ -20,6 +23,8 @@ def main(params, args):
         max_length=params.data.max_length,
         label_names=params.data.label_names,
     )
+    if not ranks().main:
+        return  # rank 0 writes the history and the summary
     write_history_csv(result["history"], Path(args.plots_root) / f"{args.student}.csv")
     metrics = Path(args.metrics_root) / f"train_{args.student}.json"
     metrics.parent.mkdir(parents=True, exist_ok=True)

@@ -167,3 +167,93 @@ def test_two_nodes_on_localhost_write_the_one_process_cache(tmp_path, job):
     assert json.loads((tmp_path / "one" / "manifest.json").read_text()) == json.loads(
         (tmp_path / "nodes" / "manifest.json").read_text()
     )
+
+
+# Trains one student from a cache with distill_seeds (checkpoints at each epoch end) in each process torchrun starts
+# (or alone); rank 0 prints the summary and the optimizer steps taken.
+DISTILL = r"""
+import json, sys
+from pathlib import Path
+
+from pipeline.config import DistillConfig, StudentSpec
+from pipeline.distill import distill_seeds
+from pipeline.distributed import ranks
+
+cache, out = Path(sys.argv[1]), Path(sys.argv[2])
+spec = StudentSpec(num_layers=2, hidden_size=16, num_heads=2, init="random")
+cfg = DistillConfig(epochs=2, batch_size=16, learning_rate=5e-4, logging_steps=2, checkpoint_steps=5)
+result = distill_seeds(cache, out, spec, cfg, seeds=[0])
+if ranks().main:
+    steps = max(h["step"] for h in result["history"])
+    print(json.dumps({"summary": result["summary"], "steps": steps}))
+"""
+
+
+def test_two_process_ddp_student_trains_like_one_process_and_saves_one_checkpoint(tmp_path, tiny_cache):
+    script = tmp_path / "distill_job.py"
+    script.write_text(DISTILL)
+    one = _run([sys.executable, str(script), str(tiny_cache), str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-12000:]
+    two = _run(_torchrun(2, str(script), str(tiny_cache), str(tmp_path / "two")))
+    assert two.returncode == 0, two.stderr[-12000:]
+    single, ddp = (json.loads(p.stdout.strip().splitlines()[-1]) for p in (one, two))
+    assert single["summary"]["processes"] == 1 and ddp["summary"]["processes"] == 2
+    assert ddp["steps"] == single["steps"]  # batch_size is the global batch: the same optimizer steps
+    for run in ("one", "two"):  # one saved model, its checkpoints gone
+        assert sorted(p.name for p in (tmp_path / run).iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+        assert (tmp_path / run / "model.safetensors").is_file()
+    assert not list(tmp_path.glob("**/checkpoint-*"))
+    evals = lambda r: r["summary"]["dev_accuracy_per_epoch"]  # noqa: E731
+    assert len(evals(ddp)) == 2 and all(0 <= a <= 1 for a in evals(ddp))
+
+
+def test_ddp_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, tiny_cache, monkeypatch):
+    from pipeline.config import DistillConfig, StudentSpec
+    from pipeline.distill import distill_student
+    from pipeline.distributed import Ranks
+    from pipeline.errors import PipelineError
+
+    monkeypatch.setattr("pipeline.distill.ranks", lambda: Ranks(0, 3, 0))
+    with pytest.raises(PipelineError, match="distill.batch_size 16 is the global batch .* multiple of 3"):
+        distill_student(tiny_cache, tmp_path / "s", StudentSpec(2, 16, num_heads=2), DistillConfig(batch_size=16), seed=0)
+
+
+def test_stages_relaunch_under_torchrun_when_params_ask_for_processes(tmp_path, tiny_teacher, tiny_prepared):
+    """`python stages/extract.py` and `stages/distill.py`, as dvc runs them, with extract.nproc and distill.nproc 2."""
+    import yaml
+
+    from tests.conftest import ROOT
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["max_length"] = 32
+    params["data"]["label_names"] = ["negative", "positive"]
+    params["extract"].update(layers=[1, 4], batch_size=8, nproc=2)
+    params["students"] = {"tiny": {"num_layers": 2, "hidden_size": 16, "num_heads": 2, "init": "random"}}
+    params["ensembles"] = {}
+    params["distill"].update(batch_size=16, epochs=1, nproc=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    prepared = tmp_path / "prepared"
+    save_prepared(prepared, *tiny_prepared)
+
+    def stage(name: str, *args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, str(ROOT / "stages" / f"{name}.py"), "--params", str(tmp_path / "params.yaml"), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=ONE_THREAD)
+
+    extract = stage(
+        "extract",
+        *("--prepared", str(prepared), "--transfer", str(tmp_path / "none"), "--teacher", str(tiny_teacher)),
+        *("--out", str(tmp_path / "cache"), "--metrics", str(tmp_path / "extract.json")),
+    )
+    assert extract.returncode == 0, extract.stderr[-12000:]
+    report = json.loads((tmp_path / "extract.json").read_text())
+    assert [len(s["seconds_per_rank"]) for s in report["splits"].values()] == [2, 2]
+    assert sum(s["rows"] for s in report["splits"].values()) == sum(len(s) for s in tiny_prepared[0].values())
+    distill = stage(
+        "distill",
+        *("--student", "tiny", "--cache", str(tmp_path / "cache"), "--teacher", str(tiny_teacher)),
+        *("--out-root", str(tmp_path / "students"), "--metrics-root", str(tmp_path / "metrics")),
+        *("--plots-root", str(tmp_path / "plots")),
+    )
+    assert distill.returncode == 0, distill.stderr[-12000:]
+    summary = json.loads((tmp_path / "metrics" / "train_tiny.json").read_text())
+    assert summary["processes"] == 2 and (tmp_path / "students" / "tiny" / "model.safetensors").is_file()
