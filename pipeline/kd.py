@@ -49,7 +49,9 @@ class DistillationModule(nn.Module):
                 for m, _ in self.pairs
             }
         )
-        self.running: dict[str, list[float]] = {}
+        # loss parts summed on the device since the last log, with their count: reading a value back per step would
+        # make the host wait for the GPU at every step
+        self.running: dict[str, list] = {}
 
     def loss_mix(self) -> LossMix:
         cfg = self.cfg
@@ -94,7 +96,8 @@ class DistillationModule(nn.Module):
             loss = loss + cfg.value_weight * parts["value"]
         if self.training:
             for k, v in parts.items():
-                self.running.setdefault(k, []).append(float(v.detach()))
+                total = self.running.setdefault(k, [0.0, 0])
+                total[0], total[1] = total[0] + v.detach(), total[1] + 1
         return {"loss": loss, "logits": out.logits} if self.task.returns_logits(self.training) else {"loss": loss}
 
 
@@ -136,8 +139,8 @@ class DistillTrainer(LengthGroupedTrainer):
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:
-            for k, values in self.model.running.items():
-                logs[f"loss_{k}"] = float(np.mean(values))
+            for k, (total, count) in self.model.running.items():
+                logs[f"loss_{k}"] = float(total) / count
             self.model.running.clear()
             logs["temperature"] = self.model.temperature
         super().log(logs, *args, **kwargs)

@@ -138,6 +138,7 @@ def training_arguments(
     share, so the steps and the schedule are those of one process. The teacher section has no
     scheduler, clipping, logging or worker knobs: it trains with the defaults below."""
     scheduler = getattr(cfg, "scheduler", "linear")
+    gpu = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(checkpoints.work if checkpoints is not None else output_dir),
         num_train_epochs=cfg.epochs,
@@ -147,7 +148,9 @@ def training_arguments(
         warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay,
         lr_scheduler_type="cosine" if scheduler == "cosine" else "linear",
-        optim="adamw_torch",
+        # on a GPU: bf16 autocast and the fused AdamW kernel; the CPU keeps fp32 and the plain AdamW (same figures)
+        optim="adamw_torch_fused" if gpu else "adamw_torch",
+        bf16=gpu and torch.cuda.is_bf16_supported(),
         max_grad_norm=getattr(cfg, "max_grad_norm", 1.0),
         seed=seed,
         data_seed=seed,

@@ -117,3 +117,15 @@ def test_masked_lm_topk_cache_on_the_gpu_matches_the_cpu(tmp_path, mlm_teacher, 
             assert np.allclose(cv[:, 0], gv[:, 0], atol=0.05 + 0.02 * np.abs(cv[:, 0]).max())
             clear = cv[:, 0] - cv[:, 1] > 0.1
             assert (c[TOPK_INDICES][clear, 0] == g[TOPK_INDICES][clear, 0]).all()
+
+
+def test_student_trains_on_the_gpu_under_bf16_with_fused_adamw(tmp_path, tiny_cache):
+    from pipeline.trainer import scratch_dir, training_arguments
+
+    args = training_arguments(scratch_dir(), DistillConfig(), seed=0)
+    assert args.bf16 == torch.cuda.is_bf16_supported() and args.optim.value == "adamw_torch_fused"
+    spec = StudentSpec(num_layers=2, hidden_size=16, num_heads=2, init="random")
+    cfg = DistillConfig(epochs=1, batch_size=16, learning_rate=5e-4, logging_steps=2)
+    result = distill_student(tiny_cache, tmp_path / "s", spec, cfg, seed=0)
+    losses = [h["loss"] for h in result["history"] if "loss" in h]
+    assert losses and all(np.isfinite(losses)) and (tmp_path / "s" / "model.safetensors").is_file()

@@ -1,0 +1,117 @@
+"""P2g: a student's training rows/s from the cache (the product's stage two) / a plain loop over the same batches
+already on the device (goal >= 0.9, at each batch size).
+
+    python bench/p2g_student_pace.py [--rows 4000] [--batch-sizes 32,64,256] [--device auto]
+
+Stage two: `train_student` over the memory-mapped cache split (Trainer, length-grouped sampler, CacheCollator), one
+epoch, no evaluation; rows/s from the Trainer's own runtime. Plain loop: the same student (l3: 3 x 384, the default
+run's shape), the same DistillationModule loss (CE + T^2 KL + hidden MSE over layers 2, 4, 6), every batch collated
+beforehand and moved to the device before timing, then forward / backward / clip / AdamW step / zero_grad, nothing
+else: what the hardware allows this loss. On a GPU both sides run bf16 autocast, and the plain loop uses fused AdamW.
+"""
+
+import argparse
+import json
+import shutil
+import time
+
+import numpy as np
+import torch
+
+from pipeline.cache import TeacherCache, hidden_field
+from pipeline.collate import CacheCollator
+from pipeline.config import DistillConfig, ExtractConfig, StudentSpec
+from pipeline.extract import extract_cache, resolve_device
+from pipeline.kd import DistillationModule, train_student
+from pipeline.layers import LayerPlan, hidden_layer_pairs
+from pipeline.students import build_student
+from pipeline.trainer import scratch_dir, training_arguments
+
+from common import WORK, machine, prepared, save, teacher_dir
+
+LAYERS = (2, 4, 6)
+
+
+def module_for(cache: TeacherCache, batch_size: int) -> tuple[DistillationModule, DistillConfig]:
+    spec = StudentSpec(num_layers=3, hidden_size=384, init="random", num_heads=12, intermediate_size=1536)
+    teacher_cfg = json.loads((cache.cache_dir / "teacher_config.json").read_text())
+    student, _ = build_student(spec, teacher_cfg, cache.label_names, None, seed=0)
+    pairs = hidden_layer_pairs(3, cache.manifest["teacher"]["num_hidden_layers"], cache.layers)
+    cfg = DistillConfig(epochs=1, batch_size=batch_size, logging_steps=1000)
+    return DistillationModule(student, cfg, LayerPlan(pairs, cache.manifest["hidden_size"])), cfg
+
+
+def stage_two(cache, train, dev, batch_size) -> float:
+    module, cfg = module_for(cache, batch_size)
+    history = train_student(module, train, dev, training_arguments(scratch_dir(), cfg, seed=0, eval_each_epoch=False), 0)
+    return history[-1]["train_samples_per_second"]
+
+
+def plain_loop(cache, train, batch_size, device) -> float:
+    module, cfg = module_for(cache, batch_size)
+    module.to(device).train()
+    collate = CacheCollator(sorted(t for _, t in module.pairs), 0)
+    order = np.argsort(train.lengths(), kind="stable")
+    batches = []
+    for start in range(0, len(order) - batch_size + 1, batch_size):  # length-sorted chunks, as grouped batches pad
+        batch = collate([train[int(i)] for i in order[start : start + batch_size]])
+        batches.append({k: v.to(device) for k, v in batch.items()})
+    cuda = device.type == "cuda"
+    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.learning_rate, fused=cuda)
+    rng = np.random.default_rng(0)
+
+    def epoch():
+        for b in rng.permutation(len(batches)):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                loss = module(**batches[b])["loss"]
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+
+    epoch()  # warm-up: every batch shape once
+    started = time.perf_counter()
+    epoch()
+    return len(batches) * batch_size / (time.perf_counter() - started)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=4000)
+    ap.add_argument("--batch-sizes", default="32,64,256")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    teacher = teacher_dir()
+    splits, info = prepared(args.rows, 100, tokenizer_dir=teacher)
+    cache_dir = WORK / "p2g_cache"
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    extract_cache(teacher, splits, cache_dir, ExtractConfig(layers=list(LAYERS), device=str(device)), info=info)
+    cache = TeacherCache(cache_dir)
+    columns = ["logits"] + [hidden_field(layer) for layer in LAYERS]
+    train, dev = cache.split("train", columns), cache.split("dev", columns)
+    runs = []
+    for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+        torch.manual_seed(0)
+        plain = plain_loop(cache, train, batch_size, device)
+        ours = stage_two(cache, train, dev, batch_size)
+        runs.append({"batch_size": batch_size, "stage_two_rows_s": round(ours, 1), "plain_rows_s": round(plain, 1)})
+        runs[-1]["ratio"] = round(ours / plain, 3)
+        print(json.dumps(runs[-1]), flush=True)
+    save(
+        f"p2g_student_pace_{device.type}",
+        {
+            "figure": "P2g student rows/s from the cache / plain loop on device tensors, same batch",
+            "goal": ">= 0.9",
+            "machine": machine(),
+            "device": str(device),
+            "rows": len(train),
+            "runs": runs,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
