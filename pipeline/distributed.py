@@ -3,8 +3,9 @@
 A stage whose params ask for `nproc` > 1 relaunches itself under torchrun (`torch.distributed.run --standalone`) when it
 was started as a plain process, as `dvc repro` starts it. Multi-node runs start torchrun on every node themselves with
 its rendezvous flags (README "Scale"): a stage already under torchrun never relaunches. Inside, `Ranks` is who this
-process is; the process group is gloo on the CPU and NCCL on GPUs, initialised once, and every collective the stages
-use (barrier, gather of small Python objects) is torch.distributed's own.
+process is; the process group is gloo on the CPU and NCCL on GPUs (`KD_DIST_BACKEND=gloo` forces gloo, e.g. to run
+the CPU tests on a GPU machine), initialised once, and every collective the stages use (barrier, gather of small
+Python objects) is torch.distributed's own.
 """
 
 from __future__ import annotations
