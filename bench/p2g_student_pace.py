@@ -33,12 +33,12 @@ from common import WORK, machine, prepared, save, teacher_dir
 LAYERS = (2, 4, 6)
 
 
-def module_for(cache: TeacherCache, batch_size: int) -> tuple[DistillationModule, DistillConfig]:
+def module_for(cache: TeacherCache, batch_size: int, workers: int = 0) -> tuple[DistillationModule, DistillConfig]:
     spec = StudentSpec(num_layers=3, hidden_size=384, init="random", num_heads=12, intermediate_size=1536)
     teacher_cfg = json.loads((cache.cache_dir / "teacher_config.json").read_text())
     student, _ = build_student(spec, teacher_cfg, cache.label_names, None, seed=0)
     pairs = hidden_layer_pairs(3, cache.manifest["teacher"]["num_hidden_layers"], cache.layers)
-    cfg = DistillConfig(epochs=1, batch_size=batch_size, logging_steps=1000)
+    cfg = DistillConfig(epochs=1, batch_size=batch_size, logging_steps=1000, num_workers=workers)
     return DistillationModule(student, cfg, LayerPlan(pairs, cache.manifest["hidden_size"])), cfg
 
 
@@ -58,9 +58,9 @@ class EpochClock(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-def stage_two(cache, train, dev, batch_size) -> float:
+def stage_two(cache, train, dev, batch_size, workers=0) -> float:
     """Two epochs through the product's path; rows/s of the second (the first warms every batch shape up)."""
-    module, cfg = module_for(cache, batch_size)
+    module, cfg = module_for(cache, batch_size, workers)
     cfg.epochs = 2
     clock = EpochClock()
     args = training_arguments(scratch_dir(), cfg, seed=0, eval_each_epoch=False)
@@ -103,6 +103,7 @@ def main():
     ap.add_argument("--rows", type=int, default=4000)
     ap.add_argument("--batch-sizes", default="32,64,256")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--workers", type=int, default=0, help="distill.num_workers for stage two (DataLoader collation)")
     args = ap.parse_args()
     device = resolve_device(args.device)
     teacher = teacher_dir()
@@ -117,18 +118,19 @@ def main():
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
         torch.manual_seed(0)
         plain = plain_loop(cache, train, batch_size, device)
-        ours = stage_two(cache, train, dev, batch_size)
+        ours = stage_two(cache, train, dev, batch_size, args.workers)
         runs.append({"batch_size": batch_size, "stage_two_rows_s": round(ours, 1), "plain_rows_s": round(plain, 1)})
         runs[-1]["ratio"] = round(ours / plain, 3)
         print(json.dumps(runs[-1]), flush=True)
     save(
-        f"p2g_student_pace_{device.type}",
+        f"p2g_student_pace_{device.type}" + (f"_w{args.workers}" if args.workers else ""),
         {
             "figure": "P2g student rows/s from the cache / plain loop on device tensors, same batch",
             "goal": ">= 0.9",
             "machine": machine(),
             "device": str(device),
             "rows": len(train),
+            "dataloader_workers": args.workers,
             "runs": runs,
         },
     )
