@@ -79,10 +79,8 @@ def main():
             sys.exit(proc.stderr[-4000:])
         result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
         per_rank = [s.get("seconds_per_rank") for s in result["stats"].values()]
-        if n > 1:  # splits run one after another on every rank: a split takes as long as its slowest rank
-            extraction = sum(max(r) for r in per_rank)
-        else:
-            extraction = sum(s["seconds"] for s in result["stats"].values())
+        # splits run one after another; under torchrun a split's seconds are its slowest rank's (extract's stats)
+        extraction = sum(s["seconds"] for s in result["stats"].values())
         rows = rows_of(out)
         reference = rows if reference is None else reference
         runs.append(

@@ -200,11 +200,11 @@ def _extract_split(loop: _Loop, split: str, ds: datasets.Dataset, entry: dict) -
             on_batch(split, bi)
     if not entry["done"]:
         sink.put("finish", split, None, mine.stop)
-    rows = np.concatenate([batches[b] for b in mine]) if len(mine) else np.zeros(0, dtype=np.int64)
+    done_rows = np.concatenate([batches[b] for b in mine]) if len(mine) else np.zeros(0, dtype=np.int64)
     return {
         "seconds": time.perf_counter() - start,
-        "rows": len(rows),
-        "tokens": int(lengths[rows].sum()),
+        "rows": len(done_rows),
+        "tokens": int(lengths[done_rows].sum()),
         "resumed_batches": first - mine.start,
         "padding_fraction": 1 - real_tokens / max(padded_tokens, 1),
     }

@@ -142,13 +142,16 @@ def read_manifest(cache_dir: Path) -> dict:
     return manifest
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """The cryptographic digest, kept for identities (a teacher's weights); integrity checks use `file_digest`."""
-    h = hashlib.sha256()
+def _hash_file(path: Path, h, chunk: int = 1 << 22) -> str:
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """The cryptographic digest, kept for identities (a teacher's weights); integrity checks use `file_digest`."""
+    return _hash_file(path, hashlib.sha256())
 
 
 # The integrity digest of shards and tables: xxh3-128, about 8x sha256's speed per core (bench/README.md), so hashing
@@ -158,12 +161,8 @@ DIGEST = "xxh3_128"
 BATCH_DIGEST = "batch_xxh3_64"
 
 
-def file_digest(path: Path, chunk: int = 1 << 22) -> str:
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def file_digest(path: Path) -> str:
+    return _hash_file(path, xxhash.xxh3_128())
 
 
 def record_batch_digest(batch: pa.RecordBatch) -> str:
