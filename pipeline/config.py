@@ -47,8 +47,19 @@ class DataConfig:
     label_names: list[str] | None = knob(
         help="label i = label_names[i]; null = sorted labels seen in train", factory=lambda: ["negative", "positive"]
     )
-    max_train_examples: int | None = knob(12000, "seeded random subset of train; null = all (67,349 for SST-2)", gt=0)
+    max_train_examples: int | None = knob(14000, "seeded random subset of train; null = all (67,349 for SST-2)", gt=0)
     max_dev_examples: int | None = knob(None, "seeded random subset of dev; null = all", gt=0)
+    val: str | None = knob(
+        None,
+        "the tuning split every choice is made on (per-epoch scores, the report's pick), as train; null = carve "
+        "val_examples rows from the prepared train rows",
+    )
+    val_examples: int = knob(
+        2000,
+        "rows in the tuning split: carved from train when data.val is null (0 = no tuning split: choices fall back to "
+        "dev), else a seeded subset of data.val (0 = all)",
+        ge=0,
+    )
     max_length: int = knob(64, "tokens per example after truncation", gt=0)
     transfer: str | None = knob(
         "data/raw/sst2/train.tsv",

@@ -28,6 +28,7 @@ from pipeline.sources import (
 log = logging.getLogger(__name__)
 
 PREPARED_COLUMNS = ("example_id", "input_ids", "length", "label")
+TUNE = "val"  # the tuning split: every choice (per-epoch scores, the report's pick) is made on it; dev only records
 
 
 def prepare_split(
@@ -90,6 +91,8 @@ def _tokenized_split(ids: np.ndarray, enc: list[list[int]], labels: np.ndarray) 
 def prepare_corpus(data, tokenizer, seed: int) -> tuple[dict[str, datasets.Dataset], dict]:
     """Load, validate and tokenize the train and dev splits named by a `DataConfig`. Returns splits and info.json."""
     sources = {"train": parse_source(data.train), "dev": parse_source(data.dev)}
+    if getattr(data, "val", None) is not None:
+        sources[TUNE] = parse_source(data.val)
     loaded = {}
     for name, source in sources.items():
         loaded[name] = load_source(source)
@@ -105,14 +108,30 @@ def prepare_corpus(data, tokenizer, seed: int) -> tuple[dict[str, datasets.Datas
         )
     splits, stats = {}, {}
     for name, source in sources.items():
-        limit = data.max_train_examples if name == "train" else data.max_dev_examples
-        splits[name], stats[name] = prepare_split(source, loaded[name], tokenizer, data, label_names, limit, seed)
+        splits[name], stats[name] = prepare_split(
+            source, loaded[name], tokenizer, data, label_names, split_limit(data, name), seed
+        )
     if data.transfer is not None:
         splits["transfer"], stats["transfer"] = prepare_transfer(
-            parse_source(data.transfer), data, tokenizer, seed, loaded["train"], sources["train"], splits["train"], loaded["dev"]
+            parse_source(data.transfer),
+            data,
+            tokenizer,
+            seed,
+            loaded["train"],
+            sources["train"],
+            splits["train"],
+            loaded["dev"],
+            splits.get(TUNE),
         )
     info = {"label_names": label_names, "max_length": data.max_length, "splits": stats}
     return splits, info
+
+
+def split_limit(data, name: str) -> int | None:
+    """The seeded-subset size of a split read from its own source (`data.val_examples` 0 = all of data.val)."""
+    if name == "train":
+        return data.max_train_examples
+    return (data.val_examples or None) if name == TUNE else data.max_dev_examples
 
 
 UNLABELED = -1  # the label of a transfer row: the teacher's outputs are its only target
@@ -127,9 +146,10 @@ def prepare_transfer(
     train_source: Source,
     train_prepared: datasets.Dataset,
     dev_ds: datasets.Dataset,
+    tune_prepared: datasets.Dataset | None = None,
 ) -> tuple[datasets.Dataset, dict]:
     """The unlabeled transfer split: texts only (any label column is ignored), minus every text that tokenizes like a
-    dev text (no leakage into dev metrics) or a labeled training example (no double counting) and minus repeats, then
+    tuning-split row, a dev text (no leakage into dev metrics) or a labeled training example (no double counting) and minus repeats, then
     a seeded subset. Pointing `data.transfer` at the training file itself turns the rows that max_train_examples left
     out into the transfer set."""
     same_as_train = (
@@ -143,6 +163,7 @@ def prepare_transfer(
     enc = encode(texts)
     dev_texts = [str(t) for t in dev_ds[data.text_column]]
     held_out = {tuple(e) for e in encode(dev_texts)} | {tuple(e) for e in train_prepared["input_ids"]}
+    held_out |= {tuple(e) for e in (tune_prepared["input_ids"] if tune_prepared is not None else [])}
     keep, seen = [], set()
     for row, ids in enumerate(enc):
         key = tuple(ids)
@@ -200,3 +221,52 @@ def load_prepared(prepared_dir: Path) -> tuple[dict[str, datasets.Dataset], dict
     info = json.loads(info_path.read_text())
     splits = {name: datasets.load_from_disk(str(Path(prepared_dir) / name)) for name in info["splits"]}
     return splits, info
+
+
+def add_tuning_split(
+    splits: dict[str, datasets.Dataset], info: dict, data, seed: int, fingerprint=split_fingerprint
+) -> tuple[dict[str, datasets.Dataset], dict]:
+    """The tuning split `val`, sharing no text with dev or the labelled train rows. With `data.val` (already prepared by
+    the task) its rows that tokenize like a dev or train row are dropped; else `data.val_examples` seeded rows are moved
+    out of the prepared train split, chosen among rows whose tokens no dev row, other train row or other chosen row
+    has (so no copy of a tuning text stays in train). Nothing happens when neither is asked for."""
+    if TUNE in splits:
+        taken = {tuple(e) for name in ("train", "dev") for e in splits[name]["input_ids"]}
+        keep = [i for i, e in enumerate(splits[TUNE]["input_ids"]) if tuple(e) not in taken]
+        dropped = len(splits[TUNE]) - len(keep)
+        if dropped:
+            log.warning("%s: %d tuning rows also in train or dev were dropped", data.val, dropped)
+        if not keep:
+            raise PipelineError(f"{data.val}: every data.val row is also in train or dev; point data.val at other rows")
+        splits[TUNE] = splits[TUNE].select(keep).flatten_indices()
+        info["splits"][TUNE].update(overlap_removed=dropped, **_size_stats(splits[TUNE], fingerprint))
+        return splits, info
+    if not data.val_examples:
+        return splits, info
+    train = splits["train"]
+    tokens = [tuple(e) for e in train["input_ids"]]
+    dev = {tuple(e) for e in splits["dev"]["input_ids"]}
+    counts: dict[tuple, int] = {}
+    for t in tokens:
+        counts[t] = counts.get(t, 0) + 1
+    eligible = np.array([i for i, t in enumerate(tokens) if counts[t] == 1 and t not in dev], dtype=np.int64)
+    if len(eligible) <= data.val_examples:
+        raise PipelineError(
+            f"params.yaml: data.val_examples={data.val_examples} but only {len(eligible)} of the {len(train)} prepared "
+            "train rows are unique and not in dev; lower data.val_examples, raise data.max_train_examples, or point "
+            "data.val at a labelled file"
+        )
+    chosen = np.sort(np.random.default_rng(seed + 2).permutation(eligible)[: data.val_examples])
+    rest = np.setdiff1d(np.arange(len(train)), chosen)
+    splits[TUNE], splits["train"] = train.select(chosen).flatten_indices(), train.select(rest).flatten_indices()
+    source = info["splits"]["train"]["source"]
+    info["splits"][TUNE] = {"source": f"{source} (carved from the prepared train rows)", "rows_in_source": len(train)}
+    info["splits"][TUNE].update(_size_stats(splits[TUNE], fingerprint))
+    info["splits"]["train"].update(_size_stats(splits["train"], fingerprint))
+    # the tuning split goes right after train and dev: the order stages list splits in
+    info["splits"] = {k: info["splits"][k] for k in ("train", "dev", TUNE, *info["splits"]) if k in info["splits"]}
+    return splits, info
+
+
+def _size_stats(ds: datasets.Dataset, fingerprint) -> dict:
+    return {"rows": len(ds), "tokens": int(np.sum(ds["length"])), "fingerprint": fingerprint(ds)}

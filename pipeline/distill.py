@@ -20,6 +20,7 @@ from pipeline.cache.schema import MANIFEST, TEACHER_CONFIG
 from pipeline.checkpoints import Checkpoints, files_digest, save_atomically, train_work_dir, training_key
 from pipeline.collate import ConcatSplits
 from pipeline.config import DistillConfig, StudentSpec
+from pipeline.data import TUNE
 from pipeline.distributed import ranks
 from pipeline.errors import PipelineError
 from pipeline.kd import DistillationModule, train_student
@@ -153,7 +154,8 @@ def distill_student(
         + [attention_field(t) for _, t in plan.attention_pairs]
         + ([value_field(plan.value_pair[1])] if plan.value_pair else [])
     )
-    train, dev = cache.split("train", columns), cache.split("dev", columns)
+    eval_split = TUNE if TUNE in cache.splits else "dev"  # per-epoch scores on the tuning split; dev only records
+    train, dev = cache.split("train", columns), cache.split(eval_split, columns)
     teacher_signal = bool(cfg.beta or plan.pairs or plan.attention_pairs or plan.value_pair)
     transfer = cache.split("transfer", columns) if cfg.transfer and teacher_signal and "transfer" in cache.splits else None
     labeled_rows, transfer_rows = len(train), len(transfer) if transfer is not None else 0
@@ -199,8 +201,9 @@ def distill_student(
         "init_teacher_layers": init_info.get("teacher_layers"),
         "train_rows": labeled_rows,
         "transfer_rows": transfer_rows,
+        "eval_split": eval_split,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "dev_accuracy_per_epoch": [round(h["eval_accuracy"], 4) for h in evals],
+        "eval_accuracy_per_epoch": [round(h["eval_accuracy"], 4) for h in evals],
         "resumed_from_step": checkpoints.resumed_step if checkpoints is not None else None,
         "processes": who.world,
     }
@@ -249,7 +252,7 @@ def distill_seeds(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: Distil
         seed=seeds[0],
         seeds=seeds,
         seed_runs=[
-            {"seed": s, "seconds": r["summary"]["seconds"], "dev_accuracy_per_epoch": r["summary"]["dev_accuracy_per_epoch"]}
+            {"seed": s, "seconds": r["summary"]["seconds"], "eval_accuracy_per_epoch": r["summary"]["eval_accuracy_per_epoch"]}
             for s, r in runs
         ],
     )

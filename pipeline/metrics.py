@@ -13,6 +13,7 @@ from transformers import AutoConfig
 
 from pipeline.cache import TeacherCache
 from pipeline.cache.schema import TEACHER_CONFIG
+from pipeline.data import TUNE
 from pipeline.errors import PipelineError
 from pipeline.models import from_safetensors, seed_model_dirs
 from pipeline.tasks import task_of_cache, task_of_model
@@ -147,6 +148,13 @@ def _quality(model: torch.nn.Module, cache, tokens: list[np.ndarray], rows: list
     return task.quality(model, rows, tokens, batch_size, pad_id, cache=cache)
 
 
+def _split_rows(cache, split: str) -> tuple[list[dict], list[np.ndarray]]:
+    """A cached split's rows (the fields scoring needs) and their token ids."""
+    ds = cache.split(split, columns=task_of_cache(cache.manifest).dev_columns())
+    rows = [ds[i] for i in range(len(ds))]
+    return rows, [r["input_ids"] for r in rows]
+
+
 def _score(
     model: torch.nn.Module,
     cache_dir: Path,
@@ -158,15 +166,18 @@ def _score(
     """Accuracy/F1 on the cache's dev rows (token ids and labels only) and median CPU latency per batch size; with a
     `reference` model, both are timed interleaved and speedup_b<N> = reference latency / model latency."""
     cache = TeacherCache(cache_dir, verify="lazy")
-    dev = cache.split("dev", columns=task_of_cache(cache.manifest).dev_columns())
-    rows = [dev[i] for i in range(len(dev))]
-    tokens = [r["input_ids"] for r in rows]
     pad_id = model.config.pad_token_id or 0
+    rows, tokens = _split_rows(cache, "dev")
     result = _quality(model, cache, tokens, rows, batch_size, pad_id)
     headline = task_of_cache(cache.manifest).headline
     if headline != "accuracy":  # (sequence-classification metrics keep their keys as before tasks existed)
         result["headline"] = headline
     result.update({"dev_rows": len(rows), "params": count_parameters(model), "cpu_threads": torch.get_num_threads()})
+    if TUNE in cache.splits:  # the tuning split's scores, under val_*: what the report's choices are made on
+        val_rows, val_tokens = _split_rows(cache, TUNE)
+        scores = _quality(model, cache, val_tokens, val_rows, batch_size, pad_id)
+        result.update({f"{TUNE}_{k}": v for k, v in scores.items() if isinstance(v, float)})
+        result[f"{TUNE}_rows"] = len(val_rows)
     for bs in latency_batch_sizes:
         if reference is None:
             result[f"latency_ms_b{bs}"] = round(cpu_latency_ms(model, tokens, bs, latency_repeats, pad_id), 3)
@@ -185,10 +196,11 @@ def _score(
 def _seed_spread(result: dict, per_seed: list[tuple[int, dict]]) -> dict:
     """Add seeds, per-seed accuracy and mean +- sample std of accuracy and F1 over the seed runs."""
     result["seeds"] = [s for s, _ in per_seed]
-    result["accuracy_per_seed"] = [round(r["accuracy"], 6) for _, r in per_seed]
-    if result.get("headline", "accuracy") != "accuracy":
-        result[f"{result['headline']}_per_seed"] = [round(r[result["headline"]], 6) for _, r in per_seed]
-    for key in [k for k in ("accuracy", "f1", "teacher_agreement") if k in result]:
+    headline = result.get("headline", "accuracy")
+    for key in [p + k for p in ("", f"{TUNE}_") for k in dict.fromkeys(("accuracy", headline)) if p + k in result]:
+        result[f"{key}_per_seed"] = [round(r[key], 6) for _, r in per_seed]
+    keys = [p + k for p in ("", f"{TUNE}_") for k in dict.fromkeys(("accuracy", "f1", "teacher_agreement", headline))]
+    for key in [k for k in keys if k in result]:
         values = [r[key] for _, r in per_seed]
         result[f"{key}_mean"] = round(statistics.mean(values), 6)
         result[f"{key}_std"] = round(statistics.stdev(values), 6) if len(values) > 1 else 0.0
@@ -235,6 +247,8 @@ def compare_to_teacher(student: dict, teacher: dict) -> dict:
     }
     if "f1" in student and "f1" in teacher:  # a masked-LM model has masked-token accuracy and teacher agreement instead
         out["f1_retention"] = ratio(student["f1"], teacher["f1"])
+    if f"{TUNE}_{key}" in student and f"{TUNE}_{key}" in teacher:
+        out[f"{TUNE}_retention"] = ratio(student[f"{TUNE}_{key}"], teacher[f"{TUNE}_{key}"])
     if f"{key}_mean" in student:
         out["retention_mean"] = ratio(student[f"{key}_mean"], teacher[key])
         out["retention_std"] = ratio(student[f"{key}_std"], teacher[key])

@@ -97,11 +97,50 @@ def headline(m: dict) -> str:
     return m.get("headline", "accuracy")
 
 
-def mean_score(m: dict) -> float:
-    """The figure models are compared on (the task's headline metric): the mean over seed runs when there are several,
-    else the one run's."""
+TUNE = "val"  # pipeline.data.TUNE (the report imports nothing heavy)
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: the normal's 1.96)
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
+
+
+def mean_score(m: dict, split: str | None = None) -> float:
+    """The task's headline metric on `split` ('dev', or the tuning split 'val'; None = the split choices are made on:
+    val when the model was scored on one, else dev): the mean over seed runs when there are several, else the run's."""
     key = headline(m)
+    if split is None:
+        split = TUNE if f"{TUNE}_{key}" in m else "dev"
+    key = key if split == "dev" else f"{split}_{key}"
     return m.get(f"{key}_mean", m[key])
+
+
+def paired_difference(a: dict, b: dict, split: str) -> dict | None:
+    """Model a minus model b on `split`, in points, over the seeds both were run under (seed i of a against seed i of
+    b): mean, and the 95% t-interval of the mean paired difference when there are at least two pairs. None when either
+    model lacks per-seed scores on the split."""
+    key = headline(a) if split == "dev" else f"{split}_{headline(a)}"
+    pa, pb = a.get(f"{key}_per_seed"), b.get(f"{key}_per_seed")
+    if not pa or not pb:
+        if key not in a or key not in b:
+            return None
+        return {"n": 1, "mean": 100 * (a[key] - b[key]), "low": None, "high": None}
+    by_seed = dict(zip(b.get("seeds", []), pb))
+    diffs = [100 * (x - by_seed[s]) for s, x in zip(a.get("seeds", []), pa) if s in by_seed]
+    if not diffs:
+        return None
+    n, mean = len(diffs), sum(diffs) / len(diffs)
+    if n < 2:
+        return {"n": 1, "mean": mean, "low": None, "high": None}
+    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5
+    half = (T975[n - 2] if n - 1 <= len(T975) else 1.96) * sd / n**0.5
+    return {"n": n, "mean": mean, "low": mean - half, "high": mean + half}
+
+
+def _diff_text(d: dict | None) -> str:
+    if d is None:
+        return "—"
+    if d["low"] is None:
+        return f"{d['mean']:+.2f} (one seed, no interval)"
+    return f"{d['mean']:+.2f} [95% CI {d['low']:+.2f}, {d['high']:+.2f}; {d['n']} paired seeds]"
 
 
 def _pm(m: dict, key: str, scale: float = 100.0, spec: str = ".2f") -> str:
@@ -136,6 +175,32 @@ def _curve(csv_path: Path, key: str) -> list[tuple[float, float]]:
         return [(float(r["step"]), float(r[key])) for r in csv.DictReader(f) if r.get(key) not in (None, "")]
 
 
+def _kd_vs_baseline(models: dict, top: str, base: str, tuned: bool, choice: str) -> list[str]:
+    """The advice lines on the best KD student against its same-shape hard-label baseline: the paired difference on
+    the choice split and on dev, and, when KD does not win on the choice split, that it does not and the likely reason."""
+    split = TUNE if tuned else "dev"
+    on_choice = paired_difference(models[top], models[base], split)
+    lines = [
+        f"- Distillation vs the hard-label baseline **{base}** (same shape): best KD student **{top}** "
+        f"{_diff_text(on_choice)} points on {choice}"
+        + (f"; on dev, for the record, {_diff_text(paired_difference(models[top], models[base], 'dev'))}." if tuned else ".")
+    ]
+    if on_choice is None:
+        return lines
+    if on_choice["mean"] <= 0:
+        gap = 100 * (mean_score(models["teacher"]) - mean_score(models[base]))
+        lines.append(
+            f"- **{top} does not beat its hard-label baseline {base} on {choice}** ({on_choice['mean']:+.2f} points). "
+            f"The teacher leads that baseline by only {gap:+.2f} points there: a student cannot learn more from the "
+            "teacher than the teacher knows beyond the labels; a stronger teacher (or several) is the likely fix."
+        )
+    elif on_choice["low"] is not None and on_choice["low"] <= 0:
+        lines.append(f"- The gain of {top} over {base} is within noise: its 95% interval includes 0.")
+    elif on_choice["low"] is None:
+        lines.append(f"- One seed each: run ≥ 5 (`students.{top}.seeds`, `students.{base}.seeds`) for a paired interval.")
+    return lines
+
+
 def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict[str, str]) -> str:
     """Write report.md and its charts to `out_dir`; returns the markdown. `kinds` maps a model name to its role.
     Accuracy, F1, retention and training time are mean ± sample std over a student's seed runs when it has several."""
@@ -148,10 +213,14 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
     key = headline(teacher)
     label, other, other_label = columns(teacher)
     t_acc = teacher[key]
+    tuned = f"{TUNE}_{key}" in teacher  # choices are made on the tuning split; dev is the record
+    choice = f"{TUNE} {label.removeprefix('dev ')}" if tuned else label
+    t_choice = mean_score(teacher)
     order = ["teacher"] + sorted((n for n in models if n != "teacher"), key=lambda n: -mean_score(models[n]))
+    val_head = f"{choice} | " if tuned else ""
     head = (
-        f"| model | role | layers×hidden | params | size | seeds | {label} | {other_label} | retention | latency b1 / b32 (ms) "
-        "| speedup b32 | train time | peak RSS |"
+        f"| model | role | layers×hidden | params | size | seeds | {val_head}{label} | {other_label} | retention "
+        "| latency b1 / b32 (ms) | speedup b32 | train time | peak RSS |"
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for n in order:
@@ -177,17 +246,19 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
         )
         rows.append(
             f"| {n} | {kinds.get(n, 'teacher' if n == 'teacher' else 'student')} | {shape} | {m['params'] / 1e6:.1f} M "
-            f"| {m['size_mb']:.1f} MB | {_n_seeds(m)} | {_pm(m, key)} | {_pm(m, other)} | {ret} | {lat} | {speed} "
+            f"| {m['size_mb']:.1f} MB | {_n_seeds(m)} | {_pm(m, f'{TUNE}_{key}') + ' | ' if tuned else ''}{_pm(m, key)} "
+            f"| {_pm(m, other)} | {ret} | {lat} | {speed} "
             f"| {t_time} | {_fmt(train.get('peak_rss_mb'), '.0f', ' MB')} |"
         )
     students = [n for n in order if n != "teacher"]
-    near = [n for n in students if mean_score(models[n]) >= t_acc - 0.01 and kinds.get(n) != "ensemble"]
+    near = [n for n in students if mean_score(models[n]) >= t_choice - 0.01 and kinds.get(n) != "ensemble"]
     # ranked by the speedup the line prints (timed interleaved with a teacher-shaped model), not by raw latency
     fastest = max(near, key=lambda n: _speedup(models[n], teacher) or 0.0) if near else None
     best = max(students, key=lambda n: mean_score(models[n])) if students else None
+    choice_key = f"{TUNE}_{key}" if tuned else key
     advice = [
-        f"- Most accurate: **{best}** ({label} {_pm(models[best], key)}, "
-        f"{100 * mean_score(models[best]) / t_acc:.1f}% of the teacher)."
+        f"- Most accurate: **{best}** ({choice} {_pm(models[best], choice_key)}, "
+        f"{100 * mean_score(models[best]) / t_choice:.1f}% of the teacher; dev for the record: {_pm(models[best], key)})."
         if best
         else "- No students yet."
     ]
@@ -201,11 +272,7 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
         rivals = [n for n in students if n != base and kinds.get(n) == "student" and _same_shape(models[n], models[base])]
         if rivals:
             top = max(rivals, key=lambda n: mean_score(models[n]))
-            gain = 100 * (mean_score(models[top]) - mean_score(models[base]))
-            advice.append(
-                f"- Distillation vs the hard-label baseline **{base}** (same shape): best KD student **{top}** "
-                f"{gain:+.2f} points ({_n_seeds(models[top])} vs {_n_seeds(models[base])} seeds)."
-            )
+            advice += _kd_vs_baseline(models, top, base, tuned, choice)
     seeded = [n for n in order if _n_seeds(models[n]) > 1]
     per_seed = []
     if seeded:
@@ -216,9 +283,15 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
             f"| model | seeds | {label} per seed |",
             "|---|---|---|",
         ]
+        if tuned:
+            per_seed[2:4] = [f"| model | seeds | {choice} per seed | {label} per seed |", "|---|---|---|---|"]
         per_seed += [
             f"| {n} | {', '.join('+'.join(map(str, s)) if isinstance(s, list) else str(s) for s in models[n]['seeds'])} "
-            f"| {', '.join(f'{100 * a:.2f}' for a in models[n][f'{key}_per_seed'])} |"
+            + "".join(
+                f"| {', '.join(f'{100 * a:.2f}' for a in models[n].get(f'{k}_per_seed', []))} "
+                for k in ([f"{TUNE}_{key}"] if tuned else []) + [key]
+            )
+            + "|"
             for n in seeded
         ]
         per_seed.append("")
@@ -249,8 +322,8 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
         {n: _curve(Path(plots_dir) / f"{n}.csv", f"eval_{key}") for n in order},
         out_dir / "dev_accuracy.svg",
         x_label="step",
-        y_label=label,
-        title=f"{label} at each epoch end",
+        y_label=choice,
+        title=f"{choice} at each epoch end",
     )
     metric = (
         [f"Quality metric: {teacher['metric']} on the cached dev rows (the '{label}' column).", ""] if "metric" in teacher else []
@@ -260,13 +333,20 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
             "# Distillation report",
             "",
             *metric,
-            "Which student to ship:",
+            (
+                f"Which student to ship — chosen on the tuning split `{TUNE}` ({teacher.get(f'{TUNE}_rows', '?')} rows "
+                "carved from train or read from data.val); dev is scored once, for the record:"
+                if tuned
+                else "Which student to ship (no tuning split: data.val_examples is 0, so these choices are made on dev "
+                "and dev figures are optimistic):"
+            ),
             *advice,
             "",
             *rows,
             "",
             *per_seed,
-            f"{label}, {other_label}, retention (student ÷ teacher {label}) and train time are mean ± sample "
+            f"{choice + ', ' if tuned else ''}{label}, {other_label}, retention (student ÷ teacher {label}) and "
+            "train time are mean ± sample "
             "std over the seed runs where a model has more than one (`distill.seeds`), else the single run. "
             "Speedup = latency of a teacher-shaped model ÷ the model's, timed interleaved in one process at batch "
             "32 (CPU). Peak RSS is that of the model's own training stage (the teacher's is its fine-tuning).",

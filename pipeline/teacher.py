@@ -14,6 +14,7 @@ from transformers import DataCollatorForLanguageModeling, set_seed
 
 from pipeline.checkpoints import Checkpoints, files_digest, save_atomically, train_work_dir, training_key
 from pipeline.config import TeacherConfig
+from pipeline.data import TUNE
 from pipeline.errors import PipelineError
 from pipeline.mlm import MASKED_LM
 from pipeline.models import load_teacher, load_tokenizer, resolve_model_path, tokenizer_fingerprint
@@ -132,13 +133,15 @@ def train_teacher(
         task, resolve_model_path(cfg.model), info["label_names"], cfg.trust_remote_code, require_head=cfg.epochs == 0
     )
     start, history = time.perf_counter(), []
+    eval_split = TUNE if TUNE in splits else "dev"  # per-epoch scores are on the tuning split; dev is kept for the record
     if cfg.epochs > 0:
         args = training_arguments(scratch_dir(), cfg, seed, checkpoints=checkpoints)
-        train, dev = splits["train"], splits["dev"]
+        train, dev = splits["train"], splits[eval_split]
+        scored = {**splits, "dev": dev}
         history = (
             fine_tune_masked_lm(model, tokenizer, train, dev, args, cfg.mlm_probability, seed, checkpoints, callbacks)
             if mlm
-            else fine_tune_teacher(model, tokenizer, splits, args, task, info["label_names"], checkpoints, callbacks)
+            else fine_tune_teacher(model, tokenizer, scored, args, task, info["label_names"], checkpoints, callbacks)
         )
     evals = [h for h in history if "eval_accuracy" in h]
     summary = {
@@ -146,20 +149,21 @@ def train_teacher(
         "task": task.name,
         "epochs": cfg.epochs,
         "train_rows": len(splits["train"]),
-        "dev_accuracy_per_epoch": [round(h["eval_accuracy"], 4) for h in evals],
+        "eval_split": eval_split,
+        "eval_accuracy_per_epoch": [round(h["eval_accuracy"], 4) for h in evals],
         "resumed_from_step": checkpoints.resumed_step if checkpoints is not None else None,
     }
     if task.headline != "accuracy":
-        summary[f"dev_{task.headline}_per_epoch"] = [round(h[f"eval_{task.headline}"], 4) for h in evals]
+        summary[f"eval_{task.headline}_per_epoch"] = [round(h[f"eval_{task.headline}"], 4) for h in evals]
     if mlm:  # dev masked-LM loss (dynamic masking); the evaluate stage gives masked-token accuracy on the cached masking
-        summary["dev_mlm_loss_per_epoch"] = [round(h["eval_loss"], 4) for h in history if "eval_loss" in h]
+        summary["eval_mlm_loss_per_epoch"] = [round(h["eval_loss"], 4) for h in history if "eval_loss" in h]
     return model, tokenizer, history, summary
 
 
 def teacher_checkpoints(cfg: TeacherConfig, splits: dict[str, datasets.Dataset], info: dict, seed: int, out_dir: Path):
     """The teacher run's checkpoints beside `out_dir`, keyed on its settings, seed, tokenizer and prepared rows."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_steps"}
-    data = files_digest(f["filename"] for name in ("train", "dev") for f in splits[name].cache_files)
+    data = files_digest(f["filename"] for name in ("train", "dev", TUNE) if name in splits for f in splits[name].cache_files)
     key = training_key(teacher=settings, task=info.get("task"), seed=seed, tokenizer=info["tokenizer_fingerprint"], data=data)
     return Checkpoints(train_work_dir(out_dir), key, cfg.checkpoint_steps, "teacher")
 

@@ -1,11 +1,11 @@
 """prepare: read train/dev (and the unlabeled transfer texts, if any) with `datasets`, validate, map labels, tokenize
-with the teacher's tokenizer -> data/prepared/ (train, dev) and data/transfer/ (apart, so the teacher, which never
+with the teacher's tokenizer, carve the tuning split -> data/prepared/ (train, dev, val) and data/transfer/ (apart, so the teacher, which never
 sees it, does not retrain when only the transfer set changes)."""
 
 from pathlib import Path
 
 from pipeline.cli import run_stage
-from pipeline.data import save_prepared
+from pipeline.data import add_tuning_split, save_prepared
 from pipeline.models import (
     check_max_length,
     check_teacher_init,
@@ -22,7 +22,9 @@ def main(params, args):
     check_max_length(params.teacher.model, params.data.max_length, teacher)  # before work that would fail later
     check_teacher_init(params.students, teacher.to_dict())
     tokenizer = load_tokenizer(params.teacher.model, params.teacher.trust_remote_code)
-    splits, info = get_task(params.task).prepare(params.data, tokenizer, params.seed)
+    task = get_task(params.task)
+    splits, info = task.prepare(params.data, tokenizer, params.seed)
+    splits, info = add_tuning_split(splits, info, params.data, params.seed, task.split_fingerprint)
     info["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
     info["task"] = params.task
     transfer = {k: splits.pop(k) for k in ("transfer",) if k in splits}
@@ -36,7 +38,8 @@ def main(params, args):
                 f"{stats['answers_outside_windows']} answers inside no window"
             )
             continue
-        print(f"prepare: {name}: {stats['rows']} rows, {stats['tokens']} tokens, {stats['truncated']} truncated")
+        truncated = f", {stats['truncated']} truncated" if "truncated" in stats else ""
+        print(f"prepare: {name}: {stats['rows']} rows, {stats['tokens']} tokens{truncated}")
 
 
 def configure(p):

@@ -84,6 +84,7 @@ def data_config(sst2_dir: Path, **overrides) -> DataConfig:
         "max_train_examples": None,
         "transfer": None,
         "max_transfer_examples": None,
+        "val_examples": 0,
     }
     return DataConfig(**{**settings, **overrides})
 

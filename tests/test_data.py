@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from transformers import BertTokenizerFast
 
-from pipeline.data import prepare_corpus
+from pipeline.data import add_tuning_split, prepare_corpus, split_fingerprint
 from pipeline.errors import PipelineError
 from pipeline.sources import parse_source
-from tests.conftest import data_config
+from tests.conftest import data_config, sst2_rows
 
 
 @pytest.fixture
@@ -147,3 +147,56 @@ def test_id_column_is_used_and_duplicates_or_non_integers_refused(tmp_path, toke
         prepare_corpus(data_config(tmp_path, id_column="id"), tokenizer, seed=0)
     with pytest.raises(PipelineError, match=r"no column 'uid' .* 'data.id_column'"):
         prepare_corpus(data_config(tmp_path, id_column="uid"), tokenizer, seed=0)
+
+
+def _carved(tmp_path, tokenizer, seed=0, n=40, **overrides):
+    data = data_config(tmp_path, val_examples=n, **overrides)
+    splits, info = prepare_corpus(data, tokenizer, seed=seed)
+    return add_tuning_split(splits, info, data, seed)
+
+
+def test_tuning_split_never_overlaps_dev_or_the_labelled_train_rows(tmp_path, tokenizer):
+    """Carved from real SST-2 train rows with planted repeats: a text also in dev, or twice in train, is never chosen,
+    so no tuning text is left in train or dev; the carve is seeded, and the stats follow the rows."""
+    train = sst2_rows("train", 300)
+    dev = sst2_rows("dev", 80)
+    planted = [train[5], train[5], "1\t" + dev[3].split("\t", 1)[1]]  # a train row twice more, a dev text in train
+    (tmp_path / "train.tsv").write_text("\n".join(train + planted) + "\n")
+    (tmp_path / "dev.tsv").write_text("\n".join(dev) + "\n")
+    splits, info = _carved(tmp_path, tokenizer, n=120)
+    key = lambda ds: [tuple(e) for e in ds["input_ids"]]  # noqa: E731
+    val, rest, dv = key(splits["val"]), key(splits["train"]), set(key(splits["dev"]))
+    assert len(val) == 120 and len(rest) == 303 - 120 and len(set(val)) == 120
+    assert not set(val) & set(rest) and not set(val) & dv
+    assert set(splits["val"]["example_id"]).isdisjoint(splits["train"]["example_id"])
+    assert info["splits"]["val"]["rows"] == 120 and info["splits"]["train"]["rows"] == 183
+    assert info["splits"]["val"]["fingerprint"] == split_fingerprint(splits["val"])
+    assert list(info["splits"]) == ["train", "dev", "val"]
+    again, _ = _carved(tmp_path, tokenizer, n=120)
+    other, _ = _carved(tmp_path, tokenizer, seed=1, n=120)
+    assert again["val"]["example_id"] == splits["val"]["example_id"] != other["val"]["example_id"]
+
+
+def test_transfer_rows_never_include_a_tuning_text(sst2_small, tokenizer):
+    """The transfer texts (train file's rows outside the labelled subset) exclude the carved tuning rows too."""
+    splits, _ = _carved(sst2_small, tokenizer, max_train_examples=100, transfer=str(sst2_small / "train.tsv"))
+    val = {tuple(e) for e in splits["val"]["input_ids"]}
+    assert val and not val & {tuple(e) for e in splits["transfer"]["input_ids"]}
+
+
+def test_too_few_rows_for_the_tuning_split_is_one_clear_error(sst2_small, tokenizer):
+    with pytest.raises(PipelineError, match=r"data.val_examples=400 but only \d+ of the 300"):
+        _carved(sst2_small, tokenizer, n=400)
+
+
+def test_a_tuning_file_loses_its_rows_that_are_also_in_train_or_dev(tmp_path, tokenizer):
+    train, dev = sst2_rows("train", 100), sst2_rows("dev", 20)
+    (tmp_path / "train.tsv").write_text("\n".join(train) + "\n")
+    (tmp_path / "dev.tsv").write_text("\n".join(dev) + "\n")
+    (tmp_path / "val.tsv").write_text("\n".join([train[0]] + train[1:4] + dev[1:3] + sst2_rows("train", 130)[101:]) + "\n")
+    data = data_config(tmp_path, val=str(tmp_path / "val.tsv"))
+    splits, info = add_tuning_split(*prepare_corpus(data, tokenizer, seed=0), data, 0)
+    removed = info["splits"]["val"]["overlap_removed"]
+    assert removed >= 5 and len(splits["val"]) == 35 - removed == info["splits"]["val"]["rows"]
+    taken = {tuple(e) for name in ("train", "dev") for e in splits[name]["input_ids"]}
+    assert not taken & {tuple(e) for e in splits["val"]["input_ids"]}

@@ -203,7 +203,7 @@ def test_two_process_ddp_student_trains_like_one_process_and_saves_one_checkpoin
         assert sorted(p.name for p in (tmp_path / run).iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
         assert (tmp_path / run / "model.safetensors").is_file()
     assert not list(tmp_path.glob("**/checkpoint-*"))
-    evals = lambda r: r["summary"]["dev_accuracy_per_epoch"]  # noqa: E731
+    evals = lambda r: r["summary"]["eval_accuracy_per_epoch"]  # noqa: E731
     assert len(evals(ddp)) == 2 and all(0 <= a <= 1 for a in evals(ddp))
 
 

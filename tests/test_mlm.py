@@ -314,7 +314,7 @@ def test_masked_lm_teacher_resumes_with_the_same_dynamic_masking(tmp_path, tiny_
         run_teacher(cfg, splits, info, 0, tmp_path / "teacher", callbacks=[_Interrupt(25)])
     _, resumed = run_teacher(cfg, splits, info, 0, tmp_path / "teacher")
     assert resumed["resumed_from_step"] == 25
-    assert resumed["dev_mlm_loss_per_epoch"] == reference["dev_mlm_loss_per_epoch"]
+    assert resumed["eval_mlm_loss_per_epoch"] == reference["eval_mlm_loss_per_epoch"]
     want = (tmp_path / "reference" / "model.safetensors").read_bytes()
     assert (tmp_path / "teacher" / "model.safetensors").read_bytes() == want
 
@@ -328,6 +328,6 @@ def test_masked_lm_student_resumes_to_identical_weights(tmp_path, mlm_cache):
     with pytest.raises(KeyboardInterrupt):
         distill_seeds(mlm_cache, tmp_path / "s", spec, cfg, seeds=[0], callbacks=[_Interrupt(8)])
     resumed = distill_seeds(mlm_cache, tmp_path / "s", spec, cfg, seeds=[0])["summary"]
-    assert resumed["resumed_from_step"] == 8 and resumed["dev_accuracy_per_epoch"] == reference["dev_accuracy_per_epoch"]
+    assert resumed["resumed_from_step"] == 8 and resumed["eval_accuracy_per_epoch"] == reference["eval_accuracy_per_epoch"]
     want = (tmp_path / "reference" / "model.safetensors").read_bytes()
     assert (tmp_path / "s" / "model.safetensors").read_bytes() == want

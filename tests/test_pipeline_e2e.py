@@ -31,7 +31,7 @@ def repo(tmp_path_factory) -> Path:
     repo = copy_project(tmp_path_factory.mktemp("e2e") / "repo")
     assert (repo / "data/raw/sst2/train.tsv").is_file()  # the default data ships with the project: nothing copied
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"].update(max_train_examples=1000, max_dev_examples=200, max_transfer_examples=500)
+    params["data"].update(max_train_examples=1200, val_examples=200, max_dev_examples=200, max_transfer_examples=500)
     params["teacher"].update(epochs=2)
     params["distill"].update(epochs=1)
     params["evaluate"].update(latency_repeats=3)
@@ -73,9 +73,13 @@ def test_dvc_repro_builds_everything_then_nothing_then_only_the_changed_student(
     assert (repo / "artifacts/teacher/model.safetensors").is_file()
     manifest = json.loads((repo / "artifacts/cache/manifest.json").read_text())
     assert manifest["splits"]["train"]["rows"] == 1000 and manifest["splits"]["dev"]["rows"] == 200
-    assert manifest["splits"]["transfer"]["rows"] == 500
+    assert manifest["splits"]["transfer"]["rows"] == 500 and manifest["splits"]["val"]["rows"] == 200
     teacher = json.loads((repo / "artifacts/metrics/teacher.json").read_text())
     assert 0.6 < teacher["accuracy"] <= 1.0 and teacher["params"] > 20_000_000
+    assert 0.6 < teacher["val_accuracy"] <= 1.0 and teacher["val_rows"] == 200
+    # per-epoch scores are on the tuning split, and the report chooses on it
+    assert json.loads((repo / "artifacts/metrics/teacher_train.json").read_text())["eval_split"] == "val"
+    assert "chosen on the tuning split `val` (200 rows" in report and "| val acc | dev acc |" in report
     specs = yaml.safe_load((repo / "params.yaml").read_text())["students"]
     for s in students:
         m = json.loads((repo / f"artifacts/metrics/{s}.json").read_text())
@@ -87,6 +91,7 @@ def test_dvc_repro_builds_everything_then_nothing_then_only_the_changed_student(
 
     r2 = json.loads((repo / "artifacts/metrics/r2.json").read_text())
     assert r2["seeds"] == [42, 43] and len(r2["accuracy_per_seed"]) == 2 and r2["accuracy_per_seed"][0] == r2["accuracy"]
+    assert len(r2["val_accuracy_per_seed"]) == 2 and r2["val_accuracy_per_seed"][0] == r2["val_accuracy"]
     assert (repo / "artifacts/students/r2/seeds/43/model.safetensors").is_file()
     assert "| r2 | 42, 43 |" in report  # the per-seed table
     l3 = json.loads((repo / "artifacts/metrics/train_l3.json").read_text())

@@ -97,7 +97,9 @@ def test_report_gives_mean_and_std_over_seeds_and_the_gain_over_the_baseline(tmp
     kd = next(line for line in md.splitlines() if line.startswith("| kd "))
     # mean ± std of accuracy and F1 (in points), retention of the mean, the interleaved speedup, train time over seeds
     assert "| 3 | 88.00 ± 1.00 | 87.00 ± 2.00 | 97.8 ± 1.1% |" in kd and "| 1.90× |" in kd and "110 ± 8 s" in kd
-    assert "best KD student **kd** +2.00 points (3 vs 3 seeds)" in md
+    # paired differences 1, 4, 1 points: mean 2, sd sqrt(3), 95% t (2 df) 4.303 -> 2 ± 4.303
+    assert "best KD student **kd** +2.00 [95% CI -2.30, +6.30; 3 paired seeds] points on dev acc." in md
+    assert "within noise" in md and "no tuning split" in md
     assert "| hard | 1, 2, 3 | 87.00, 85.00, 86.00 |" in md
 
 
@@ -121,3 +123,41 @@ def test_fastest_within_a_point_is_ranked_by_the_speedup_it_prints(tmp_path):
     _metrics(metrics, "b", 0.895, 17_000_000, 30.0, speedup_b32=2.0)
     md = render_report(metrics, plots, tmp_path / "out", {"teacher": "teacher", "a": "student", "b": "student"})
     assert "Fastest within 1 point of the teacher: **b** (2.00× faster at batch 32)" in md
+
+
+def test_choices_are_made_on_the_tuning_split_and_a_kd_loss_is_said_plainly(tmp_path):
+    """With val_* scores the ship advice ranks on val (dev only recorded), the KD-vs-baseline line gives the paired
+    interval on val and dev, and a KD student that loses on val is called out with the teacher-baseline gap."""
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    _metrics(metrics, "teacher", 0.90, 22_000_000, 50.0, layers=6, val_accuracy=0.88, val_rows=2000)
+
+    def seeded(dev, val):
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        return {
+            "seeds": [1, 2, 3, 4, 5],
+            "accuracy_per_seed": dev,
+            "accuracy_mean": mean(dev),
+            "accuracy_std": 0.01,
+            "val_accuracy": val[0],
+            "val_accuracy_per_seed": val,
+            "val_accuracy_mean": mean(val),
+            "val_accuracy_std": 0.01,
+        }
+
+    # kd wins on dev (the split choices must not look at) but loses on val
+    kd = seeded([0.89, 0.90, 0.88, 0.89, 0.90], [0.860, 0.862, 0.858, 0.861, 0.859])
+    hard = seeded([0.87, 0.87, 0.87, 0.87, 0.87], [0.870, 0.871, 0.869, 0.872, 0.868])
+    _metrics(metrics, "kd", kd["accuracy_per_seed"][0], 17_000_000, 25.0, **kd)
+    _metrics(metrics, "hard", hard["accuracy_per_seed"][0], 17_000_000, 25.0, **hard)
+    md = render_report(metrics, tmp_path, tmp_path / "report", {"kd": "student", "hard": "baseline (hard labels)"})
+    assert "chosen on the tuning split `val` (2000 rows" in md
+    assert "Most accurate: **hard** (val acc 87.00 ± 1.00" in md  # ranked on val, though kd leads on dev
+    # val differences -1.0, -0.9, -1.1, -1.1, -0.9: mean -1.0, sd 0.1, t(4 df) 2.776 -> half 0.124
+    assert "**kd** -1.00 [95% CI -1.12, -0.88; 5 paired seeds] points on val acc" in md
+    assert "on dev, for the record, +2.20 [95% CI" in md
+    assert "**kd does not beat its hard-label baseline hard on val acc** (-1.00 points)" in md
+    assert "teacher leads that baseline by only +1.00 points" in md
+    header = next(line for line in md.splitlines() if line.startswith("| model | role"))
+    assert "| val acc | dev acc |" in header
+    assert "| kd | 1, 2, 3, 4, 5 | 86.00, 86.20, 85.80, 86.10, 85.90 | 89.00, 90.00, 88.00, 89.00, 90.00 |" in md

@@ -53,7 +53,7 @@ else:
     cfg = DistillConfig(epochs=2, batch_size=8, learning_rate=5e-4, checkpoint_steps=4, logging_steps=3)
     spec = StudentSpec(num_layers=2, hidden_size=16, num_heads=2, init="random")
     summary = distill_seeds(Path(source), out, spec, cfg, seeds=[0], callbacks=[Kill()])["summary"]
-print(json.dumps({"resumed_from_step": summary["resumed_from_step"], "dev": summary["dev_accuracy_per_epoch"]}))
+print(json.dumps({"resumed_from_step": summary["resumed_from_step"], "dev": summary["eval_accuracy_per_epoch"]}))
 """
 
 
@@ -165,7 +165,7 @@ def test_full_disk_while_saving_a_student_loses_no_training(tmp_path, tiny_cache
     assert counter.steps == 0 and summary["resumed_from_step"] > 0  # saved again, nothing retrained
     reference = distill_seeds(tiny_cache, tmp_path / "reference", spec, cfg, seeds=[0])["summary"]
     assert (out / "model.safetensors").read_bytes() == (tmp_path / "reference" / "model.safetensors").read_bytes()
-    assert summary["dev_accuracy_per_epoch"] == reference["dev_accuracy_per_epoch"]
+    assert summary["eval_accuracy_per_epoch"] == reference["eval_accuracy_per_epoch"]
     assert not work.exists()
 
 

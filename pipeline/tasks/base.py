@@ -60,6 +60,12 @@ class Task:
 
         return prepare_corpus(data, tokenizer, seed)
 
+    def split_fingerprint(self, ds) -> str:
+        """The digest of a prepared split (what its cache rows derive from) the manifest records."""
+        from pipeline.data import split_fingerprint
+
+        return split_fingerprint(ds)
+
     # ---- stage one: teacher fine-tuning ----------------------------------------------------------------------------
     def teacher_trainer_kwargs(self, tokenizer, splits: dict, cfg, seed: int, label_names: list[str]) -> dict:
         """The Trainer arguments that differ by task: datasets, collator, metrics."""

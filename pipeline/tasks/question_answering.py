@@ -344,6 +344,12 @@ class QuestionAnswering(Task):
     def prepare(self, data, tokenizer, seed: int):
         if not getattr(tokenizer, "is_fast", False):
             raise PipelineError("question answering needs a fast tokenizer (offset mappings for answer spans)")
+        if data.val is not None or data.val_examples:
+            raise PipelineError(
+                "params.yaml: data.val / data.val_examples: extractive QA has no tuning split yet (a row is a window "
+                "of a question, so a split must be carved by question); set data.val: null and data.val_examples: 0 "
+                "(choices then fall back to dev)"
+            )
         splits, stats, held = {}, {}, set()
         for name, spec, limit in (
             ("train", data.train, data.max_train_examples),

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from pipeline.cache import FieldSpec
+from pipeline.data import TUNE, split_limit
 from pipeline.errors import PipelineError
 from pipeline.losses import LossMix, distillation_loss
 from pipeline.sources import LOCAL_FORMATS, Source, parse_source
@@ -185,12 +186,17 @@ class TokenClassification(Task):
 
         return BertForTokenClassification
 
+    def split_fingerprint(self, ds) -> str:
+        return token_split_fingerprint(ds)
+
     # ---- data ------------------------------------------------------------------------------------------------------
     def prepare(self, data, tokenizer, seed: int):
         if not getattr(tokenizer, "is_fast", False):
             raise PipelineError("token classification needs a fast tokenizer (word ids for label alignment)")
         formats = CONLL_SUFFIXES + tuple(LOCAL_FORMATS)
         sources = {"train": parse_source(data.train, formats), "dev": parse_source(data.dev, formats)}
+        if data.val is not None:
+            sources[TUNE] = parse_source(data.val, formats)
         loaded = {name: load_sentences(source, data) for name, source in sources.items()}
         tag_names = list(data.label_names) if data.label_names else infer_tag_names(loaded["train"][1])
         if any(not (t == "O" or t[:2] in ("B-", "I-")) for t in tag_names):
@@ -200,7 +206,7 @@ class TokenClassification(Task):
             words, tags, where = loaded[name]
             for w, t, loc in zip(words, tags, where):
                 check_iob2(w, t, loc, tag_names)
-            limit = data.max_train_examples if name == "train" else data.max_dev_examples
+            limit = split_limit(data, name)
             splits[name], stats[name] = self._tokenize(source, words, tags, tag_names, tokenizer, data, limit, seed)
         if data.transfer is not None:
             source = parse_source(data.transfer, formats)
@@ -247,7 +253,7 @@ class TokenClassification(Task):
     def _transfer(self, source, words, splits, tokenizer, data, seed):
         """Unlabeled sentences (tags ignored) minus any that tokenize like a train or dev row, minus repeats."""
         enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=data.max_length)["input_ids"]
-        held_out = {tuple(e) for name in ("train", "dev") for e in splits[name]["input_ids"]}
+        held_out = {tuple(e) for name in ("train", "dev", TUNE) if name in splits for e in splits[name]["input_ids"]}
         keep, seen = [], set()
         for row, e in enumerate(enc):
             if tuple(e) not in held_out and tuple(e) not in seen:
