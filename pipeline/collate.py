@@ -8,6 +8,7 @@ import torch
 from pipeline.cache import attention_field, hidden_field, value_field
 from pipeline.cache.codec import decode
 from pipeline.tasks import Task, get_task
+from pipeline.teachers import EXTRA_LOGITS
 
 
 class ConcatSplits(torch.utils.data.ConcatDataset):
@@ -51,6 +52,12 @@ class CacheCollator:
             ids[i, : r["length"]] = torch.from_numpy(r["input_ids"].astype(np.int64))
             mask[i, : r["length"]] = 1
         batch = {"input_ids": ids, "attention_mask": mask, **self.task.collate(rows, width, self._per_token)}
+        if EXTRA_LOGITS in rows[0]:  # other teachers' logits (pipeline.teachers): (B, K, L) or per token (B, K, T, L)
+            first = rows[0][EXTRA_LOGITS]
+            extra = torch.zeros((len(rows), first.shape[0], *((width,) if first.ndim == 3 else ()), first.shape[-1]))
+            for i, r in enumerate(rows):
+                extra[i, :, : r["length"]] = torch.from_numpy(np.asarray(r[EXTRA_LOGITS], dtype=np.float32))
+            batch[f"teacher_{EXTRA_LOGITS}"] = extra
         for name in [hidden_field(layer) for layer in self.layers] + [value_field(layer) for layer in self.values]:
             hid = torch.zeros((len(rows), width, rows[0][name].shape[-1]), dtype=torch.float32)
             for i, r in enumerate(rows):

@@ -179,6 +179,14 @@ class DistillConfig:
         "global batch (each process takes batch_size / nproc rows per step)",
         gt=0,
     )
+    teachers: list[str] = knob(
+        help="teachers whose soft targets the student learns from: `teacher` first (its cache also gives the hidden "
+        "states and init), then names under `teachers`; their probabilities at T are averaged",
+        factory=lambda: ["teacher"],
+    )
+    teacher_weights: list[float] | None = knob(
+        None, "one weight per name in teachers for the probability average (normalised); null = equal", ge=0
+    )
 
 
 @dataclass
@@ -219,6 +227,14 @@ class StudentSpec:
 
 
 @dataclass
+class TeacherSpec:
+    """An extra teacher: any `teacher` key it sets (and its seed) overrides the teacher section for it alone."""
+
+    seed: int | None = knob(None, "null = the top-level seed")
+    overrides: dict[str, Any] = field(default_factory=dict, metadata={"help": "teacher keys set for this teacher only"})
+
+
+@dataclass
 class EnsembleSpec:
     members: list[str] = knob(help="student names whose logits are averaged")
 
@@ -242,6 +258,7 @@ class Params:
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    teachers: dict[str, TeacherSpec] = field(default_factory=dict)
     students: dict[str, StudentSpec] = field(default_factory=dict)
     ensembles: dict[str, EnsembleSpec] = field(default_factory=dict)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -251,8 +268,25 @@ class Params:
         """teacher, ensemble, baseline (a student trained on hard labels only), or student."""
         if name == "teacher" or name in self.ensembles:
             return "teacher" if name == "teacher" else "ensemble"
+        if name.startswith("teacher-") and (name == "teacher-ensemble" or name.removeprefix("teacher-") in self.teachers):
+            return "teacher ensemble" if name == "teacher-ensemble" else "teacher (extra)"
         cfg, _ = self.distill_for(name)
         return "baseline (hard labels)" if cfg.beta == 0 and cfg.gamma == 0 else "student"
+
+    def teacher_for(self, name: str) -> tuple[TeacherConfig, int]:
+        """The settings and seed of a teacher: `teacher` itself, or an extra one's overrides on top of it."""
+        if name == "teacher":
+            return self.teacher, self.seed
+        if name not in self.teachers:
+            known = ", ".join(["teacher", *self.teachers])
+            raise PipelineError(f"params.yaml: no teacher named '{name}' (have: {known}); add it under 'teachers'")
+        spec = self.teachers[name]
+        return dataclasses.replace(self.teacher, **spec.overrides), (spec.seed if spec.seed is not None else self.seed)
+
+    def teacher_record(self, name: str) -> dict:
+        """What a teacher cache records of the params that made its teacher: its settings (bar checkpointing) and seed."""
+        cfg, seed = self.teacher_for(name)
+        return {"name": name, "seed": seed, **{k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_steps"}}
 
     def distill_for(self, name: str) -> tuple[DistillConfig, int]:
         """The distill settings and seed of one student: its own overrides on top of the distill section."""

@@ -29,6 +29,7 @@ from pipeline.metrics import count_parameters
 from pipeline.models import PROVENANCE, SEEDS_DIR, model_fingerprint, tokenizer_fingerprint
 from pipeline.students import build_student
 from pipeline.tasks import task_of_cache
+from pipeline.teachers import join_teachers, open_extra_caches
 from pipeline.trainer import optimizer_choice, scratch_dir, training_arguments
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,12 @@ def distill_student(
     label_names: list[str] | None = None,
     work: Path | None = None,
     callbacks=(),
+    extra_caches: dict[str, tuple[Path, dict]] | None = None,
 ) -> dict:
     """Build the student, check the cache fits it, distil, save with save_pretrained + tokenizer. Returns a summary.
+
+    `extra_caches` (teacher name -> (cache dir, `Params.teacher_record`)) adds the soft targets of more teachers, in
+    `cfg.teachers` order after the main one (`pipeline.teachers`): each cache is checked through its own manifest.
 
     `teacher_dir` is read only for init 'teacher' (the chosen tensors, lazily); init 'random' needs no teacher at all.
     `max_length` and `label_names` (params.yaml's) are checked against the cache's. With `work`, training keeps
@@ -154,10 +159,12 @@ def distill_student(
         + [attention_field(t) for _, t in plan.attention_pairs]
         + ([value_field(plan.value_pair[1])] if plan.value_pair else [])
     )
+    extras = open_extra_caches(cache, extra_caches or {}, cfg.verify_cache)
+    split = lambda name: join_teachers(cache.split(name, columns), extras, task.logit_field)  # noqa: E731
     eval_split = TUNE if TUNE in cache.splits else "dev"  # per-epoch scores on the tuning split; dev only records
-    train, dev = cache.split("train", columns), cache.split(eval_split, columns)
+    train, dev = split("train"), split(eval_split)
     teacher_signal = bool(cfg.beta or plan.pairs or plan.attention_pairs or plan.value_pair)
-    transfer = cache.split("transfer", columns) if cfg.transfer and teacher_signal and "transfer" in cache.splits else None
+    transfer = split("transfer") if cfg.transfer and teacher_signal and "transfer" in cache.splits else None
     labeled_rows, transfer_rows = len(train), len(transfer) if transfer is not None else 0
     if transfer is not None:  # unlabeled rows: the teacher's outputs are their only target
         train = ConcatSplits([train, transfer])
@@ -168,7 +175,7 @@ def distill_student(
             student=dataclasses.asdict(spec),
             distill=settings,
             seed=seed,
-            cache=files_digest([Path(cache_dir) / MANIFEST]),
+            cache=files_digest([Path(cache_dir) / MANIFEST, *(c.cache_dir / MANIFEST for c in extras)]),
             max_length=max_length,
         )
         checkpoints = Checkpoints(work, key, cfg.checkpoint_steps, f"student {Path(out_dir).name} (seed {seed})")
@@ -202,6 +209,7 @@ def distill_student(
         "train_rows": labeled_rows,
         "transfer_rows": transfer_rows,
         "eval_split": eval_split,
+        "teachers": list(cfg.teachers),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "eval_accuracy_per_epoch": [round(h["eval_accuracy"], 4) for h in evals],
         "resumed_from_step": checkpoints.resumed_step if checkpoints is not None else None,

@@ -80,6 +80,56 @@ def ensemble_stage(name: str, members: list[str], template: dict) -> dict:
     }
 
 
+TEACHER_PREFIXES = ("teacher-", "extract-", "evaluate_teacher-")  # the stages of each extra teacher under `teachers`
+TEACHER_ENSEMBLE = "teacher-ensemble"  # the extra teachers' logit average with the main one, scored like a model
+
+
+def extra_teacher_stages(name: str, stages: dict) -> dict[str, dict]:
+    """One extra teacher's stages, shaped like the main teacher's: fine-tune, cache (logits only), evaluate."""
+    teacher, extract = stages["teacher"], stages["extract"]
+    extract_params = [p for p in extract["params"] if not str(p).startswith("teacher")]
+    return {
+        f"teacher-{name}": {
+            "cmd": f"python stages/teacher.py --name {name} --out artifacts/teachers/{name} "
+            f"--metrics artifacts/metrics/train_teacher-{name}.json --plots artifacts/plots/teacher-{name}.csv",
+            "deps": list(teacher["deps"]),
+            "params": ["seed", "teacher", f"teachers.{name}"],
+            "outs": [f"artifacts/teachers/{name}", {f"artifacts/metrics/train_teacher-{name}.json": {"cache": False}}],
+        },
+        f"extract-{name}": {
+            "cmd": f"python stages/extract.py --name {name} --teacher artifacts/teachers/{name} --out artifacts/caches/{name} "
+            f"--metrics artifacts/metrics/extract-{name}.json",
+            "deps": [d for d in extract["deps"] if d != "artifacts/teacher"] + [f"artifacts/teachers/{name}"],
+            "params": extract_params + ["teacher", f"teachers.{name}"],
+            "outs": [f"artifacts/caches/{name}", {f"artifacts/metrics/extract-{name}.json": {"cache": False}}],
+        },
+        f"evaluate_teacher-{name}": {
+            "cmd": f"python stages/evaluate.py --model artifacts/teachers/{name} --name teacher-{name} "
+            "--teacher-metrics artifacts/metrics/teacher.json",
+            "deps": [d for d in stages["evaluate_teacher"]["deps"] if d != "artifacts/teacher"]
+            + [f"artifacts/teachers/{name}", "artifacts/metrics/teacher.json"],
+            "params": ["evaluate"],
+            "metrics": [{f"artifacts/metrics/teacher-{name}.json": {"cache": False}}],
+        },
+    }
+
+
+def teacher_ensemble_stage(names: list[str], template: dict) -> dict:
+    deps = [d for d in template["deps"] if not str(d).startswith("artifacts/students")]
+    return {
+        "cmd": f"python stages/ensemble.py --name {TEACHER_ENSEMBLE} --teachers teacher {' '.join(names)}",
+        "deps": deps + ["artifacts/teacher"] + [f"artifacts/teachers/{n}" for n in names],
+        "params": ["evaluate", "teachers"],
+        "metrics": [{f"artifacts/metrics/{TEACHER_ENSEMBLE}.json": {"cache": False}}],
+    }
+
+
+def _insert_after(stages, anchor: str, new: dict[str, dict]) -> None:
+    at = list(stages).index(anchor) + 1
+    for offset, (name, body) in enumerate(new.items()):
+        stages.insert(at + offset, name, body)
+
+
 def expected_graph(root: Path) -> dict:
     """dvc.yaml as params.yaml and the code say it should be (loaded round-trip, so comments survive a rewrite)."""
     yaml = YAML()
@@ -93,6 +143,17 @@ def expected_graph(root: Path) -> dict:
     report_at = list(stages).index("report") if "report" in stages else len(stages)
     for offset, (name, ens) in enumerate(params.ensembles.items()):
         stages.insert(report_at + offset, f"{ENSEMBLE_PREFIX}{name}", ensemble_stage(name, ens.members, template))
+    for name in [n for n in stages if n.startswith(TEACHER_PREFIXES) or n == TEACHER_ENSEMBLE]:
+        del stages[name]
+    made = {n: extra_teacher_stages(n, stages) for n in params.teachers}
+    _insert_after(stages, "teacher", {k: v for m in made.values() for k, v in m.items() if k.startswith("teacher-")})
+    _insert_after(stages, "extract", {k: v for m in made.values() for k, v in m.items() if k.startswith("extract-")})
+    scored = {k: v for m in made.values() for k, v in m.items() if k.startswith("evaluate_teacher-")}
+    if params.teachers:
+        scored[TEACHER_ENSEMBLE] = teacher_ensemble_stage(list(params.teachers), template)
+    _insert_after(stages, "evaluate_teacher", scored)
+    distill = stages["distill"]["do"]
+    distill["deps"] = [d for d in distill["deps"] if d != "artifacts/caches"] + (["artifacts/caches"] if params.teachers else [])
     for stage in stages.values():
         body = stage["do"] if "do" in stage else stage
         script = _script(body["cmd"])

@@ -58,6 +58,7 @@ def extract_cache(
     info: dict,
     mask_seed: int = 0,
     on_batch: Callable[[str, int], None] | None = None,
+    record: dict | None = None,
 ) -> dict | None:
     """Write the cache for `splits` (prepared by `pipeline.data`, described by its `info`) to `out_dir`. Returns the
     manifest plus timing stats.
@@ -117,6 +118,8 @@ def extract_cache(
         "versions": {"torch": torch.__version__.split("+")[0], "transformers": transformers.__version__},
     }
     meta.update(task.manifest_meta(plan.task_setup, cfg))  # a sequence classifier's adds nothing: its bytes stay
+    if record is not None:  # an extra teacher's cache: the params that made its teacher (`Params.teacher_record`)
+        meta["teacher_params"] = record
 
     shard_max_bytes = int(cfg.shard_max_mb * (1 << 20))
     work = work_dir_for(out_dir)

@@ -16,7 +16,7 @@ from pipeline.collate import CacheCollator
 from pipeline.config import DistillConfig
 from pipeline.errors import PipelineError
 from pipeline.layers import LayerPlan
-from pipeline.losses import LossMix, attention_kl_loss, attention_mse_loss, value_relation_loss
+from pipeline.losses import LossMix, attention_kl_loss, attention_mse_loss, combine_teachers, value_relation_loss
 from pipeline.tasks import Task, get_task
 from pipeline.trainer import LengthGroupedTrainer, TokenDataset
 
@@ -57,8 +57,20 @@ class DistillationModule(nn.Module):
         cfg = self.cfg
         return LossMix(cfg.alpha, cfg.beta, cfg.gamma, self.temperature, cfg.logit_loss, cfg.hidden_loss)
 
-    def forward(self, input_ids, attention_mask, labels, teacher_logits=None, token_type_ids=None, **teacher_hidden):
+    def forward(
+        self,
+        input_ids,
+        attention_mask,
+        labels,
+        teacher_logits=None,
+        token_type_ids=None,
+        teacher_extra_logits=None,
+        **teacher_hidden,
+    ):
         cfg = self.cfg
+        if teacher_extra_logits is not None:  # several teachers: one soft target, their probabilities averaged at T
+            stacked = torch.cat([teacher_logits.unsqueeze(1).float(), teacher_extra_logits.float()], dim=1)
+            teacher_logits = combine_teachers(stacked, cfg.teacher_weights, self.temperature, cfg.logit_loss)
         need_hidden = bool(cfg.gamma and self.pairs)
         out = self.task.student_forward(self.student, self.training)(
             input_ids=input_ids,

@@ -112,6 +112,19 @@ LOGIT_LOSSES = ("kl", "soft_ce", "mse")
 HIDDEN_LOSSES = ("mse", "cosine")
 
 
+def combine_teachers(logits: torch.Tensor, weights: list[float] | None, temperature: float, kind: str = "kl") -> torch.Tensor:
+    """(B, K, ...) logits of K teachers -> one teacher's logits (B, ...) whose softmax at `temperature` is the weighted
+    average of the K teachers' softmax at that temperature (for the kl and soft_ce logit losses); for mse, the
+    weighted mean of the raw logits. `weights` (one per teacher, normalised) None = equal."""
+    k = logits.shape[1]
+    w = torch.full((k,), 1.0 / k) if weights is None else torch.as_tensor(weights, dtype=torch.float32) / sum(weights)
+    w = w.to(logits.device).view((1, k) + (1,) * (logits.dim() - 2))
+    if kind == "mse":
+        return (w * logits.float()).sum(1)
+    log_p = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return temperature * torch.logsumexp(log_p + torch.log(w), dim=1)
+
+
 def logit_loss(kind: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     if kind == "kl":
         return kd_kl_loss(student_logits, teacher_logits, temperature)

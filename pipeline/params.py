@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import DistillConfig, EnsembleSpec, Params, StudentSpec
+from pipeline.config import DistillConfig, EnsembleSpec, Params, StudentSpec, TeacherConfig, TeacherSpec
 from pipeline.errors import PipelineError
 
 # Letters, digits, '_' and '-': DVC reads a '.' in a stage key as nesting (students.l3.v2 would be a missing param).
@@ -100,6 +100,8 @@ def _kwargs(cls: type, raw: dict, prefix: str, skip: tuple = ()) -> dict:
 def _build(cls: type, raw: dict, prefix: str) -> Any:
     if cls is StudentSpec:
         return _build_student(raw, prefix)
+    if cls is TeacherSpec:
+        return _build_teacher(raw, prefix)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
@@ -115,6 +117,55 @@ def _build_student(raw: dict, prefix: str) -> StudentSpec:
             raise _unknown(str(key), SHAPE_KEYS + distill_keys, prefix)
     overrides = _kwargs(DistillConfig, {k: v for k, v in raw.items() if k not in SHAPE_KEYS}, prefix)
     return StudentSpec(**_kwargs(StudentSpec, raw, prefix, skip=("overrides",)), overrides=overrides)
+
+
+def _build_teacher(raw: dict, prefix: str) -> TeacherSpec:
+    """`seed` and any teacher key (the overrides of the teacher section for this teacher)."""
+    teacher_keys = [f.name for f in dataclasses.fields(TeacherConfig)]
+    for key in raw:
+        if key != "seed" and key not in teacher_keys:
+            raise _unknown(str(key), ["seed", *teacher_keys], prefix)
+    overrides = _kwargs(TeacherConfig, {k: v for k, v in raw.items() if k != "seed"}, prefix)
+    return TeacherSpec(**_kwargs(TeacherSpec, raw, prefix, skip=("overrides",)), overrides=overrides)
+
+
+MULTI_TEACHER_TASKS = ("sequence_classification", "token_classification")  # dense logits: probabilities average
+
+
+def _validate_teachers(params: Params) -> None:
+    for name in [*params.students, *params.ensembles]:
+        if name.startswith("teacher-"):
+            raise PipelineError(f"params.yaml: model name '{name}': names starting 'teacher-' are the teachers'; rename it")
+    for name in params.teachers:
+        if not MODEL_NAME.match(name) or name in ("teacher", "ensemble") or name in params.students or name in params.ensembles:
+            raise PipelineError(
+                f"params.yaml: extra teacher name '{name}' must be letters, digits, '_' or '-', and not 'teacher' "
+                "or a student's or ensemble's name"
+            )
+    for student in params.students:
+        cfg, _ = params.distill_for(student)
+        k = f"students.{student}" if "teachers" in params.students[student].overrides else "distill"
+        unknown = [t for t in cfg.teachers if t != "teacher" and t not in params.teachers]
+        if unknown:
+            raise PipelineError(
+                f"params.yaml: '{k}.teachers' names {unknown}, not under 'teachers' (have: {list(params.teachers)}); "
+                "add them there or remove them"
+            )
+        if not cfg.teachers or cfg.teachers[0] != "teacher" or len(set(cfg.teachers)) != len(cfg.teachers):
+            raise PipelineError(
+                f"params.yaml: '{k}.teachers' must start with 'teacher' (its cache gives the hidden states) and "
+                f"name each teacher once, got {cfg.teachers}"
+            )
+        if cfg.teacher_weights is not None and (len(cfg.teacher_weights) != len(cfg.teachers) or not sum(cfg.teacher_weights)):
+            raise PipelineError(
+                f"params.yaml: '{k}.teacher_weights' {cfg.teacher_weights} must give one weight per teacher in "
+                f"{cfg.teachers}, not all 0 (or be null for equal weights)"
+            )
+        if len(cfg.teachers) > 1 and params.task not in MULTI_TEACHER_TASKS:
+            raise PipelineError(
+                f"params.yaml: '{k}.teachers': several teachers need dense logits to average ({', '.join(MULTI_TEACHER_TASKS)}); "
+                f"task {params.task} has one teacher per student"
+            )
 
 
 def _validate_student(name: str, spec: StudentSpec) -> None:
@@ -160,6 +211,7 @@ def validate(params: Params) -> Params:
         raise PipelineError("params.yaml: 'students' is empty; add at least one student (see README)")
     for name, spec in params.students.items():
         _validate_student(name, spec)
+    _validate_teachers(params)
     for name, ens in params.ensembles.items():
         if not MODEL_NAME.match(name) or name in params.students or name == "teacher":
             raise PipelineError(
@@ -216,6 +268,7 @@ def params_reference() -> str:
         ("top level", None, Params),
         ("data", "data", None),
         ("teacher", "teacher", None),
+        ("teachers.<name> (extra teachers: any `teacher` key set here overrides it for that teacher)", None, TeacherSpec),
         ("extract", "extract", None),
         ("distill (per student: any of these keys under `students.<name>` overrides it for that student)", "distill", None),
         ("students.<name>", None, StudentSpec),

@@ -64,7 +64,7 @@ def load_metrics(metrics_dir: Path) -> dict[str, dict]:
     """name -> evaluation metrics (+ 'train' with the distill summary when there is one)."""
     models = {}
     for path in sorted(Path(metrics_dir).glob("*.json")):
-        if path.stem.startswith("train_") or path.stem in ("extract", "teacher_train"):
+        if path.stem.startswith(("train_", "extract")) or path.stem == "teacher_train":
             continue
         models[path.stem] = json.loads(path.read_text())
         train = Path(metrics_dir) / ("teacher_train.json" if path.stem == "teacher" else f"train_{path.stem}.json")
@@ -250,7 +250,7 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
             f"| {_pm(m, other)} | {ret} | {lat} | {speed} "
             f"| {t_time} | {_fmt(train.get('peak_rss_mb'), '.0f', ' MB')} |"
         )
-    students = [n for n in order if n != "teacher"]
+    students = [n for n in order if not kinds.get(n, "teacher" if n.startswith("teacher") else "").startswith("teacher")]
     near = [n for n in students if mean_score(models[n]) >= t_choice - 0.01 and kinds.get(n) != "ensemble"]
     # ranked by the speedup the line prints (timed interleaved with a teacher-shaped model), not by raw latency
     fastest = max(near, key=lambda n: _speedup(models[n], teacher) or 0.0) if near else None
@@ -273,6 +273,14 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
         if rivals:
             top = max(rivals, key=lambda n: mean_score(models[n]))
             advice += _kd_vs_baseline(models, top, base, tuned, choice)
+    teachers = [n for n in order if n != "teacher" and n not in students]
+    if teachers:
+        advice.append(
+            "- Teachers alone: teacher "
+            + f"{_pm(teacher, choice_key)}; "
+            + "; ".join(f"{n} {_pm(models[n], choice_key)} ({100 * (mean_score(models[n]) - t_choice):+.2f})" for n in teachers)
+            + f" ({choice}; the teacher ensemble averages their logits)."
+        )
     seeded = [n for n in order if _n_seeds(models[n]) > 1]
     per_seed = []
     if seeded:

@@ -22,6 +22,7 @@ def main(params, args):
         teacher_dir=Path(args.teacher),
         max_length=params.data.max_length,
         label_names=params.data.label_names,
+        extra_caches={t: (Path(args.caches_root) / t, params.teacher_record(t)) for t in cfg.teachers[1:]},
     )
     if not ranks().main:
         return  # rank 0 writes the history and the summary
@@ -40,6 +41,7 @@ def configure(p):
         default="artifacts/teacher",
         help="read only for init 'teacher' (chosen tensors, lazily; checked against the cache's teacher fingerprint)",
     )
+    p.add_argument("--caches-root", default="artifacts/caches", help="the extra teachers' caches, one dir per name")
     p.add_argument("--out-root", default="artifacts/students")
     p.add_argument("--metrics-root", default="artifacts/metrics")
     p.add_argument("--plots-root", default="artifacts/plots")

@@ -1,4 +1,5 @@
-"""ensemble-<name>: average the logits of named students; evaluated like a student (accuracy, F1, params, latency)."""
+"""ensemble-<name>: average the logits of named students (or, with --teachers, of the teachers); evaluated like a student
+(accuracy, F1, params, latency)."""
 
 import json
 from pathlib import Path
@@ -9,15 +10,25 @@ from pipeline.metrics import compare_to_teacher, evaluate_ensemble
 
 
 def main(params, args):
-    members = params.ensembles[args.name].members if args.name in params.ensembles else None
-    if members != args.members:  # dvc.yaml's stage (its deps) was made for other members than params.yaml names now
-        raise PipelineError(
-            f"dvc.yaml: stage ensemble-{args.name} was generated for members {args.members} but params.yaml says "
-            f"{members}; run `python -m pipeline.dvcgraph` to regenerate the ensemble stages, then `dvc repro`"
-        )
+    if args.teachers is not None:  # the teachers' ensemble: the main teacher and every extra one
+        wanted = ["teacher", *params.teachers]
+        if args.teachers != wanted:
+            raise PipelineError(
+                f"dvc.yaml: stage {args.name} was generated for teachers {args.teachers} but params.yaml has {wanted}; "
+                "run `python -m pipeline.dvcgraph`, then `dvc repro`"
+            )
+        dirs = [Path(args.teacher) if t == "teacher" else Path(args.teachers_root) / t for t in wanted]
+    else:
+        members = params.ensembles[args.name].members if args.name in params.ensembles else None
+        if members != args.members:  # dvc.yaml's stage (its deps) was made for other members than params.yaml names now
+            raise PipelineError(
+                f"dvc.yaml: stage ensemble-{args.name} was generated for members {args.members} but params.yaml says "
+                f"{members}; run `python -m pipeline.dvcgraph` to regenerate the ensemble stages, then `dvc repro`"
+            )
+        dirs = [Path(args.students_root) / m for m in members]
     cfg = params.evaluate
     result = evaluate_ensemble(
-        [Path(args.students_root) / m for m in members],
+        dirs,
         Path(args.cache),
         batch_size=cfg.batch_size,
         latency_batch_sizes=cfg.latency_batch_sizes,
@@ -32,7 +43,11 @@ def main(params, args):
 
 def configure(p):
     p.add_argument("--name", required=True, help="a name under `ensembles` in params.yaml")
-    p.add_argument("--members", nargs="+", required=True, help="the members dvc.yaml's stage depends on (checked against params)")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--members", nargs="+", help="the students dvc.yaml's stage depends on (checked against params)")
+    group.add_argument("--teachers", nargs="+", help="teacher and the extra teachers' names (checked against params)")
+    p.add_argument("--teacher", default="artifacts/teacher")
+    p.add_argument("--teachers-root", default="artifacts/teachers")
     p.add_argument("--students-root", default="artifacts/students")
     p.add_argument("--cache", default="artifacts/cache")
     p.add_argument("--teacher-metrics", default="artifacts/metrics/teacher.json")

@@ -1,5 +1,6 @@
 """extract (stage one): run the teacher once over train, dev and any transfer texts; write logits + hidden states to the cache."""
 
+import dataclasses
 from pathlib import Path
 
 from pipeline.cli import run_stage
@@ -22,7 +23,11 @@ def main(params, args):
             f"{args.prepared}: prepared with max_length {info['max_length']} but data.max_length is "
             f"{params.data.max_length}; rerun prepare (`dvc repro`)"
         )
-    result = extract_cache(Path(args.teacher), splits, Path(args.out), params.extract, info=info, mask_seed=params.seed)
+    cfg, record = params.extract, None
+    if args.name != "teacher":  # an extra teacher: its logits only (the main cache gives the hidden states)
+        cfg = dataclasses.replace(cfg, layers=[], attentions=[], values=[])
+        record = params.teacher_record(args.name)  # distill checks the cache against it
+    result = extract_cache(Path(args.teacher), splits, Path(args.out), cfg, info=info, mask_seed=params.seed, record=record)
     if result is None:
         return  # a torchrun rank other than 0: rank 0 wrote the manifest and reports
     write_extract_report(Path(args.metrics), result)
@@ -31,6 +36,7 @@ def main(params, args):
 
 
 def configure(p):
+    p.add_argument("--name", default="teacher", help="teacher, or an extra teacher's name under `teachers` (logits only)")
     p.add_argument("--prepared", default="data/prepared")
     p.add_argument("--transfer", default="data/transfer", help="prepared transfer split (optional)")
     p.add_argument("--teacher", default="artifacts/teacher")

@@ -7,7 +7,8 @@ from pipeline.report import render_report
 
 
 def main(params, args):
-    names = ["teacher", *params.students, *params.ensembles]
+    extra = [f"teacher-{t}" for t in params.teachers] + (["teacher-ensemble"] if params.teachers else [])
+    names = ["teacher", *extra, *params.students, *params.ensembles]
     md = render_report(Path(args.metrics), Path(args.plots), Path(args.out), {n: params.role(n) for n in names})
     print(md.split("\n\n")[1])
 

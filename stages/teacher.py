@@ -13,7 +13,8 @@ from pipeline.trainer import write_history_csv
 def main(params, args):
     splits, info = load_prepared(Path(args.prepared))
     out = Path(args.out)
-    history, summary = run_teacher(params.teacher, splits, info, params.seed, out)
+    cfg, seed = params.teacher_for(args.name)  # `teacher`, or an extra teacher under `teachers`
+    history, summary = run_teacher(cfg, splits, info, seed, out)
     write_history_csv(history, Path(args.plots))
     Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
     Path(args.metrics).write_text(json.dumps(summary, indent=2) + "\n")
@@ -21,6 +22,7 @@ def main(params, args):
 
 
 def configure(p):
+    p.add_argument("--name", default="teacher", help="teacher, or an extra teacher's name under `teachers`")
     p.add_argument("--prepared", default="data/prepared")
     p.add_argument("--out", default="artifacts/teacher")
     p.add_argument("--metrics", default="artifacts/metrics/teacher_train.json")
