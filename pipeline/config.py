@@ -67,6 +67,19 @@ class DataConfig:
         "ignored; rows also in train or dev are dropped); null = none",
     )
     max_transfer_examples: int | None = knob(24000, "seeded random subset of the transfer texts; null = all", gt=0)
+    augment_copies: int = knob(
+        0,
+        "teacher-labelled augmentation: seeded word-edited variants of each labelled train text, cached by extract "
+        "like transfer rows (sequence classification); 0 = none",
+        ge=0,
+    )
+    augment_rate: float = knob(
+        0.15,
+        "augmentation: share of words edited (half replaced by a random train word, half deleted), plus one "
+        "adjacent swap at that rate",
+        gt=0,
+        lt=1,
+    )
     doc_stride: int = knob(
         128, "question_answering: tokens shared by consecutive windows of a context longer than a window", gt=0
     )

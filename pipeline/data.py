@@ -28,6 +28,7 @@ from pipeline.sources import (
 log = logging.getLogger(__name__)
 
 PREPARED_COLUMNS = ("example_id", "input_ids", "length", "label")
+AUGMENT = "augment"  # teacher-labelled variants of the labelled train texts (unlabeled rows, like transfer)
 TUNE = "val"  # the tuning split: every choice (per-epoch scores, the report's pick) is made on it; dev only records
 
 
@@ -270,3 +271,63 @@ def add_tuning_split(
 
 def _size_stats(ds: datasets.Dataset, fingerprint) -> dict:
     return {"rows": len(ds), "tokens": int(np.sum(ds["length"])), "fingerprint": fingerprint(ds)}
+
+
+def edit_words(words: list[str], vocab: list[str], rate: float, rng: np.random.Generator) -> list[str]:
+    """One seeded variant of a sentence: each word replaced by a random vocabulary word (rate / 2) or deleted
+    (rate / 2), then one adjacent pair swapped (rate); at least one word is changed."""
+    out = []
+    for w in words:
+        u = rng.random()
+        if u < rate / 2:
+            out.append(vocab[rng.integers(len(vocab))])
+        elif u >= rate or len(words) == 1:
+            out.append(w)
+    if len(out) > 1 and rng.random() < rate:
+        i = int(rng.integers(len(out) - 1))
+        out[i], out[i + 1] = out[i + 1], out[i]
+    if out == words or not out:
+        out = list(words)
+        out[int(rng.integers(len(out)))] = vocab[rng.integers(len(vocab))]
+    return out
+
+
+def add_augmented_split(
+    splits: dict[str, datasets.Dataset], info: dict, data, tokenizer, seed: int, fingerprint=split_fingerprint
+) -> tuple[dict[str, datasets.Dataset], dict]:
+    """The `augment` split: `data.augment_copies` seeded word-edited variants (`edit_words`) of every labelled train
+    text (decoded from its tokens), unlabeled, for the teacher to label in extract. A variant that tokenizes like a
+    train, tuning, dev or transfer row, or like an earlier variant, is dropped, so no augmented row is a dev text.
+    Ids: train id * copies + copy."""
+    if not data.augment_copies:
+        return splits, info
+    train = splits["train"]
+    frame = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id}  # [UNK] stays a word
+    texts = [tokenizer.decode([int(t) for t in e if t not in frame]) for e in train["input_ids"]]
+    sentences = [t.split() for t in texts]
+    vocab = sorted({w for s in sentences for w in s})
+    rng = np.random.default_rng(seed + 3)
+    variants, ids = [], []
+    for copy in range(data.augment_copies):
+        for example_id, words in zip(train["example_id"], sentences):
+            if words:
+                variants.append(" ".join(edit_words(words, vocab, data.augment_rate, rng)))
+                ids.append(example_id * data.augment_copies + copy)
+    enc = tokenizer(variants, truncation=True, max_length=data.max_length)["input_ids"]
+    seen = {tuple(e) for ds in splits.values() for e in ds["input_ids"]}
+    keep = []
+    for row, e in enumerate(enc):
+        if tuple(e) not in seen:
+            seen.add(tuple(e))
+            keep.append(row)
+    order = sorted(keep, key=lambda r: ids[r])
+    splits[AUGMENT] = _tokenized_split(
+        np.asarray([ids[r] for r in order], dtype=np.int64), [enc[r] for r in order], np.full(len(order), UNLABELED)
+    )
+    info["splits"][AUGMENT] = {
+        "source": f"{data.augment_copies} seeded word-edited copies (rate {data.augment_rate}) of the labelled train texts",
+        "rows_in_source": len(variants),
+        "overlap_removed": len(variants) - len(keep),
+        **_size_stats(splits[AUGMENT], fingerprint),
+    }
+    return splits, info

@@ -20,7 +20,7 @@ from pipeline.cache.schema import MANIFEST, TEACHER_CONFIG
 from pipeline.checkpoints import Checkpoints, files_digest, save_atomically, train_work_dir, training_key
 from pipeline.collate import ConcatSplits
 from pipeline.config import DistillConfig, StudentSpec
-from pipeline.data import TUNE
+from pipeline.data import AUGMENT, TUNE
 from pipeline.distributed import ranks
 from pipeline.errors import PipelineError
 from pipeline.kd import DistillationModule, train_student
@@ -164,10 +164,12 @@ def distill_student(
     eval_split = TUNE if TUNE in cache.splits else "dev"  # per-epoch scores on the tuning split; dev only records
     train, dev = split("train"), split(eval_split)
     teacher_signal = bool(cfg.beta or plan.pairs or plan.attention_pairs or plan.value_pair)
-    transfer = split("transfer") if cfg.transfer and teacher_signal and "transfer" in cache.splits else None
-    labeled_rows, transfer_rows = len(train), len(transfer) if transfer is not None else 0
-    if transfer is not None:  # unlabeled rows: the teacher's outputs are their only target
-        train = ConcatSplits([train, transfer])
+    # unlabeled rows (transfer texts, augmented train texts): the teacher's outputs are their only target
+    unlabeled = [split(s) for s in ("transfer", AUGMENT) if cfg.transfer and teacher_signal and s in cache.splits]
+    sizes = {u.name: len(u) for u in unlabeled}
+    labeled_rows, transfer_rows, augment_rows = len(train), sizes.get("transfer", 0), sizes.get(AUGMENT, 0)
+    if unlabeled:
+        train = ConcatSplits([train, *unlabeled])
     checkpoints = None
     if work is not None:
         settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_steps"}
@@ -208,6 +210,7 @@ def distill_student(
         "init_teacher_layers": init_info.get("teacher_layers"),
         "train_rows": labeled_rows,
         "transfer_rows": transfer_rows,
+        "augment_rows": augment_rows,
         "eval_split": eval_split,
         "teachers": list(cfg.teachers),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -74,6 +74,10 @@ class JoinedSplit(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
+    @property
+    def name(self) -> str:
+        return self.split.name
+
     def lengths(self) -> np.ndarray:
         return self.split.lengths()
 

@@ -5,7 +5,8 @@ sees it, does not retrain when only the transfer set changes)."""
 from pathlib import Path
 
 from pipeline.cli import run_stage
-from pipeline.data import add_tuning_split, save_prepared
+from pipeline.data import AUGMENT, add_augmented_split, add_tuning_split, save_prepared
+from pipeline.errors import PipelineError
 from pipeline.models import (
     check_max_length,
     check_teacher_init,
@@ -25,9 +26,15 @@ def main(params, args):
     task = get_task(params.task)
     splits, info = task.prepare(params.data, tokenizer, params.seed)
     splits, info = add_tuning_split(splits, info, params.data, params.seed, task.split_fingerprint)
+    if params.data.augment_copies and task.name != "sequence_classification":
+        raise PipelineError(
+            f"params.yaml: data.augment_copies: word-edit augmentation is built for sequence classification, not "
+            f"{task.name} (its rows carry per-word labels); set it to 0"
+        )
+    splits, info = add_augmented_split(splits, info, params.data, tokenizer, params.seed, task.split_fingerprint)
     info["tokenizer_fingerprint"] = tokenizer_fingerprint(tokenizer)
     info["task"] = params.task
-    transfer = {k: splits.pop(k) for k in ("transfer",) if k in splits}
+    transfer = {k: splits.pop(k) for k in ("transfer", AUGMENT) if k in splits}  # unlabeled: the teacher never sees them
     transfer_info = {**info, "splits": {k: info["splits"].pop(k) for k in transfer}}
     save_prepared(Path(args.out), splits, info)
     save_prepared(Path(args.transfer_out), transfer, transfer_info)

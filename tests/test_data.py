@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from transformers import BertTokenizerFast
 
-from pipeline.data import add_tuning_split, prepare_corpus, split_fingerprint
+from pipeline.data import add_augmented_split, add_tuning_split, edit_words, prepare_corpus, split_fingerprint
 from pipeline.errors import PipelineError
 from pipeline.sources import parse_source
 from tests.conftest import data_config, sst2_rows
@@ -200,3 +200,71 @@ def test_a_tuning_file_loses_its_rows_that_are_also_in_train_or_dev(tmp_path, to
     assert removed >= 5 and len(splits["val"]) == 35 - removed == info["splits"]["val"]["rows"]
     taken = {tuple(e) for name in ("train", "dev") for e in splits[name]["input_ids"]}
     assert not taken & {tuple(e) for e in splits["val"]["input_ids"]}
+
+
+def test_augmented_rows_are_seeded_and_never_a_dev_train_or_tuning_text(tmp_path, tokenizer):
+    """Word-edited copies of the labelled train texts: the same under a seed, others under another; none tokenizes
+    like a train, tuning or dev row, and ids are unique."""
+    train, dev = sst2_rows("train", 200), sst2_rows("dev", 40)
+    (tmp_path / "train.tsv").write_text("\n".join(train) + "\n")
+    (tmp_path / "dev.tsv").write_text("\n".join(dev) + "\n")
+
+    def make(seed):
+        data = data_config(tmp_path, val_examples=20, augment_copies=3, max_length=64)
+        splits, info = add_tuning_split(*prepare_corpus(data, tokenizer, seed=seed), data, seed)
+        return add_augmented_split(splits, info, data, tokenizer, seed)
+
+    (a, info), (b, _), (c, _) = make(0), make(0), make(1)
+    aug = a["augment"]
+    assert aug["input_ids"] == b["augment"]["input_ids"] and aug["input_ids"] != c["augment"]["input_ids"]
+    assert len(set(aug["example_id"])) == len(aug) and set(aug["label"]) == {-1}
+    others = {tuple(e) for name in ("train", "dev", "val") for e in a[name]["input_ids"]}
+    assert not others & {tuple(e) for e in aug["input_ids"]}
+    stats = info["splits"]["augment"]
+    assert stats["rows_in_source"] == 3 * len(a["train"]) and stats["rows"] == len(aug) > 0.9 * stats["rows_in_source"]
+    # a variant of a train row is that row edited: most of its words survive
+    first = tokenizer.decode(a["train"][0]["input_ids"], skip_special_tokens=True).split()
+    variant = tokenizer.decode(aug[0]["input_ids"], skip_special_tokens=True).split()
+    assert aug[0]["example_id"] == a["train"][0]["example_id"] * 3 and variant != first
+    assert len(set(first) & set(variant)) >= len(first) // 2
+
+
+def test_edit_words_changes_at_least_one_word():
+    rng = np.random.default_rng(0)
+    for words in (["good"], ["a", "fine", "film"], "one two three four five six".split()):
+        for _ in range(50):
+            out = edit_words(words, ["x", "y"], 0.01, rng)
+            assert out and out != words
+
+
+def test_prepare_stage_writes_the_tuning_split_with_train_and_augmented_rows_with_transfer(tmp_path, sst2_small):
+    """`python stages/prepare.py` as dvc runs it: val beside train and dev (the teacher scores its epochs on it),
+    augment beside transfer (unlabeled: changing augmentation never retrains the teacher)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from pipeline.data import load_prepared
+    from tests.conftest import ROOT
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(
+        train=str(sst2_small / "train.tsv"),
+        dev=str(sst2_small / "dev.tsv"),
+        transfer=str(sst2_small / "train.tsv"),
+        max_train_examples=150,
+        val_examples=30,
+        max_transfer_examples=None,
+        augment_copies=2,
+    )
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, str(ROOT / "stages/prepare.py"), "--params", str(tmp_path / "params.yaml")]
+    cmd += ["--out", str(tmp_path / "prepared"), "--transfer-out", str(tmp_path / "transfer")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    prepared, info = load_prepared(tmp_path / "prepared")
+    unlabeled, _ = load_prepared(tmp_path / "transfer")
+    assert list(prepared) == ["train", "dev", "val"] and (len(prepared["train"]), len(prepared["val"])) == (120, 30)
+    assert set(unlabeled) == {"transfer", "augment"} and len(unlabeled["augment"]) > 200
+    assert "prepare: augment:" in proc.stdout and "prepare: val: 30 rows" in proc.stdout

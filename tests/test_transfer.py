@@ -1,6 +1,8 @@
 """The unlabeled transfer set: prepared without labels and without any text of train or dev, cached by the teacher
 once, learned from by KD students through the teacher's outputs only, never by hard-label students."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from transformers import BertTokenizerFast
 
 from pipeline.cache import TeacherCache
 from pipeline.config import DistillConfig, StudentSpec
-from pipeline.data import UNLABELED, prepare_corpus
+from pipeline.data import UNLABELED, add_augmented_split, prepare_corpus
 from pipeline.distill import distill_student
 from pipeline.errors import PipelineError
 from pipeline.losses import hard_label_loss
@@ -69,15 +71,23 @@ def test_hard_label_loss_skips_unlabeled_rows_golden():
     assert none.item() == 0.0 and torch.count_nonzero(logits.grad) == 0
 
 
-def test_kd_students_learn_from_transfer_rows_hard_label_students_never_do(tmp_path, tiny_teacher, with_transfer):
+def test_kd_students_learn_from_transfer_and_augmented_rows_hard_label_students_never_do(
+    tmp_path, tiny_teacher, with_transfer, sst2_small, tokenizer
+):
+    """The teacher labels the transfer texts and the augmented train texts once (each its own cache split); KD
+    students read both, hard-label students and `transfer: false` neither."""
+    data = data_config(sst2_small, max_train_examples=100, transfer=str(sst2_small / "train.tsv"), augment_copies=1)
+    splits, info = add_augmented_split(dict(with_transfer[0]), json.loads(json.dumps(with_transfer[1])), data, tokenizer, 0)
     cache = tmp_path / "cache"
-    build_cache(tiny_teacher, with_transfer, cache)
-    split = TeacherCache(cache).split("transfer", ["logits"])
+    build_cache(tiny_teacher, (splits, info), cache)
+    split, augment = TeacherCache(cache).split("transfer", ["logits"]), TeacherCache(cache).split("augment", ["logits"])
     assert len(split) == len(with_transfer[0]["transfer"]) and split[0]["label"] == UNLABELED
+    assert len(augment) == len(splits["augment"]) > 90 and augment[0]["label"] == UNLABELED
     spec = StudentSpec(num_layers=2, hidden_size=16, num_heads=2, init="random")
     kd = distill_student(cache, tmp_path / "kd", spec, FAST, seed=0)["summary"]
-    assert (kd["train_rows"], kd["transfer_rows"]) == (100, len(split))
+    assert (kd["train_rows"], kd["transfer_rows"], kd["augment_rows"]) == (100, len(split), len(augment))
     hard = DistillConfig(**{**FAST.__dict__, "alpha": 1.0, "beta": 0.0, "gamma": 0.0})
-    assert distill_student(cache, tmp_path / "hard", spec, hard, seed=0)["summary"]["transfer_rows"] == 0
+    summary = distill_student(cache, tmp_path / "hard", spec, hard, seed=0)["summary"]
+    assert summary["transfer_rows"] == summary["augment_rows"] == 0
     off = DistillConfig(**{**FAST.__dict__, "transfer": False})
-    assert distill_student(cache, tmp_path / "off", spec, off, seed=0)["summary"]["transfer_rows"] == 0
+    assert distill_student(cache, tmp_path / "off", spec, off, seed=0)["summary"]["augment_rows"] == 0
