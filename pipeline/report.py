@@ -196,8 +196,10 @@ def _kd_vs_baseline(models: dict, top: str, base: str, tuned: bool, choice: str)
         )
     elif on_choice["low"] is not None and on_choice["low"] <= 0:
         lines.append(f"- The gain of {top} over {base} is within noise: its 95% interval includes 0.")
-    elif on_choice["low"] is None:
+    if on_choice["low"] is None:
         lines.append(f"- One seed each: run ≥ 5 (`students.{top}.seeds`, `students.{base}.seeds`) for a paired interval.")
+    elif on_choice["n"] < 5:
+        lines.append(f"- Only {on_choice['n']} paired seeds: run ≥ 5 before trusting the interval.")
     return lines
 
 

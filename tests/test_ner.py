@@ -56,6 +56,7 @@ def _data(root: Path, **overrides) -> DataConfig:
         "max_train_examples": None,
         "max_length": 32,
         "transfer": None,
+        "val_examples": 0,
     }
     return DataConfig(**{**settings, **overrides})
 
@@ -278,3 +279,17 @@ def test_word_and_tag_lists_from_jsonl_and_a_classlabel_split_read_like_conll(tm
     bad = _data(conll_small, text_column="words", label_column="ner_tags")
     with pytest.raises(PipelineError, match=r"dev.jsonl: no column 'words' .* set params 'data.text_column'"):
         load_sentences(parse_source(str(tmp_path / "dev.jsonl")), bad)
+
+
+def test_a_tuning_split_carved_from_ner_sentences_keeps_its_token_labels(conll_small):
+    """data.val_examples on CoNLL: sentences move from train to val with their per-token labels; the manifest's
+    fingerprint is the token classifier's."""
+    from pipeline.data import add_tuning_split
+    from pipeline.tasks.token_classification import token_split_fingerprint
+
+    data = _data(conll_small, val_examples=20)
+    splits, info = add_tuning_split(*TASK.prepare(data, _tokenizer(conll_small), seed=0), data, 0, TASK.split_fingerprint)
+    val, train = splits["val"], splits["train"]
+    assert len(val) == 20 and all(len(r[TOKEN_LABELS]) == r["length"] for r in val)
+    assert not {tuple(e) for e in val["input_ids"]} & {tuple(e) for e in train["input_ids"]}
+    assert info["splits"]["val"]["fingerprint"] == token_split_fingerprint(val)

@@ -74,6 +74,7 @@ def _data(root: Path, **overrides) -> DataConfig:
         "max_length": 64,
         "doc_stride": 16,
         "transfer": None,
+        "val_examples": 0,
     }
     return DataConfig(**{**settings, **overrides})
 
@@ -302,3 +303,10 @@ def test_a_student_learns_from_the_span_cache_and_serves_in_a_pipeline(qa_run):
         outs = [m(input_ids=ids, attention_mask=torch.ones_like(ids)) for m in members]
     torch.testing.assert_close(both.start_logits, (outs[0].start_logits + outs[1].start_logits) / 2)
     torch.testing.assert_close(both.end_logits, (outs[0].end_logits + outs[1].end_logits) / 2)
+
+
+def test_a_tuning_split_is_refused_for_extractive_qa_with_the_fix(tmp_path, real_tokenizer):
+    with pytest.raises(
+        PipelineError, match=r"extractive QA has no tuning split yet .*set data.val: null and data.val_examples: 0"
+    ):
+        TASK.prepare(_data(tmp_path, val_examples=100), real_tokenizer, seed=0)

@@ -99,7 +99,7 @@ def test_report_gives_mean_and_std_over_seeds_and_the_gain_over_the_baseline(tmp
     assert "| 3 | 88.00 ± 1.00 | 87.00 ± 2.00 | 97.8 ± 1.1% |" in kd and "| 1.90× |" in kd and "110 ± 8 s" in kd
     # paired differences 1, 4, 1 points: mean 2, sd sqrt(3), 95% t (2 df) 4.303 -> 2 ± 4.303
     assert "best KD student **kd** +2.00 [95% CI -2.30, +6.30; 3 paired seeds] points on dev acc." in md
-    assert "within noise" in md and "no tuning split" in md
+    assert "within noise" in md and "no tuning split" in md and "Only 3 paired seeds" in md
     assert "| hard | 1, 2, 3 | 87.00, 85.00, 86.00 |" in md
 
 
