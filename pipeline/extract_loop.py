@@ -99,9 +99,12 @@ def extract_splits(
     # slots: the sink's queue, the batch it writes, the one being computed, one spare
     ring = PinnedRing(sink.depth + 2) if dev.type == "cuda" else None
     stats = {}
+    # every split's journal entry exists before the first batch: the sink's thread serialises `state` while this one
+    # runs, so this thread must never add a key to it (a race seen when a split ended as the next one began)
+    entries = {split: state.setdefault(split, {"shards": [], "done": False}) for split in splits}
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         for split, ds in splits.items():
-            entry = state.setdefault(split, {"shards": [], "done": False})
+            entry = entries[split]
             loop = _Loop(model, dev, plan, sink, ring, on_batch, {} if captured is None else captured)
             stats[split] = _extract_split(loop, split, ds, entry)
     if ring is not None:
