@@ -5,6 +5,12 @@
 #                                      learning from both teachers (seed 42)
 #   bash bench/issue15.sh augment   -> 1 word-edited copy of each labelled train text labelled by the teacher, l3 on it
 #   bash bench/issue15.sh transfer  -> the same number of extra rows as plain unlabeled transfer texts, l3 on them
+#   bash bench/issue15.sh seeds [STUDENT SEED ...]
+#                                   -> train one student under one seed per pair (default: l3_hard and l3 under seeds
+#                                      43..46, then l3_t2, the two-teacher l3, under 42..46), each into runs/<name>/<seed>;
+#                                      then assemble students/<student> from every seed on disk (seed 42 of l3 and
+#                                      l3_hard from BASE) and evaluate them and run the report: the paired KD - baseline
+#                                      interval over >= 5 seeds (needs the teachers arm first, for the t43 cache)
 # Metrics land in bench/work/issue15/<arm>/metrics/*.json (read into bench/README.md by hand).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +39,7 @@ student() {  # distill + evaluate one student of $W/params.yaml against cache $1
     --teacher-metrics "$BASE/artifacts/metrics/teacher.json" --metrics-root "$W/metrics"
 }
 L3='{num_layers: 3, hidden_size: 384, init: teacher}'
+L2='{num_layers: 2, hidden_size: 384, init: teacher}'
 case $arm in
   teachers)
     params "teachers={t43: {seed: 43}}" "students.l3_t2=$L3" "students.l3_t2.teachers=[teacher, t43]"
@@ -52,5 +59,65 @@ case $arm in
     python stages/extract.py "${P[@]}" --prepared "$W/prepared" --transfer "$W/transfer" --teacher "$BASE/artifacts/teacher" \
       --out "$W/cache" --metrics "$W/metrics/extract.json"
     student "$W/cache" l3 ;;
+  seeds)
+    T=bench/work/issue15/teachers
+    TWO=("teachers={t43: {seed: 43}}" "students.l3_t2=$L3" "students.l3_t2.teachers=[teacher, t43]"
+      "students.l2_t2=$L2" "students.l2_t2.teachers=[teacher, t43]")
+    params "${TWO[@]}"
+    shift
+    pairs=("$@")
+    if [ ${#pairs[@]} -eq 0 ]; then
+      for s in 43 44 45 46; do pairs+=(l3_hard $s l3 $s); done
+      for s in 42 43 44 45 46; do pairs+=(l3_t2 $s); done
+    fi
+    set -- "${pairs[@]}"
+    while [ $# -ge 2 ]; do  # one seed per call: whatever finished is usable if the run is stopped
+      name=$1 seed=$2; shift 2
+      R=$W/runs/$name/$seed
+      [ -f "$R/$name/distill.json" ] && continue
+      params "${TWO[@]}" "students.$name.seed=$seed" "distill.seeds=1"
+      python stages/distill.py "${P[@]}" --student "$name" --cache "$BASE/artifacts/cache" --caches-root "$T/caches" \
+        --teacher "$BASE/artifacts/teacher" --out-root "$R" --metrics-root "$R" --plots-root "$R"
+    done
+    params "${TWO[@]}"
+    python - "$BASE" "$W" <<'PY'
+import json, shutil, statistics, sys
+from pathlib import Path
+base, w = Path(sys.argv[1]), Path(sys.argv[2])
+for name in sorted({p.name for p in (w / "runs").glob("*")} | {"l3_hard", "l3", "l2"}):
+    runs = {int(p.name): p / name for p in sorted((w / "runs" / name).glob("*")) if (p / name / "distill.json").is_file()}
+    if name in ("l3_hard", "l3", "l2") and runs:
+        runs.setdefault(42, base / "artifacts/students" / name)
+    seeds = sorted(runs)
+    if not seeds:
+        continue
+    out = w / "students" / name
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(runs[seeds[0]], out)
+    for s in seeds[1:]:
+        shutil.copytree(runs[s], out / "seeds" / str(s))
+    (out / "distill.json").write_text(json.dumps({"seed": seeds[0], "seeds": seeds}, indent=2) + "\n")
+    # the training summary: the first seed's, with every seed's time (what distill.seeds would have written)
+    train = [json.loads(next(r.parent.glob(f"train_{name}.json")).read_text()) if r.parent != base / "artifacts/students"
+             else json.loads((base / f"artifacts/metrics/train_{name}.json").read_text()) for r in (runs[s] for s in seeds)]
+    summary = dict(train[0], seed=seeds[0], seeds=seeds, seconds_mean=round(statistics.mean(t["seconds"] for t in train), 1),
+                   seconds_std=round(statistics.stdev(t["seconds"] for t in train), 1) if len(train) > 1 else 0.0,
+                   seed_runs=[{"seed": s, "seconds": t["seconds"]} for s, t in zip(seeds, train)])
+    (w / "metrics" / f"train_{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(name, "seeds", seeds)
+PY
+    cp "$BASE/artifacts/metrics/teacher.json" "$W/metrics/"
+    cp "$T/metrics/teacher-t43.json" "$T/metrics/teacher-ensemble.json" "$W/metrics/"
+    for name in l2 l3_l2; do  # single-seed figures of the default run, unless seed runs replace them below
+      [ -f "$W/metrics/$name.json" ] || cp "$BASE/artifacts/metrics/$name.json" "$W/metrics/"
+      if [ ! -f "$W/metrics/train_$name.json" ] && [ -f "$BASE/artifacts/metrics/train_$name.json" ]; then
+        cp "$BASE/artifacts/metrics/train_$name.json" "$W/metrics/"
+      fi
+    done
+    for name in $(ls "$W/students"); do
+      python stages/evaluate.py "${P[@]}" --model "$W/students/$name" --name "$name" --cache "$BASE/artifacts/cache" \
+        --teacher-metrics "$BASE/artifacts/metrics/teacher.json" --metrics-root "$W/metrics"
+    done
+    python stages/report.py "${P[@]}" --metrics "$W/metrics" --plots "$W/plots" --out "$W/report" ;;
   *) echo "unknown arm: $arm (teachers | augment | transfer)" >&2; exit 2 ;;
 esac
