@@ -60,13 +60,6 @@ class DataConfig:
         "dev), else a seeded subset of data.val (0 = all)",
         ge=0,
     )
-    val_lengths: str = knob(
-        "train",
-        "how the val_examples tuning rows are drawn (carved from train, or from data.val): train (uniform) or dev "
-        "(to follow dev's length histogram, read from dev's inputs only; for a train file of phrases and a dev set "
-        "of sentences, as SST-2's: then also point data.val at labelled rows outside train)",
-        choices=("train", "dev"),
-    )
     max_length: int = knob(64, "tokens per example after truncation", gt=0)
     transfer: str | None = knob(
         "data/raw/sst2/train.tsv",

@@ -132,9 +132,7 @@ def split_limit(data, name: str) -> int | None:
     """The seeded-subset size of a split read from its own source (`data.val_examples` 0 = all of data.val)."""
     if name == "train":
         return data.max_train_examples
-    if name == TUNE:  # following dev's lengths: every row is read, the draw comes after the overlap filter
-        return None if data.val_lengths == "dev" else (data.val_examples or None)
-    return data.max_dev_examples
+    return (data.val_examples or None) if name == TUNE else data.max_dev_examples
 
 
 UNLABELED = -1  # the label of a transfer row: the teacher's outputs are its only target
@@ -232,8 +230,7 @@ def add_tuning_split(
     """The tuning split `val`, sharing no text with dev or the labelled train rows. With `data.val` (already prepared by
     the task) its rows that tokenize like a dev or train row are dropped; else `data.val_examples` seeded rows are moved
     out of the prepared train split, chosen among rows whose tokens no dev row, other train row or other chosen row
-    has (so no copy of a tuning text stays in train). `data.val_lengths: dev` draws the rows (of either source) so
-    their lengths follow dev's. Nothing happens when neither is asked for."""
+    has (so no copy of a tuning text stays in train). Nothing happens when neither is asked for."""
     if TUNE in splits:
         taken = {tuple(e) for name in ("train", "dev") for e in splits[name]["input_ids"]}
         keep = [i for i, e in enumerate(splits[TUNE]["input_ids"]) if tuple(e) not in taken]
@@ -242,11 +239,6 @@ def add_tuning_split(
             log.warning("%s: %d tuning rows also in train or dev were dropped", data.val, dropped)
         if not keep:
             raise PipelineError(f"{data.val}: every data.val row is also in train or dev; point data.val at other rows")
-        if data.val_lengths == "dev" and 0 < data.val_examples < len(keep):
-            keep = np.asarray(keep, dtype=np.int64)
-            p = _length_weights(splits[TUNE], keep, splits["dev"])
-            n = min(data.val_examples, int(np.count_nonzero(p)))
-            keep = np.sort(np.random.default_rng(seed + 2).choice(keep, n, replace=False, p=p))
         splits[TUNE] = splits[TUNE].select(keep).flatten_indices()
         info["splits"][TUNE].update(overlap_removed=dropped, **_size_stats(splits[TUNE], fingerprint))
         return splits, info
@@ -265,45 +257,16 @@ def add_tuning_split(
             "train rows are unique and not in dev; lower data.val_examples, raise data.max_train_examples, or point "
             "data.val at a labelled file"
         )
-    rng = np.random.default_rng(seed + 2)
-    if data.val_lengths == "dev":  # weight each row by dev's share of its length bin over the eligible rows' share
-        p = _length_weights(train, eligible, splits["dev"])
-        if np.count_nonzero(p) < data.val_examples:
-            raise PipelineError(
-                f"params.yaml: data.val_examples={data.val_examples} but only {np.count_nonzero(p)} unique train rows "
-                "have a length dev has (data.val_lengths: dev); lower data.val_examples, raise "
-                "data.max_train_examples, or set data.val_lengths: train"
-            )
-        chosen = np.sort(rng.choice(eligible, data.val_examples, replace=False, p=p))
-    else:
-        chosen = np.sort(rng.permutation(eligible)[: data.val_examples])
+    chosen = np.sort(np.random.default_rng(seed + 2).permutation(eligible)[: data.val_examples])
     rest = np.setdiff1d(np.arange(len(train)), chosen)
     splits[TUNE], splits["train"] = train.select(chosen).flatten_indices(), train.select(rest).flatten_indices()
     source = info["splits"]["train"]["source"]
-    how = "carved from the prepared train rows" + (", following dev's lengths" if data.val_lengths == "dev" else "")
-    info["splits"][TUNE] = {"source": f"{source} ({how})", "rows_in_source": len(train)}
+    info["splits"][TUNE] = {"source": f"{source} (carved from the prepared train rows)", "rows_in_source": len(train)}
     info["splits"][TUNE].update(_size_stats(splits[TUNE], fingerprint))
     info["splits"]["train"].update(_size_stats(splits["train"], fingerprint))
     # the tuning split goes right after train and dev: the order stages list splits in
     info["splits"] = {k: info["splits"][k] for k in ("train", "dev", TUNE, *info["splits"]) if k in info["splits"]}
     return splits, info
-
-
-LENGTH_BIN = 4  # tokens per length bin when the tuning rows follow dev's lengths
-
-
-def _length_weights(rows: datasets.Dataset, eligible: np.ndarray, dev: datasets.Dataset) -> np.ndarray:
-    """Sampling probabilities over the `eligible` rows of `rows` whose length-bin histogram is dev's (bins of
-    LENGTH_BIN tokens); dev lengths with no eligible row of their bin are spread over the rest."""
-    bins = np.asarray(rows["length"])[eligible] // LENGTH_BIN
-    dev_bins = np.asarray(dev["length"]) // LENGTH_BIN
-    size = int(max(bins.max(), dev_bins.max())) + 1
-    have = np.bincount(bins, minlength=size).astype(float)
-    want = np.bincount(dev_bins, minlength=size).astype(float)
-    weights = np.divide(want, have, out=np.zeros(size), where=have > 0)[bins]
-    if not weights.any():  # no eligible row shares a length bin with dev: a uniform draw
-        weights[:] = 1.0
-    return weights / weights.sum()
 
 
 def _size_stats(ds: datasets.Dataset, fingerprint) -> dict:

@@ -184,44 +184,6 @@ def test_transfer_rows_never_include_a_tuning_text(sst2_small, tokenizer):
     assert val and not val & {tuple(e) for e in splits["transfer"]["input_ids"]}
 
 
-def test_tuning_rows_can_follow_devs_lengths(tmp_path, tokenizer):
-    """SST-2 train is mostly phrases, dev full sentences: `val_lengths: dev` draws tuning rows whose lengths follow
-    dev's histogram (seeded, still disjoint from train and dev); a uniform draw keeps train's short rows."""
-    (tmp_path / "train.tsv").write_text("\n".join(sst2_rows("train", 1500)) + "\n")
-    (tmp_path / "dev.tsv").write_text("\n".join(sst2_rows("dev", 200)) + "\n")
-    mean = lambda ds: float(np.mean(ds["length"]))  # noqa: E731
-    uniform, _ = _carved(tmp_path, tokenizer, n=150)
-    matched, info = _carved(tmp_path, tokenizer, n=150, val_lengths="dev")
-    dev = mean(matched["dev"])
-    assert abs(mean(matched["val"]) - dev) < 0.25 * dev < abs(mean(uniform["val"]) - dev)
-    short = lambda ds: float(np.mean(np.asarray(ds["length"]) < 10))  # noqa: E731
-    assert short(matched["val"]) < 0.5 * short(uniform["val"])
-    key = lambda ds: {tuple(e) for e in ds["input_ids"]}  # noqa: E731
-    assert not key(matched["val"]) & (key(matched["train"]) | key(matched["dev"]))
-    assert len(matched["val"]) == 150 and "following dev's lengths" in info["splits"]["val"]["source"]
-    assert _carved(tmp_path, tokenizer, n=150, val_lengths="dev")[0]["val"]["example_id"] == matched["val"]["example_id"]
-    with pytest.raises(PipelineError, match=r"only \d+ unique train rows have a length dev has .*val_lengths: train"):
-        _carved(tmp_path, tokenizer, n=1240, val_lengths="dev")  # 1,241 unique rows, some shorter than any dev row
-
-
-def test_tuning_rows_from_a_file_can_follow_devs_lengths(tmp_path, tokenizer):
-    """`data.val` = other labelled rows with `val_lengths: dev`: the file is read whole, rows also in train or dev
-    dropped, then val_examples rows drawn to follow dev's lengths (seeded)."""
-    rows = sst2_rows("train", 1500)
-    (tmp_path / "train.tsv").write_text("\n".join(rows[:301]) + "\n")
-    (tmp_path / "val.tsv").write_text("\n".join(rows[:1] + rows[201:]) + "\n")  # 100 rows shared with train
-    (tmp_path / "dev.tsv").write_text("\n".join(sst2_rows("dev", 200)) + "\n")
-    data = data_config(tmp_path, val=str(tmp_path / "val.tsv"), val_examples=150, val_lengths="dev")
-    splits, info = add_tuning_split(*prepare_corpus(data, tokenizer, seed=0), data, 0)
-    mean = lambda ds: float(np.mean(ds["length"]))  # noqa: E731
-    assert len(splits["val"]) == 150 and abs(mean(splits["val"]) - mean(splits["dev"])) < 0.25 * mean(splits["dev"])
-    key = lambda ds: {tuple(e) for e in ds["input_ids"]}  # noqa: E731
-    assert not key(splits["val"]) & (key(splits["train"]) | key(splits["dev"]))
-    uniform = data_config(tmp_path, val=str(tmp_path / "val.tsv"), val_examples=150)
-    plain, _ = add_tuning_split(*prepare_corpus(uniform, tokenizer, seed=0), uniform, 0)
-    assert abs(mean(plain["val"]) - mean(splits["dev"])) > 0.25 * mean(splits["dev"])
-
-
 def test_too_few_rows_for_the_tuning_split_is_one_clear_error(sst2_small, tokenizer):
     with pytest.raises(PipelineError, match=r"data.val_examples=400 but only \d+ of the 300"):
         _carved(sst2_small, tokenizer, n=400)
