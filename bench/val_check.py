@@ -64,9 +64,10 @@ def unseen_ngrams(rows: datasets.Dataset, candidates: np.ndarray, seen: set[tupl
     """How many candidate rows (of >= n inner tokens) share no inner-token n-gram with any seen row, and their median
     length: the rows a sentence-disjoint tuning split could still use."""
     grams = {r[1:-1][i : i + n] for r in seen for i in range(len(r) - 2 - n + 1)}
+    ids = rows["input_ids"]
     free = [
         len(e)
-        for e in (tuple(rows[int(i)]["input_ids"])[1:-1] for i in candidates)
+        for e in (tuple(ids[int(i)])[1:-1] for i in candidates)
         if len(e) >= n and not any(e[i : i + n] in grams for i in range(len(e) - n + 1))
     ]
     return {
@@ -92,8 +93,8 @@ def main() -> None:
     base_data = dataclasses.replace(params.data, train=str(args.base / params.data.train), dev=str(args.base / params.data.dev))
     data = dataclasses.replace(base_data, max_train_examples=None, val_examples=0, transfer=None)
     tokenizer = load_tokenizer(str(args.base / "artifacts/teacher"))
-    splits, _ = prepare_corpus(data, tokenizer, seed=params.seed)  # every labelled train row, and dev
-    rows, dev = splits["train"], splits["dev"]
+    prepared, _ = prepare_corpus(data, tokenizer, seed=params.seed)  # every labelled train row, and dev
+    rows, dev = prepared["train"], prepared["dev"]
     carved = datasets.load_from_disk(str(args.base / "data/prepared" / TUNE))
     seen = {
         tuple(e)
@@ -107,39 +108,34 @@ def main() -> None:
     )
     leak = {n: unseen_ngrams(rows, unused, seen, n) for n in (4, 6, 8)}
     print(f"{len(unused)} unused labelled rows; sharing no n-gram with a seen row: {leak}")
-    lengths = {name: float(np.median(ds["length"])) for name, ds in (("val_sentences", sent), ("val", carved), ("dev", dev))}
+    splits = {"val_sentences": sent, "val": carved, "dev": dev}
+    lengths = {name: float(np.median(ds["length"])) for name, ds in splits.items()}
     print(f"{len(sent)} new tuning rows; median tokens: {lengths}")
 
     models: dict[str, dict] = {}
 
-    def score(name: str, runs: list[tuple[int | None, Path]]) -> None:
-        per = [
-            (s, {k: accuracy(logits(d, ds), ds) for k, ds in (("val_sentences", sent), ("val", carved), ("dev", dev))})
-            for s, d in runs
-        ]
-        m = {"seeds": [s for s, _ in per]}
-        for key in ("val_sentences", "val", "dev"):
-            values = [r[key] for _, r in per]
-            m[f"{key}_accuracy_per_seed"] = values
-            m[f"{key}_accuracy"] = float(np.mean(values))
+    def score(name: str, runs: list[tuple[int | None, Path]]) -> list[dict[str, np.ndarray]]:
+        """Every run's accuracy on each split into `models[name]`; returns the runs' logits."""
+        z = [{k: logits(d, ds) for k, ds in splits.items()} for _, d in runs]
+        m = {"seeds": [s for s, _ in runs]}
+        for key, ds in splits.items():
+            m[f"{key}_accuracy_per_seed"] = [accuracy(run[key], ds) for run in z]
+            m[f"{key}_accuracy"] = float(np.mean(m[f"{key}_accuracy_per_seed"]))
         m["accuracy_per_seed"], m["accuracy"] = m["dev_accuracy_per_seed"], m["dev_accuracy"]
         models[name] = m
-        print(name, {k: round(100 * m[f"{k}_accuracy"], 2) for k in ("val_sentences", "val", "dev")}, f"({len(per)} runs)")
+        print(name, {k: round(100 * m[f"{k}_accuracy"], 2) for k in splits}, f"({len(runs)} runs)")
+        return z
 
-    score("teacher", [(None, args.base / "artifacts/teacher")])
-    score("teacher-t43", [(None, args.teachers / "t43")])
-    z = {
-        k: [logits(d, ds) for d in (args.base / "artifacts/teacher", args.teachers / "t43")]
-        for k, ds in (("val_sentences", sent), ("val", carved), ("dev", dev))
-    }
-    ens = {k: accuracy(np.mean(np.stack(v), 0), {"val_sentences": sent, "val": carved, "dev": dev}[k]) for k, v in z.items()}
+    (t42,) = score("teacher", [(None, args.base / "artifacts/teacher")])
+    (t43,) = score("teacher-t43", [(None, args.teachers / "t43")])
+    ens = {k: accuracy((t42[k] + t43[k]) / 2, ds) for k, ds in splits.items()}
     models["teacher-ensemble"] = {f"{k}_accuracy": v for k, v in ens.items()}
     print("teacher-ensemble", {k: round(100 * v, 2) for k, v in ens.items()})
     for student in sorted(p.name for p in (args.seeds / "students").iterdir()):
         score(student, seed_model_dirs(args.seeds / "students" / student))
 
     comparisons = {}
-    for kd in (n for n in models if n not in ("l3_hard",) and n.startswith("l3")):
+    for kd in (n for n in models if n.startswith("l3") and n != "l3_hard"):
         comparisons[f"{kd} - l3_hard"] = {
             split: paired_difference(models[kd], models["l3_hard"], split) for split in ("val_sentences", "val", "dev")
         }
