@@ -47,12 +47,18 @@ class DataConfig:
     label_names: list[str] | None = knob(
         help="label i = label_names[i]; null = sorted labels seen in train", factory=lambda: ["negative", "positive"]
     )
-    max_train_examples: int | None = knob(14000, "seeded random subset of train; null = all (67,349 for SST-2)", gt=0)
+    max_train_examples: int | None = knob(
+        12000,
+        "seeded random subset of train (text tasks: drawn after the tuning split is carved; token tasks: the tuning "
+        "split is carved from it); null = all",
+        gt=0,
+    )
     max_dev_examples: int | None = knob(None, "seeded random subset of dev; null = all", gt=0)
     val: str | None = knob(
         None,
         "the tuning split every choice is made on (per-epoch scores, the report's pick), as train; null = carve "
-        "val_examples rows from the prepared train rows",
+        "val_examples rows from train (text tasks: whole sentences, rows no other row contains, drawn from the whole "
+        "file before max_train_examples, and phrases found only inside them leave train and transfer)",
     )
     val_examples: int = knob(
         2000,

@@ -24,6 +24,7 @@ from pipeline.sources import (
     parse_source,
     validate_texts,
 )
+from pipeline.tuning import TuningLinks, carve_by_sentence
 
 log = logging.getLogger(__name__)
 
@@ -37,31 +38,42 @@ def prepare_split(
 ) -> tuple[datasets.Dataset, dict]:
     """Validate, subsample, map labels and tokenize one loaded split (columns, ids and max length as `data` says).
     Returns the prepared dataset and its stats."""
-    text_column, label_column, max_length, id_column = data.text_column, data.label_column, data.max_length, data.id_column
-    texts, raw_labels = ds[text_column], ds[label_column]
-    texts = [t if t is None or isinstance(t, str) else str(t) for t in texts]  # a column of numbers is still text
-    validate_texts(texts, source, text_column)
-    labels = map_labels(raw_labels, label_names, source, label_column)
-    all_ids = example_ids(ds, source, id_column)
+    texts, labels, ids = read_split(source, ds, data, label_names)
     rows = np.arange(len(texts), dtype=np.int64)
     if max_examples is not None and max_examples < len(rows):
         rows = np.sort(np.random.default_rng(seed).permutation(len(rows))[:max_examples])
-    texts = [texts[i] for i in rows]
-    full = tokenizer(texts, truncation=False, add_special_tokens=True)["input_ids"]
-    enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    return encode_rows(source, texts, labels, ids, rows, tokenizer, data)
+
+
+def read_split(source: Source, ds: datasets.Dataset, data: DataConfig, label_names: list[str]):
+    """A loaded split's texts (validated), label indices and example ids."""
+    texts = [t if t is None or isinstance(t, str) else str(t) for t in ds[data.text_column]]  # numbers are text too
+    validate_texts(texts, source, data.text_column)
+    labels = map_labels(ds[data.label_column], label_names, source, data.label_column)
+    return texts, labels, example_ids(ds, source, data.id_column)
+
+
+def encode_rows(
+    source: Source, texts: list[str], labels: np.ndarray, ids: np.ndarray, rows: np.ndarray, tokenizer, data: DataConfig
+) -> tuple[datasets.Dataset, dict]:
+    """The prepared split of `rows` (indices into the read split) and its stats; truncation is counted and logged."""
+    max_length = data.max_length
+    chosen = [texts[i] for i in rows]
+    full = tokenizer(chosen, truncation=False, add_special_tokens=True)["input_ids"]
+    enc = tokenizer(chosen, truncation=True, max_length=max_length)["input_ids"]
     truncated = int(sum(len(f) > max_length for f in full))
     if truncated:
         log.warning(
             "%s: %d of %d texts are longer than max_length=%d tokens and were truncated",
             source.spec,
             truncated,
-            len(texts),
+            len(chosen),
             max_length,
         )
-    prepared = _tokenized_split(all_ids[rows], enc, labels[rows])
+    prepared = _tokenized_split(ids[rows], enc, labels[rows])
     stats = {
         "source": source.spec,
-        "rows_in_source": len(raw_labels),
+        "rows_in_source": len(texts),
         "rows": len(prepared),
         "truncated": truncated,
         "tokens": int(prepared.data.column("length").to_numpy().sum()),
@@ -107,10 +119,16 @@ def prepare_corpus(data, tokenizer, seed: int) -> tuple[dict[str, datasets.Datas
             f"{data.train}: only {len(label_names)} distinct label(s) {label_names} in column "
             f"'{data.label_column}'; a classifier needs at least two"
         )
-    splits, stats = {}, {}
+    splits, stats, links = {}, {}, None
     for name, source in sources.items():
+        if name == "train" and data.val is None and data.val_examples:
+            continue  # after dev: the tuning split is carved from the whole train file, away from dev's texts
         splits[name], stats[name] = prepare_split(
             source, loaded[name], tokenizer, data, label_names, split_limit(data, name), seed
+        )
+    if "train" not in splits:
+        splits, stats, links = carve_tuning_split(
+            sources["train"], loaded["train"], splits, stats, tokenizer, data, label_names, seed
         )
     if data.transfer is not None:
         splits["transfer"], stats["transfer"] = prepare_transfer(
@@ -123,9 +141,46 @@ def prepare_corpus(data, tokenizer, seed: int) -> tuple[dict[str, datasets.Datas
             splits["train"],
             loaded["dev"],
             splits.get(TUNE),
+            links,
         )
     info = {"label_names": label_names, "max_length": data.max_length, "splits": stats}
     return splits, info
+
+
+def carve_tuning_split(
+    source: Source, ds: datasets.Dataset, splits: dict, stats: dict, tokenizer, data, label_names: list[str], seed: int
+) -> tuple[dict, dict, TuningLinks]:
+    """The train and tuning splits from the whole train file: `data.val_examples` whole sentences (rows no other row
+    contains, none a dev text) drawn first (`pipeline.tuning`), the rows found only inside them dropped, then
+    `data.max_train_examples` labelled rows drawn from what is left. Returns the splits and stats with train and val in
+    order, and the links that keep the tuning sentences out of the transfer rows."""
+    texts, labels, ids = read_split(source, ds, data, label_names)
+    special = _frame(tokenizer)
+    inner = lambda encoded: [[t for t in e if t not in special] for e in encoded]  # noqa: E731
+    rows = inner(tokenizer(texts, truncation=True, max_length=data.max_length)["input_ids"])
+    dev = {tuple(e) for e in inner(splits["dev"]["input_ids"])}
+    chosen, pool, links, eligible = carve_by_sentence(rows, dev, data.val_examples, seed + 2)
+    if not len(chosen):
+        raise PipelineError(
+            f"params.yaml: data.val_examples={data.val_examples} but only {eligible} of the {len(texts)} rows of "
+            f"{source.spec} are whole sentences (distinct, inside no other row, not a dev text); lower "
+            "data.val_examples or point data.val at a labelled file"
+        )
+    pool = np.flatnonzero(pool)
+    train_rows = pool
+    if data.max_train_examples is not None and data.max_train_examples < len(pool):
+        train_rows = np.sort(np.random.default_rng(seed).permutation(pool)[: data.max_train_examples])
+    splits["train"], stats["train"] = encode_rows(source, texts, labels, ids, train_rows, tokenizer, data)
+    splits[TUNE], stats[TUNE] = encode_rows(source, texts, labels, ids, chosen, tokenizer, data)
+    stats["train"]["tuning_rows_removed"] = int(len(texts) - len(pool))
+    stats[TUNE]["source"] = f"{source.spec} ({len(chosen)} whole sentences of {eligible}, carved before train)"
+    order = ("train", "dev", TUNE)
+    return {k: splits[k] for k in order}, {k: stats[k] for k in order}, links
+
+
+def _frame(tokenizer) -> set[int]:
+    """The tokens a tokenizer adds around a text ([UNK] is not one: it stands for a word)."""
+    return {t for t in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id) if t is not None}
 
 
 def split_limit(data, name: str) -> int | None:
@@ -148,10 +203,12 @@ def prepare_transfer(
     train_prepared: datasets.Dataset,
     dev_ds: datasets.Dataset,
     tune_prepared: datasets.Dataset | None = None,
+    links: TuningLinks | None = None,
 ) -> tuple[datasets.Dataset, dict]:
     """The unlabeled transfer split: texts only (any label column is ignored), minus every text that tokenizes like a
-    tuning-split row, a dev text (no leakage into dev metrics) or a labeled training example (no double counting) and minus repeats, then
-    a seeded subset. Pointing `data.transfer` at the training file itself turns the rows that max_train_examples left
+    tuning-split row or is tied to a tuning sentence (`links`: found only inside tuning sentences, or holding one), a dev
+    text (no leakage into dev metrics) or a labeled training example (no double counting) and minus repeats, then a
+    seeded subset. Pointing `data.transfer` at the training file itself turns the rows that max_train_examples left
     out into the transfer set."""
     same_as_train = (
         source.path is not None and train_source.path is not None and source.path.resolve() == train_source.path.resolve()
@@ -165,10 +222,12 @@ def prepare_transfer(
     dev_texts = [str(t) for t in dev_ds[data.text_column]]
     held_out = {tuple(e) for e in encode(dev_texts)} | {tuple(e) for e in train_prepared["input_ids"]}
     held_out |= {tuple(e) for e in (tune_prepared["input_ids"] if tune_prepared is not None else [])}
+    special = _frame(tokenizer)
+    tied = links.mask([[t for t in e if t not in special] for e in enc]) if links is not None else np.zeros(len(enc), bool)
     keep, seen = [], set()
     for row, ids in enumerate(enc):
         key = tuple(ids)
-        if key not in held_out and key not in seen:
+        if key not in held_out and key not in seen and not tied[row]:
             seen.add(key)
             keep.append(row)
     rows = np.asarray(keep, dtype=np.int64)
@@ -228,9 +287,12 @@ def add_tuning_split(
     splits: dict[str, datasets.Dataset], info: dict, data, seed: int, fingerprint=split_fingerprint
 ) -> tuple[dict[str, datasets.Dataset], dict]:
     """The tuning split `val`, sharing no text with dev or the labelled train rows. With `data.val` (already prepared by
-    the task) its rows that tokenize like a dev or train row are dropped; else `data.val_examples` seeded rows are moved
-    out of the prepared train split, chosen among rows whose tokens no dev row, other train row or other chosen row
-    has (so no copy of a tuning text stays in train). Nothing happens when neither is asked for."""
+    the task) its rows that tokenize like a dev or train row are dropped. Else, when the task has not carved it by
+    sentence already (`carve_tuning_split`, text tasks), `data.val_examples` seeded rows are moved out of the prepared
+    train split, chosen among rows whose tokens no dev row, other train row or other chosen row has (so no copy of a
+    tuning text stays in train). Nothing happens when neither is asked for."""
+    if TUNE in splits and data.val is None:
+        return splits, info  # carved by sentence from the whole train file
     if TUNE in splits:
         taken = {tuple(e) for name in ("train", "dev") for e in splits[name]["input_ids"]}
         keep = [i for i, e in enumerate(splits[TUNE]["input_ids"]) if tuple(e) not in taken]
@@ -302,7 +364,7 @@ def add_augmented_split(
     if not data.augment_copies:
         return splits, info
     train = splits["train"]
-    frame = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id}  # [UNK] stays a word
+    frame = _frame(tokenizer)
     texts = [tokenizer.decode([int(t) for t in e if t not in frame]) for e in train["input_ids"]]
     sentences = [t.split() for t in texts]
     vocab = sorted({w for s in sentences for w in s})

@@ -156,8 +156,9 @@ def _carved(tmp_path, tokenizer, seed=0, n=40, **overrides):
 
 
 def test_tuning_split_never_overlaps_dev_or_the_labelled_train_rows(tmp_path, tokenizer):
-    """Carved from real SST-2 train rows with planted repeats: a text also in dev, or twice in train, is never chosen,
-    so no tuning text is left in train or dev; the carve is seeded, and the stats follow the rows."""
+    """Carved from real SST-2 train rows with planted repeats: a text also in dev is never chosen, a train row that
+    repeats a tuning text goes with it, so no tuning text is left in train or dev; the carve is seeded, and the stats
+    follow the rows."""
     train = sst2_rows("train", 300)
     dev = sst2_rows("dev", 80)
     planted = [train[5], train[5], "1\t" + dev[3].split("\t", 1)[1]]  # a train row twice more, a dev text in train
@@ -166,15 +167,75 @@ def test_tuning_split_never_overlaps_dev_or_the_labelled_train_rows(tmp_path, to
     splits, info = _carved(tmp_path, tokenizer, n=120)
     key = lambda ds: [tuple(e) for e in ds["input_ids"]]  # noqa: E731
     val, rest, dv = key(splits["val"]), key(splits["train"]), set(key(splits["dev"]))
-    assert len(val) == 120 and len(rest) == 303 - 120 and len(set(val)) == 120
+    assert len(val) == 120 == len(set(val)) and len(rest) == 303 - info["splits"]["train"]["tuning_rows_removed"]
     assert not set(val) & set(rest) and not set(val) & dv
     assert set(splits["val"]["example_id"]).isdisjoint(splits["train"]["example_id"])
-    assert info["splits"]["val"]["rows"] == 120 and info["splits"]["train"]["rows"] == 183
+    assert info["splits"]["val"]["rows"] == 120 and info["splits"]["train"]["rows"] == len(rest)
     assert info["splits"]["val"]["fingerprint"] == split_fingerprint(splits["val"])
     assert list(info["splits"]) == ["train", "dev", "val"]
     again, _ = _carved(tmp_path, tokenizer, n=120)
     other, _ = _carved(tmp_path, tokenizer, seed=1, n=120)
     assert again["val"]["example_id"] == splits["val"]["example_id"] != other["val"]["example_id"]
+    assert again["train"]["example_id"] == splits["train"]["example_id"]
+
+
+def _inner(tokenizer, ds) -> list[str]:
+    frame = {tokenizer.cls_token_id, tokenizer.sep_token_id}
+    return [" " + " ".join(str(t) for t in e if t not in frame) + " " for e in ds["input_ids"]]
+
+
+def test_tuning_split_takes_whole_sentences_and_their_phrases_leave_train_and_transfer(tmp_path, tokenizer):
+    """SST-2 style files hold every phrase of a sentence as its own row. The tuning split takes whole sentences (rows
+    no other row contains); a phrase found only inside tuning sentences leaves train and transfer, a phrase also inside
+    another sentence stays (as in SST's own split); `max_train_examples` labelled rows are drawn after the carve."""
+    sentences = [
+        "a gorgeous , witty , seductive movie .",
+        "the film is a dull , dumb mess .",
+        "the film is funny and touching .",
+        "an utterly charming and hilarious film .",
+        "a dull , lifeless waste of time .",
+        "it is a gorgeous and moving story .",
+    ]
+    phrases = ["a gorgeous", "witty , seductive movie", "seductive movie", "the film is", "dumb mess", "dull , dumb mess ."]
+    phrases += ["funny and touching", "utterly charming", "hilarious film .", "lifeless waste", "waste of time", "moving story"]
+    lines = ["label\tsentence"] + [f"{i % 2}\t{t}" for i, t in enumerate(sentences + phrases)]
+    (tmp_path / "train.tsv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "dev.tsv").write_text("label\tsentence\n1\ta fine film .\n")
+    data = data_config(tmp_path, val_examples=2, max_train_examples=6, transfer=str(tmp_path / "train.tsv"))
+    for seed in range(6):
+        splits, info = prepare_corpus(data, tokenizer, seed=seed)
+        val, train, transfer = (_inner(tokenizer, splits[k]) for k in ("val", "train", "transfer"))
+        others = [t for t in _inner(tokenizer, prepare_corpus(data_config(tmp_path), tokenizer, 0)[0]["train"]) if t not in val]
+        assert len(val) == 2 and all(v.strip() and sum(v in t for t in others) == 0 for v in val)  # whole sentences
+        for row in train + transfer:
+            assert row not in val and not any(v in row for v in val)
+            if any(row in v for v in val):  # a phrase of a tuning sentence stays only as part of another sentence
+                assert any(row in t and t not in val and len(t) > len(row) for t in others), row
+        left = 18 - info["splits"]["train"]["tuning_rows_removed"]
+        assert len(train) + len(transfer) == left and left >= 10
+    # the phrase "the film is" lies in two sentences: it stays whenever one of them stays
+    few = prepare_corpus(data_config(tmp_path, val_examples=2, max_train_examples=5), tokenizer, seed=0)[0]
+    assert len(few["train"]) == 5 and len(few["val"]) == 2
+
+
+def test_the_sentence_carve_scales_linearly_on_the_real_sst2_train_file(tokenizer):
+    """All 67,349 SST-2 train rows: 2,000 whole sentences carved in seconds (token-run hashes, not row pairs), and
+    what is left for train holds no phrase that lies only inside them."""
+    import time
+
+    from pipeline.tuning import carve_by_sentence
+    from tests.conftest import SST2
+
+    texts = [line.split("\t", 1)[1] for line in (SST2 / "train.tsv").read_text().splitlines()[1:]]
+    rows = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=64)["input_ids"]
+    start = time.perf_counter()
+    chosen, pool, links, eligible = carve_by_sentence(rows, set(), 2000, seed=0)
+    assert time.perf_counter() - start < 60 and len(chosen) == 2000 and 2000 < eligible < len(rows) // 5
+    kept = {" " + " ".join(map(str, rows[i])) + " " for i in np.flatnonzero(pool)}
+    sample = [" " + " ".join(map(str, rows[i])) + " " for i in chosen[:50]]
+    for v in sample:
+        assert v not in kept
+    assert not links.mask([rows[i] for i in np.flatnonzero(pool)[:2000]]).any()
 
 
 def test_transfer_rows_never_include_a_tuning_text(sst2_small, tokenizer):
@@ -185,7 +246,7 @@ def test_transfer_rows_never_include_a_tuning_text(sst2_small, tokenizer):
 
 
 def test_too_few_rows_for_the_tuning_split_is_one_clear_error(sst2_small, tokenizer):
-    with pytest.raises(PipelineError, match=r"data.val_examples=400 but only \d+ of the 300"):
+    with pytest.raises(PipelineError, match=r"data.val_examples=400 but only \d+ of the 300 rows of .*train.tsv are whole"):
         _carved(sst2_small, tokenizer, n=400)
 
 
@@ -265,6 +326,6 @@ def test_prepare_stage_writes_the_tuning_split_with_train_and_augmented_rows_wit
     assert proc.returncode == 0, proc.stderr[-3000:]
     prepared, info = load_prepared(tmp_path / "prepared")
     unlabeled, _ = load_prepared(tmp_path / "transfer")
-    assert list(prepared) == ["train", "dev", "val"] and (len(prepared["train"]), len(prepared["val"])) == (120, 30)
+    assert list(prepared) == ["train", "dev", "val"] and (len(prepared["train"]), len(prepared["val"])) == (150, 30)
     assert set(unlabeled) == {"transfer", "augment"} and len(unlabeled["augment"]) > 200
     assert "prepare: augment:" in proc.stdout and "prepare: val: 30 rows" in proc.stdout
