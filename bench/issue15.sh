@@ -16,7 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BASE=${BASE:-bench/work/seeds5}
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1
-arm=$1; W=bench/work/issue15/$arm; mkdir -p "$W/metrics" "$W/plots"
+OUT=${OUT:-bench/work/issue15}  # one directory per BASE: OUT=bench/work/issue15-sentences BASE=... for another run
+arm=$1; W=$OUT/$arm; mkdir -p "$W/metrics" "$W/plots"
 params() {  # BASE's params.yaml with `key=value` (YAML values) overrides -> $W/params.yaml
   python - "$BASE/params.yaml" "$W/params.yaml" "$@" <<'PY'
 import sys, yaml
@@ -60,15 +61,18 @@ case $arm in
       --out "$W/cache" --metrics "$W/metrics/extract.json"
     student "$W/cache" l3 ;;
   seeds)
-    T=bench/work/issue15/teachers
-    TWO=("teachers={t43: {seed: 43}}" "students.l3_t2=$L3" "students.l3_t2.teachers=[teacher, t43]"
-      "students.l2_t2=$L2" "students.l2_t2.teachers=[teacher, t43]")
+    T=$OUT/teachers
+    TWO=()  # the two-teacher students, when the teachers arm has cached t43 for this BASE
+    if [ -d "$T/caches/t43" ]; then
+      TWO=("teachers={t43: {seed: 43}}" "students.l3_t2=$L3" "students.l3_t2.teachers=[teacher, t43]"
+        "students.l2_t2=$L2" "students.l2_t2.teachers=[teacher, t43]")
+    fi
     params "${TWO[@]}"
     shift
     pairs=("$@")
     if [ ${#pairs[@]} -eq 0 ]; then
       for s in 43 44 45 46; do pairs+=(l3_hard $s l3 $s); done
-      for s in 42 43 44 45 46; do pairs+=(l3_t2 $s); done
+      if [ ${#TWO[@]} -gt 0 ]; then for s in 42 43 44 45 46; do pairs+=(l3_t2 $s); done; fi
     fi
     set -- "${pairs[@]}"
     while [ $# -ge 2 ]; do  # one seed per call: whatever finished is usable if the run is stopped
@@ -107,7 +111,7 @@ for name in sorted({p.name for p in (w / "runs").glob("*")} | {"l3_hard", "l3", 
     print(name, "seeds", seeds)
 PY
     cp "$BASE/artifacts/metrics/teacher.json" "$W/metrics/"
-    cp "$T/metrics/teacher-t43.json" "$T/metrics/teacher-ensemble.json" "$W/metrics/"
+    if [ ${#TWO[@]} -gt 0 ]; then cp "$T/metrics/teacher-t43.json" "$T/metrics/teacher-ensemble.json" "$W/metrics/"; fi
     for name in l2 l3_l2; do  # single-seed figures of the default run, unless seed runs replace them below
       [ -f "$W/metrics/$name.json" ] || cp "$BASE/artifacts/metrics/$name.json" "$W/metrics/"
       if [ ! -f "$W/metrics/train_$name.json" ] && [ -f "$BASE/artifacts/metrics/train_$name.json" ]; then

@@ -199,7 +199,9 @@ def test_a_queued_sweep_reuses_the_cache_and_exp_show_lists_every_point(repo, fi
     names = {"r2-lr1": "1e-3", "r2-lr2": "2e-3"}
     for name, lr in names.items():
         # a queued experiment runs in a copy of the repo holding git- and DVC-tracked files: the shipped data is there
-        _run(dvc + ["exp", "run", "--queue", "-n", name, "-S", f"++students.r2.learning_rate={lr}"], repo)
+        # one seed per point (r2 runs two in the fixture): the sweep's mechanics, at half the training
+        sets = ["-S", f"++students.r2.learning_rate={lr}", "-S", "++students.r2.seeds=1"]
+        _run(dvc + ["exp", "run", "--queue", "-n", name, *sets], repo)
     _run(dvc + ["exp", "run", "--run-all"], repo)
     for name in names:
         logs = _run(dvc + ["queue", "logs", name], repo).stdout
@@ -234,7 +236,10 @@ def test_a_masked_lm_teacher_through_the_pipeline_with_a_topk_cache(repo, first_
     ):
         _run(cmd, repo)
     out = _run(
-        dvc + ["exp", "run", "-n", "mlm", "-S", "task=masked_lm", "-S", "teacher.epochs=1", "-S", "distill.temperature=1.0"],
+        dvc
+        + ["exp", "run", "-n", "mlm", "-S", "task=masked_lm", "-S", "teacher.epochs=1", "-S", "distill.temperature=1.0"]
+        # a third of the SST-2 run's rows: every stage still runs, on 400 labelled + 200 transfer texts
+        + ["-S", "data.max_train_examples=400", "-S", "data.max_transfer_examples=200"],
         repo,
     ).stdout
     params = yaml.safe_load((repo / "params.yaml").read_text())
