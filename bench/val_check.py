@@ -1,4 +1,7 @@
-"""Would a sentence-like tuning split have agreed with dev? Issue 15's five-seed students scored on a second tuning
+"""(Session 11, on the row-carved tuning split that the sentence carve of `pipeline/tuning.py` replaced; kept to
+reproduce bench/README's issue-15 figures. bench/tuning_leak.py compares the two carves.)
+
+Would a sentence-like tuning split have agreed with dev? Issue 15's five-seed students scored on a second tuning
 split: unused labelled SST-2 train rows drawn to follow dev's length histogram.
 
     python bench/val_check.py [--base bench/work/seeds5] [--seeds bench/work/issue15/seeds] [--n 2000]

@@ -161,3 +161,18 @@ def test_choices_are_made_on_the_tuning_split_and_a_kd_loss_is_said_plainly(tmp_
     header = next(line for line in md.splitlines() if line.startswith("| model | role"))
     assert "| val acc | dev acc |" in header
     assert "| kd | 1, 2, 3, 4, 5 | 86.00, 86.20, 85.80, 86.10, 85.90 | 89.00, 90.00, 88.00, 89.00, 90.00 |" in md
+
+
+def test_same_speed_students_are_told_apart_by_accuracy(tmp_path):
+    """Two same-shape students time within 5% of each other (noise): the more accurate is the 'fastest' pick, even when
+    its printed speedup is a hair lower; a student 10% slower stays out of the tie."""
+    metrics, plots = tmp_path / "metrics", tmp_path / "plots"
+    metrics.mkdir()
+    plots.mkdir()
+    _metrics(metrics, "teacher", 0.90, 22_000_000, 50.0, layers=6)
+    _metrics(metrics, "hard", 0.893, 17_000_000, 25.0, speedup_b32=2.0)
+    _metrics(metrics, "kd", 0.898, 17_000_000, 25.5, speedup_b32=1.96)
+    _metrics(metrics, "slow", 0.899, 17_000_000, 28.0, speedup_b32=1.79)
+    kinds = {"teacher": "teacher", "hard": "student", "kd": "student", "slow": "student"}
+    md = render_report(metrics, plots, tmp_path / "out", kinds)
+    assert "Fastest within 1 point of the teacher: **kd** (1.96× faster at batch 32; speedups within 5% count as one" in md
