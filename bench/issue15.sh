@@ -5,6 +5,7 @@
 #                                      learning from both teachers (seed 42)
 #   bash bench/issue15.sh augment   -> 1 word-edited copy of each labelled train text labelled by the teacher, l3 on it
 #   bash bench/issue15.sh transfer  -> the same number of extra rows as plain unlabeled transfer texts, l3 on them
+#                                      (TRANSFER=36000 rows; SEEDS=5 trains l3 under 5 seeds, either arm)
 #   bash bench/issue15.sh seeds [STUDENT SEED ...]
 #                                   -> train one student under one seed per pair (default: l3_hard and l3 under seeds
 #                                      43..46, then l3_t2, the two-teacher l3, under 42..46), each into runs/<name>/<seed>;
@@ -55,7 +56,9 @@ case $arm in
       --metrics-root "$W/metrics"
     student "$BASE/artifacts/cache" l3_t2 ;;
   augment|transfer)
-    if [ "$arm" = augment ]; then params "data.augment_copies=1"; else params "data.max_transfer_examples=36000"; fi
+    # SEEDS=5: the student under seeds 42.. (distill.seeds), for a paired comparison with the seeds arm's l3_hard
+    if [ "$arm" = augment ]; then params "data.augment_copies=1" "distill.seeds=${SEEDS:-1}"
+    else params "data.max_transfer_examples=${TRANSFER:-36000}" "distill.seeds=${SEEDS:-1}"; fi
     python stages/prepare.py "${P[@]}" --out "$W/prepared" --transfer-out "$W/transfer"
     python stages/extract.py "${P[@]}" --prepared "$W/prepared" --transfer "$W/transfer" --teacher "$BASE/artifacts/teacher" \
       --out "$W/cache" --metrics "$W/metrics/extract.json"
