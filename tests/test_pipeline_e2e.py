@@ -31,7 +31,7 @@ def repo(tmp_path_factory) -> Path:
     repo = copy_project(tmp_path_factory.mktemp("e2e") / "repo")
     assert (repo / "data/raw/sst2/train.tsv").is_file()  # the default data ships with the project: nothing copied
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"].update(max_train_examples=1200, val_examples=200, max_dev_examples=200, max_transfer_examples=500)
+    params["data"].update(max_train_examples=1000, val_examples=200, max_dev_examples=200, max_transfer_examples=500)
     params["teacher"].update(epochs=2)
     params["distill"].update(epochs=1)
     params["evaluate"].update(latency_repeats=3)
@@ -177,7 +177,7 @@ def test_dvc_exp_run_reuses_the_cache_and_exp_show_lists_student_metrics(repo, f
         ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "baseline", "--allow-empty"],
     ):
         _run(cmd, repo)
-    out = _run(dvc + ["exp", "run", "-n", "l2-lr", "-S", "students.l2.learning_rate=2e-4"], repo).stdout
+    out = _run(dvc + ["exp", "run", "-n", "l2-lr", "-S", "++students.l2.learning_rate=2e-4"], repo).stdout  # ++: set or add
     ran = _ran(out)
     assert "distill@l2" in ran and not ran & {"prepare", "teacher", "extract", "distill@l3", "distill@r2"}
     shown = json.loads(_run(dvc + ["exp", "show", "--json"], repo).stdout)
