@@ -352,7 +352,7 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
             *metric,
             (
                 f"Which student to ship — chosen on the tuning split `{TUNE}` ({teacher.get(f'{TUNE}_rows', '?')} rows "
-                "carved from train or read from data.val); dev is scored once, for the record:"
+                "read from data.val, or carved from train: whole sentences for text tasks); dev is scored once, for the record:"
                 if tuned
                 else "Which student to ship (no tuning split: data.val_examples is 0, so these choices are made on dev "
                 "and dev figures are optimistic):"
