@@ -155,10 +155,8 @@ def carve_tuning_split(
     `data.max_train_examples` labelled rows drawn from what is left. Returns the splits and stats with train and val in
     order, and the links that keep the tuning sentences out of the transfer rows."""
     texts, labels, ids = read_split(source, ds, data, label_names)
-    special = _frame(tokenizer)
-    inner = lambda encoded: [[t for t in e if t not in special] for e in encoded]  # noqa: E731
-    rows = inner(tokenizer(texts, truncation=True, max_length=data.max_length)["input_ids"])
-    dev = {tuple(e) for e in inner(splits["dev"]["input_ids"])}
+    rows = _unframed(tokenizer(texts, truncation=True, max_length=data.max_length)["input_ids"], tokenizer)
+    dev = {tuple(e) for e in _unframed(splits["dev"]["input_ids"], tokenizer)}
     chosen, pool, links, eligible = carve_by_sentence(rows, dev, data.val_examples, seed + 2)
     if not len(chosen):
         raise PipelineError(
@@ -181,6 +179,12 @@ def carve_tuning_split(
 def _frame(tokenizer) -> set[int]:
     """The tokens a tokenizer adds around a text ([UNK] is not one: it stands for a word)."""
     return {t for t in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id) if t is not None}
+
+
+def _unframed(encoded, tokenizer) -> list[list[int]]:
+    """Token rows without the tokens the tokenizer added around each text."""
+    frame = _frame(tokenizer)
+    return [[int(t) for t in e if t not in frame] for e in encoded]
 
 
 def split_limit(data, name: str) -> int | None:
@@ -222,8 +226,7 @@ def prepare_transfer(
     dev_texts = [str(t) for t in dev_ds[data.text_column]]
     held_out = {tuple(e) for e in encode(dev_texts)} | {tuple(e) for e in train_prepared["input_ids"]}
     held_out |= {tuple(e) for e in (tune_prepared["input_ids"] if tune_prepared is not None else [])}
-    special = _frame(tokenizer)
-    tied = links.mask([[t for t in e if t not in special] for e in enc]) if links is not None else np.zeros(len(enc), bool)
+    tied = links.mask(_unframed(enc, tokenizer)) if links is not None else np.zeros(len(enc), bool)
     keep, seen = [], set()
     for row, ids in enumerate(enc):
         key = tuple(ids)
@@ -364,8 +367,7 @@ def add_augmented_split(
     if not data.augment_copies:
         return splits, info
     train = splits["train"]
-    frame = _frame(tokenizer)
-    texts = [tokenizer.decode([int(t) for t in e if t not in frame]) for e in train["input_ids"]]
+    texts = [tokenizer.decode(e) for e in _unframed(train["input_ids"], tokenizer)]
     sentences = [t.split() for t in texts]
     vocab = sorted({w for s in sentences for w in s})
     rng = np.random.default_rng(seed + 3)

@@ -79,8 +79,8 @@ class TuningLinks:
         self.tuning = {int(n): np.unique(runs.row_hash[tuning & (runs.lengths == n)]) for n in lengths}
         self.tuning = {n: h for n, h in self.tuning.items() if len(h)}
 
-    def mask(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
-        runs = TokenRuns(rows)
+    def mask(self, rows: Sequence[Sequence[int]] | TokenRuns) -> np.ndarray:
+        runs = rows if isinstance(rows, TokenRuns) else TokenRuns(rows)
         linked = np.zeros(len(runs.lengths), dtype=bool)
         for length in np.unique(runs.lengths):
             n, at = int(length), runs.lengths == length
@@ -95,7 +95,7 @@ class TuningLinks:
 
 def carve_by_sentence(
     rows: Sequence[Sequence[int]], excluded: set[tuple], n: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, TuningLinks, int]:
+) -> tuple[np.ndarray, np.ndarray, TuningLinks | None, int]:
     """Draw `n` tuning rows among the rows no other row contains (one per distinct text, none in `excluded`, e.g. dev
     texts). Returns the chosen row indices (sorted), a mask of the rows left for training (not tied to a tuning
     sentence), the links (to filter other row sets such as transfer texts) and how many rows were eligible."""
@@ -110,4 +110,4 @@ def carve_by_sentence(
     chosen = np.sort(np.random.default_rng(seed).permutation(eligible)[:n])
     tuning = np.isin(runs.row_hash, runs.row_hash[chosen])  # the chosen texts and any copies of them
     links = TuningLinks(runs, tuning, maximal & ~tuning)
-    return chosen, ~links.mask(rows), links, len(eligible)
+    return chosen, ~links.mask(runs), links, len(eligible)
