@@ -138,7 +138,14 @@ class ExtractConfig:
 @dataclass
 class DistillConfig:
     epochs: float = knob(1.0, "passes over the labeled (+ transfer) rows", gt=0)
-    batch_size: int = knob(32, "student batch size (length-grouped)", gt=0)
+    batch_size: int = knob(32, "student batch size (length-grouped); with batch_tokens, the most rows in a batch", gt=0)
+    batch_tokens: int | None = knob(
+        None,
+        "token budget per training batch: rows of about one length batched together while rows x longest row stays "
+        "within it (and rows within batch_size), so short rows go many to a batch; null = batch_size rows, "
+        "length-grouped. Global, like batch_size: each of nproc processes takes batch_tokens / nproc",
+        gt=0,
+    )
     learning_rate: float = knob(1e-4, "peak learning rate", gt=0)
     warmup_ratio: float = knob(0.1, "share of steps spent warming up", ge=0, lt=1)
     weight_decay: float = knob(0.01, "weight decay (decoupled for adamw, L2 for adam and sgd)", ge=0)
@@ -171,6 +178,7 @@ class DistillConfig:
     step_stages: int = knob(3, "step scheduler: number of equal stages", gt=0)
     max_grad_norm: float = knob(1.0, "gradient clipping; 0 = off", ge=0)
     num_workers: int = knob(0, "DataLoader worker processes", ge=0)
+    compile: bool = knob(False, "torch.compile the student's training step (the Trainer's torch_compile); for GPUs")
     logging_steps: int = knob(10, "steps between logged losses", gt=0)
     verify_cache: str = knob(
         "lazy",

@@ -191,6 +191,7 @@ def distill_student(
         staged=(cfg.step_stages, cfg.step_gamma) if cfg.scheduler == "step" else None,
         checkpoints=checkpoints,
         callbacks=callbacks,
+        batch_tokens=cfg.batch_tokens,
     )
     if plan.attention_pairs:
         student.set_attn_implementation("sdpa")  # serve with the fused kernel

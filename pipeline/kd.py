@@ -168,9 +168,10 @@ def train_student(
     staged: tuple[int, float] | None = None,
     checkpoints: Checkpoints | None = None,
     callbacks=(),
+    batch_tokens: int | None = None,
 ) -> list[dict]:
-    """Distil into `module.student` from the cache splits (Trainer `args`), resuming from `checkpoints` when an
-    interrupted run left one; returns the Trainer's log history."""
+    """Distil into `module.student` from the cache splits (Trainer `args`; `batch_tokens` = token-budget batches),
+    resuming from `checkpoints` when an interrupted run left one; returns the Trainer's log history."""
     collator = CacheCollator(
         sorted({t for _, t in module.pairs}),
         pad_token_id,
@@ -189,6 +190,7 @@ def train_student(
         lengths=train.lengths(),
         optimizer_cls_and_kwargs=optimizer,
         staged=staged,
+        batch_tokens=batch_tokens,
         callbacks=list(callbacks),
     )
     trainer.fit(checkpoints)

@@ -211,6 +211,14 @@ def validate(params: Params) -> Params:
         raise PipelineError("params.yaml: 'students' is empty; add at least one student (see README)")
     for name, spec in params.students.items():
         _validate_student(name, spec)
+        cfg, _ = params.distill_for(name)
+        if cfg.batch_tokens is not None and cfg.batch_tokens < cfg.nproc * params.data.max_length:
+            key = "distill.batch_tokens" if "batch_tokens" not in spec.overrides else f"students.{name}.batch_tokens"
+            raise PipelineError(
+                f"params.yaml: '{key}' {cfg.batch_tokens} does not hold one row of data.max_length "
+                f"{params.data.max_length} per process ({cfg.nproc}); use at least {cfg.nproc * params.data.max_length} "
+                "(a GPU wants thousands), or null for batch_size rows per batch"
+            )
     _validate_teachers(params)
     for name, ens in params.ensembles.items():
         if not MODEL_NAME.match(name) or name in params.students or name == "teacher":

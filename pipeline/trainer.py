@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+from transformers.trainer_utils import seed_worker
 
 from pipeline.checkpoints import Checkpoints
 from pipeline.config import DistillConfig, TeacherConfig
@@ -43,18 +45,47 @@ def step_schedule(warmup_steps: int, total_steps: int, stages: int, gamma: float
 class LengthGroupedTrainer(Trainer):
     """A Trainer whose training batches group examples of similar length (padding is per batch), given the lengths.
 
-    `staged` = (stages, gamma) replaces the scheduler with `step_schedule`.
+    `staged` = (stages, gamma) replaces the scheduler with `step_schedule`. `batch_tokens` (the global budget) cuts
+    the training batches by `TokenBudgetBatchSampler` instead, each process taking batch_tokens / processes.
     """
 
-    def __init__(self, *args, lengths: np.ndarray, staged: tuple[int, float] | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        lengths: np.ndarray,
+        staged: tuple[int, float] | None = None,
+        batch_tokens: int | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.lengths = [int(n) for n in lengths]
         self.staged = staged
+        self.batch_tokens = batch_tokens
 
     def _get_train_sampler(self, train_dataset=None):
         return EpochLengthGroupedSampler(
             self.args.train_batch_size * self.args.gradient_accumulation_steps, self.lengths, self.args.seed
         )
+
+    def get_train_dataloader(self):
+        """Token-budget batches when `batch_tokens` is set. Accelerate deals them out to the processes in turn (its
+        batch-sampler shard) and `set_epoch` reaches the sampler through it, as the Trainer's own loader's does."""
+        if not self.batch_tokens:
+            return super().get_train_dataloader()
+        args = self.args
+        sampler = TokenBudgetBatchSampler(self.lengths, self.batch_tokens // args.world_size, args.train_batch_size, args.seed)
+        workers = args.dataloader_num_workers
+        loader = torch.utils.data.DataLoader(
+            self.train_dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers and workers > 0,
+            worker_init_fn=partial(seed_worker, num_workers=workers, rank=args.process_index),
+            **({"prefetch_factor": args.dataloader_prefetch_factor} if workers else {}),
+        )
+        return self.accelerator.prepare(loader)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """A checkpoint of a module that is not a PreTrainedModel (a student inside its distillation module) is a
@@ -100,6 +131,46 @@ class EpochLengthGroupedSampler(LengthGroupedSampler):
         for _ in range(self.epoch):  # replay the earlier epochs' draws (a permutation each: cheap)
             get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+class TokenBudgetBatchSampler(torch.utils.data.Sampler):
+    """Training batches under a token budget: the rows sorted by length (rows of equal length in a seeded random
+    order), cut into batches of at most `max_rows` rows whose padded size, rows x the longest row, stays within
+    `budget` tokens (a row longer than the budget goes alone), the batches then shuffled. Short rows go many to a
+    batch and long ones few, so every batch fills about the same compute with almost no padding.
+
+    Epoch e's batches are a function of (seed, e) alone: a resumed run sees the batches an uninterrupted one would.
+    The number of batches is the same every epoch (it depends on the sorted lengths only), as the Trainer's step
+    count and schedule need.
+    """
+
+    def __init__(self, lengths, budget: int, max_rows: int, seed: int):
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.budget, self.max_rows, self.seed, self.epoch = int(budget), int(max_rows), int(seed), 0
+        self.count = len(self._cut(np.argsort(self.lengths, kind="stable")))
+
+    def _cut(self, order: np.ndarray) -> list[np.ndarray]:
+        """Consecutive runs of `order` (ascending length: a batch's last row is its longest) within both limits."""
+        sizes, cuts, start = self.lengths[order], [], 0
+        for i, size in enumerate(sizes.tolist()):
+            rows = i - start + 1
+            if i > start and (rows > self.max_rows or rows * size > self.budget):
+                cuts.append(i)
+                start = i
+        return np.split(order, cuts)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = np.lexsort((rng.permutation(len(self.lengths)), self.lengths))  # by length, ties in seeded order
+        batches = self._cut(order)
+        for b in rng.permutation(len(batches)):
+            yield batches[b].tolist()
 
 
 class TokenDataset(torch.utils.data.Dataset):
@@ -161,6 +232,7 @@ def training_arguments(
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=getattr(cfg, "num_workers", 0),
+        torch_compile=getattr(cfg, "compile", False),
         dataloader_pin_memory=torch.cuda.is_available(),
         label_names=["labels"],
         # progress bars only on a terminal: under DVC, carriage-return updates would fill the logs

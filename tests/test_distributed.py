@@ -180,8 +180,11 @@ from pipeline.distill import distill_seeds
 from pipeline.distributed import ranks
 
 cache, out = Path(sys.argv[1]), Path(sys.argv[2])
+batch_tokens = int(sys.argv[3]) if len(sys.argv) > 3 else None
 spec = StudentSpec(num_layers=2, hidden_size=16, num_heads=2, init="random")
-cfg = DistillConfig(epochs=2, batch_size=16, learning_rate=5e-4, logging_steps=2, checkpoint_steps=5)
+cfg = DistillConfig(
+    epochs=2, batch_size=16, batch_tokens=batch_tokens, learning_rate=5e-4, logging_steps=2, checkpoint_steps=5
+)
 result = distill_seeds(cache, out, spec, cfg, seeds=[0])
 if ranks().main:
     steps = max(h["step"] for h in result["history"])
@@ -205,6 +208,23 @@ def test_two_process_ddp_student_trains_like_one_process_and_saves_one_checkpoin
     assert not list(tmp_path.glob("**/checkpoint-*"))
     evals = lambda r: r["summary"]["eval_accuracy_per_epoch"]  # noqa: E731
     assert len(evals(ddp)) == 2 and all(0 <= a <= 1 for a in evals(ddp))
+
+
+def test_two_process_ddp_student_on_token_budget_batches_deals_them_out_in_turn(tmp_path, tiny_cache):
+    """distill.batch_tokens under DDP: each process cuts batches of batch_tokens / 2 tokens and batch_size / 2 rows, and
+    Accelerate hands them to the processes in turn, so an optimizer step takes two of them."""
+    from pipeline.cache import TeacherCache
+    from pipeline.trainer import TokenBudgetBatchSampler
+
+    script = tmp_path / "distill_job.py"
+    script.write_text(DISTILL)
+    two = _run(_torchrun(2, str(script), str(tiny_cache), str(tmp_path / "two"), "192"))
+    assert two.returncode == 0, two.stderr[-12000:]
+    ddp = json.loads(two.stdout.strip().splitlines()[-1])
+    lengths = TeacherCache(tiny_cache).split("train", ["logits"]).lengths()
+    per_process = len(TokenBudgetBatchSampler(lengths, 96, 8, seed=0))
+    assert ddp["steps"] == 2 * -(-per_process // 2) != 2 * -(-len(lengths) // 16)  # not the batch_size-row count
+    assert len(ddp["summary"]["eval_accuracy_per_epoch"]) == 2 and (tmp_path / "two" / "model.safetensors").is_file()
 
 
 def test_ddp_batch_that_does_not_split_over_the_processes_is_refused(tmp_path, tiny_cache, monkeypatch):
