@@ -1,13 +1,15 @@
 """P2g: a student's training rows/s from the cache (the product's stage two) / a plain loop over the same batches
 already on the device (goal >= 0.9, at each batch size).
 
-    python bench/p2g_student_pace.py [--rows 4000] [--batch-sizes 32,64,256] [--device auto]
+    python bench/p2g_student_pace.py [--rows 4000] [--batch-sizes 32,64,256] [--device auto] [--batch-tokens N]
 
 Stage two: `train_student` over the memory-mapped cache split (Trainer, length-grouped sampler, CacheCollator), two
 epochs, no evaluation; rows/s over the second (warm) epoch. Plain loop: the same student (l3: 3 x 384, the default
 run's shape), the same DistillationModule loss (CE + T^2 KL + hidden MSE over layers 2, 4, 6), every batch collated
 beforehand and moved to the device before timing, one untimed warm-up epoch, then a timed one: forward / backward / clip / AdamW step / zero_grad, nothing
 else: what the hardware allows this loss. On a GPU both sides run bf16 autocast, and the plain loop uses fused AdamW.
+With `--batch-tokens N` stage two runs `distill.batch_tokens: N` (at most batch-size rows a batch) and the plain loop
+takes the same sampler's batches; without it, the plain loop takes length-sorted chunks of batch-size rows.
 """
 
 import argparse
@@ -26,19 +28,21 @@ from pipeline.extract import extract_cache, resolve_device
 from pipeline.kd import DistillationModule, train_student
 from pipeline.layers import LayerPlan, hidden_layer_pairs
 from pipeline.students import build_student
-from pipeline.trainer import scratch_dir, training_arguments
+from pipeline.trainer import TokenBudgetBatchSampler, scratch_dir, training_arguments
 
 from common import WORK, machine, prepared, save, teacher_dir
 
 LAYERS = (2, 4, 6)
 
 
-def module_for(cache: TeacherCache, batch_size: int, workers: int = 0) -> tuple[DistillationModule, DistillConfig]:
+def module_for(
+    cache: TeacherCache, batch_size: int, workers: int = 0, batch_tokens: int | None = None
+) -> tuple[DistillationModule, DistillConfig]:
     spec = StudentSpec(num_layers=3, hidden_size=384, init="random", num_heads=12, intermediate_size=1536)
     teacher_cfg = json.loads((cache.cache_dir / "teacher_config.json").read_text())
     student, _ = build_student(spec, teacher_cfg, cache.label_names, None, seed=0)
     pairs = hidden_layer_pairs(3, cache.manifest["teacher"]["num_hidden_layers"], cache.layers)
-    cfg = DistillConfig(epochs=1, batch_size=batch_size, logging_steps=1000, num_workers=workers)
+    cfg = DistillConfig(epochs=1, batch_size=batch_size, batch_tokens=batch_tokens, logging_steps=1000, num_workers=workers)
     return DistillationModule(student, cfg, LayerPlan(pairs, cache.manifest["hidden_size"])), cfg
 
 
@@ -58,24 +62,28 @@ class EpochClock(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-def stage_two(cache, train, dev, batch_size, workers=0) -> float:
+def stage_two(cache, train, dev, batch_size, workers=0, batch_tokens=None) -> float:
     """Two epochs through the product's path; rows/s of the second (the first warms every batch shape up)."""
-    module, cfg = module_for(cache, batch_size, workers)
+    module, cfg = module_for(cache, batch_size, workers, batch_tokens)
     cfg.epochs = 2
     clock = EpochClock()
     args = training_arguments(scratch_dir(), cfg, seed=0, eval_each_epoch=False)
-    train_student(module, train, dev, args, 0, callbacks=[clock])
+    train_student(module, train, dev, args, 0, callbacks=[clock], batch_tokens=batch_tokens)
     return len(train) / (clock.ends[2] - clock.ends[1])
 
 
-def plain_loop(cache, train, batch_size, device) -> float:
+def plain_loop(cache, train, batch_size, device, batch_tokens=None) -> float:
     module, cfg = module_for(cache, batch_size)
     module.to(device).train()
     collate = CacheCollator(sorted(t for _, t in module.pairs), 0)
-    order = np.argsort(train.lengths(), kind="stable")
+    if batch_tokens:  # the token-budget sampler's batches (its first epoch)
+        chunks = list(TokenBudgetBatchSampler(train.lengths(), batch_tokens, batch_size, seed=0))
+    else:  # length-sorted chunks, as grouped batches pad
+        order = np.argsort(train.lengths(), kind="stable")
+        chunks = [order[start : start + batch_size] for start in range(0, len(order) - batch_size + 1, batch_size)]
     batches = []
-    for start in range(0, len(order) - batch_size + 1, batch_size):  # length-sorted chunks, as grouped batches pad
-        batch = collate([train[int(i)] for i in order[start : start + batch_size]])
+    for chunk in chunks:
+        batch = collate([train[int(i)] for i in chunk])
         batches.append({k: v.to(device) for k, v in batch.items()})
     cuda = device.type == "cuda"
     optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.learning_rate, fused=cuda)
@@ -95,7 +103,7 @@ def plain_loop(cache, train, batch_size, device) -> float:
     epoch()  # warm-up: every batch shape once
     started = time.perf_counter()
     epoch()
-    return len(batches) * batch_size / (time.perf_counter() - started)
+    return sum(len(b["input_ids"]) for b in batches) / (time.perf_counter() - started)
 
 
 def main():
@@ -104,6 +112,7 @@ def main():
     ap.add_argument("--batch-sizes", default="32,64,256")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=0, help="distill.num_workers for stage two (DataLoader collation)")
+    ap.add_argument("--batch-tokens", type=int, default=0, help="distill.batch_tokens for both sides; 0 = row batches")
     args = ap.parse_args()
     device = resolve_device(args.device)
     teacher = teacher_dir()
@@ -117,13 +126,23 @@ def main():
     runs = []
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
         torch.manual_seed(0)
-        plain = plain_loop(cache, train, batch_size, device)
-        ours = stage_two(cache, train, dev, batch_size, args.workers)
-        runs.append({"batch_size": batch_size, "stage_two_rows_s": round(ours, 1), "plain_rows_s": round(plain, 1)})
+        tokens = args.batch_tokens or None
+        plain = plain_loop(cache, train, batch_size, device, tokens)
+        ours = stage_two(cache, train, dev, batch_size, args.workers, tokens)
+        runs.append(
+            {
+                "batch_size": batch_size,
+                "batch_tokens": tokens,
+                "stage_two_rows_s": round(ours, 1),
+                "plain_rows_s": round(plain, 1),
+            }
+        )
         runs[-1]["ratio"] = round(ours / plain, 3)
         print(json.dumps(runs[-1]), flush=True)
     save(
-        f"p2g_student_pace_{device.type}" + (f"_w{args.workers}" if args.workers else ""),
+        f"p2g_student_pace_{device.type}"
+        + (f"_w{args.workers}" if args.workers else "")
+        + (f"_t{args.batch_tokens}" if args.batch_tokens else ""),
         {
             "figure": "P2g student rows/s from the cache / plain loop on device tensors, same batch",
             "goal": ">= 0.9",
