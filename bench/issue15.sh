@@ -12,6 +12,7 @@
 #                                      then assemble students/<student> from every seed on disk (seed 42 of l3 and
 #                                      l3_hard from BASE) and evaluate them and run the report: the paired KD - baseline
 #                                      interval over >= 5 seeds (needs the teachers arm first, for the t43 cache)
+# SET="key=value ..." adds params overrides to every arm (e.g. SET="students.l2.epochs=3" bash bench/issue15.sh seeds l2 42).
 # Metrics land in bench/work/issue15/<arm>/metrics/*.json (read into bench/README.md by hand).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,8 +20,9 @@ BASE=${BASE:-bench/work/seeds5}
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-bench/work/issue15}  # one directory per BASE: OUT=bench/work/issue15-sentences BASE=... for another run
 arm=$1; W=$OUT/$arm; mkdir -p "$W/metrics" "$W/plots"
-params() {  # BASE's params.yaml with `key=value` (YAML values) overrides -> $W/params.yaml
-  python - "$BASE/params.yaml" "$W/params.yaml" "$@" <<'PY'
+read -ra SETS <<< "${SET:-}"
+params() {  # BASE's params.yaml with `key=value` (YAML values) overrides, then SET's -> $W/params.yaml
+  python - "$BASE/params.yaml" "$W/params.yaml" "$@" "${SETS[@]}" <<'PY'
 import sys, yaml
 raw = yaml.safe_load(open(sys.argv[1]))
 for kv in sys.argv[3:]:
