@@ -6,7 +6,11 @@ Fixtures shrink the real thing (real data, real code paths) instead of mocking i
 from __future__ import annotations
 
 import collections
+import os
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one core per worker, for its stage subprocesses too
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 import pytest
 import torch
