@@ -146,29 +146,26 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
 
     def __init__(self, lengths, budget: int, max_rows: int, seed: int):
         self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.budget, self.max_rows, self.seed, self.epoch = int(budget), int(max_rows), int(seed), 0
-        self.count = len(self._cut(np.argsort(self.lengths, kind="stable")))
-
-    def _cut(self, order: np.ndarray) -> list[np.ndarray]:
-        """Consecutive runs of `order` (ascending length: a batch's last row is its longest) within both limits."""
-        sizes, cuts, start = self.lengths[order], [], 0
-        for i, size in enumerate(sizes.tolist()):
+        self.seed, self.epoch = int(seed), 0
+        # where the length-sorted rows are cut: the sorted lengths are the same whatever order the ties take, so the
+        # cuts (and the batch count) are fixed once; a batch's last row is its longest
+        self.cuts, start = [], 0
+        for i, size in enumerate(np.sort(self.lengths).tolist()):
             rows = i - start + 1
-            if i > start and (rows > self.max_rows or rows * size > self.budget):
-                cuts.append(i)
+            if i > start and (rows > max_rows or rows * size > budget):
+                self.cuts.append(i)
                 start = i
-        return np.split(order, cuts)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.count
+        return len(self.cuts) + 1
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
         order = np.lexsort((rng.permutation(len(self.lengths)), self.lengths))  # by length, ties in seeded order
-        batches = self._cut(order)
+        batches = np.split(order, self.cuts)
         for b in rng.permutation(len(batches)):
             yield batches[b].tolist()
 
