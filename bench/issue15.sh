@@ -3,6 +3,8 @@
 # bench/pipeline_wall.py) and running the stage scripts directly into bench/work/issue15/<arm>:
 #   bash bench/issue15.sh teachers  -> a second teacher (seed 43, cached logits only), the teacher ensemble, and l3
 #                                      learning from both teachers (seed 42)
+#   bash bench/issue15.sh ensemble  -> teachers t43..t46 (TEACHER_SEEDS), the 5-teacher ensemble on val and dev, and
+#                                      l3 learning from all five (SEEDS seeds; SRC= another arm's rows, see the arm)
 #   bash bench/issue15.sh augment   -> 1 word-edited copy of each labelled train text labelled by the teacher, l3 on it
 #   bash bench/issue15.sh transfer  -> the same number of extra rows as plain unlabeled transfer texts, l3 on them
 #                                      (TRANSFER=36000 rows; SEEDS=5 trains l3 under 5 seeds, either arm)
@@ -57,6 +59,30 @@ case $arm in
       --teachers-root "$W/teachers" --cache "$BASE/artifacts/cache" --teacher-metrics "$BASE/artifacts/metrics/teacher.json" \
       --metrics-root "$W/metrics"
     student "$BASE/artifacts/cache" l3_t2 ;;
+  ensemble)
+    # TEACHER_SEEDS="43 44 45 46": one extra teacher per seed (t<seed>, fine-tuned on SRC's labelled rows, skipped when
+    # already trained), each cached over SRC's prepared + transfer rows (SRC: BASE, or an augment/transfer arm's directory
+    # with the SET= its params need, e.g. SRC=$OUT/transfer SET="data.max_transfer_examples=36000"); the ensemble of the
+    # default teacher and all of them scored on val and dev; then l3_t<N> learning from all N teachers under SEEDS seeds.
+    SRC=${SRC:-$BASE}; read -ra TS <<< "${TEACHER_SEEDS:-43 44 45 46}"
+    SRC_CACHE=$SRC/cache; [ -d "$SRC_CACHE" ] || SRC_CACHE=$SRC/artifacts/cache
+    SRC_PREP=$SRC/prepared; [ -d "$SRC_PREP" ] || SRC_PREP=$SRC/data/prepared
+    SRC_TRANSFER=$SRC/transfer; [ -d "$SRC_TRANSFER" ] || SRC_TRANSFER=$SRC/data/transfer
+    N=$(( ${#TS[@]} + 1 )); T_MAP=""; T_LIST="teacher"
+    for s in "${TS[@]}"; do T_MAP="$T_MAP t$s: {seed: $s},"; T_LIST="$T_LIST, t$s"; done
+    params "teachers={${T_MAP%,} }" "students.l3_t$N=$L3" "students.l3_t$N.teachers=[$T_LIST]" "distill.seeds=${SEEDS:-1}"
+    for s in "${TS[@]}"; do
+      [ -f "$W/teachers/t$s/config.json" ] || python stages/teacher.py "${P[@]}" --name "t$s" --prepared "$SRC_PREP" \
+        --out "$W/teachers/t$s" --metrics "$W/metrics/train_teacher-t$s.json" --plots "$W/plots/teacher-t$s.csv"
+      [ -f "$W/caches/t$s/manifest.json" ] || python stages/extract.py "${P[@]}" --name "t$s" --prepared "$SRC_PREP" \
+        --transfer "$SRC_TRANSFER" --teacher "$W/teachers/t$s" --out "$W/caches/t$s" --metrics "$W/metrics/extract-t$s.json"
+      [ -f "$W/metrics/teacher-t$s.json" ] || python stages/evaluate.py "${P[@]}" --model "$W/teachers/t$s" \
+        --name "teacher-t$s" --cache "$SRC_CACHE" --teacher-metrics "$BASE/artifacts/metrics/teacher.json" --metrics-root "$W/metrics"
+    done
+    python stages/ensemble.py "${P[@]}" --name "teacher-ensemble$N" --teachers teacher "${TS[@]/#/t}" \
+      --teacher "$BASE/artifacts/teacher" --teachers-root "$W/teachers" --cache "$SRC_CACHE" \
+      --teacher-metrics "$BASE/artifacts/metrics/teacher.json" --metrics-root "$W/metrics"
+    [ "${STUDENT:-1}" = 0 ] || student "$SRC_CACHE" "l3_t$N" ;;
   augment|transfer)
     # SEEDS=5: the student under seeds 42.. (distill.seeds), for a paired comparison with the seeds arm's l3_hard
     if [ "$arm" = augment ]; then params "data.augment_copies=1" "distill.seeds=${SEEDS:-1}"
@@ -128,5 +154,5 @@ PY
         --teacher-metrics "$BASE/artifacts/metrics/teacher.json" --metrics-root "$W/metrics"
     done
     python stages/report.py "${P[@]}" --metrics "$W/metrics" --plots "$W/plots" --out "$W/report" ;;
-  *) echo "unknown arm: $arm (teachers | augment | transfer)" >&2; exit 2 ;;
+  *) echo "unknown arm: $arm (teachers | ensemble | augment | transfer | seeds)" >&2; exit 2 ;;
 esac

@@ -58,7 +58,8 @@ class DataConfig:
         None,
         "the tuning split every choice is made on (per-epoch scores, the report's pick), as train; null = carve "
         "val_examples rows from train (text tasks: whole sentences, rows no other row contains, drawn from the whole "
-        "file before max_train_examples, and phrases found only inside them leave train and transfer)",
+        "file before max_train_examples, and phrases found only inside them leave train and transfer; extractive QA: "
+        "questions of whole articles, whose other questions leave train and transfer)",
     )
     val_examples: int = knob(
         2000,

@@ -5,7 +5,7 @@ sees it, does not retrain when only the transfer set changes)."""
 from pathlib import Path
 
 from pipeline.cli import run_stage
-from pipeline.data import AUGMENT, add_augmented_split, add_tuning_split, save_prepared
+from pipeline.data import AUGMENT, add_augmented_split, save_prepared
 from pipeline.errors import PipelineError
 from pipeline.models import (
     check_max_length,
@@ -25,7 +25,7 @@ def main(params, args):
     tokenizer = load_tokenizer(params.teacher.model, params.teacher.trust_remote_code)
     task = get_task(params.task)
     splits, info = task.prepare(params.data, tokenizer, params.seed)
-    splits, info = add_tuning_split(splits, info, params.data, params.seed, task.split_fingerprint)
+    splits, info = task.tuning_split(splits, info, params.data, params.seed)
     if params.data.augment_copies and task.name != "sequence_classification":
         raise PipelineError(
             f"params.yaml: data.augment_copies: word-edit augmentation is built for sequence classification, not "

@@ -224,9 +224,8 @@ def test_hub_shaped_jsonl_reads_like_the_squad_schema(tmp_path, squad_small):
 
 
 # ---- teacher -> cache -> student -> evaluate ------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def qa_run(tmp_path_factory, squad_small):
-    root = tmp_path_factory.mktemp("qa")
+def _tiny_qa_cache(root: Path, data: DataConfig):
+    """A tiny random QA teacher (saved with a small tokenizer) and its cache of `data`: (teacher, cache, splits, info)."""
     tokenizer = make_tokenizer(root / "tok", ROOT / "data" / "raw" / "sst2")
     torch.manual_seed(0)
     teacher = root / "teacher"
@@ -234,11 +233,17 @@ def qa_run(tmp_path_factory, squad_small):
         teacher
     )
     tokenizer.save_pretrained(teacher)
-    data = _data(squad_small, transfer=str(squad_small / "train.json"), max_train_examples=60)
     splits, info = TASK.prepare(data, tokenizer, 0)
     cache = root / "cache"
     extract_cache(teacher, splits, cache, ExtractConfig(layers=[2, 4], batch_size=16, device="cpu"), info=info)
-    return root, teacher, cache, splits, info
+    return teacher, cache, splits, info
+
+
+@pytest.fixture(scope="module")
+def qa_run(tmp_path_factory, squad_small):
+    root = tmp_path_factory.mktemp("qa")
+    data = _data(squad_small, transfer=str(squad_small / "train.json"), max_train_examples=60)
+    return root, *_tiny_qa_cache(root, data)
 
 
 def test_the_cache_holds_start_end_logits_windows_and_the_questions(qa_run):
@@ -305,8 +310,82 @@ def test_a_student_learns_from_the_span_cache_and_serves_in_a_pipeline(qa_run):
     torch.testing.assert_close(both.end_logits, (outs[0].end_logits + outs[1].end_logits) / 2)
 
 
-def test_a_tuning_split_is_refused_for_extractive_qa_with_the_fix(tmp_path, real_tokenizer):
+# ---- the tuning split, carved by article ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def squad_articles(tmp_path_factory) -> Path:
+    """Five real train articles (three paragraphs each) and the squad_small dev paragraphs."""
+    out = tmp_path_factory.mktemp("squad_articles")
+    doc = json.loads((SQUAD / "train.json").read_text(encoding="utf-8"))
+    articles = [{"title": a["title"], "paragraphs": a["paragraphs"][:3]} for a in doc["data"][:5]]
+    (out / "train.json").write_text(json.dumps({"version": "1.1", "data": articles}))
+    (out / "dev.json").write_text(json.dumps(_squad_head("dev", 5)))
+    return out
+
+
+def _questions(split) -> set[tuple[str, str]]:
+    return set(zip(split["question_id"], split["context"]))
+
+
+def test_the_tuning_split_takes_whole_articles_that_train_transfer_and_dev_never_see(squad_articles, real_tokenizer):
+    data = _data(squad_articles, transfer=str(squad_articles / "train.json"), max_train_examples=40, val_examples=20)
+    splits, info = TASK.prepare(data, real_tokenizer, seed=0)
+    questions = load_questions(parse_source(str(squad_articles / "train.json")))
+    article = {q.context: q.article for q in questions}
+    val = _questions(splits["val"])
+    val_contexts = {c for _, c in val}
+    tuning_articles = {article[c] for c in val_contexts}
+    assert len({q for q, _ in val}) == info["splits"]["val"]["questions"] == 20
+    assert info["splits"]["val"]["articles"] == len(tuning_articles) >= 1
+
+    def found(name: str, contexts: set[str]) -> set[str]:
+        """The contexts whose first 8 tokens open a context part of some window of split `name` (train and transfer
+        windows carry no texts)."""
+        heads = {tuple(w[f : f + 8]) for w, f in zip(splits[name]["input_ids"], (x[1] for x in splits[name]["qa_window"]))}
+        return {c for c in contexts if tuple(real_tokenizer(c, add_special_tokens=False)["input_ids"][:8]) in heads}
+
+    assert found("val", val_contexts) == val_contexts and found("train", set(article) - val_contexts)  # it finds what is there
+    assert found("train", val_contexts) == found("transfer", val_contexts) == found("dev", val_contexts) == set()
+    # every question of a tuning article left the train pool: train holds questions of the other articles only
+    kept = info["splits"]["train"]["questions"] + info["splits"]["val"]["tuning_article_questions_removed"]
+    assert kept <= len(questions) and info["splits"]["val"]["tuning_article_questions_removed"] == sum(
+        article[q.context] in tuning_articles for q in questions
+    )
+    # numbered after dev's questions: one cache table holds both
+    assert min(w[0] for w in splits["val"]["qa_window"]) == info["splits"]["dev"]["questions"]
+    again, _ = TASK.prepare(data, real_tokenizer, seed=0)
+    assert _questions(again["val"]) == val
+    other, _ = TASK.prepare(data, real_tokenizer, seed=1)
+    assert _questions(other["val"]) != val
+
+
+def test_a_tuning_split_larger_than_the_articles_allow_is_refused_with_the_fix(squad_articles, real_tokenizer):
     with pytest.raises(
-        PipelineError, match=r"extractive QA has no tuning split yet .*set data.val: null and data.val_examples: 0"
+        PipelineError, match=r"data.val_examples=1000 needs whole articles of .*train.json.*lower data.val_examples"
     ):
-        TASK.prepare(_data(tmp_path, val_examples=100), real_tokenizer, seed=0)
+        TASK.prepare(_data(squad_articles, val_examples=1000), real_tokenizer, seed=0)
+
+
+def test_a_tuning_file_drops_questions_on_train_or_dev_contexts(squad_articles, real_tokenizer, tmp_path):
+    doc = json.loads((squad_articles / "train.json").read_text())
+    (tmp_path / "train.json").write_text(json.dumps({"version": "1.1", "data": doc["data"][:3]}))
+    (tmp_path / "dev.json").write_text((squad_articles / "dev.json").read_text())
+    (tmp_path / "val.json").write_text(json.dumps({"version": "1.1", "data": doc["data"][2:]}))  # article 2 is train's
+    splits, info = TASK.prepare(_data(tmp_path, val=str(tmp_path / "val.json")), real_tokenizer, seed=0)
+    own = load_questions(parse_source(str(tmp_path / "val.json")))
+    shared = sum(q.article.startswith("0:") for q in own)  # the val file's first article is the train file's third
+    assert info["splits"]["val"]["overlap_removed"] == shared > 0
+    assert info["splits"]["val"]["questions"] == len(own) - shared
+
+
+def test_students_and_evaluation_score_the_tuning_questions_from_the_cache(squad_articles, tmp_path):
+    teacher, cache, splits, info = _tiny_qa_cache(tmp_path, _data(squad_articles, max_train_examples=40, val_examples=20))
+    table = TeacherCache(cache).table(QUESTIONS).to_pydict()
+    assert len(table["id"]) == info["splits"]["dev"]["questions"] + 20
+    result = distill_seeds(
+        cache, tmp_path / "student", StudentSpec(num_layers=2, hidden_size=32, init="teacher"),
+        DistillConfig(epochs=1, batch_size=16, learning_rate=1e-3), seeds=[0], teacher_dir=teacher,
+    )  # fmt: skip
+    assert result["summary"]["eval_split"] == "val"
+    metrics = evaluate_saved_model(tmp_path / "student", cache, batch_size=16, latency_batch_sizes=[], latency_repeats=1)
+    assert metrics["val_rows"] == info["splits"]["val"]["rows"] and metrics["questions"] == info["splits"]["dev"]["questions"]
+    assert 0 <= metrics["val_exact_match"] <= metrics["val_f1"] <= 1

@@ -60,6 +60,12 @@ class Task:
 
         return prepare_corpus(data, tokenizer, seed)
 
+    def tuning_split(self, splits: dict, info: dict, data, seed: int):
+        """The tuning split `val` (`pipeline.data.add_tuning_split`), for a task whose prepare has not made it."""
+        from pipeline.data import add_tuning_split
+
+        return add_tuning_split(splits, info, data, seed, self.split_fingerprint)
+
     def split_fingerprint(self, ds) -> str:
         """The digest of a prepared split (what its cache rows derive from) the manifest records."""
         from pipeline.data import split_fingerprint

@@ -18,6 +18,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.cache import FieldSpec
+from pipeline.data import TUNE
 from pipeline.errors import PipelineError
 from pipeline.losses import LossMix, hard_label_loss, hidden_state_loss, logit_loss
 from pipeline.sources import Source, check_columns, load_source, parse_source
@@ -43,6 +44,7 @@ class Question:
     answers: list[str] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)
     where: str = ""
+    article: str = ""  # what a tuning split is carved by: the article (title), else the context
 
 
 # ---- reading ------------------------------------------------------------------------------------------------------
@@ -72,6 +74,7 @@ def read_squad_json(path: Path) -> list[Question]:
                         [x.get("text") for x in answers],
                         [x.get("answer_start") for x in answers],
                         f"{path}, question id {qid}",
+                        f"{a}:{article.get('title', '')}",
                     )
                 )
     if not out:
@@ -89,6 +92,7 @@ def load_questions(source: Source) -> list[Question]:
     ds = load_source(source)
     check_columns(ds, source, {"id": "id", "context": "context", "question": "question", "answers": "answers"})
     out = []
+    titled = "title" in ds.column_names
     for i, row in enumerate(ds):
         answers = row["answers"] or {}
         out.append(
@@ -99,6 +103,7 @@ def load_questions(source: Source) -> list[Question]:
                 list(answers.get("text") or []),
                 list(answers.get("answer_start") or []),
                 f"{source.where(i)} (question id {row['id']})",
+                row["title"] if titled else row["context"],
             )
         )
     return out
@@ -176,15 +181,16 @@ def window_questions(questions: list[Question], tokenizer, max_length: int, doc_
     return rows, int(labeled) * int((~found).sum())
 
 
-def qa_split(rows: list, questions: list[Question] | None) -> datasets.Dataset:
-    """Prepared windows; dev windows also carry their question's id, context and reference answers (for scoring)."""
+def qa_split(rows: list, questions: list[Question] | None, first: int = 0) -> datasets.Dataset:
+    """Prepared windows; dev and tuning windows also carry their question's id, context and reference answers (for
+    scoring). A window's question index in `qa_window` is `first` + its index in the split's questions."""
     data = {
         "example_id": np.arange(len(rows), dtype=np.int64),
         "input_ids": [np.asarray(r[0], dtype=np.int32) for r in rows],
         "length": np.array([len(r[0]) for r in rows], dtype=np.int32),
         "label": np.full(len(rows), -1, dtype=np.int64),
         QA_POSITIONS: [np.asarray(r[5], dtype=np.int32) for r in rows],
-        QA_WINDOW: [np.asarray((r[1], r[2], r[3]), dtype=np.int32) for r in rows],
+        QA_WINDOW: [np.asarray((first + r[1], r[2], r[3]), dtype=np.int32) for r in rows],
         OFFSETS: [np.asarray(r[4], dtype=np.int32).reshape(-1) for r in rows],
     }
     ints = datasets.List(datasets.Value("int32"))
@@ -287,6 +293,49 @@ def token_type_ids(first_context: torch.Tensor, attention_mask: torch.Tensor) ->
     return ((positions >= first_context[:, None]) & attention_mask.bool()).long()
 
 
+def _subset(questions: list[Question], rows: np.ndarray, limit: int | None, seed: int) -> list[Question]:
+    """The questions at `rows`, or a seeded subset of `limit` of them (in file order)."""
+    if limit is not None and limit < len(rows):
+        rows = np.sort(np.random.default_rng(seed).permutation(rows)[:limit])
+    return [questions[i] for i in rows]
+
+
+def carve_articles(questions: list[Question], dev_contexts: set[str], n: int, seed: int, spec: str):
+    """A tuning split of `n` questions drawn from whole articles of a train file: articles (in a seeded order, none with
+    a dev context) are taken until they hold `n` questions, and every question of a taken article leaves the train
+    pool, so no context of the tuning split is trained on. Returns (tuning questions, the train pool's indices, stats
+    with the taken contexts under "contexts" for the caller to keep out of the transfer questions)."""
+    by_article: dict[str, list[int]] = collections.defaultdict(list)
+    for i, q in enumerate(questions):
+        by_article[q.article].append(i)
+    eligible = [a for a, rows in by_article.items() if not any(questions[i].context in dev_contexts for i in rows)]
+    order = [eligible[i] for i in np.random.default_rng(seed).permutation(len(eligible))]
+    taken, count = [], 0
+    for article in order:
+        if count >= n:
+            break
+        taken.append(article)
+        count += len(by_article[article])
+    if count < n or len(taken) == len(by_article):
+        raise PipelineError(
+            f"params.yaml: data.val_examples={n} needs whole articles of {spec} holding {n} questions with some left "
+            f"for train, but its {len(by_article)} articles ({len(eligible)} with no dev context) hold "
+            f"{sum(len(by_article[a]) for a in eligible)} questions; lower data.val_examples or point data.val at a "
+            "labelled SQuAD file"
+        )
+    in_tuning = np.zeros(len(questions), dtype=bool)
+    for article in taken:
+        in_tuning[by_article[article]] = True
+    tuning = _subset(questions, np.flatnonzero(in_tuning), n, seed)
+    stats = {
+        "source": f"{spec} ({n} questions of {len(taken)} whole articles, carved before train)",
+        "articles": len(taken),
+        "tuning_article_questions_removed": int(in_tuning.sum()),
+        "contexts": sorted({questions[i].context for i in np.flatnonzero(in_tuning)}),
+    }
+    return tuning, np.flatnonzero(~in_tuning), stats
+
+
 def context_mask(window: torch.Tensor, width: int) -> torch.Tensor:
     """(batch, width) True at each window's context tokens (window = question index, first, last)."""
     positions = torch.arange(width)[None, :]
@@ -344,56 +393,79 @@ class QuestionAnswering(Task):
     def prepare(self, data, tokenizer, seed: int):
         if not getattr(tokenizer, "is_fast", False):
             raise PipelineError("question answering needs a fast tokenizer (offset mappings for answer spans)")
-        if data.val is not None or data.val_examples:
-            raise PipelineError(
-                "params.yaml: data.val / data.val_examples: extractive QA has no tuning split yet (a row is a window "
-                "of a question, so a split must be carved by question); set data.val: null and data.val_examples: 0 "
-                "(choices then fall back to dev)"
+        formats = (".json", ".jsonl", ".parquet")
+        specs = {"train": data.train, "dev": data.dev, TUNE: data.val, "transfer": data.transfer}
+        loaded = {}
+        for name, spec in specs.items():
+            if spec is not None:
+                loaded[name] = load_questions(parse_source(spec, formats))
+                for q in loaded[name]:
+                    check_question(q, labeled=name != "transfer")
+        chosen = {"dev": _subset(loaded["dev"], np.arange(len(loaded["dev"])), data.max_dev_examples, seed)}
+        dev_contexts = {q.context for q in chosen["dev"]}
+        pool, extra = np.arange(len(loaded["train"])), {}
+        if data.val is None and data.val_examples:  # whole articles of the train file, before max_train_examples
+            chosen[TUNE], pool, extra = carve_articles(loaded["train"], dev_contexts, data.val_examples, seed + 2, data.train)
+        chosen["train"] = _subset(loaded["train"], pool, data.max_train_examples, seed)
+        if data.val is not None:  # a labelled file of its own: questions on a context of train or dev leave it
+            taken = dev_contexts | {q.context for q in chosen["train"]}
+            keep = np.array([i for i, q in enumerate(loaded[TUNE]) if q.context not in taken], dtype=np.int64)
+            extra = {"overlap_removed": len(loaded[TUNE]) - len(keep)}
+            if extra["overlap_removed"]:
+                log.warning(
+                    "%s: %d tuning questions on a train or dev context were dropped", data.val, len(loaded[TUNE]) - len(keep)
+                )
+            if not len(keep):
+                raise PipelineError(
+                    f"{data.val}: every data.val question is on a train or dev context; point data.val at other articles"
+                )
+            chosen[TUNE] = _subset(loaded[TUNE], keep, data.val_examples or None, seed + 2)
+        if "transfer" in loaded:  # unlabeled questions (answers ignored) on no context or question of the other splits
+            held = {(q.question, q.context) for name in ("train", "dev") for q in chosen[name]}
+            tuning = {q.context for q in chosen.get(TUNE, [])} | set(extra.pop("contexts", ()))
+            rows = np.array(
+                [i for i, q in enumerate(loaded["transfer"]) if (q.question, q.context) not in held and q.context not in tuning],
+                dtype=np.int64,
             )
-        splits, stats, held = {}, {}, set()
-        for name, spec, limit in (
-            ("train", data.train, data.max_train_examples),
-            ("dev", data.dev, data.max_dev_examples),
-            ("transfer", data.transfer, data.max_transfer_examples),
-        ):
-            if spec is None:
+            if not len(rows):
+                raise PipelineError(f"{data.transfer}: no transfer questions left after removing those in train, dev or val")
+            chosen["transfer"] = _subset(loaded["transfer"], rows, data.max_transfer_examples, seed + 1)
+        extra.pop("contexts", None)
+        splits, stats = {}, {}
+        for name in ("train", "dev", TUNE, "transfer"):
+            if name not in chosen:
                 continue
             labeled = name != "transfer"
-            questions = load_questions(parse_source(spec, (".json", ".jsonl", ".parquet")))
-            for q in questions:
-                check_question(q, labeled)
-            rows = np.arange(len(questions), dtype=np.int64)
-            if not labeled:  # unlabeled questions (answers ignored) minus any also asked of the same context in train/dev
-                rows = rows[[(q.question, q.context) not in held for q in questions]]
-                if not len(rows):
-                    raise PipelineError(f"{spec}: no transfer questions left after removing those in train or dev")
-            if limit is not None and limit < len(rows):
-                rows = np.sort(np.random.default_rng(seed + (not labeled)).permutation(rows)[:limit])
-            chosen = [questions[i] for i in rows]
-            held |= {(q.question, q.context) for q in chosen}
-            windows, outside = window_questions(chosen, tokenizer, data.max_length, data.doc_stride, labeled)
+            windows, outside = window_questions(chosen[name], tokenizer, data.max_length, data.doc_stride, labeled)
             if outside:
                 log.warning(
                     "%s: %d of %d answers lie inside no window (longer than the windows' overlap, or cut by "
                     "max_length); their windows are labelled [CLS]",
-                    spec,
+                    specs[name],
                     outside,
-                    len(chosen),
+                    len(chosen[name]),
                 )
-            splits[name] = qa_split(windows, chosen if name == "dev" else None)
+            # the tuning questions are numbered after dev's: one cache table holds both splits' questions
+            first = len(chosen["dev"]) if name == TUNE else 0
+            splits[name] = qa_split(windows, chosen[name] if name in ("dev", TUNE) else None, first)
             stats[name] = {
-                "source": spec,
-                "rows_in_source": len(questions),
-                "questions": len(chosen),
+                "source": specs[name] if name in loaded else data.train,
+                "rows_in_source": len(loaded[name if name in loaded else "train"]),
+                "questions": len(chosen[name]),
                 "rows": len(windows),
                 "truncated": 0,  # long contexts are split into windows, never cut
-                "extra_windows": len(windows) - len(chosen),  # windows beyond a question's first
+                "extra_windows": len(windows) - len(chosen[name]),  # windows beyond a question's first
                 "answers_outside_windows": outside,
                 "tokens": int(sum(len(w[0]) for w in windows)),
                 "fingerprint": qa_fingerprint(splits[name]),
             }
+            if name == TUNE:
+                stats[name].update(extra)
         info = {"label_names": LABEL_NAMES, "max_length": data.max_length, "doc_stride": data.doc_stride, "splits": stats}
         return splits, {**info, "task": self.name}
+
+    def tuning_split(self, splits: dict, info: dict, data, seed: int):
+        return splits, info  # carved by article (or read from data.val) in prepare
 
     # ---- teacher ---------------------------------------------------------------------------------------------------
     def teacher_trainer_kwargs(self, tokenizer, splits: dict, cfg, seed: int, label_names: list[str]) -> dict:
@@ -454,13 +526,16 @@ class QuestionAnswering(Task):
         }
 
     def cache_tables(self, splits: dict) -> dict[str, pa.Table]:
-        """The dev questions (index, id, context, reference answers), for scoring from the cache alone."""
-        dev = splits["dev"]
+        """The dev (and tuning) questions: index, id, context, reference answers, for scoring from the cache alone."""
         seen, rows = set(), []
-        for window, qid, context, answers in zip(dev[QA_WINDOW], dev["question_id"], dev["context"], dev["answers"]):
-            if window[0] not in seen:
-                seen.add(window[0])
-                rows.append((int(window[0]), qid, context, list(answers)))
+        for name in ("dev", TUNE):
+            if name not in splits:
+                continue
+            ds = splits[name]
+            for window, qid, context, answers in zip(ds[QA_WINDOW], ds["question_id"], ds["context"], ds["answers"]):
+                if window[0] not in seen:
+                    seen.add(window[0])
+                    rows.append((int(window[0]), qid, context, list(answers)))
         return {
             QUESTIONS: pa.table(
                 {
@@ -520,7 +595,8 @@ class QuestionAnswering(Task):
                     "offsets": r[OFFSETS],
                 }
             )
-        references = {qid: list(a) for qid, _, a in by_index.values()}
+        asked = {int(r[QA_WINDOW][0]) for r in rows}  # one split's questions (the table holds dev's and val's)
+        references = {by_index[q][0]: list(by_index[q][2]) for q in sorted(asked)}
         scores = squad_metrics(predict_answers(windows, starts, ends), references)
         return {"metric": "SQuAD v1.1 F1", "accuracy": scores["exact_match"], **scores, "questions": len(references)}
 
