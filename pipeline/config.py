@@ -73,7 +73,7 @@ class DataConfig:
         "unlabeled transfer texts the teacher labels once in extract (labels "
         "ignored; rows also in train or dev are dropped); null = none",
     )
-    max_transfer_examples: int | None = knob(24000, "seeded random subset of the transfer texts; null = all", gt=0)
+    max_transfer_examples: int | None = knob(36000, "seeded random subset of the transfer texts; null = all", gt=0)
     augment_copies: int = knob(
         0,
         "teacher-labelled augmentation: seeded word-edited variants of each labelled train text, cached by extract "
