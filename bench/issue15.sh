@@ -63,14 +63,16 @@ case $arm in
     # TEACHER_SEEDS="43 44 45 46": one extra teacher per seed (t<seed>, fine-tuned on SRC's labelled rows, skipped when
     # already trained), each cached over SRC's prepared + transfer rows (SRC: BASE, or an augment/transfer arm's directory
     # with the SET= its params need, e.g. SRC=$OUT/transfer SET="data.max_transfer_examples=36000"); the ensemble of the
-    # default teacher and all of them scored on val and dev; then l3_t<N> learning from all N teachers under SEEDS seeds.
+    # default teacher and all of them scored on val and dev; then l3_t<N> (and l2_t<N>: SHAPES="l3 l2") learning from all
+    # N teachers under SEEDS seeds.
     SRC=${SRC:-$BASE}; read -ra TS <<< "${TEACHER_SEEDS:-43 44 45 46}"
     SRC_CACHE=$SRC/cache; [ -d "$SRC_CACHE" ] || SRC_CACHE=$SRC/artifacts/cache
     SRC_PREP=$SRC/prepared; [ -d "$SRC_PREP" ] || SRC_PREP=$SRC/data/prepared
     SRC_TRANSFER=$SRC/transfer; [ -d "$SRC_TRANSFER" ] || SRC_TRANSFER=$SRC/data/transfer
     N=$(( ${#TS[@]} + 1 )); T_MAP=""; T_LIST="teacher"
     for s in "${TS[@]}"; do T_MAP="$T_MAP t$s: {seed: $s},"; T_LIST="$T_LIST, t$s"; done
-    params "teachers={${T_MAP%,} }" "students.l3_t$N=$L3" "students.l3_t$N.teachers=[$T_LIST]" "distill.seeds=${SEEDS:-1}"
+    params "teachers={${T_MAP%,} }" "students.l3_t$N=$L3" "students.l3_t$N.teachers=[$T_LIST]" \
+      "students.l2_t$N=$L2" "students.l2_t$N.teachers=[$T_LIST]" "distill.seeds=${SEEDS:-1}"
     for s in "${TS[@]}"; do
       [ -f "$W/teachers/t$s/config.json" ] || python stages/teacher.py "${P[@]}" --name "t$s" --prepared "$SRC_PREP" \
         --out "$W/teachers/t$s" --metrics "$W/metrics/train_teacher-t$s.json" --plots "$W/plots/teacher-t$s.csv"
@@ -79,10 +81,10 @@ case $arm in
       [ -f "$W/metrics/teacher-t$s.json" ] || python stages/evaluate.py "${P[@]}" --model "$W/teachers/t$s" \
         --name "teacher-t$s" --cache "$SRC_CACHE" --teacher-metrics "$BASE/artifacts/metrics/teacher.json" --metrics-root "$W/metrics"
     done
-    python stages/ensemble.py "${P[@]}" --name "teacher-ensemble$N" --teachers teacher "${TS[@]/#/t}" \
-      --teacher "$BASE/artifacts/teacher" --teachers-root "$W/teachers" --cache "$SRC_CACHE" \
-      --teacher-metrics "$BASE/artifacts/metrics/teacher.json" --metrics-root "$W/metrics"
-    [ "${STUDENT:-1}" = 0 ] || student "$SRC_CACHE" "l3_t$N" ;;
+    [ -f "$W/metrics/teacher-ensemble$N.json" ] || python stages/ensemble.py "${P[@]}" --name "teacher-ensemble$N" \
+      --teachers teacher "${TS[@]/#/t}" --teacher "$BASE/artifacts/teacher" --teachers-root "$W/teachers" \
+      --cache "$SRC_CACHE" --teacher-metrics "$BASE/artifacts/metrics/teacher.json" --metrics-root "$W/metrics"
+    for shape in ${SHAPES-l3}; do student "$SRC_CACHE" "${shape}_t$N"; done ;;  # SHAPES="l3 l2"; SHAPES= for none
   augment|transfer)
     # SEEDS=5: the student under seeds 42.. (distill.seeds), for a paired comparison with the seeds arm's l3_hard
     if [ "$arm" = augment ]; then params "data.augment_copies=1" "distill.seeds=${SEEDS:-1}"
