@@ -303,8 +303,8 @@ def _subset(questions: list[Question], rows: np.ndarray, limit: int | None, seed
 def carve_articles(questions: list[Question], dev_contexts: set[str], n: int, seed: int, spec: str):
     """A tuning split of `n` questions drawn from whole articles of a train file: articles (in a seeded order, none with
     a dev context) are taken until they hold `n` questions, and every question of a taken article leaves the train
-    pool, so no context of the tuning split is trained on. Returns (tuning questions, the train pool's indices, stats
-    with the taken contexts under "contexts" for the caller to keep out of the transfer questions)."""
+    pool, so no context of the tuning split is trained on. Returns (tuning questions, the train pool's indices, the
+    taken articles' contexts (to keep out of the transfer questions), stats)."""
     by_article: dict[str, list[int]] = collections.defaultdict(list)
     for i, q in enumerate(questions):
         by_article[q.article].append(i)
@@ -331,9 +331,9 @@ def carve_articles(questions: list[Question], dev_contexts: set[str], n: int, se
         "source": f"{spec} ({n} questions of {len(taken)} whole articles, carved before train)",
         "articles": len(taken),
         "tuning_article_questions_removed": int(in_tuning.sum()),
-        "contexts": sorted({questions[i].context for i in np.flatnonzero(in_tuning)}),
     }
-    return tuning, np.flatnonzero(~in_tuning), stats
+    contexts = {questions[i].context for i in np.flatnonzero(in_tuning)}
+    return tuning, np.flatnonzero(~in_tuning), contexts, stats
 
 
 def context_mask(window: torch.Tensor, width: int) -> torch.Tensor:
@@ -403,9 +403,11 @@ class QuestionAnswering(Task):
                     check_question(q, labeled=name != "transfer")
         chosen = {"dev": _subset(loaded["dev"], np.arange(len(loaded["dev"])), data.max_dev_examples, seed)}
         dev_contexts = {q.context for q in chosen["dev"]}
-        pool, extra = np.arange(len(loaded["train"])), {}
+        pool, carved, extra = np.arange(len(loaded["train"])), set(), {}
         if data.val is None and data.val_examples:  # whole articles of the train file, before max_train_examples
-            chosen[TUNE], pool, extra = carve_articles(loaded["train"], dev_contexts, data.val_examples, seed + 2, data.train)
+            chosen[TUNE], pool, carved, extra = carve_articles(
+                loaded["train"], dev_contexts, data.val_examples, seed + 2, data.train
+            )
         chosen["train"] = _subset(loaded["train"], pool, data.max_train_examples, seed)
         if data.val is not None:  # a labelled file of its own: questions on a context of train or dev leave it
             taken = dev_contexts | {q.context for q in chosen["train"]}
@@ -422,7 +424,7 @@ class QuestionAnswering(Task):
             chosen[TUNE] = _subset(loaded[TUNE], keep, data.val_examples or None, seed + 2)
         if "transfer" in loaded:  # unlabeled questions (answers ignored) on no context or question of the other splits
             held = {(q.question, q.context) for name in ("train", "dev") for q in chosen[name]}
-            tuning = {q.context for q in chosen.get(TUNE, [])} | set(extra.pop("contexts", ()))
+            tuning = {q.context for q in chosen.get(TUNE, [])} | carved
             rows = np.array(
                 [i for i, q in enumerate(loaded["transfer"]) if (q.question, q.context) not in held and q.context not in tuning],
                 dtype=np.int64,
@@ -430,7 +432,6 @@ class QuestionAnswering(Task):
             if not len(rows):
                 raise PipelineError(f"{data.transfer}: no transfer questions left after removing those in train, dev or val")
             chosen["transfer"] = _subset(loaded["transfer"], rows, data.max_transfer_examples, seed + 1)
-        extra.pop("contexts", None)
         splits, stats = {}, {}
         for name in ("train", "dev", TUNE, "transfer"):
             if name not in chosen:
