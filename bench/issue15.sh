@@ -5,6 +5,9 @@
 #                                      learning from both teachers (seed 42)
 #   bash bench/issue15.sh ensemble  -> teachers t43..t46 (TEACHER_SEEDS), the 5-teacher ensemble on val and dev, and
 #                                      l3 learning from all five (SEEDS seeds; SRC= another arm's rows, see the arm)
+#   bash bench/issue15.sh variants NAME 'key=value ...' ...
+#                                   -> one-seed screens of student variants (l2 shape unless SHAPE=) learning from the
+#                                      ensemble arm's teachers, scored on the tuning split only
 #   bash bench/issue15.sh augment   -> 1 word-edited copy of each labelled train text labelled by the teacher, l3 on it
 #   bash bench/issue15.sh transfer  -> the same number of extra rows as plain unlabeled transfer texts, l3 on them
 #                                      (TRANSFER=36000 rows; SEEDS=5 trains l3 under 5 seeds, either arm)
@@ -85,6 +88,64 @@ case $arm in
       --teachers teacher "${TS[@]/#/t}" --teacher "$BASE/artifacts/teacher" --teachers-root "$W/teachers" \
       --cache "$SRC_CACHE" --teacher-metrics "$BASE/artifacts/metrics/teacher.json" --metrics-root "$W/metrics"
     for shape in ${SHAPES-l3}; do student "$SRC_CACHE" "${shape}_t$N"; done ;;  # SHAPES="l3 l2"; SHAPES= for none
+  variants)
+    # NAME 'key=value ...' pairs: screens of student variants learning from the ensemble arm's five teachers (same SRC
+    # and SET as that arm), one seed each (SEEDS= for more), scored on the tuning split only: distill's per-epoch val
+    # accuracy, printed as a table; dev is left alone for the final pick (evaluate the winner with the ensemble arm).
+    # e.g. bash bench/issue15.sh variants l2_b12 "init_layers=[1,2]" l2_lr2 "learning_rate=2.0e-4"
+    SRC=${SRC:-$BASE}; SRC_CACHE=$SRC/cache; [ -d "$SRC_CACHE" ] || SRC_CACHE=$SRC/artifacts/cache
+    E=$OUT/ensemble; T_MAP=""; T_LIST="teacher"
+    for c in "$E"/caches/t*; do t=${c##*/}; T_MAP="$T_MAP $t: {seed: ${t#t}},"; T_LIST="$T_LIST, $t"; done
+    shift
+    while [ $# -ge 2 ]; do
+      name=$1; read -ra KV <<< "$2"; shift 2
+      [ -f "$W/students/$name/distill.json" ] && continue
+      sets=("teachers={${T_MAP%,} }" "students.$name=${SHAPE:-$L2}" "students.$name.teachers=[$T_LIST]"
+        "distill.seeds=${SEEDS:-1}")
+      for kv in "${KV[@]}"; do sets+=("students.$name.$kv"); done
+      params "${sets[@]}"
+      cp "$W/params.yaml" "$W/params-$name.yaml"
+      python stages/distill.py --params "$W/params-$name.yaml" --student "$name" --cache "$SRC_CACHE" \
+        --caches-root "$E/caches" --teacher "$BASE/artifacts/teacher" --out-root "$W/students" \
+        --metrics-root "$W/metrics" --plots-root "$W/plots"
+    done
+    python - "$W" <<'PY'
+import json, statistics, sys
+from pathlib import Path
+for f in sorted(Path(sys.argv[1], "metrics").glob("train_*.json")):
+    m = json.loads(f.read_text())
+    runs = m.get("seed_runs") or [m]
+    val = [100 * r["eval_accuracy_per_epoch"][-1] for r in runs]
+    spread = f" +- {statistics.stdev(val):.2f}" if len(val) > 1 else ""
+    print(f"{f.stem[6:]:<16} val {statistics.mean(val):.2f}{spread}  ({len(val)} seed(s); {m['seconds']:.0f} s)")
+PY
+    # GATHER="NAME=V1 V2 ...": the chosen variant's one-seed runs (seed= overrides) become one student with seeds/,
+    # scored once on val and dev by evaluate (the pick is made before, on val)
+    if [ -n "${GATHER:-}" ]; then
+      name=${GATHER%%=*}; read -ra VS <<< "${GATHER#*=}"
+      python - "$W" "$name" "${VS[@]}" <<'PY'
+import json, shutil, statistics, sys
+from pathlib import Path
+w, name, variants = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+train = [json.loads((w / "metrics" / f"train_{v}.json").read_text()) for v in variants]
+seeds = [t["seed"] for t in train]
+out = w / "students" / name
+shutil.rmtree(out, ignore_errors=True)
+shutil.copytree(w / "students" / variants[0], out)
+for v, s in zip(variants[1:], seeds[1:]):
+    shutil.copytree(w / "students" / v, out / "seeds" / str(s))
+(out / "distill.json").write_text(json.dumps({"seed": seeds[0], "seeds": seeds}, indent=2) + "\n")
+secs = [t["seconds"] for t in train]
+summary = dict(train[0], seeds=seeds, seconds_mean=round(statistics.mean(secs), 1),
+               seconds_std=round(statistics.stdev(secs), 1) if len(secs) > 1 else 0.0,
+               seed_runs=[{"seed": s, "seconds": t["seconds"], "eval_accuracy_per_epoch": t["eval_accuracy_per_epoch"]}
+                          for s, t in zip(seeds, train)])
+(w / "metrics" / f"train_{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+print(name, "seeds", seeds)
+PY
+      python stages/evaluate.py --params "$W/params-${VS[0]}.yaml" --model "$W/students/$name" --name "$name" \
+        --cache "$SRC_CACHE" --teacher-metrics "$BASE/artifacts/metrics/teacher.json" --metrics-root "$W/metrics"
+    fi ;;
   augment|transfer)
     # SEEDS=5: the student under seeds 42.. (distill.seeds), for a paired comparison with the seeds arm's l3_hard
     if [ "$arm" = augment ]; then params "data.augment_copies=1" "distill.seeds=${SEEDS:-1}"
@@ -156,5 +217,5 @@ PY
         --teacher-metrics "$BASE/artifacts/metrics/teacher.json" --metrics-root "$W/metrics"
     done
     python stages/report.py "${P[@]}" --metrics "$W/metrics" --plots "$W/plots" --out "$W/report" ;;
-  *) echo "unknown arm: $arm (teachers | ensemble | augment | transfer | seeds)" >&2; exit 2 ;;
+  *) echo "unknown arm: $arm (teachers | ensemble | variants | augment | transfer | seeds)" >&2; exit 2 ;;
 esac
