@@ -92,7 +92,7 @@ class ResumableMasking:
         if state["generator"] is None:
             self.collator.generator = None  # not drawn from yet: seeded on first use
         else:
-            self.collator.generator = self.collator.get_generator(self.collator.seed)
+            self.collator.create_rng()  # the collator's own set-up (transformers >= 5.24 also records its process)
             self.collator.generator.set_state(state["generator"])
 
 
