@@ -10,7 +10,8 @@
 #                                      ensemble arm's teachers, scored on the tuning split only
 #   bash bench/issue15.sh augment   -> 1 word-edited copy of each labelled train text labelled by the teacher, l3 on it
 #   bash bench/issue15.sh transfer  -> the same number of extra rows as plain unlabeled transfer texts, l3 on them
-#                                      (TRANSFER=36000 rows; SEEDS=5 trains l3 under 5 seeds, either arm)
+#                                      (TRANSFER=36000 rows; SEEDS=5 trains l3 under 5 seeds, either arm; STUDENTS=
+#                                      prepares and caches only, as SRC for the ensemble and variants arms)
 #   bash bench/issue15.sh seeds [STUDENT SEED ...]
 #                                   -> train one student under one seed per pair (default: l3_hard and l3 under seeds
 #                                      43..46, then l3_t2, the two-teacher l3, under 42..46), each into runs/<name>/<seed>;
@@ -123,26 +124,8 @@ PY
     # scored once on val and dev by evaluate (the pick is made before, on val)
     if [ -n "${GATHER:-}" ]; then
       name=${GATHER%%=*}; read -ra VS <<< "${GATHER#*=}"
-      python - "$W" "$name" "${VS[@]}" <<'PY'
-import json, shutil, statistics, sys
-from pathlib import Path
-w, name, variants = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
-train = [json.loads((w / "metrics" / f"train_{v}.json").read_text()) for v in variants]
-seeds = [t["seed"] for t in train]
-out = w / "students" / name
-shutil.rmtree(out, ignore_errors=True)
-shutil.copytree(w / "students" / variants[0], out)
-for v, s in zip(variants[1:], seeds[1:]):
-    shutil.copytree(w / "students" / v, out / "seeds" / str(s))
-(out / "distill.json").write_text(json.dumps({"seed": seeds[0], "seeds": seeds}, indent=2) + "\n")
-secs = [t["seconds"] for t in train]
-summary = dict(train[0], seeds=seeds, seconds_mean=round(statistics.mean(secs), 1),
-               seconds_std=round(statistics.stdev(secs), 1) if len(secs) > 1 else 0.0,
-               seed_runs=[{"seed": s, "seconds": t["seconds"], "eval_accuracy_per_epoch": t["eval_accuracy_per_epoch"]}
-                          for s, t in zip(seeds, train)])
-(w / "metrics" / f"train_{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-print(name, "seeds", seeds)
-PY
+      pairs=(); for v in "${VS[@]}"; do pairs+=("$W/students/$v=$W/metrics/train_$v.json"); done
+      python bench/seedjoin.py "$W/students/$name" "$W/metrics/train_$name.json" "${pairs[@]}"
       python stages/evaluate.py --params "$W/params-${VS[0]}.yaml" --model "$W/students/$name" --name "$name" \
         --cache "$SRC_CACHE" --teacher-metrics "$BASE/artifacts/metrics/teacher.json" --metrics-root "$W/metrics"
     fi ;;
@@ -153,7 +136,7 @@ PY
     python stages/prepare.py "${P[@]}" --out "$W/prepared" --transfer-out "$W/transfer"
     python stages/extract.py "${P[@]}" --prepared "$W/prepared" --transfer "$W/transfer" --teacher "$BASE/artifacts/teacher" \
       --out "$W/cache" --metrics "$W/metrics/extract.json"
-    student "$W/cache" l3 ;;
+    for s in ${STUDENTS-l3}; do student "$W/cache" "$s"; done ;;  # STUDENTS= to only prepare and cache (for SRC=)
   seeds)
     T=$OUT/teachers
     TWO=()  # the two-teacher students, when the teachers arm has cached t43 for this BASE
@@ -178,32 +161,16 @@ PY
         --teacher "$BASE/artifacts/teacher" --out-root "$R" --metrics-root "$R" --plots-root "$R"
     done
     params "${TWO[@]}"
-    python - "$BASE" "$W" <<'PY'
-import json, shutil, statistics, sys
-from pathlib import Path
-base, w = Path(sys.argv[1]), Path(sys.argv[2])
-for name in sorted({p.name for p in (w / "runs").glob("*")} | {"l3_hard", "l3", "l2"}):
-    runs = {int(p.name): p / name for p in sorted((w / "runs" / name).glob("*")) if (p / name / "distill.json").is_file()}
-    if name in ("l3_hard", "l3", "l2") and runs:
-        runs.setdefault(42, base / "artifacts/students" / name)
-    seeds = sorted(runs)
-    if not seeds:
-        continue
-    out = w / "students" / name
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(runs[seeds[0]], out)
-    for s in seeds[1:]:
-        shutil.copytree(runs[s], out / "seeds" / str(s))
-    (out / "distill.json").write_text(json.dumps({"seed": seeds[0], "seeds": seeds}, indent=2) + "\n")
-    # the training summary: the first seed's, with every seed's time (what distill.seeds would have written)
-    train = [json.loads(next(r.parent.glob(f"train_{name}.json")).read_text()) if r.parent != base / "artifacts/students"
-             else json.loads((base / f"artifacts/metrics/train_{name}.json").read_text()) for r in (runs[s] for s in seeds)]
-    summary = dict(train[0], seed=seeds[0], seeds=seeds, seconds_mean=round(statistics.mean(t["seconds"] for t in train), 1),
-                   seconds_std=round(statistics.stdev(t["seconds"] for t in train), 1) if len(train) > 1 else 0.0,
-                   seed_runs=[{"seed": s, "seconds": t["seconds"]} for s, t in zip(seeds, train)])
-    (w / "metrics" / f"train_{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(name, "seeds", seeds)
-PY
+    for name in $(ls "$W/runs" 2>/dev/null); do  # every finished seed (seed 42 of l3_hard, l3, l2 from BASE)
+      pairs=()
+      for r in $(ls "$W/runs/$name" | sort -n); do
+        R=$W/runs/$name/$r; [ -f "$R/$name/distill.json" ] && pairs+=("$R/$name=$R/train_$name.json")
+      done
+      [ ${#pairs[@]} -gt 0 ] || continue
+      case $name in l3_hard|l3|l2) [ -d "$W/runs/$name/42" ] || \
+        pairs=("$BASE/artifacts/students/$name=$BASE/artifacts/metrics/train_$name.json" "${pairs[@]}") ;; esac
+      python bench/seedjoin.py "$W/students/$name" "$W/metrics/train_$name.json" "${pairs[@]}"
+    done
     cp "$BASE/artifacts/metrics/teacher.json" "$W/metrics/"
     if [ ${#TWO[@]} -gt 0 ]; then cp "$T/metrics/teacher-t43.json" "$T/metrics/teacher-ensemble.json" "$W/metrics/"; fi
     for name in l2 l3_l2; do  # single-seed figures of the default run, unless seed runs replace them below
