@@ -225,11 +225,14 @@ class StudentSpec:
     hidden_size: int = knob(help="hidden width", gt=0)
     init: str = knob(
         "random",
-        "random; teacher (copy embeddings and init_layers of the teacher); or pretrained:<dir> (a local BERT checkpoint)",
+        "random; teacher (copy embeddings and init_layers of the teacher); or pretrained:<dir> (a local BERT checkpoint "
+        "of the student's width: its own depth, or a deeper one whose init_layers are copied, e.g. a trained l3)",
     )
     num_heads: int | None = knob(None, "null = the teacher's for init teacher, else hidden_size / 64", gt=0)
     intermediate_size: int | None = knob(None, "null = the teacher's for init teacher, else 4 * hidden_size", gt=0)
-    init_layers: list[int] | None = knob(None, "teacher layers (1-based) copied when init=teacher; null = uniform map", gt=0)
+    init_layers: list[int] | None = knob(
+        None, "layers (1-based) copied from the teacher, or from a deeper pretrained:<dir>; null = uniform map", gt=0
+    )
     seed: int | None = knob(None, "null = the top-level seed")
     overrides: dict[str, Any] = field(default_factory=dict, metadata={"help": "distill keys set for this student only"})
 

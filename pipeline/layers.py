@@ -67,13 +67,16 @@ def hidden_layer_pairs(
     return [(m, t) for m, t in enumerate(uniform_layer_map(student_layers, teacher_layers), start=1) if t in cached]
 
 
-def student_init_layers(num_layers: int, init_layers: list[int] | None, teacher_layers: int) -> list[int]:
-    """Teacher layers (1-based) copied into a student built from the teacher: `init_layers`, or the uniform map."""
+def student_init_layers(
+    num_layers: int, init_layers: list[int] | None, teacher_layers: int, source: str = "the teacher"
+) -> list[int]:
+    """Layers (1-based) of the teacher (or of a deeper checkpoint, `source`) copied into a student: `init_layers`, or
+    the uniform map."""
     layers = init_layers if init_layers is not None else uniform_layer_map(num_layers, teacher_layers)
     for layer in layers:
         if not 1 <= layer <= teacher_layers:
             raise PipelineError(
-                f"params.yaml: student init layer {layer} is out of range; the teacher has layers 1..{teacher_layers}"
+                f"params.yaml: student init layer {layer} is out of range; {source} has layers 1..{teacher_layers}"
             )
     return layers
 

@@ -3,6 +3,7 @@ or seeded with chosen teacher layers read straight from the teacher's safetensor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def build_student(
     config = student_config(spec, teacher_config, label_names, task)
     info = {"init": spec.init}
     if spec.init.startswith("pretrained:"):
-        return load_pretrained_student(spec.init.split(":", 1)[1], spec, teacher_config, label_names, task), info
+        return load_pretrained_student(spec.init.split(":", 1)[1], spec, teacher_config, label_names, task, info), info
     student = get_task(task).student_class()(config)
     if spec.init == "teacher":
         mismatch = teacher_init_mismatch(spec, teacher_config)
@@ -82,10 +83,17 @@ def build_student(
 
 
 def load_pretrained_student(
-    path: str, spec: StudentSpec, teacher_config: dict, label_names: list[str], task: str | Task = "sequence_classification"
+    path: str,
+    spec: StudentSpec,
+    teacher_config: dict,
+    label_names: list[str],
+    task: str | Task = "sequence_classification",
+    info: dict | None = None,
 ):
     """A local BERT checkpoint as the student (its classification head is new when it has none or another size; a
-    masked-LM student's head is the checkpoint's, or new with output weights tied to its embeddings)."""
+    masked-LM student's head is the checkpoint's, or new with output weights tied to its embeddings). A deeper
+    checkpoint of the student's width gives its embeddings, `init_layers` of its layers (null = the uniform map),
+    pooler and head, as init 'teacher' does from the teacher: e.g. a 2-layer student from a trained 3-layer one."""
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)  # students are plain BERT
     except OSError as exc:
@@ -100,12 +108,20 @@ def load_pretrained_student(
             f"{path}: vocabulary of {config.vocab_size} tokens but the cache's token ids come from a "
             f"{teacher_config['vocab_size']}-token vocabulary; use a checkpoint with the teacher's tokenizer"
         )
-    if (config.num_hidden_layers, config.hidden_size) != (spec.num_layers, spec.hidden_size):
+    if config.hidden_size != spec.hidden_size or config.num_hidden_layers < spec.num_layers:
         raise PipelineError(
             f"{path}: checkpoint has {config.num_hidden_layers} layers of width {config.hidden_size}; set the "
-            f"student's num_layers / hidden_size to match"
+            f"student's hidden_size to {config.hidden_size} and num_layers to at most {config.num_hidden_layers}"
         )
     task = get_task(task)
+    if config.num_hidden_layers > spec.num_layers:
+        layers = student_init_layers(spec.num_layers, spec.init_layers, config.num_hidden_layers, f"checkpoint {path}")
+        widths = dataclasses.replace(spec, num_heads=config.num_attention_heads, intermediate_size=config.intermediate_size)
+        student = task.student_class()(student_config(widths, teacher_config, label_names, task))
+        copied = copy_teacher_weights(student, Path(path) / "model.safetensors", layers, source=f"checkpoint {path}")
+        if info is not None:
+            info.update(checkpoint_layers=layers, copied=copied)
+        return student
     if task.name == "masked_lm":
         return from_safetensors(task.student_class(), path, trust_remote_code=False)
     return from_safetensors(task.student_class(), path, False, **task.head_config(label_names), ignore_mismatched_sizes=True)
@@ -132,8 +148,11 @@ def _teacher_key_map(student_keys: list[str], teacher_keys: set[str], layers: li
     return mapping
 
 
-def copy_teacher_weights(student: torch.nn.Module, weights_path: Path, layers: list[int]) -> list[str]:
-    """Copy the mapped teacher tensors into the student in place; returns the student keys copied."""
+def copy_teacher_weights(
+    student: torch.nn.Module, weights_path: Path, layers: list[int], source: str = "the teacher"
+) -> list[str]:
+    """Copy the mapped tensors of a deeper BERT (the teacher, or `source`) into the student in place; returns the
+    student keys copied."""
     state = student.state_dict()
     with safe_open(str(weights_path), framework="pt") as f:
         mapping = _teacher_key_map(list(state), set(f.keys()), layers)
@@ -147,6 +166,6 @@ def copy_teacher_weights(student: torch.nn.Module, weights_path: Path, layers: l
     missing = [k for k in state if k.startswith("bert.") and k not in copied and "position_ids" not in k]
     if missing:
         log.warning(
-            "init 'teacher': %d student tensors were not found in the teacher and stay random: %s", len(missing), missing[:5]
+            "student init: %d student tensors were not found in %s and stay random: %s", len(missing), source, missing[:5]
         )
     return copied

@@ -1,5 +1,6 @@
 """Student construction: the uniform layer map and teacher-weight init copying exactly the chosen layers."""
 
+import dataclasses
 import json
 
 import pytest
@@ -106,6 +107,43 @@ def test_pretrained_init_loads_a_local_bert_checkpoint(tiny_teacher, tmp_path):
         build_student(
             StudentSpec(num_layers=2, hidden_size=16, init=f"pretrained:{tmp_path / 'none'}"), config, ["a", "b"], None, 0
         )
+
+
+def test_pretrained_init_from_a_deeper_checkpoint_copies_the_chosen_layers(tiny_teacher, tmp_path):
+    """A teacher assistant: a 2-layer student from layers 1 and 3 of a trained 3-layer classifier (its embeddings,
+    pooler and head too); a layer the checkpoint lacks is refused naming the checkpoint."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config, _ = _teacher(tiny_teacher)
+    shape = dict(
+        vocab_size=config["vocab_size"],
+        max_position_embeddings=config["max_position_embeddings"],
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=40,
+    )
+    assistant = BertForSequenceClassification(BertConfig(num_hidden_layers=3, num_labels=2, **shape))
+    assistant.save_pretrained(tmp_path / "l3")
+    spec = StudentSpec(num_layers=2, hidden_size=16, init=f"pretrained:{tmp_path / 'l3'}")
+    student, info = build_student(spec, config, ["negative", "positive"], None, seed=0)
+    assert info["checkpoint_layers"] == [1, 3]  # the uniform map of 2 onto 3
+    assert student.config.intermediate_size == 40 and student.config.num_attention_heads == 2
+    theirs = assistant.state_dict()
+    for key, tensor in student.state_dict().items():
+        if key.startswith("bert.encoder.layer."):
+            idx, rest = key[len("bert.encoder.layer.") :].split(".", 1)
+            key = f"bert.encoder.layer.{[0, 2][int(idx)]}.{rest}"
+        assert torch.equal(tensor, theirs[key]), key
+    chosen = dataclasses.replace(spec, init_layers=[2, 3])
+    student, info = build_student(chosen, config, ["negative", "positive"], None, seed=0)
+    assert info["checkpoint_layers"] == [2, 3]
+    assert torch.equal(
+        student.bert.encoder.layer[0].attention.self.query.weight, assistant.bert.encoder.layer[1].attention.self.query.weight
+    )
+    with pytest.raises(PipelineError, match=r"init layer 4 is out of range; checkpoint .*l3 has layers 1..3"):
+        build_student(dataclasses.replace(spec, init_layers=[1, 4]), config, ["negative", "positive"], None, seed=0)
+    with pytest.raises(PipelineError, match="checkpoint has 3 layers of width 16; .* num_layers to at most 3"):
+        build_student(dataclasses.replace(spec, num_layers=4), config, ["negative", "positive"], None, seed=0)
 
 
 def test_a_max_length_beyond_the_teachers_positions_is_refused_before_prepare(tiny_teacher):
