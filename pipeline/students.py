@@ -97,9 +97,14 @@ def load_pretrained_student(
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)  # students are plain BERT
     except OSError as exc:
+        built_here = Path(path).parent.name == "students"  # another student's output: not a dep DVC orders by
+        fix = (
+            f"build it first: dvc repro distill@{Path(path).name}"
+            if built_here
+            else "point it at a local dir saved with save_pretrained"
+        )
         raise PipelineError(
-            f"{path}: student init 'pretrained:{path}' found no checkpoint config ({str(exc).splitlines()[0]}); "
-            "point it at a local dir saved with save_pretrained"
+            f"{path}: student init 'pretrained:{path}' found no checkpoint config ({str(exc).splitlines()[0]}); {fix}"
         ) from None
     if config.model_type != "bert":
         raise PipelineError(f"{path}: pretrained student must be a BERT checkpoint, this is '{config.model_type}'")

@@ -144,6 +144,9 @@ def test_pretrained_init_from_a_deeper_checkpoint_copies_the_chosen_layers(tiny_
         build_student(dataclasses.replace(spec, init_layers=[1, 4]), config, ["negative", "positive"], None, seed=0)
     with pytest.raises(PipelineError, match="checkpoint has 3 layers of width 16; .* num_layers to at most 3"):
         build_student(dataclasses.replace(spec, num_layers=4), config, ["negative", "positive"], None, seed=0)
+    unbuilt = dataclasses.replace(spec, init=f"pretrained:{tmp_path / 'artifacts/students/l3'}")
+    with pytest.raises(PipelineError, match="found no checkpoint config .*; build it first: dvc repro distill@l3"):
+        build_student(unbuilt, config, ["negative", "positive"], None, seed=0)
 
 
 def test_a_max_length_beyond_the_teachers_positions_is_refused_before_prepare(tiny_teacher):
