@@ -48,7 +48,7 @@ def test_ner_on_conll2003_through_dvc_repro(tmp_path):
         tmp_path,
         "conll2003",
         ["train.txt", "dev.txt"],
-        {"max_train_examples": 400, "max_dev_examples": 150, "max_transfer_examples": 300, "max_length": 64},
+        {"max_train_examples": 440, "max_dev_examples": 150, "max_transfer_examples": 300, "max_length": 64, "val_examples": 40},
         l3_hard_epochs=2,
     )
     assert {"prepare", "teacher", "extract", "evaluate_teacher", "report", "ensemble-l3_l2"} <= _ran(out)
@@ -59,6 +59,7 @@ def test_ner_on_conll2003_through_dvc_repro(tmp_path):
     for name in ("teacher", "l3", "l2", "l3_hard", "l3_l2"):
         m = metrics[name]
         assert m["headline"] == "f1" and 0 <= m["f1"] <= 1 and m["entities"] > 100, name
+        assert 0 <= m["val_f1"] <= 1 and m["val_rows"] == 40, name  # the tuning split carved from train sentences
     assert metrics["teacher"]["f1"] > 0.3  # the real teacher learns the task from 400 sentences
     assert metrics["l3"]["retention"] == round(metrics["l3"]["f1"] / metrics["teacher"]["f1"], 4)
     assert metrics["extract"]["bytes_per_token"] > 0
