@@ -3,7 +3,9 @@ or seeded with chosen teacher layers read straight from the teacher's safetensor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -123,7 +125,7 @@ def load_pretrained_student(
         layers = student_init_layers(spec.num_layers, spec.init_layers, config.num_hidden_layers, f"checkpoint {path}")
         widths = dataclasses.replace(spec, num_heads=config.num_attention_heads, intermediate_size=config.intermediate_size)
         student = task.student_class()(student_config(widths, teacher_config, label_names, task))
-        copied = copy_teacher_weights(student, Path(path) / "model.safetensors", layers, source=f"checkpoint {path}")
+        copied = copy_teacher_weights(student, checkpoint_weight_files(path), layers, source=f"checkpoint {path}")
         if info is not None:
             info.update(checkpoint_layers=layers, copied=copied)
         return student
@@ -153,18 +155,45 @@ def _teacher_key_map(student_keys: list[str], teacher_keys: set[str], layers: li
     return mapping
 
 
+def checkpoint_weight_files(path: str | Path) -> list[Path]:
+    """The safetensors files of a local checkpoint dir: its one model.safetensors, or the shards its
+    model.safetensors.index.json names. Anything else (a pickled pytorch_model.bin, a missing shard) is refused."""
+    path = Path(path)
+    single, index = path / "model.safetensors", path / "model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise PipelineError(
+                f"{index}: not a safetensors index ({exc!r}); re-save the checkpoint with save_pretrained"
+            ) from None
+        missing = [name for name in shards if not (path / name).is_file()]
+        if missing:
+            raise PipelineError(f"{index}: names shard {missing[0]}, which is not in {path}; copy every shard beside the index")
+        return [path / name for name in shards]
+    raise PipelineError(
+        f"{path}: no model.safetensors (or model.safetensors.index.json with its shards) to take student layers from; "
+        "this tool reads only safetensors: re-save the checkpoint with save_pretrained(dir, safe_serialization=True)"
+    )
+
+
 def copy_teacher_weights(
-    student: torch.nn.Module, weights_path: Path, layers: list[int], source: str = "the teacher"
+    student: torch.nn.Module, weights: Path | list[Path], layers: list[int], source: str = "the teacher"
 ) -> list[str]:
-    """Copy the mapped tensors of a deeper BERT (the teacher, or `source`) into the student in place; returns the
-    student keys copied."""
+    """Copy the mapped tensors of a deeper BERT (the teacher, or `source`) into the student in place, from one
+    safetensors file or a checkpoint's shards; returns the student keys copied."""
     state = student.state_dict()
-    with safe_open(str(weights_path), framework="pt") as f:
-        mapping = _teacher_key_map(list(state), set(f.keys()), layers)
+    files = [weights] if isinstance(weights, (str, Path)) else list(weights)
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(safe_open(str(f), framework="pt")) for f in files]
+        where = {key: handle for handle in handles for key in handle.keys()}
+        mapping = _teacher_key_map(list(state), set(where), layers)
         copied = []
         with torch.no_grad():
             for s_key, t_key in mapping.items():
-                tensor = f.get_tensor(t_key)
+                tensor = where[t_key].get_tensor(t_key)
                 if tensor.shape == state[s_key].shape:
                     state[s_key].copy_(tensor)
                     copied.append(s_key)

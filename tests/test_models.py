@@ -149,6 +149,44 @@ def test_pretrained_init_from_a_deeper_checkpoint_copies_the_chosen_layers(tiny_
         build_student(unbuilt, config, ["negative", "positive"], None, seed=0)
 
 
+def test_pretrained_init_reads_a_sharded_checkpoint_and_refuses_pickles_and_lost_shards(tiny_teacher, tmp_path):
+    """A deeper checkpoint saved in shards gives the student the same tensors as one saved whole; one with only a
+    pickled pytorch_model.bin, or whose index names a shard that is not there, is refused naming the file and fix."""
+    import shutil
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config, _ = _teacher(tiny_teacher)
+    shape = dict(vocab_size=config["vocab_size"], max_position_embeddings=config["max_position_embeddings"])
+    assistant = BertForSequenceClassification(
+        BertConfig(num_hidden_layers=3, num_labels=2, hidden_size=16, num_attention_heads=2, intermediate_size=40, **shape)
+    )
+    assistant.save_pretrained(tmp_path / "whole")
+    assistant.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    shards = sorted(p.name for p in (tmp_path / "sharded").glob("model-*.safetensors"))
+    assert len(shards) > 1 and not (tmp_path / "sharded" / "model.safetensors").exists()
+    spec = StudentSpec(num_layers=2, hidden_size=16, init=f"pretrained:{tmp_path / 'whole'}")
+    whole, _ = build_student(spec, config, ["negative", "positive"], None, seed=0)
+    sharded, info = build_student(
+        dataclasses.replace(spec, init=f"pretrained:{tmp_path / 'sharded'}"), config, ["negative", "positive"], None, seed=1
+    )
+    assert info["checkpoint_layers"] == [1, 3]
+    for key, tensor in whole.state_dict().items():  # embeddings, layers 1 and 3, pooler and head alike
+        assert torch.equal(tensor, sharded.state_dict()[key]), key
+
+    (tmp_path / "sharded" / shards[-1]).unlink()
+    lost = dataclasses.replace(spec, init=f"pretrained:{tmp_path / 'sharded'}")
+    with pytest.raises(PipelineError, match=rf"index.json: names shard {shards[-1]}, which is not in .*copy every shard"):
+        build_student(lost, config, ["negative", "positive"], None, seed=0)
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(tmp_path / "whole" / "config.json", pickled / "config.json")
+    torch.save(assistant.state_dict(), pickled / "pytorch_model.bin")
+    with pytest.raises(PipelineError, match=r"pickled: no model.safetensors .* safe_serialization=True"):
+        build_student(dataclasses.replace(spec, init=f"pretrained:{pickled}"), config, ["negative", "positive"], None, 0)
+
+
 def test_a_max_length_beyond_the_teachers_positions_is_refused_before_prepare(tiny_teacher):
     from transformers import AutoConfig
 
