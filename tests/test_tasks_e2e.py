@@ -89,8 +89,14 @@ def test_qa_on_squad_through_dvc_repro(tmp_path):
     assert {"prepare", "teacher", "extract", "evaluate_teacher", "report", "ensemble-l3_l2"} <= _ran(out)
     manifest = json.loads((repo / "artifacts/cache/manifest.json").read_text())
     assert manifest["task"] == "question_answering" and manifest["tables"]["questions"]["rows"] == 100 + 40
-    assert {"start_logits", "end_logits", "qa_window", "offsets"} <= {f["name"] for f in manifest["fields"]}
+    # squad.yaml caches layer 6's attention maps and values for MiniLM's losses
+    assert {"start_logits", "end_logits", "qa_window", "offsets", "attention_6", "value_6"} <= {
+        f["name"] for f in manifest["fields"]
+    }
     metrics = {p.stem: json.loads(p.read_text()) for p in (repo / "artifacts/metrics").glob("*.json")}
+    assert metrics["train_l3"]["attention_pairs"] == [[3, 6]] and metrics["train_l3"]["value_pair"] == [3, 6]
+    hard = metrics["train_l3_hard"]  # the baseline: hard labels only, no teacher signal, no transfer rows
+    assert hard["attention_pairs"] == [] and hard["value_pair"] is None and hard["transfer_rows"] == 0
     for name in ("teacher", "l3", "l2", "l3_hard", "l3_l2"):
         m = metrics[name]
         assert m["headline"] == "f1" and 0 <= m["exact_match"] <= m["f1"] <= 1 and m["questions"] == 100, name
