@@ -84,7 +84,7 @@ def test_qa_on_squad_through_dvc_repro(tmp_path):
         ["train.json", "dev.json"],
         {"max_train_examples": 200, "max_dev_examples": 100, "max_transfer_examples": 100, "val_examples": 40},
         l3_hard_epochs=2,
-        epochs=1,  # the shipped 3.439 + 15.88 epochs would add minutes to the suite and test nothing more
+        epochs=1,  # the shipped 6.878 + 31.77 epochs would add minutes to the suite and test nothing more
     )
     assert {"prepare", "teacher", "extract", "evaluate_teacher", "report", "ensemble-l3_l2"} <= _ran(out)
     manifest = json.loads((repo / "artifacts/cache/manifest.json").read_text())
