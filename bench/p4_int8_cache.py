@@ -17,8 +17,8 @@ import numpy as np
 from pipeline.config import ExtractConfig
 from pipeline.data import load_prepared
 from pipeline.distill import distill_student
+from pipeline.evaluation import evaluate_saved_model
 from pipeline.extract import extract_cache
-from pipeline.metrics import evaluate_saved_model
 from pipeline.params import load_params
 
 from common import ROOT, WORK, save

@@ -5,18 +5,16 @@ fingerprinting the teacher.
 
     python bench/scaling.py [--rows 3000]
 
-Writes bench/results/scaling.json, scaling.csv, scaling_time.svg and scaling_size.svg.
+Prints the figure and writes bench/results/scaling.json.
 """
 
 import argparse
-import csv
 import shutil
 
 from pipeline.config import ExtractConfig
 from pipeline.extract import extract_cache
-from pipeline.report import svg_chart
 
-from common import RESULTS, WORK, Timer, prepared, save, teacher_dir
+from common import WORK, Timer, prepared, save, teacher_dir
 
 
 def main():
@@ -46,24 +44,6 @@ def main():
             }
         )
         shutil.rmtree(out)
-    with open(RESULTS / "scaling.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    svg_chart(
-        {"extract seconds": [(r["rows"], r["seconds"]) for r in rows]},
-        RESULTS / "scaling_time.svg",
-        x_label="training rows",
-        y_label="seconds",
-        title="Extraction time against corpus size",
-    )
-    svg_chart(
-        {"cache MB": [(r["rows"], r["cache_mb"]) for r in rows]},
-        RESULTS / "scaling_size.svg",
-        x_label="training rows",
-        y_label="MB",
-        title="Cache size against corpus size",
-    )
     base = rows[0]
     save(
         "scaling",

@@ -25,8 +25,8 @@ from pipeline.distributed import ranks
 from pipeline.errors import PipelineError
 from pipeline.kd import DistillationModule, train_student
 from pipeline.layers import LayerPlan, hidden_layer_pairs
-from pipeline.metrics import count_parameters
 from pipeline.models import PROVENANCE, SEEDS_DIR, model_fingerprint, tokenizer_fingerprint
+from pipeline.scoring import count_parameters
 from pipeline.students import build_student
 from pipeline.tasks import task_of_cache
 from pipeline.teachers import join_teachers, open_extra_caches

@@ -23,6 +23,7 @@ from pipeline.params import load_params
 
 CODE_ROOTS = ("pipeline/", "stages/")
 ENSEMBLE_PREFIX = "ensemble-"
+COMMON_EVAL_ARGS = "--cache artifacts/cache --teacher-metrics artifacts/metrics/teacher.json --metrics-root artifacts/metrics"
 
 
 def _module_file(root: Path, module: str) -> Path | None:
@@ -43,6 +44,55 @@ def _imports(path: Path) -> set[str]:
             out.add(node.module)
             out.update(f"{node.module}.{a.name}" for a in node.names)
     return out
+
+
+def import_graph(root: Path, package: str = "pipeline") -> dict[str, set[str]]:
+    """Module file -> the package's module files it imports by name (lazy imports inside functions included; the
+    implicit import of a parent package's __init__ is not an edge: it is how Python finds a module, not a use)."""
+    graph = {}
+    for path in sorted((root / package).rglob("*.py")):
+        targets = set()
+        for module in _imports(path):
+            found = _module_file(root, module)
+            if found is not None and found != path:
+                targets.add(found.relative_to(root).as_posix())
+        graph[path.relative_to(root).as_posix()] = targets
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan): each is an import circle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
 
 
 def code_deps(script: Path, root: Path) -> list[str]:
@@ -73,7 +123,8 @@ def ensemble_stage(name: str, members: list[str], template: dict) -> dict:
     """One ensemble's stage: the template's shape, with the name and exactly its members' dirs."""
     deps = [d for d in template["deps"] if not str(d).startswith("artifacts/students")]
     return {
-        "cmd": f"python stages/ensemble.py --name {name} --members {' '.join(members)}",
+        "cmd": f"python stages/ensemble.py --name {name} --members {' '.join(members)} --students-root artifacts/students "
+        f"{COMMON_EVAL_ARGS}",
         "deps": deps + [f"artifacts/students/{m}" for m in members],
         "params": ["evaluate", f"ensembles.{name}"],
         "metrics": [{f"artifacts/metrics/{name}.json": {"cache": False}}],
@@ -90,14 +141,15 @@ def extra_teacher_stages(name: str, stages: dict) -> dict[str, dict]:
     extract_params = [p for p in extract["params"] if not str(p).startswith("teacher")]
     return {
         f"teacher-{name}": {
-            "cmd": f"python stages/teacher.py --name {name} --out artifacts/teachers/{name} "
+            "cmd": f"python stages/teacher.py --name {name} --prepared data/prepared --out artifacts/teachers/{name} "
             f"--metrics artifacts/metrics/train_teacher-{name}.json --plots artifacts/plots/teacher-{name}.csv",
             "deps": list(teacher["deps"]),
             "params": ["seed", "teacher", f"teachers.{name}"],
             "outs": [f"artifacts/teachers/{name}", {f"artifacts/metrics/train_teacher-{name}.json": {"cache": False}}],
         },
         f"extract-{name}": {
-            "cmd": f"python stages/extract.py --name {name} --teacher artifacts/teachers/{name} --out artifacts/caches/{name} "
+            "cmd": f"python stages/extract.py --name {name} --prepared data/prepared --transfer data/transfer "
+            f"--teacher artifacts/teachers/{name} --out artifacts/caches/{name} "
             f"--metrics artifacts/metrics/extract-{name}.json",
             "deps": [d for d in extract["deps"] if d != "artifacts/teacher"] + [f"artifacts/teachers/{name}"],
             "params": extract_params + ["teacher", f"teachers.{name}"],
@@ -105,7 +157,7 @@ def extra_teacher_stages(name: str, stages: dict) -> dict[str, dict]:
         },
         f"evaluate_teacher-{name}": {
             "cmd": f"python stages/evaluate.py --model artifacts/teachers/{name} --name teacher-{name} "
-            "--teacher-metrics artifacts/metrics/teacher.json",
+            "--cache artifacts/cache --teacher-metrics artifacts/metrics/teacher.json --metrics-root artifacts/metrics",
             "deps": [d for d in stages["evaluate_teacher"]["deps"] if d != "artifacts/teacher"]
             + [f"artifacts/teachers/{name}", "artifacts/metrics/teacher.json"],
             "params": ["evaluate"],
@@ -117,7 +169,8 @@ def extra_teacher_stages(name: str, stages: dict) -> dict[str, dict]:
 def teacher_ensemble_stage(names: list[str], template: dict) -> dict:
     deps = [d for d in template["deps"] if not str(d).startswith("artifacts/students")]
     return {
-        "cmd": f"python stages/ensemble.py --name {TEACHER_ENSEMBLE} --teachers teacher {' '.join(names)}",
+        "cmd": f"python stages/ensemble.py --name {TEACHER_ENSEMBLE} --teachers teacher {' '.join(names)} "
+        f"--teacher artifacts/teacher --teachers-root artifacts/teachers {COMMON_EVAL_ARGS}",
         "deps": deps + ["artifacts/teacher"] + [f"artifacts/teachers/{n}" for n in names],
         "params": ["evaluate", "teachers"],
         "metrics": [{f"artifacts/metrics/{TEACHER_ENSEMBLE}.json": {"cache": False}}],
@@ -154,6 +207,8 @@ def expected_graph(root: Path) -> dict:
     _insert_after(stages, "evaluate_teacher", scored)
     distill = stages["distill"]["do"]
     distill["deps"] = [d for d in distill["deps"] if d != "artifacts/caches"] + (["artifacts/caches"] if params.teachers else [])
+    caches_arg = " --caches-root artifacts/caches"
+    distill["cmd"] = distill["cmd"].replace(caches_arg, "") + (caches_arg if params.teachers else "")
     for stage in stages.values():
         body = stage["do"] if "do" in stage else stage
         script = _script(body["cmd"])

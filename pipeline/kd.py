@@ -18,7 +18,8 @@ from pipeline.errors import PipelineError
 from pipeline.layers import LayerPlan
 from pipeline.losses import LossMix, attention_kl_loss, attention_mse_loss, combine_teachers, value_relation_loss
 from pipeline.tasks import Task, get_task
-from pipeline.trainer import LengthGroupedTrainer, TokenDataset
+from pipeline.torch_datasets import TokenDataset
+from pipeline.trainer import LengthGroupedTrainer
 
 
 class DistillationModule(nn.Module):

@@ -156,22 +156,6 @@ def load_teacher(task, path: str, label_names: list[str], trust_remote_code: boo
     return model
 
 
-def load_classifier(
-    path: str,
-    num_labels: int | None = None,
-    label_names: list[str] | None = None,
-    trust_remote_code: bool = False,
-    require_head: bool = False,
-):
-    """A sequence classifier from a dir or hub id; with `require_head`, refuse a checkpoint whose head is untrained."""
-    from pipeline.tasks import get_task
-
-    if label_names is None:
-        config = load_config(path, trust_remote_code)
-        label_names = [config.id2label[i] for i in range(num_labels or config.num_labels)]
-    return load_teacher(get_task("sequence_classification"), path, label_names, trust_remote_code, require_head)
-
-
 def teacher_init_mismatch(spec: StudentSpec, teacher_config: dict) -> str:
     """What keeps a student from taking the teacher's layers ('' when nothing): every width that differs, named."""
     spec = spec.resolved(teacher_config)

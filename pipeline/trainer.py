@@ -17,8 +17,6 @@ from transformers.trainer_utils import seed_worker
 
 from pipeline.checkpoints import Checkpoints
 from pipeline.config import DistillConfig, TeacherConfig
-from pipeline.metrics import classification_metrics
-from pipeline.mlm import masked_token_metrics
 
 
 def optimizer_choice(name: str, learning_rate: float, momentum: float = 0.9) -> tuple[type, dict] | None:
@@ -170,26 +168,6 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
             yield batches[b].tolist()
 
 
-class TokenDataset(torch.utils.data.Dataset):
-    """Prepared rows (input_ids, label) for a Trainer."""
-
-    def __init__(self, ds):
-        self.ids, self.labels = ds["input_ids"], ds["label"]
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i], "labels": self.labels[i]}
-
-
-class TextDataset(TokenDataset):
-    """Prepared rows as token ids only, for masked-LM fine-tuning (the collator masks them and makes the labels)."""
-
-    def __getitem__(self, i):
-        return {"input_ids": self.ids[i]}
-
-
 def training_arguments(
     output_dir: Path | str,
     cfg: TeacherConfig | DistillConfig,
@@ -236,22 +214,6 @@ def training_arguments(
         disable_tqdm=not sys.stderr.isatty(),
         remove_unused_columns=False,
     )
-
-
-def accuracy_metrics(eval_pred) -> dict:
-    logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    labels = eval_pred.label_ids
-    return classification_metrics(np.asarray(logits).argmax(-1), np.asarray(labels), int(np.asarray(logits).shape[-1]))
-
-
-def argmax_logits(logits, labels):
-    """Per-token vocabulary logits -> top-1 ids before the Trainer gathers them (full logits would be tokens x vocab)."""
-    return (logits[0] if isinstance(logits, tuple) else logits).argmax(-1)
-
-
-def masked_accuracy_metrics(eval_pred) -> dict:
-    predictions = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-    return masked_token_metrics(np.asarray(predictions), np.asarray(eval_pred.label_ids))
 
 
 def write_history_csv(history: list[dict], path: Path) -> None:

@@ -6,11 +6,14 @@ from pathlib import Path
 from pipeline.cli import run_stage
 from pipeline.distill import distill_seeds
 from pipeline.distributed import ranks, relaunch_under_torchrun
+from pipeline.errors import PipelineError
 from pipeline.trainer import write_history_csv
 
 
 def main(params, args):
     cfg, _ = params.distill_for(args.student)  # an unknown student: one line naming the known ones
+    if cfg.teachers[1:] and args.caches_root is None:
+        raise PipelineError("dvc.yaml: distill has no --caches-root for the extra teachers; run `python -m pipeline.dvcgraph`")
     if (code := relaunch_under_torchrun(cfg.nproc)) is not None:
         raise SystemExit(code)  # DDP processes trained the student (and printed any error)
     result = distill_seeds(
@@ -35,16 +38,16 @@ def main(params, args):
 
 def configure(p):
     p.add_argument("--student", required=True, help="a name under `students` in params.yaml")
-    p.add_argument("--cache", default="artifacts/cache")
+    p.add_argument("--cache", required=True, help="the main teacher's cache")
     p.add_argument(
         "--teacher",
-        default="artifacts/teacher",
+        required=True,
         help="read only for init 'teacher' (chosen tensors, lazily; checked against the cache's teacher fingerprint)",
     )
-    p.add_argument("--caches-root", default="artifacts/caches", help="the extra teachers' caches, one dir per name")
-    p.add_argument("--out-root", default="artifacts/students")
-    p.add_argument("--metrics-root", default="artifacts/metrics")
-    p.add_argument("--plots-root", default="artifacts/plots")
+    p.add_argument("--caches-root", help="the extra teachers' caches, one dir per name (when `teachers` names any)")
+    p.add_argument("--out-root", required=True, help="students' dirs, one per name")
+    p.add_argument("--metrics-root", required=True, help="where train_<student>.json goes")
+    p.add_argument("--plots-root", required=True, help="where <student>.csv goes")
 
 
 if __name__ == "__main__":

@@ -6,10 +6,13 @@ from pathlib import Path
 
 from pipeline.cli import run_stage
 from pipeline.errors import PipelineError
-from pipeline.metrics import compare_to_teacher, evaluate_ensemble
+from pipeline.evaluation import compare_to_teacher, evaluate_ensemble
 
 
 def main(params, args):
+    needed = ("teacher", "teachers_root") if args.teachers is not None else ("students_root",)
+    if missing := [f"--{n.replace('_', '-')}" for n in needed if getattr(args, n) is None]:
+        raise PipelineError(f"stages/ensemble.py: {' and '.join(missing)} missing; run `python -m pipeline.dvcgraph`")
     if args.teachers is not None:  # the teachers' ensemble: the main teacher and every extra one
         wanted = ["teacher", *params.teachers]
         if args.teachers != wanted:
@@ -46,12 +49,12 @@ def configure(p):
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--members", nargs="+", help="the students dvc.yaml's stage depends on (checked against params)")
     group.add_argument("--teachers", nargs="+", help="teacher and the extra teachers' names (checked against params)")
-    p.add_argument("--teacher", default="artifacts/teacher")
-    p.add_argument("--teachers-root", default="artifacts/teachers")
-    p.add_argument("--students-root", default="artifacts/students")
-    p.add_argument("--cache", default="artifacts/cache")
-    p.add_argument("--teacher-metrics", default="artifacts/metrics/teacher.json")
-    p.add_argument("--metrics-root", default="artifacts/metrics")
+    p.add_argument("--teacher", help="the main teacher's dir (with --teachers)")
+    p.add_argument("--teachers-root", help="the extra teachers' dirs, one per name (with --teachers)")
+    p.add_argument("--students-root", help="students' dirs, one per name (with --members)")
+    p.add_argument("--cache", required=True, help="dev and val rows come from the cache")
+    p.add_argument("--teacher-metrics", required=True, help="the teacher's evaluation, for retention")
+    p.add_argument("--metrics-root", required=True, help="where <name>.json goes")
 
 
 if __name__ == "__main__":

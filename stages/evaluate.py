@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pipeline.cli import run_stage
 from pipeline.errors import PipelineError
-from pipeline.metrics import compare_to_teacher, evaluate_saved_model
+from pipeline.evaluation import compare_to_teacher, evaluate_saved_model
 
 
 def main(params, args):
@@ -33,13 +33,13 @@ def main(params, args):
 def configure(p):
     p.add_argument("--model", required=True, help="a saved classifier dir")
     p.add_argument("--name", required=True, help="teacher or a student name; names the metrics file")
-    p.add_argument("--cache", default="artifacts/cache", help="dev rows come from the cache's dev split")
+    p.add_argument("--cache", required=True, help="dev and val rows come from the cache")
     p.add_argument(
         "--teacher-metrics",
         default=None,
         help="teacher metrics JSON for retention; also times the model against a teacher-shaped one for speedups",
     )
-    p.add_argument("--metrics-root", default="artifacts/metrics")
+    p.add_argument("--metrics-root", required=True, help="where <name>.json goes")
 
 
 if __name__ == "__main__":

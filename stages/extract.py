@@ -37,11 +37,11 @@ def main(params, args):
 
 def configure(p):
     p.add_argument("--name", default="teacher", help="teacher, or an extra teacher's name under `teachers` (logits only)")
-    p.add_argument("--prepared", default="data/prepared")
-    p.add_argument("--transfer", default="data/transfer", help="prepared transfer split (optional)")
-    p.add_argument("--teacher", default="artifacts/teacher")
-    p.add_argument("--out", default="artifacts/cache")
-    p.add_argument("--metrics", default="artifacts/metrics/extract.json")
+    p.add_argument("--prepared", required=True, help="prepare's train, dev and val splits")
+    p.add_argument("--transfer", required=True, help="prepare's transfer split (read when it exists)")
+    p.add_argument("--teacher", required=True, help="the fine-tuned teacher's dir")
+    p.add_argument("--out", required=True, help="the cache dir")
+    p.add_argument("--metrics", required=True, help="the extraction report (JSON)")
 
 
 if __name__ == "__main__":

@@ -50,8 +50,8 @@ def main(params, args):
 
 
 def configure(p):
-    p.add_argument("--out", default="data/prepared")
-    p.add_argument("--transfer-out", default="data/transfer", help="the transfer split (empty when data.transfer is null)")
+    p.add_argument("--out", required=True, help="the prepared train, dev and val splits")
+    p.add_argument("--transfer-out", required=True, help="the transfer split (empty when data.transfer is null)")
 
 
 if __name__ == "__main__":

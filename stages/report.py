@@ -14,9 +14,9 @@ def main(params, args):
 
 
 def configure(p):
-    p.add_argument("--metrics", default="artifacts/metrics")
-    p.add_argument("--plots", default="artifacts/plots")
-    p.add_argument("--out", default="artifacts/report")
+    p.add_argument("--metrics", required=True, help="the metrics dir the evaluate stages write")
+    p.add_argument("--plots", required=True, help="the loss histories")
+    p.add_argument("--out", required=True, help="the report dir")
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ def main(params, args):
 
 def configure(p):
     p.add_argument("--name", default="teacher", help="teacher, or an extra teacher's name under `teachers`")
-    p.add_argument("--prepared", default="data/prepared")
-    p.add_argument("--out", default="artifacts/teacher")
-    p.add_argument("--metrics", default="artifacts/metrics/teacher_train.json")
-    p.add_argument("--plots", default="artifacts/plots/teacher.csv")
+    p.add_argument("--prepared", required=True, help="prepare's output")
+    p.add_argument("--out", required=True, help="the fine-tuned teacher's dir")
+    p.add_argument("--metrics", required=True, help="the training summary (JSON)")
+    p.add_argument("--plots", required=True, help="the loss history (CSV)")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,31 @@ from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassificat
 from pipeline.config import DataConfig, ExtractConfig
 from pipeline.data import prepare_corpus, save_prepared
 from pipeline.extract import extract_cache
+from pipeline.models import load_teacher
+from pipeline.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT / "data" / "raw" / "sst2"  # ships with the project: tests never lack it
+SAMPLES = ROOT / "tests" / "data"  # small CoNLL-format and SQuAD samples the repo ships (tests/data/README.md)
+REAL_DATA_ENV = "KD_REAL_DATA"  # the one setting: a folder with the full sst2/, conll2003/, squad/ files (.ci/run sets it)
+
+
+def real_data(name: str) -> Path:
+    """The full files of data set `name` under $KD_REAL_DATA; the test is skipped, with the reason, when they are absent."""
+    root = os.environ.get(REAL_DATA_ENV)
+    if not root:
+        pytest.skip(f"needs the full {name} files: set {REAL_DATA_ENV} to a folder holding {name}/ (CI: ../shared/data)")
+    folder = Path(root).resolve() / name
+    if not folder.is_dir():
+        pytest.skip(f"{REAL_DATA_ENV}={root} has no {name}/ folder")
+    return folder
+
+
+def load_classifier(path: str, label_names: list[str], require_head: bool = False):
+    """A sequence classifier from a dir, as the teacher stage loads it (what the tests of loading refusals call)."""
+    return load_teacher(get_task("sequence_classification"), path, label_names, require_head=require_head)
+
+
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

@@ -13,8 +13,9 @@ from pipeline.collate import CacheCollator
 from pipeline.config import DistillConfig, StudentSpec
 from pipeline.distill import distill_student
 from pipeline.errors import PipelineError
+from pipeline.evaluation import compare_to_teacher, evaluate_saved_model
 from pipeline.layers import hidden_layer_pairs
-from pipeline.metrics import classification_metrics, compare_to_teacher, evaluate_saved_model
+from pipeline.scoring import classification_metrics
 from tests.conftest import build_cache, make_tiny_teacher
 
 FAST = DistillConfig(epochs=1, batch_size=16, learning_rate=5e-4, logging_steps=2)

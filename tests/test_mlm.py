@@ -13,8 +13,8 @@ from pipeline.cache import TeacherCache
 from pipeline.config import DistillConfig, StudentSpec
 from pipeline.distill import distill_student
 from pipeline.errors import PipelineError
+from pipeline.evaluation import compare_to_teacher, evaluate_saved_model
 from pipeline.losses import kd_kl_loss, topk_kd_loss
-from pipeline.metrics import compare_to_teacher, evaluate_saved_model
 from pipeline.mlm import IGNORE, MLM_TARGET, TOPK_INDICES, TOPK_VALUES, mask_tokens
 from pipeline.params import params_from_dict
 from tests.conftest import build_mlm_cache

@@ -221,7 +221,7 @@ def test_epochs_zero_refuses_a_classifier_checkpoint_without_head_weights(tiny_t
 
     from safetensors.torch import save_file
 
-    from pipeline.models import load_classifier
+    from tests.conftest import load_classifier
 
     headless = tmp_path / "headless"
     shutil.copytree(tiny_teacher, headless)

@@ -14,9 +14,9 @@ from pipeline.cache import TeacherCache
 from pipeline.config import DataConfig, DistillConfig, ExtractConfig, StudentSpec
 from pipeline.distill import distill_seeds
 from pipeline.errors import PipelineError
+from pipeline.evaluation import evaluate_saved_model
 from pipeline.extract import extract_cache
 from pipeline.losses import LossMix
-from pipeline.metrics import evaluate_saved_model
 from pipeline.tasks import get_task
 from pipeline.tasks.token_classification import (
     IGNORE,
@@ -27,15 +27,15 @@ from pipeline.tasks.token_classification import (
     entity_metrics,
     read_conll,
 )
-from tests.conftest import ROOT, make_tokenizer, tiny_bert_config
+from tests.conftest import ROOT, SAMPLES, make_tokenizer, tiny_bert_config
 
-CONLL = ROOT.parent / "shared" / "data" / "conll2003"
+CONLL = SAMPLES / "conll2003"  # hand-made CoNLL-format sentences (tests/data/README.md)
 TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 TASK = get_task("token_classification")
 
 
 def _conll_head(split: str, sentences: int) -> str:
-    """The first `sentences` sentences of the real CoNLL-2003 file."""
+    """The first `sentences` sentences of the shipped CoNLL-format sample."""
     text = (CONLL / f"{split}.txt").read_text(encoding="utf-8")
     return "\n\n".join(text.strip().split("\n\n")[:sentences]) + "\n"
 
@@ -235,7 +235,7 @@ def test_a_student_learns_from_the_token_cache_and_serves_in_a_pipeline(ner_run)
 def test_the_report_ranks_token_models_by_entity_f1(ner_run, tmp_path):
     import json
 
-    from pipeline.metrics import compare_to_teacher
+    from pipeline.evaluation import compare_to_teacher
     from pipeline.report import render_report
 
     root, teacher, cache, _ = ner_run

@@ -121,12 +121,17 @@ def test_stage_errors_are_one_line_with_exit_code_2(repo, tmp_path):
     bad = yaml.safe_load((repo / "params.yaml").read_text())
     bad["distill"]["temprature"] = 3
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    paths = ["--cache", "artifacts/cache", "--teacher", "artifacts/teacher", "--out-root", "artifacts/students"]
+    paths += ["--metrics-root", "artifacts/metrics", "--plots-root", "artifacts/plots"]
     proc = _run(
-        [sys.executable, "stages/distill.py", "--params", str(tmp_path / "bad.yaml"), "--student", "l3"], repo, check=False
+        [sys.executable, "stages/distill.py", "--params", str(tmp_path / "bad.yaml"), "--student", "l3", *paths],
+        repo,
+        check=False,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: params.yaml: unknown key 'distill.temprature' (did you mean 'temperature'?)"
-    proc = _run([sys.executable, "stages/evaluate.py", "--model", "artifacts/students/nope", "--name", "nope"], repo, check=False)
+    evaluate = [sys.executable, "stages/evaluate.py", "--model", "artifacts/students/nope", "--name", "nope"]
+    proc = _run([*evaluate, "--cache", "artifacts/cache", "--metrics-root", "artifacts/metrics"], repo, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no saved model" in proc.stderr
 
 

@@ -16,9 +16,9 @@ from pipeline.cache import TeacherCache
 from pipeline.config import DataConfig, DistillConfig, ExtractConfig, StudentSpec
 from pipeline.distill import distill_seeds
 from pipeline.errors import PipelineError
+from pipeline.evaluation import EnsembleClassifier, evaluate_saved_model
 from pipeline.extract import extract_cache
 from pipeline.losses import LossMix
-from pipeline.metrics import EnsembleClassifier, evaluate_saved_model
 from pipeline.sources import parse_source
 from pipeline.tasks import get_task
 from pipeline.tasks.question_answering import (
@@ -37,14 +37,14 @@ from pipeline.tasks.question_answering import (
     squad_metrics,
     window_questions,
 )
-from tests.conftest import ROOT, make_tokenizer, tiny_bert_config
+from tests.conftest import ROOT, SAMPLES, make_tokenizer, tiny_bert_config
 
-SQUAD = ROOT.parent / "shared" / "data" / "squad"
+SQUAD = SAMPLES / "squad"  # five train and one dev SQuAD v1.1 article(s), in part (tests/data/README.md)
 TASK = get_task("question_answering")
 
 
 def _squad_head(split: str, paragraphs: int) -> dict:
-    """The first `paragraphs` paragraphs of the real SQuAD file, in its own schema."""
+    """The first `paragraphs` paragraphs of the shipped SQuAD sample's first article, in its own schema."""
     doc = json.loads((SQUAD / f"{split}.json").read_text(encoding="utf-8"))
     article = doc["data"][0]
     return {"version": "1.1", "data": [{"title": article["title"], "paragraphs": article["paragraphs"][:paragraphs]}]}

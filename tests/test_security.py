@@ -10,9 +10,10 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from pipeline.config import StudentSpec, TeacherConfig
 from pipeline.errors import PipelineError
-from pipeline.metrics import evaluate_saved_model
-from pipeline.models import load_classifier, load_masked_lm
+from pipeline.evaluation import evaluate_saved_model
+from pipeline.models import load_masked_lm
 from pipeline.students import load_pretrained_student
+from tests.conftest import load_classifier
 
 
 class _Payload:

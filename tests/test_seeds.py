@@ -11,7 +11,8 @@ import torch
 from pipeline.config import DistillConfig, StudentSpec
 from pipeline.distill import distill_seeds
 from pipeline.errors import PipelineError
-from pipeline.metrics import evaluate_ensemble, evaluate_saved_model, paired_latency_ms, teacher_shaped_model
+from pipeline.evaluation import evaluate_ensemble, evaluate_saved_model, teacher_shaped_model
+from pipeline.latency import paired_latency_ms
 from pipeline.models import seed_model_dirs
 from pipeline.params import params_from_dict
 
@@ -137,10 +138,10 @@ class _Timed(torch.nn.Module):
 
 
 def test_paired_latency_times_each_model_interleaved_after_untimed_warmup(monkeypatch):
-    from pipeline import metrics
+    from pipeline import latency
 
     clock = _FakeClock()
-    monkeypatch.setattr(metrics.time, "perf_counter", clock)
+    monkeypatch.setattr(latency.time, "perf_counter", clock)
     tokens = [torch.arange(5).numpy()] * 8
     models = [_Timed("fast", clock, 2.0, first_ms=500.0), _Timed("slow", clock, 8.0, first_ms=900.0)]
     fast, slow = paired_latency_ms(models, tokens, batch_size=4, repeats=5, warmup=1)

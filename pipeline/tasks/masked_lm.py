@@ -35,7 +35,7 @@ class MaskedLM(Task):
     def teacher_trainer_kwargs(self, tokenizer, splits: dict, cfg, seed: int, label_names: list[str]) -> dict:
         """The corpus texts as token ids; the masking collator (checkpointable, `pipeline.teacher.ResumableMasking`)
         is added by `fine_tune_masked_lm`, which owns the resumable masking stream."""
-        from pipeline.trainer import TextDataset
+        from pipeline.torch_datasets import TextDataset
 
         return {"train_dataset": TextDataset(splits["train"]), "eval_dataset": TextDataset(splits["dev"])}
 
@@ -120,7 +120,7 @@ class MaskedLM(Task):
         )
 
     def trainer_metrics(self, label_names: list[str]) -> dict:
-        from pipeline.trainer import argmax_logits, masked_accuracy_metrics
+        from pipeline.scoring import argmax_logits, masked_accuracy_metrics
 
         return {"compute_metrics": masked_accuracy_metrics, "preprocess_logits_for_metrics": argmax_logits}
 
@@ -129,7 +129,7 @@ class MaskedLM(Task):
 
     def quality(self, model, rows: list[dict], tokens: list[np.ndarray], batch_size: int, pad_id: int, cache=None) -> dict:
         """Top-1 accuracy at the masked tokens of the cached (masked) dev rows, and agreement with the teacher's top-1."""
-        from pipeline.metrics import predict_tokens
+        from pipeline.scoring import predict_tokens
 
         predictions = np.concatenate(predict_tokens(model, tokens, batch_size, pad_id))
         targets = np.concatenate([r[MLM_TARGET][:, 0] for r in rows])

@@ -605,17 +605,15 @@ class QuestionAnswering(Task):
 @torch.no_grad()
 def span_logits(model, token_lists: list[np.ndarray], firsts: list[int], batch_size: int, pad_id: int):
     """Start and end logits of each window (its real tokens), batched in length order."""
-    from pipeline.metrics import pad_batch
+    from pipeline.scoring import length_ordered_outputs
 
-    model.eval()
     starts: list[np.ndarray] = [np.zeros(0)] * len(token_lists)
     ends: list[np.ndarray] = [np.zeros(0)] * len(token_lists)
-    order = np.argsort([len(t) for t in token_lists], kind="stable")
-    for i in range(0, len(order), batch_size):
-        rows = order[i : i + batch_size]
-        ids, mask = pad_batch([token_lists[r] for r in rows], pad_id)
-        types = token_type_ids(torch.tensor([firsts[r] for r in rows]), mask)
-        out = model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+
+    def segments(rows, mask):
+        return {"token_type_ids": token_type_ids(torch.tensor([firsts[r] for r in rows]), mask)}
+
+    for rows, out in length_ordered_outputs(model, token_lists, batch_size, pad_id, segments):
         s, e = out.start_logits.float().numpy(), out.end_logits.float().numpy()
         for j, r in enumerate(rows):
             starts[r], ends[r] = s[j, : len(token_lists[r])], e[j, : len(token_lists[r])]

@@ -289,6 +289,8 @@ class TokenClassification(Task):
         }
 
     def trainer_metrics(self, label_names: list[str]) -> dict:
+        from pipeline.scoring import argmax_logits
+
         id2label = dict(enumerate(label_names))
 
         def compute(eval_pred) -> dict:
@@ -297,7 +299,7 @@ class TokenClassification(Task):
             scores = entity_metrics(true_tags, pred_tags)
             return {k: scores[k] for k in ("accuracy", "precision", "recall", "f1")}
 
-        return {"compute_metrics": compute, "preprocess_logits_for_metrics": _argmax}
+        return {"compute_metrics": compute, "preprocess_logits_for_metrics": argmax_logits}
 
     # ---- extraction ------------------------------------------------------------------------------------------------
     def manifest_meta(self, setup, cfg) -> dict:
@@ -338,17 +340,13 @@ class TokenClassification(Task):
         return [TOKEN_LABELS]
 
     def quality(self, model, rows: list[dict], tokens: list[np.ndarray], batch_size: int, pad_id: int, cache=None) -> dict:
-        from pipeline.metrics import predict_tokens
+        from pipeline.scoring import predict_tokens
 
         predictions = predict_tokens(model, tokens, batch_size, pad_id)
         labels = [r[TOKEN_LABELS][:, 0] for r in rows]
         id2label = {int(k): v for k, v in model.config.id2label.items()}
         metrics = entity_metrics(*tag_sequences(predictions, labels, id2label))
         return {"metric": "entity F1 (strict IOB2)", **metrics}
-
-
-def _argmax(logits, labels):
-    return (logits[0] if isinstance(logits, tuple) else logits).argmax(-1)
 
 
 class TaggedDataset(torch.utils.data.Dataset):

@@ -1,0 +1,221 @@
+"""Evaluation of saved models: quality on the cache's dev and val rows (through each task's scorer), size and CPU
+latency, measured the same way for the teacher, every student and ensembles. It sits above the tasks; nothing below
+it (data, cache, tasks, training) imports it, so editing it never rebuilds the teacher or the cache."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoConfig
+
+from pipeline.cache import TeacherCache
+from pipeline.cache.schema import TEACHER_CONFIG
+from pipeline.data import TUNE
+from pipeline.errors import PipelineError
+from pipeline.latency import cpu_latency_ms, paired_latency_ms
+from pipeline.models import from_safetensors, seed_model_dirs
+from pipeline.scoring import count_parameters
+from pipeline.tasks import task_of_cache, task_of_model
+
+
+def weights_bytes(model_dir: Path) -> int:
+    return sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
+
+
+def teacher_shaped_model(cache_dir: Path, num_labels: int) -> torch.nn.Module:
+    """A classifier with the teacher's architecture (from the cache's teacher_config.json) and random weights: the
+    latency reference for speedups. Dense CPU inference time does not depend on weight values, so students are timed
+    interleaved with it in one process without the teacher's weights (stage two never needs them)."""
+    raw = json.loads((Path(cache_dir) / TEACHER_CONFIG).read_text())
+    config = AutoConfig.for_model(**{k: v for k, v in raw.items() if k not in ("architectures", "id2label", "label2id")})
+    config.num_labels = num_labels
+    with torch.random.fork_rng():  # the caller's RNG stream stays untouched
+        torch.manual_seed(0)
+        return task_of_model(AutoConfig.for_model(**raw)).auto_class().from_config(config).to("cpu").eval()
+
+
+def load_saved_model(model_dir: Path):
+    """A saved classifier, or masked-LM model (by its config's architecture), on the CPU in eval mode."""
+    if not (Path(model_dir) / "config.json").is_file():
+        raise PipelineError(f"{model_dir}: no saved model (config.json missing); run the stage that trains it first")
+    auto_class = task_of_model(AutoConfig.from_pretrained(model_dir)).auto_class()
+    return from_safetensors(auto_class, str(model_dir), False).to("cpu").eval()
+
+
+def _quality(model: torch.nn.Module, cache, tokens: list[np.ndarray], rows: list[dict], batch_size: int, pad_id: int) -> dict:
+    """The dev metrics of the model's task (`Task.quality`), refused for a cache made by a teacher of another task."""
+    task, cache_task = task_of_model(model.config), task_of_cache(cache.manifest)
+    if task.name != cache_task.name:
+        raise PipelineError(
+            f"{cache.cache_dir}: the model has a {task.name} head but the cache was made by a {cache_task.name} "
+            "teacher; evaluate it against a cache of its own task"
+        )
+    return task.quality(model, rows, tokens, batch_size, pad_id, cache=cache)
+
+
+def split_rows(cache, split: str) -> tuple[list[dict], list[np.ndarray]]:
+    """A cached split's rows (the fields scoring needs) and their token ids."""
+    ds = cache.split(split, columns=task_of_cache(cache.manifest).dev_columns())
+    rows = [ds[i] for i in range(len(ds))]
+    return rows, [r["input_ids"] for r in rows]
+
+
+def _score(
+    model: torch.nn.Module,
+    cache_dir: Path,
+    batch_size: int,
+    latency_batch_sizes: list[int],
+    latency_repeats: int,
+    reference: torch.nn.Module | None = None,
+) -> dict:
+    """Accuracy/F1 on the cache's dev rows (token ids and labels only) and median CPU latency per batch size; with a
+    `reference` model, both are timed interleaved and speedup_b<N> = reference latency / model latency."""
+    cache = TeacherCache(cache_dir, verify="lazy")
+    pad_id = model.config.pad_token_id or 0
+    rows, tokens = split_rows(cache, "dev")
+    result = _quality(model, cache, tokens, rows, batch_size, pad_id)
+    headline = task_of_cache(cache.manifest).headline
+    if headline != "accuracy":  # (sequence-classification metrics keep their keys as before tasks existed)
+        result["headline"] = headline
+    result.update({"dev_rows": len(rows), "params": count_parameters(model), "cpu_threads": torch.get_num_threads()})
+    if TUNE in cache.splits:  # the tuning split's scores, under val_*: what the report's choices are made on
+        val_rows, val_tokens = split_rows(cache, TUNE)
+        scores = _quality(model, cache, val_tokens, val_rows, batch_size, pad_id)
+        result.update({f"{TUNE}_{k}": v for k, v in scores.items() if isinstance(v, float)})
+        result[f"{TUNE}_rows"] = len(val_rows)
+    for bs in latency_batch_sizes:
+        if reference is None:
+            result[f"latency_ms_b{bs}"] = round(cpu_latency_ms(model, tokens, bs, latency_repeats, pad_id), 3)
+            continue
+        mine, ref = paired_latency_ms([model, reference], tokens, bs, latency_repeats, pad_id)
+        result.update(
+            {
+                f"latency_ms_b{bs}": round(mine, 3),
+                f"teacher_shaped_latency_ms_b{bs}": round(ref, 3),
+                f"speedup_b{bs}": round(ref / mine, 3),
+            }
+        )
+    return result
+
+
+def _seed_spread(result: dict, per_seed: list[tuple[int, dict]]) -> dict:
+    """Add seeds, per-seed accuracy and mean +- sample std of accuracy and F1 over the seed runs."""
+    result["seeds"] = [s for s, _ in per_seed]
+    headline = result.get("headline", "accuracy")
+    for key in [p + k for p in ("", f"{TUNE}_") for k in dict.fromkeys(("accuracy", headline)) if p + k in result]:
+        result[f"{key}_per_seed"] = [round(r[key], 6) for _, r in per_seed]
+    keys = [p + k for p in ("", f"{TUNE}_") for k in dict.fromkeys(("accuracy", "f1", "teacher_agreement", headline))]
+    for key in [k for k in keys if k in result]:
+        values = [r[key] for _, r in per_seed]
+        result[f"{key}_mean"] = round(statistics.mean(values), 6)
+        result[f"{key}_std"] = round(statistics.stdev(values), 6) if len(values) > 1 else 0.0
+    return result
+
+
+def evaluate_saved_model(
+    model_dir: Path,
+    cache_dir: Path,
+    *,
+    batch_size: int,
+    latency_batch_sizes: list[int],
+    latency_repeats: int,
+    against_teacher_shape: bool = False,
+) -> dict:
+    """Dev accuracy/F1, size and CPU latency of a saved classifier (its shipped checkpoint); for a student trained
+    under several seeds also each seed run's accuracy and the mean +- std. `against_teacher_shape` times it
+    interleaved with a teacher-shaped model and reports speedups from that one measurement."""
+    runs = seed_model_dirs(model_dir)
+    model = load_saved_model(model_dir)
+    reference = teacher_shaped_model(cache_dir, model.config.num_labels) if against_teacher_shape else None
+    result = _score(model, cache_dir, batch_size, latency_batch_sizes, latency_repeats, reference)
+    result.update(
+        {
+            "size_mb": round(weights_bytes(model_dir) / 1e6, 2),
+            "layers": model.config.num_hidden_layers,
+            "hidden_size": model.config.hidden_size,
+        }
+    )
+    if runs[0][0] is not None:
+        per_seed = [(runs[0][0], result)] + [(s, _score(load_saved_model(d), cache_dir, batch_size, [], 0)) for s, d in runs[1:]]
+        _seed_spread(result, per_seed)
+    return result
+
+
+def compare_to_teacher(student: dict, teacher: dict) -> dict:
+    """Retention (student / teacher headline metric, and F1; and of the seed mean when there is one) and, for batch sizes not
+    already timed against a teacher-shaped model, latency speedups from the teacher's own metrics."""
+    ratio = lambda a, b: round(a / b, 4) if b else None  # noqa: E731
+    key = student.get("headline", "accuracy")  # retention is of the task's headline metric (entity F1 for NER)
+    out = {
+        "retention": ratio(student[key], teacher[key]),
+        "param_ratio": round(student["params"] / teacher["params"], 4),
+    }
+    if "f1" in student and "f1" in teacher:  # a masked-LM model has masked-token accuracy and teacher agreement instead
+        out["f1_retention"] = ratio(student["f1"], teacher["f1"])
+    if f"{TUNE}_{key}" in student and f"{TUNE}_{key}" in teacher:
+        out[f"{TUNE}_retention"] = ratio(student[f"{TUNE}_{key}"], teacher[f"{TUNE}_{key}"])
+    if f"{key}_mean" in student:
+        out["retention_mean"] = ratio(student[f"{key}_mean"], teacher[key])
+        out["retention_std"] = ratio(student[f"{key}_std"], teacher[key])
+    for key in student:
+        speedup = f"speedup_{key.removeprefix('latency_ms_')}"
+        if key.startswith("latency_ms_") and teacher.get(key) and speedup not in student:
+            out[speedup] = round(teacher[key] / student[key], 3)
+    return out
+
+
+class EnsembleClassifier(torch.nn.Module):
+    """Averages the logits of several classifiers; evaluated exactly like a single model."""
+
+    def __init__(self, members: list[torch.nn.Module]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        self.config = members[0].config
+
+    def forward(self, input_ids, attention_mask, **inputs):
+        """The members' mean logits (start and end logits of QA members)."""
+        from types import SimpleNamespace
+
+        outs = [m(input_ids=input_ids, attention_mask=attention_mask, **inputs) for m in self.members]
+        names = ("start_logits", "end_logits") if hasattr(outs[0], "start_logits") else ("logits",)
+        return SimpleNamespace(**{n: torch.stack([getattr(o, n).float() for o in outs]).mean(0) for n in names})
+
+
+def evaluate_ensemble(
+    member_dirs: list[Path],
+    cache_dir: Path,
+    *,
+    batch_size: int,
+    latency_batch_sizes: list[int],
+    latency_repeats: int,
+    against_teacher_shape: bool = False,
+) -> dict:
+    """Accuracy/F1, total params and size, and CPU latency (all members run) of the logit-averaging ensemble of the
+    members' shipped checkpoints; when the members were trained under several seeds, the ensemble of each seed index
+    (members' k-th runs) is scored too and the mean +- std reported."""
+    runs = [seed_model_dirs(d) for d in member_dirs]
+    members = [load_saved_model(d) for d in member_dirs]
+    if len({m.config.num_labels for m in members}) != 1:
+        raise PipelineError(f"ensemble members disagree on the number of labels: {[str(d) for d in member_dirs]}")
+    reference = teacher_shaped_model(cache_dir, members[0].config.num_labels) if against_teacher_shape else None
+    result = _score(EnsembleClassifier(members).eval(), cache_dir, batch_size, latency_batch_sizes, latency_repeats, reference)
+    result.update(
+        {
+            "members": [Path(d).name for d in member_dirs],
+            "size_mb": round(sum(weights_bytes(d) for d in member_dirs) / 1e6, 2),
+            "layers": sum(m.config.num_hidden_layers for m in members),
+        }
+    )
+    n_seeds = min(len(r) for r in runs)
+    if all(r[0][0] is not None for r in runs) and n_seeds > 1:
+        per_seed = [(0, result)] + [
+            (k, _score(EnsembleClassifier([load_saved_model(r[k][1]) for r in runs]).eval(), cache_dir, batch_size, [], 0))
+            for k in range(1, n_seeds)
+        ]
+        _seed_spread(result, per_seed)
+        result["seeds"] = [[r[k][0] for r in runs] for k in range(n_seeds)]  # the members' seeds in each ensemble
+    return result
