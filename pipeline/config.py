@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import PipelineError
-
-TASKS = ("sequence_classification", "token_classification", "question_answering", "masked_lm")  # pipeline.tasks implements each
+from pipeline.tasks import TASK_NAMES
 
 
 def knob(
@@ -284,7 +283,7 @@ class Params:
         "sequence_classification",
         "sequence_classification, token_classification (NER: CoNLL files, per-token logits), question_answering "
         "(SQuAD: start/end logits per token), or masked_lm (top-k vocabulary logits)",
-        choices=TASKS,
+        choices=TASK_NAMES,
     )
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)

@@ -29,6 +29,7 @@ from pipeline.models import PROVENANCE, SEEDS_DIR, model_fingerprint, tokenizer_
 from pipeline.scoring import count_parameters
 from pipeline.students import build_student
 from pipeline.tasks import task_of_cache
+from pipeline.tasks.student import task_student
 from pipeline.teachers import join_teachers, open_extra_caches
 from pipeline.trainer import optimizer_choice, scratch_dir, training_arguments
 
@@ -152,15 +153,16 @@ def distill_student(
     student, init_info = build_student(spec, teacher_config, cache.label_names, teacher_weights, seed, task)
     if plan.attention_pairs:
         _no_attention_dropout(student)
-    module = DistillationModule(student, cfg, plan, task)
+    facet = task_student(task)
+    module = DistillationModule(student, cfg, plan, facet)
     columns = (
-        task.cache_columns()
+        facet.cache_columns()
         + sorted({hidden_field(t) for _, t in plan.pairs})
         + [attention_field(t) for _, t in plan.attention_pairs]
         + ([value_field(plan.value_pair[1])] if plan.value_pair else [])
     )
     extras = open_extra_caches(cache, extra_caches or {}, cfg.verify_cache)
-    split = lambda name: join_teachers(cache.split(name, columns), extras, task.logit_field)  # noqa: E731
+    split = lambda name: join_teachers(cache.split(name, columns), extras, facet.logit_field)  # noqa: E731
     eval_split = TUNE if TUNE in cache.splits else "dev"  # per-epoch scores on the tuning split; dev only records
     train, dev = split("train"), split(eval_split)
     teacher_signal = bool(cfg.beta or plan.pairs or plan.attention_pairs or plan.value_pair)
@@ -207,7 +209,7 @@ def distill_student(
         "attention_pairs": plan.attention_pairs,
         "value_pair": plan.value_pair,
         "init": init_info.get("init"),
-        "task": task.name,
+        "task": task,
         "init_teacher_layers": init_info.get("teacher_layers"),
         "train_rows": labeled_rows,
         "transfer_rows": transfer_rows,

@@ -19,7 +19,9 @@ from pipeline.errors import PipelineError
 from pipeline.latency import cpu_latency_ms, paired_latency_ms
 from pipeline.models import from_safetensors, seed_model_dirs
 from pipeline.scoring import count_parameters
-from pipeline.tasks import task_of_cache, task_of_model
+from pipeline.tasks import task_of_cache
+from pipeline.tasks.heads import head_of, head_of_model
+from pipeline.tasks.scorer import task_scorer
 
 
 def weights_bytes(model_dir: Path) -> int:
@@ -35,31 +37,31 @@ def teacher_shaped_model(cache_dir: Path, num_labels: int) -> torch.nn.Module:
     config.num_labels = num_labels
     with torch.random.fork_rng():  # the caller's RNG stream stays untouched
         torch.manual_seed(0)
-        return task_of_model(AutoConfig.for_model(**raw)).auto_class().from_config(config).to("cpu").eval()
+        return head_of_model(AutoConfig.for_model(**raw)).auto_class().from_config(config).to("cpu").eval()
 
 
 def load_saved_model(model_dir: Path):
     """A saved classifier, or masked-LM model (by its config's architecture), on the CPU in eval mode."""
     if not (Path(model_dir) / "config.json").is_file():
         raise PipelineError(f"{model_dir}: no saved model (config.json missing); run the stage that trains it first")
-    auto_class = task_of_model(AutoConfig.from_pretrained(model_dir)).auto_class()
+    auto_class = head_of_model(AutoConfig.from_pretrained(model_dir)).auto_class()
     return from_safetensors(auto_class, str(model_dir), False).to("cpu").eval()
 
 
 def _quality(model: torch.nn.Module, cache, tokens: list[np.ndarray], rows: list[dict], batch_size: int, pad_id: int) -> dict:
-    """The dev metrics of the model's task (`Task.quality`), refused for a cache made by a teacher of another task."""
-    task, cache_task = task_of_model(model.config), task_of_cache(cache.manifest)
-    if task.name != cache_task.name:
+    """The metrics of the model's task (its scorer facet), refused for a cache made by a teacher of another task."""
+    task, cache_task = head_of_model(model.config).name, task_of_cache(cache.manifest)
+    if task != cache_task:
         raise PipelineError(
-            f"{cache.cache_dir}: the model has a {task.name} head but the cache was made by a {cache_task.name} "
+            f"{cache.cache_dir}: the model has a {task} head but the cache was made by a {cache_task} "
             "teacher; evaluate it against a cache of its own task"
         )
-    return task.quality(model, rows, tokens, batch_size, pad_id, cache=cache)
+    return task_scorer(task).score(model, rows, tokens, batch_size, pad_id, cache=cache)
 
 
 def split_rows(cache, split: str) -> tuple[list[dict], list[np.ndarray]]:
     """A cached split's rows (the fields scoring needs) and their token ids."""
-    ds = cache.split(split, columns=task_of_cache(cache.manifest).dev_columns())
+    ds = cache.split(split, columns=task_scorer(task_of_cache(cache.manifest)).columns())
     rows = [ds[i] for i in range(len(ds))]
     return rows, [r["input_ids"] for r in rows]
 
@@ -78,7 +80,7 @@ def _score(
     pad_id = model.config.pad_token_id or 0
     rows, tokens = split_rows(cache, "dev")
     result = _quality(model, cache, tokens, rows, batch_size, pad_id)
-    headline = task_of_cache(cache.manifest).headline
+    headline = head_of(task_of_cache(cache.manifest)).headline
     if headline != "accuracy":  # (sequence-classification metrics keep their keys as before tasks existed)
         result["headline"] = headline
     result.update({"dev_rows": len(rows), "params": count_parameters(model), "cpu_threads": torch.get_num_threads()})

@@ -29,7 +29,8 @@ from pipeline.extract_loop import LoopPlan, extract_splits
 from pipeline.journal import ShardSink, job_key, journal_name, load_journal, shard_tag, work_dir_for
 from pipeline.layers import normalize_layers, normalize_model_layers
 from pipeline.models import model_fingerprint, tokenizer_fingerprint
-from pipeline.tasks import task_of_model
+from pipeline.tasks.fields import task_fields
+from pipeline.tasks.heads import head_of_model
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,11 @@ def extract_cache(
     who = ranks()
     dev = who.device(cfg.device)
     teacher_config = AutoConfig.from_pretrained(teacher_dir)
-    task = task_of_model(teacher_config)
+    head = head_of_model(teacher_config)
+    task = task_fields(head.name)
     # attention maps need the eager implementation: fused kernels never materialise them
     model = (
-        task.auto_class()
+        head.auto_class()
         .from_pretrained(teacher_dir, use_safetensors=True, **({"attn_implementation": "eager"} if cfg.attentions else {}))
         .to(dev)
         .eval()
@@ -98,7 +100,7 @@ def extract_cache(
         attentions=normalize_model_layers(list(cfg.attentions), n_layers, "extract.attentions"),
         values=normalize_model_layers(list(cfg.values), n_layers, "extract.values"),
         task=task,
-        task_setup=task.extract_setup(cfg, model, tokenizer, teacher_dir, mask_seed),
+        task_setup=task.setup(cfg, model, tokenizer, teacher_dir, mask_seed),
         rank=who.rank,
         world=who.world,
     )

@@ -18,7 +18,7 @@ from pipeline.cache import CacheBatch, FieldSpec, attention_field, hidden_field,
 from pipeline.cache.codec import encode
 from pipeline.journal import BatchSink
 from pipeline.pinned import PinnedRing, to_host
-from pipeline.tasks import Task
+from pipeline.tasks.sequence_classification.fields import SequenceClassificationFields
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class LoopPlan:
     pad_id: int = 0
     attentions: list[int] = field(default_factory=list)
     values: list[int] = field(default_factory=list)
-    task: Task = field(default_factory=Task)  # what the logit-level fields are (pipeline.tasks)
+    task: SequenceClassificationFields = field(default_factory=SequenceClassificationFields)  # the task's fields facet
     task_setup: dict | None = None  # the task's extraction state (a masked-LM teacher's masking and top-k)
     rank: int = 0  # under torchrun: this process computes its part of each split's batches (`rank_batches`)
     world: int = 1

@@ -17,7 +17,8 @@ from pipeline.config import DistillConfig
 from pipeline.errors import PipelineError
 from pipeline.layers import LayerPlan
 from pipeline.losses import LossMix, attention_kl_loss, attention_mse_loss, combine_teachers, value_relation_loss
-from pipeline.tasks import Task, get_task
+from pipeline.tasks.sequence_classification.student import SequenceClassificationStudent
+from pipeline.tasks.student import task_student
 from pipeline.torch_datasets import TokenDataset
 from pipeline.trainer import LengthGroupedTrainer
 
@@ -30,9 +31,15 @@ class DistillationModule(nn.Module):
     value_weight x value-relation KL between the student's and the teacher's layers of its value pair.
     """
 
-    def __init__(self, student: nn.Module, cfg: DistillConfig, plan: LayerPlan, task: str | Task = "sequence_classification"):
+    def __init__(
+        self,
+        student: nn.Module,
+        cfg: DistillConfig,
+        plan: LayerPlan,
+        task: str | SequenceClassificationStudent = "sequence_classification",
+    ):
         super().__init__()
-        self.cfg, self.task = cfg, get_task(task)
+        self.cfg, self.task = cfg, task_student(task) if isinstance(task, str) else task
         self.attention_pairs = list(plan.attention_pairs) if cfg.attention_weight else []
         self.value_pair = plan.value_pair if cfg.value_weight else None
         self.relation_heads = plan.relation_heads
@@ -73,7 +80,7 @@ class DistillationModule(nn.Module):
             stacked = torch.cat([teacher_logits.unsqueeze(1).float(), teacher_extra_logits.float()], dim=1)
             teacher_logits = combine_teachers(stacked, cfg.teacher_weights, self.temperature, cfg.logit_loss)
         need_hidden = bool(cfg.gamma and self.pairs)
-        out = self.task.student_forward(self.student, self.training)(
+        out = self.task.forward_module(self.student, self.training)(
             input_ids=input_ids,
             attention_mask=attention_mask,
             **({"token_type_ids": token_type_ids} if token_type_ids is not None else {}),

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.tasks import MASKED_LM  # noqa: F401  (re-exported: the masking code names its task)
+
 IGNORE = -100  # target of a token that was not masked (the cross-entropy ignore index)
-MASKED_LM = "masked_lm"
 TOPK_VALUES, TOPK_INDICES, MLM_TARGET = "topk_values", "topk_indices", "mlm_target"
 
 

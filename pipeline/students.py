@@ -17,13 +17,13 @@ from pipeline.config import StudentSpec
 from pipeline.errors import PipelineError
 from pipeline.layers import student_init_layers
 from pipeline.models import from_safetensors, teacher_init_mismatch
-from pipeline.tasks import Task, get_task
+from pipeline.tasks.heads import head_of
 
 log = logging.getLogger(__name__)
 
 
 def student_config(
-    spec: StudentSpec, teacher_config: dict, label_names: list[str], task: str | Task = "sequence_classification"
+    spec: StudentSpec, teacher_config: dict, label_names: list[str], task: str = "sequence_classification"
 ) -> BertConfig:
     """A BertConfig for the student: its own shape, the teacher's vocabulary, positions and labels (and head)."""
     return BertConfig(
@@ -40,7 +40,7 @@ def student_config(
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={n: i for i, n in enumerate(label_names)},
-        architectures=[get_task(task).architecture],
+        architectures=[head_of(task).architecture],
     )
 
 
@@ -50,7 +50,7 @@ def build_student(
     label_names: list[str],
     teacher_weights: Path | None,
     seed: int,
-    task: str | Task = "sequence_classification",
+    task: str = "sequence_classification",
 ) -> tuple[torch.nn.Module, dict]:
     """Create the student (a sequence classifier, or for a masked-LM cache a BertForMaskedLM); with init 'teacher',
     copy embeddings, chosen layers, pooler and head from the teacher's safetensors file, reading only those tensors
@@ -66,7 +66,7 @@ def build_student(
     info = {"init": spec.init}
     if spec.init.startswith("pretrained:"):
         return load_pretrained_student(spec.init.split(":", 1)[1], spec, teacher_config, label_names, task, info), info
-    student = get_task(task).student_class()(config)
+    student = head_of(task).student_class()(config)
     if spec.init == "teacher":
         mismatch = teacher_init_mismatch(spec, teacher_config)
         if mismatch:
@@ -89,7 +89,7 @@ def load_pretrained_student(
     spec: StudentSpec,
     teacher_config: dict,
     label_names: list[str],
-    task: str | Task = "sequence_classification",
+    task: str = "sequence_classification",
     info: dict | None = None,
 ):
     """A local BERT checkpoint as the student (its classification head is new when it has none or another size; a
@@ -120,18 +120,18 @@ def load_pretrained_student(
             f"{path}: checkpoint has {config.num_hidden_layers} layers of width {config.hidden_size}; set the "
             f"student's hidden_size to {config.hidden_size} and num_layers to at most {config.num_hidden_layers}"
         )
-    task = get_task(task)
+    head = head_of(task)
     if config.num_hidden_layers > spec.num_layers:
         layers = student_init_layers(spec.num_layers, spec.init_layers, config.num_hidden_layers, f"checkpoint {path}")
         widths = dataclasses.replace(spec, num_heads=config.num_attention_heads, intermediate_size=config.intermediate_size)
-        student = task.student_class()(student_config(widths, teacher_config, label_names, task))
+        student = head.student_class()(student_config(widths, teacher_config, label_names, task))
         copied = copy_teacher_weights(student, checkpoint_weight_files(path), layers, source=f"checkpoint {path}")
         if info is not None:
             info.update(checkpoint_layers=layers, copied=copied)
         return student
-    if task.name == "masked_lm":
-        return from_safetensors(task.student_class(), path, trust_remote_code=False)
-    return from_safetensors(task.student_class(), path, False, **task.head_config(label_names), ignore_mismatched_sizes=True)
+    if head.name == "masked_lm":
+        return from_safetensors(head.student_class(), path, trust_remote_code=False)
+    return from_safetensors(head.student_class(), path, False, **head.head_config(label_names), ignore_mismatched_sizes=True)
 
 
 def _teacher_key_map(student_keys: list[str], teacher_keys: set[str], layers: list[int]) -> dict[str, str]:

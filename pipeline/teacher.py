@@ -18,22 +18,23 @@ from pipeline.data import TUNE
 from pipeline.errors import PipelineError
 from pipeline.mlm import MASKED_LM
 from pipeline.models import load_teacher, load_tokenizer, resolve_model_path, tokenizer_fingerprint
-from pipeline.tasks import Task, get_task
+from pipeline.tasks.heads import Head, head_of
+from pipeline.tasks.teacher import task_teacher
 from pipeline.trainer import LengthGroupedTrainer, scratch_dir, training_arguments
 
 log = logging.getLogger(__name__)
 
 
 def fine_tune_teacher(
-    model, tokenizer, splits, args, task: Task, label_names: list[str], checkpoints=None, callbacks=()
+    model, tokenizer, splits, args, head: Head, label_names: list[str], checkpoints=None, callbacks=()
 ) -> list[dict]:
     """Fine-tune a sequence or token classifier in place; returns the Trainer's log history (loss, dev metrics per
     epoch). With `checkpoints`, resumes from the last one an interrupted run left."""
-    args.label_names = task.label_keys
+    args.label_names = list(head.label_keys)
     trainer = LengthGroupedTrainer(
         model=model,
         args=args,
-        **task.teacher_trainer_kwargs(tokenizer, splits, None, args.seed, label_names),
+        **task_teacher(head.name).trainer_kwargs(tokenizer, splits, label_names),
         lengths=np.asarray(splits["train"]["length"]),
         callbacks=list(callbacks),
     )
@@ -53,7 +54,7 @@ def fine_tune_masked_lm(
     trainer = MaskedLMTrainer(
         model=model,
         args=args,
-        **get_task(MASKED_LM).teacher_trainer_kwargs(tokenizer, {"train": train_ds, "dev": dev_ds}, None, seed, []),
+        **task_teacher(MASKED_LM).trainer_kwargs(tokenizer, {"train": train_ds, "dev": dev_ds}, []),
         data_collator=masking,
         lengths=np.asarray(train_ds["length"]),
         callbacks=list(callbacks),
@@ -121,7 +122,7 @@ def train_teacher(
     if tokenizer_fingerprint(tokenizer) != info["tokenizer_fingerprint"]:
         raise PipelineError(f"data/prepared: prepared with a different tokenizer than teacher.model '{cfg.model}'; rerun prepare")
     set_seed(seed)
-    task = get_task(info.get("task", "sequence_classification"))
+    task = head_of(info.get("task", "sequence_classification"))
     mlm = task.name == MASKED_LM
     if cfg.epochs > 0:
         log.info(

@@ -17,10 +17,11 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertTokenizerFast
 
 from pipeline.config import DataConfig, ExtractConfig
-from pipeline.data import prepare_corpus, save_prepared
+from pipeline.data import save_prepared
 from pipeline.extract import extract_cache
 from pipeline.models import load_teacher
-from pipeline.tasks import get_task
+from pipeline.tasks.heads import head_of
+from pipeline.tasks.sequence_classification.data import prepare_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT / "data" / "raw" / "sst2"  # ships with the project: tests never lack it
@@ -41,7 +42,7 @@ def real_data(name: str) -> Path:
 
 def load_classifier(path: str, label_names: list[str], require_head: bool = False):
     """A sequence classifier from a dir, as the teacher stage loads it (what the tests of loading refusals call)."""
-    return load_teacher(get_task("sequence_classification"), path, label_names, require_head=require_head)
+    return load_teacher(head_of("sequence_classification"), path, label_names, require_head=require_head)
 
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

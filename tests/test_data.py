@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from transformers import BertTokenizerFast
 
-from pipeline.data import add_augmented_split, add_tuning_split, edit_words, prepare_corpus, split_fingerprint
+from pipeline.data import add_augmented_split, add_tuning_split, edit_words, split_fingerprint
 from pipeline.errors import PipelineError
 from pipeline.sources import parse_source
+from pipeline.tasks.sequence_classification.data import prepare_corpus
 from tests.conftest import data_config, sst2_rows
 
 

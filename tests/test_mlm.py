@@ -227,7 +227,7 @@ def test_a_masked_lm_teacher_is_fine_tuned_from_a_checkpoint_without_an_mlm_head
     from pipeline.config import TeacherConfig
     from pipeline.mlm import MASKED_LM
     from pipeline.models import load_masked_lm
-    from pipeline.tasks import task_of_model
+    from pipeline.tasks.heads import head_of_model
     from pipeline.teacher import fine_tune_masked_lm
     from pipeline.trainer import training_arguments
 
@@ -243,7 +243,7 @@ def test_a_masked_lm_teacher_is_fine_tuned_from_a_checkpoint_without_an_mlm_head
     dev_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
     assert len(dev_losses) == 2 and dev_losses[-1] < dev_losses[0]
     model.save_pretrained(tmp_path / "teacher")
-    assert task_of_model(BertForMaskedLM.from_pretrained(tmp_path / "teacher").config).name == MASKED_LM
+    assert head_of_model(BertForMaskedLM.from_pretrained(tmp_path / "teacher").config).name == MASKED_LM
 
 
 @pytest.mark.parametrize("positions", ["masked", "all"])

@@ -17,21 +17,19 @@ from pipeline.errors import PipelineError
 from pipeline.evaluation import evaluate_saved_model
 from pipeline.extract import extract_cache
 from pipeline.losses import LossMix
-from pipeline.tasks import get_task
-from pipeline.tasks.token_classification import (
-    IGNORE,
-    TOKEN_LABELS,
-    TOKEN_LOGITS,
-    align_labels,
-    entities,
-    entity_metrics,
-    read_conll,
-)
+from pipeline.tasks.data import task_data
+from pipeline.tasks.heads import head_of
+from pipeline.tasks.student import task_student
+from pipeline.tasks.token_classification import IGNORE, TOKEN_LABELS, TOKEN_LOGITS
+from pipeline.tasks.token_classification.conll import read_conll
+from pipeline.tasks.token_classification.data import align_labels
+from pipeline.tasks.token_classification.metrics import entities, entity_metrics
 from tests.conftest import ROOT, SAMPLES, make_tokenizer, tiny_bert_config
 
 CONLL = SAMPLES / "conll2003"  # hand-made CoNLL-format sentences (tests/data/README.md)
 TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
-TASK = get_task("token_classification")
+TASK = task_data("token_classification")  # the prepare stage's facet
+HEAD = head_of("token_classification")
 
 
 def _conll_head(split: str, sentences: int) -> str:
@@ -163,7 +161,9 @@ def test_per_token_loss_by_hand(positions):
     class Out:
         logits = student
 
-    total, parts = TASK.loss(None, Out, labels, {"teacher_logits": teacher}, [], mask, mix, cfg, True)
+    total, parts = task_student("token_classification").loss(
+        None, Out, labels, {"teacher_logits": teacher}, [], mask, mix, cfg, True
+    )
 
     def log_softmax(x: list[float]) -> list[float]:
         norm = math.log(sum(math.exp(v) for v in x))
@@ -187,7 +187,7 @@ def ner_run(tmp_path_factory, conll_small):
     root = tmp_path_factory.mktemp("ner")
     tokenizer = _tokenizer(root)
     torch.manual_seed(0)
-    config = tiny_bert_config(len(tokenizer), **TASK.head_config(TAGS))
+    config = tiny_bert_config(len(tokenizer), **HEAD.head_config(TAGS))
     teacher = root / "teacher"
     BertForTokenClassification(config).save_pretrained(teacher)
     tokenizer.save_pretrained(teacher)
@@ -261,7 +261,7 @@ def test_word_and_tag_lists_from_jsonl_and_a_classlabel_split_read_like_conll(tm
     import datasets
 
     from pipeline.sources import parse_source
-    from pipeline.tasks.token_classification import load_sentences
+    from pipeline.tasks.token_classification.conll import load_sentences
 
     sentences = read_conll(conll_small / "dev.txt")[:20]
     rows = {"tokens": [w for w, _, _ in sentences], "ner_tags": [t for _, t, _ in sentences]}
@@ -285,7 +285,7 @@ def test_a_tuning_split_carved_from_ner_sentences_keeps_its_token_labels(conll_s
     """data.val_examples on CoNLL: sentences move from train to val with their per-token labels; the manifest's
     fingerprint is the token classifier's."""
     from pipeline.data import add_tuning_split
-    from pipeline.tasks.token_classification import token_split_fingerprint
+    from pipeline.tasks.token_classification.data import token_split_fingerprint
 
     data = _data(conll_small, val_examples=20)
     splits, info = add_tuning_split(*TASK.prepare(data, _tokenizer(conll_small), seed=0), data, 0, TASK.split_fingerprint)

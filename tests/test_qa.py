@@ -20,27 +20,18 @@ from pipeline.evaluation import EnsembleClassifier, evaluate_saved_model
 from pipeline.extract import extract_cache
 from pipeline.losses import LossMix
 from pipeline.sources import parse_source
-from pipeline.tasks import get_task
-from pipeline.tasks.question_answering import (
-    END_LOGITS,
-    OFFSETS,
-    QA_POSITIONS,
-    QA_WINDOW,
-    QUESTIONS,
-    START_LOGITS,
-    QuestionAnswerer,
-    best_span,
-    load_questions,
-    normalize_answer,
-    predict_answers,
-    span_distillation_loss,
-    squad_metrics,
-    window_questions,
-)
+from pipeline.tasks.data import task_data
+from pipeline.tasks.question_answering import END_LOGITS, OFFSETS, QA_POSITIONS, QA_WINDOW, QUESTIONS, START_LOGITS
+from pipeline.tasks.question_answering.data import window_questions
+from pipeline.tasks.question_answering.postprocess import best_span, predict_answers
+from pipeline.tasks.question_answering.serve import QuestionAnswerer
+from pipeline.tasks.question_answering.squad import load_questions
+from pipeline.tasks.question_answering.squad_metric import normalize_answer, squad_metrics
+from pipeline.tasks.question_answering.student import span_distillation_loss
 from tests.conftest import ROOT, SAMPLES, make_tokenizer, tiny_bert_config
 
 SQUAD = SAMPLES / "squad"  # five train and one dev SQuAD v1.1 article(s), in part (tests/data/README.md)
-TASK = get_task("question_answering")
+TASK = task_data("question_answering")  # the prepare stage's facet
 
 
 def _squad_head(split: str, paragraphs: int) -> dict:

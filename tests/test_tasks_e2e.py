@@ -76,7 +76,7 @@ def test_ner_on_conll2003_through_dvc_repro(tmp_path):
 
 @pytest.mark.slow
 def test_qa_on_squad_through_dvc_repro(tmp_path):
-    from pipeline.tasks.question_answering import QuestionAnswerer
+    from pipeline.tasks.question_answering.serve import QuestionAnswerer
 
     repo, out = _repro_task(
         tmp_path,

@@ -10,10 +10,11 @@ from transformers import BertTokenizerFast
 
 from pipeline.cache import TeacherCache
 from pipeline.config import DistillConfig, StudentSpec
-from pipeline.data import UNLABELED, add_augmented_split, prepare_corpus
+from pipeline.data import UNLABELED, add_augmented_split
 from pipeline.distill import distill_student
 from pipeline.errors import PipelineError
 from pipeline.losses import hard_label_loss
+from pipeline.tasks.sequence_classification.data import prepare_corpus
 from tests.conftest import build_cache, data_config
 
 FAST = DistillConfig(epochs=1, batch_size=16, learning_rate=5e-4, logging_steps=2)

@@ -1,34 +1,35 @@
-"""Task shapes behind one seam (`pipeline.tasks.base.Task`): the top-level `task:` key of params.yaml picks one, a
-saved model's architecture and a cache's manifest name theirs, and the stages call the task instead of branching."""
+"""Task shapes. The top-level `task:` key of params.yaml names one; each is a package with one module per stage facet:
+
+- `data` (the prepare stage): read, validate and tokenize the splits; fingerprint them; carve the tuning split;
+- `teacher` (the teacher stage): the Trainer's datasets, collator and per-epoch metrics;
+- `fields` (the extract stage): the cache fields of the teacher's logit-level outputs and what is written beside them;
+- `student` (the distill stage): the cache columns a student reads, its batch, its logit-level loss;
+- `scorer` (the evaluate stage): the headline metric of a saved model on the cache's dev and val rows.
+
+`pipeline.tasks.<facet>` maps a task name to that facet (`task_data`, `task_teacher`, `task_fields`, `task_student`,
+`task_scorer`), and `pipeline.tasks.heads` holds what every stage knows of a task's model head. A stage imports only
+its facet's registry, so DVC reruns a stage only when its own facet changes. Sequence classification is the default
+shape and each of its facet classes the base the other tasks override.
+"""
 
 from __future__ import annotations
 
 from pipeline.errors import PipelineError
-from pipeline.tasks.base import Task
-from pipeline.tasks.masked_lm import MaskedLM
-from pipeline.tasks.question_answering import QuestionAnswering
-from pipeline.tasks.token_classification import TokenClassification
 
-TASKS: dict[str, Task] = {t.name: t for t in (Task(), TokenClassification(), QuestionAnswering(), MaskedLM())}
-TASK_NAMES = tuple(TASKS)
-
-
-def get_task(name: str | Task) -> Task:
-    if isinstance(name, Task):
-        return name
-    if name not in TASKS:
-        raise PipelineError(f"params.yaml: 'task' is '{name}'; use one of {', '.join(TASKS)}")
-    return TASKS[name]
+SEQUENCE_CLASSIFICATION = "sequence_classification"
+TOKEN_CLASSIFICATION = "token_classification"
+QUESTION_ANSWERING = "question_answering"
+MASKED_LM = "masked_lm"
+TASK_NAMES = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING, MASKED_LM)
 
 
-def task_of_model(config) -> Task:
-    """The task whose head a checkpoint has (by its config's architectures); sequence classification by default."""
-    for task in TASKS.values():
-        if task.name != Task.name and task.owns(config):
-            return task
-    return TASKS[Task.name]
+def check_task(name: str) -> str:
+    """`name` if it is a task; else one line naming the known ones."""
+    if name not in TASK_NAMES:
+        raise PipelineError(f"params.yaml: 'task' is '{name}'; use one of {', '.join(TASK_NAMES)}")
+    return name
 
 
-def task_of_cache(manifest: dict) -> Task:
+def task_of_cache(manifest: dict) -> str:
     """The task a cache was extracted for (caches of sequence classifiers carry no `task` key)."""
-    return get_task(manifest.get("task", Task.name))
+    return check_task(manifest.get("task", SEQUENCE_CLASSIFICATION))
