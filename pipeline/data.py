@@ -14,12 +14,12 @@ import datasets
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.splits import TUNE
 
 log = logging.getLogger(__name__)
 
 PREPARED_COLUMNS = ("example_id", "input_ids", "length", "label")
 AUGMENT = "augment"  # teacher-labelled variants of the labelled train texts (unlabeled rows, like transfer)
-TUNE = "val"  # the tuning split: every choice (per-epoch scores, the report's pick) is made on it; dev only records
 
 
 def tokenized_split(ids: np.ndarray, enc: list[list[int]], labels: np.ndarray) -> datasets.Dataset:

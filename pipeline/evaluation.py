@@ -14,11 +14,22 @@ from transformers import AutoConfig
 
 from pipeline.cache import TeacherCache
 from pipeline.cache.schema import TEACHER_CONFIG
-from pipeline.data import TUNE
 from pipeline.errors import PipelineError
 from pipeline.latency import cpu_latency_ms, paired_latency_ms
 from pipeline.models import from_safetensors, seed_model_dirs
+from pipeline.scores import (
+    headline,
+    key,
+    latency_key,
+    mean_key,
+    per_seed_key,
+    speedup_key,
+    stamp,
+    std_key,
+    teacher_latency_key,
+)
 from pipeline.scoring import count_parameters
+from pipeline.splits import DEV, TUNE
 from pipeline.tasks import task_of_cache
 from pipeline.tasks.heads import head_of, head_of_model
 from pipeline.tasks.scorer import task_scorer
@@ -74,47 +85,45 @@ def _score(
     latency_repeats: int,
     reference: torch.nn.Module | None = None,
 ) -> dict:
-    """Accuracy/F1 on the cache's dev rows (token ids and labels only) and median CPU latency per batch size; with a
-    `reference` model, both are timed interleaved and speedup_b<N> = reference latency / model latency."""
+    """The scores (`pipeline.scores`) of a model: its task's metrics on the cache's dev rows and, under `val_`, its
+    tuning rows; median CPU latency per batch size; with a `reference` model, both timed interleaved and the speedup
+    = reference latency / model latency."""
     cache = TeacherCache(cache_dir, verify="lazy")
     pad_id = model.config.pad_token_id or 0
-    rows, tokens = split_rows(cache, "dev")
-    result = _quality(model, cache, tokens, rows, batch_size, pad_id)
-    headline = head_of(task_of_cache(cache.manifest)).headline
-    if headline != "accuracy":  # (sequence-classification metrics keep their keys as before tasks existed)
-        result["headline"] = headline
+    rows, tokens = split_rows(cache, DEV)
+    quality = _quality(model, cache, tokens, rows, batch_size, pad_id)
+    result = stamp(quality, head_of(task_of_cache(cache.manifest)).headline)
     result.update({"dev_rows": len(rows), "params": count_parameters(model), "cpu_threads": torch.get_num_threads()})
-    if TUNE in cache.splits:  # the tuning split's scores, under val_*: what the report's choices are made on
+    if TUNE in cache.splits:  # the tuning split's scores: what the report's choices are made on
         val_rows, val_tokens = split_rows(cache, TUNE)
         scores = _quality(model, cache, val_tokens, val_rows, batch_size, pad_id)
-        result.update({f"{TUNE}_{k}": v for k, v in scores.items() if isinstance(v, float)})
-        result[f"{TUNE}_rows"] = len(val_rows)
+        result.update({key(k, TUNE): v for k, v in scores.items() if isinstance(v, float)})
+        result[key("rows", TUNE)] = len(val_rows)
     for bs in latency_batch_sizes:
         if reference is None:
-            result[f"latency_ms_b{bs}"] = round(cpu_latency_ms(model, tokens, bs, latency_repeats, pad_id), 3)
+            result[latency_key(bs)] = round(cpu_latency_ms(model, tokens, bs, latency_repeats, pad_id), 3)
             continue
         mine, ref = paired_latency_ms([model, reference], tokens, bs, latency_repeats, pad_id)
         result.update(
-            {
-                f"latency_ms_b{bs}": round(mine, 3),
-                f"teacher_shaped_latency_ms_b{bs}": round(ref, 3),
-                f"speedup_b{bs}": round(ref / mine, 3),
-            }
+            {latency_key(bs): round(mine, 3), teacher_latency_key(bs): round(ref, 3), speedup_key(bs): round(ref / mine, 3)}
         )
     return result
 
 
+SPREAD = ("accuracy", "f1", "teacher_agreement")  # besides the headline: the metrics given a mean and std over seeds
+
+
 def _seed_spread(result: dict, per_seed: list[tuple[int, dict]]) -> dict:
-    """Add seeds, per-seed accuracy and mean +- sample std of accuracy and F1 over the seed runs."""
+    """Add the seeds, each seed run's headline (and accuracy) and the mean +- sample std of the main metrics."""
     result["seeds"] = [s for s, _ in per_seed]
-    headline = result.get("headline", "accuracy")
-    for key in [p + k for p in ("", f"{TUNE}_") for k in dict.fromkeys(("accuracy", headline)) if p + k in result]:
-        result[f"{key}_per_seed"] = [round(r[key], 6) for _, r in per_seed]
-    keys = [p + k for p in ("", f"{TUNE}_") for k in dict.fromkeys(("accuracy", "f1", "teacher_agreement", headline))]
-    for key in [k for k in keys if k in result]:
-        values = [r[key] for _, r in per_seed]
-        result[f"{key}_mean"] = round(statistics.mean(values), 6)
-        result[f"{key}_std"] = round(statistics.stdev(values), 6) if len(values) > 1 else 0.0
+    listed = dict.fromkeys(("accuracy", headline(result)))
+    for k in [key(m, split) for split in (DEV, TUNE) for m in listed if key(m, split) in result]:
+        result[per_seed_key(k)] = [round(r[k], 6) for _, r in per_seed]
+    spread = dict.fromkeys((*SPREAD, headline(result)))
+    for k in [key(m, split) for split in (DEV, TUNE) for m in spread if key(m, split) in result]:
+        values = [r[k] for _, r in per_seed]
+        result[mean_key(k)] = round(statistics.mean(values), 6)
+        result[std_key(k)] = round(statistics.stdev(values), 6) if len(values) > 1 else 0.0
     return result
 
 
@@ -148,25 +157,21 @@ def evaluate_saved_model(
 
 
 def compare_to_teacher(student: dict, teacher: dict) -> dict:
-    """Retention (student / teacher headline metric, and F1; and of the seed mean when there is one) and, for batch sizes not
-    already timed against a teacher-shaped model, latency speedups from the teacher's own metrics."""
+    """Retention (student / teacher headline metric, and F1; and of the seed mean when there is one) and, for batch
+    sizes not already timed against a teacher-shaped model, latency speedups from the teacher's own scores."""
     ratio = lambda a, b: round(a / b, 4) if b else None  # noqa: E731
-    key = student.get("headline", "accuracy")  # retention is of the task's headline metric (entity F1 for NER)
-    out = {
-        "retention": ratio(student[key], teacher[key]),
-        "param_ratio": round(student["params"] / teacher["params"], 4),
-    }
+    k = headline(student)  # retention is of the task's headline metric (entity F1 for NER, SQuAD F1 for QA)
+    out = {"retention": ratio(student[k], teacher[k]), "param_ratio": round(student["params"] / teacher["params"], 4)}
     if "f1" in student and "f1" in teacher:  # a masked-LM model has masked-token accuracy and teacher agreement instead
         out["f1_retention"] = ratio(student["f1"], teacher["f1"])
-    if f"{TUNE}_{key}" in student and f"{TUNE}_{key}" in teacher:
-        out[f"{TUNE}_retention"] = ratio(student[f"{TUNE}_{key}"], teacher[f"{TUNE}_{key}"])
-    if f"{key}_mean" in student:
-        out["retention_mean"] = ratio(student[f"{key}_mean"], teacher[key])
-        out["retention_std"] = ratio(student[f"{key}_std"], teacher[key])
-    for key in student:
-        speedup = f"speedup_{key.removeprefix('latency_ms_')}"
-        if key.startswith("latency_ms_") and teacher.get(key) and speedup not in student:
-            out[speedup] = round(teacher[key] / student[key], 3)
+    if key(k, TUNE) in student and key(k, TUNE) in teacher:
+        out[key("retention", TUNE)] = ratio(student[key(k, TUNE)], teacher[key(k, TUNE)])
+    if mean_key(k) in student:
+        out[mean_key("retention")] = ratio(student[mean_key(k)], teacher[k])
+        out[std_key("retention")] = ratio(student[std_key(k)], teacher[k])
+    for bs in sorted(int(n.removeprefix("latency_ms_b")) for n in student if n.startswith("latency_ms_b")):
+        if teacher.get(latency_key(bs)) and speedup_key(bs) not in student:
+            out[speedup_key(bs)] = round(teacher[latency_key(bs)] / student[latency_key(bs)], 3)
     return out
 
 

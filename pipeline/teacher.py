@@ -144,14 +144,14 @@ def train_teacher(
             if mlm
             else fine_tune_teacher(model, tokenizer, scored, args, task, info["label_names"], checkpoints, callbacks)
         )
-    evals = [h for h in history if "eval_accuracy" in h]
+    evals = [h for h in history if f"eval_{task.headline}" in h]
     summary = {
         "seconds": round(time.perf_counter() - start, 1),
         "task": task.name,
         "epochs": cfg.epochs,
         "train_rows": len(splits["train"]),
         "eval_split": eval_split,
-        "eval_accuracy_per_epoch": [round(h["eval_accuracy"], 4) for h in evals],
+        "eval_accuracy_per_epoch": [round(h["eval_accuracy"], 4) for h in evals if "eval_accuracy" in h],
         "resumed_from_step": checkpoints.resumed_step if checkpoints is not None else None,
     }
     if task.headline != "accuracy":

@@ -218,7 +218,7 @@ def training_arguments(
 
 def write_history_csv(history: list[dict], path: Path) -> None:
     """Trainer log history -> one CSV row per log step (DVC plots read it)."""
-    rows = [h for h in history if "loss" in h or "eval_accuracy" in h]
+    rows = [h for h in history if "loss" in h or "eval_accuracy" in h or "eval_f1" in h]
     keys = ["step", "epoch"] + sorted({k for h in rows for k in h} - {"step", "epoch"})
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:

@@ -4,13 +4,16 @@ import json
 
 import pytest
 
-from pipeline.report import render_report, svg_chart
+from pipeline.charts import svg_chart
+from pipeline.report import render_report
 
 
 def _metrics(d, name, acc, params, b32, layers=3, **extra):
     (d / f"{name}.json").write_text(
         json.dumps(
             {
+                "scores_format": 1,
+                "headline": "accuracy",
                 "accuracy": acc,
                 "f1": acc - 0.01,
                 "params": params,
@@ -58,6 +61,19 @@ def test_report_table_advice_and_charts(fixture_dirs, tmp_path):
         svg = (tmp_path / "report" / f"{chart}.svg").read_text()
         assert svg.startswith("<svg") and "<circle" in svg
     assert (tmp_path / "report" / "training_loss.svg").read_text().count("<polyline") == 1  # only small has a curve
+    rows = (tmp_path / "report" / "models.csv").read_text().splitlines()  # what dvc.yaml's scatter plots draw
+    assert rows[0] == "model,params_m,latency_ms_b32,metric" and rows[1] == "teacher,22.0,50.0,90.0" and len(rows) == 6
+
+
+def test_scores_of_another_format_are_refused_with_the_fix(fixture_dirs, tmp_path):
+    from pipeline.errors import PipelineError
+
+    metrics, plots = fixture_dirs
+    old = json.loads((metrics / "small.json").read_text())
+    del old["scores_format"]
+    (metrics / "small.json").write_text(json.dumps(old))
+    with pytest.raises(PipelineError, match=r"small.json: scores format None where this version reads 1; rerun the evaluate"):
+        render_report(metrics, plots, tmp_path / "report", {"small": "student"})
 
 
 def test_report_needs_the_teacher(tmp_path):

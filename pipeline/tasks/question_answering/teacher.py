@@ -56,7 +56,7 @@ class QuestionAnsweringTeacher(SequenceClassificationTeacher):
             lengths = [w["length"] for w in windows]
             answers = predict_answers(windows, [s[:n] for s, n in zip(start, lengths)], [e[:n] for e, n in zip(end, lengths)])
             scores = squad_metrics(answers, references)
-            return {"accuracy": scores["exact_match"], **scores}
+            return scores
 
         return {
             "train_dataset": WindowDataset(splits["train"]),
