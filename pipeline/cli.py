@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -21,6 +22,9 @@ def quiet_progress_bars() -> None:
         sys.modules["datasets"].disable_progress_bars()
     if "transformers" in sys.modules:
         sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)  # a folder the user cannot write: their fix, not a bug
 
 
 def run_stage(
@@ -42,5 +46,10 @@ def run_stage(
         main(load_params(args.params), args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE or exc.filename is None:
+            raise
+        print(f"error: {exc.filename}: {exc.strerror}; make the folder writable for this user and rerun", file=sys.stderr)
         sys.exit(2)
     print(f"{Path(sys.argv[0]).stem}: done in {time.perf_counter() - start:.1f} s (after imports)")

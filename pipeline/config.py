@@ -89,6 +89,12 @@ class DataConfig:
     doc_stride: int = knob(
         128, "question_answering: tokens shared by consecutive windows of a context longer than a window", gt=0
     )
+    max_context_chars: int = knob(
+        100_000,
+        "question_answering: the longest context (characters) prepare accepts; a longer one is refused, naming its "
+        "question, before it is tokenized (its windows and memory grow with it; SQuAD's longest is 3,706)",
+        gt=0,
+    )
     label_all_tokens: bool = knob(
         False, "token_classification: label every sub-word of a word (B- becomes I-), not only the first (the rest -100)"
     )

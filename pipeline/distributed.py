@@ -76,11 +76,19 @@ def ranks() -> Ranks:
     return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]))
 
 
-def relaunch_under_torchrun(nproc: int, argv: list[str] | None = None) -> int | None:
+def relaunch_under_torchrun(nproc: int, argv: list[str] | None = None, key: str = "nproc") -> int | None:
     """With `nproc` > 1 and no torchrun around this process: run this script again under `torchrun --standalone
-    --nproc-per-node nproc` and return its exit code (the caller exits with it). None: go on in this process."""
+    --nproc-per-node nproc` and return its exit code (the caller exits with it). None: go on in this process. More
+    processes than this machine has GPUs (or, without one, CPU cores) are refused, naming the params `key`."""
     if nproc <= 1 or under_torchrun():
         return None
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    room, what = (gpus, f"{gpus} GPU(s)") if gpus else (os.cpu_count() or 1, f"{os.cpu_count() or 1} CPU cores and no GPU")
+    if nproc > room:
+        raise PipelineError(
+            f"params.yaml: '{key}' is {nproc} but this machine has {what}; set it to at most {room} (one process per "
+            "GPU), or start torchrun yourself across several machines (docs/operations.md)"
+        )
     argv = sys.argv if argv is None else argv
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *argv]
     env = dict(os.environ)

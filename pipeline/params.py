@@ -230,6 +230,12 @@ def validate(params: Params) -> Params:
             raise PipelineError(
                 f"params.yaml: 'ensembles.{name}.members' must name at least two students from 'students' (unknown: {unknown})"
             )
+        repeated = sorted({m for m in ens.members if ens.members.count(m) > 1})
+        if repeated:
+            raise PipelineError(
+                f"params.yaml: 'ensembles.{name}.members' names {', '.join(repeated)} more than once; list each student "
+                "once (to weight a member, train it under several seeds instead)"
+            )
     return params
 
 

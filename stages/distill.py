@@ -14,7 +14,7 @@ def main(params, args):
     cfg, _ = params.distill_for(args.student)  # an unknown student: one line naming the known ones
     if cfg.teachers[1:] and args.caches_root is None:
         raise PipelineError("dvc.yaml: distill has no --caches-root for the extra teachers; run `python -m pipeline.dvcgraph`")
-    if (code := relaunch_under_torchrun(cfg.nproc)) is not None:
+    if (code := relaunch_under_torchrun(cfg.nproc, key=f"students.{args.student}.nproc (or distill.nproc)")) is not None:
         raise SystemExit(code)  # DDP processes trained the student (and printed any error)
     result = distill_seeds(
         Path(args.cache),

@@ -11,7 +11,7 @@ from pipeline.extract import extract_cache, write_extract_report
 
 
 def main(params, args):
-    if (code := relaunch_under_torchrun(params.extract.nproc)) is not None:
+    if (code := relaunch_under_torchrun(params.extract.nproc, key="extract.nproc")) is not None:
         raise SystemExit(code)  # the torchrun processes did the work (and printed any error)
     splits, info = load_prepared(Path(args.prepared))
     if Path(args.transfer).exists():  # the unlabeled transfer split, when data.transfer names one

@@ -80,7 +80,7 @@ def test_conll_files_of_two_three_and_four_columns_read_alike(tmp_path):
         ("EU NNP B-ORG\n\nPeter NNP B-PERSON\n", r"train.txt, line 3 \(word 1 'Peter'\): tag 'B-PERSON' is not one of"),
         (
             "EU NNP O\nrejects VBZ I-ORG\n",
-            r"train.txt, line 1 \(word 2 'rejects'\): 'I-ORG' follows 'O', which is not valid IOB2",
+            r"train.txt, line 2 \(word 2 'rejects'\): 'I-ORG' follows 'O', which is not valid IOB2",
         ),
         ("Peter NNP B-PER\nGermany NNP I-LOC\n", r"'I-LOC' follows 'B-PER', which is not valid IOB2"),
         ("EU\n", r"train.txt, line 1: one column"),

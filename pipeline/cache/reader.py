@@ -203,7 +203,8 @@ class TeacherCache:
             for shard in meta["shards"]:
                 path = safe_shard_path(self.cache_dir, shard["file"])
                 if not path.is_file():
-                    raise PipelineError(f"{path}: shard listed in the manifest is missing; {remedy(path, self.cache_dir)}")
+                    what = "is not a regular file (a device, a directory or a link to one)" if path.exists() else "is missing"
+                    raise PipelineError(f"{path}: shard listed in the manifest {what}; {remedy(path, self.cache_dir)}")
                 if path.stat().st_size != shard["bytes"]:
                     raise PipelineError(
                         f"{path}: shard is {path.stat().st_size} bytes, manifest says {shard['bytes']}; "

@@ -180,7 +180,7 @@ class QuestionAnsweringData(SequenceClassificationData):
             if spec is not None:
                 loaded[name] = load_questions(parse_source(spec, formats))
                 for q in loaded[name]:
-                    check_question(q, labeled=name != "transfer")
+                    check_question(q, labeled=name != "transfer", max_context_chars=data.max_context_chars)
         chosen = {"dev": _subset(loaded["dev"], np.arange(len(loaded["dev"])), data.max_dev_examples, seed)}
         dev_contexts = {q.context for q in chosen["dev"]}
         pool, carved, extra = np.arange(len(loaded["train"])), set(), {}

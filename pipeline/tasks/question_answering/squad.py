@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.sources import Source, check_columns, load_source
+from pipeline.sources import Source, load_source
 
 
 @dataclass
@@ -37,8 +37,9 @@ def read_squad_json(path: Path) -> list[Question]:
     for a, article in enumerate(doc["data"]):
         for p, paragraph in enumerate(article.get("paragraphs", [])):
             context = paragraph.get("context")
-            for qa in paragraph.get("qas", []):
-                qid = str(qa.get("id", f"article {a} paragraph {p}"))
+            for q, qa in enumerate(paragraph.get("qas", [])):
+                # an id-less question gets its place in the file: unique and stable, as scoring joins on ids
+                qid = str(qa["id"]) if qa.get("id") not in (None, "") else f"article {a} paragraph {p} question {q}"
                 answers = qa.get("answers") or []
                 out.append(
                     Question(
@@ -47,13 +48,25 @@ def read_squad_json(path: Path) -> list[Question]:
                         context,
                         [x.get("text") for x in answers],
                         [x.get("answer_start") for x in answers],
-                        f"{path}, question id {qid}",
+                        f"{path}, article {a} paragraph {p}, question id {qid}",
                         f"{a}:{article.get('title', '')}",
                     )
                 )
     if not out:
         raise PipelineError(f"{path}: no questions; point the params key at a SQuAD v1.1 JSON file")
-    return out
+    return _unique_ids(out)
+
+
+def _unique_ids(questions: list[Question]) -> list[Question]:
+    """Refuse a repeated question id, naming both places: predictions are joined to references by id."""
+    first: dict[str, Question] = {}
+    for q in questions:
+        if q.id in first:
+            raise PipelineError(
+                f"{q.where}: question id {q.id!r} is used twice (first at {first[q.id].where}); give every question its own id"
+            )
+        first[q.id] = q
+    return questions
 
 
 def load_questions(source: Source) -> list[Question]:
@@ -64,7 +77,13 @@ def load_questions(source: Source) -> list[Question]:
         if raw.lstrip().startswith(b"{") and b'"data"' in raw:
             return read_squad_json(source.path)
     ds = load_source(source)
-    check_columns(ds, source, {"id": "id", "context": "context", "question": "question", "answers": "answers"})
+    missing = [c for c in ("id", "context", "question", "answers") if c not in ds.column_names]
+    if missing:
+        raise PipelineError(
+            f"{source.spec}: neither SQuAD v1.1 JSON (an object with a 'data' list of articles) nor rows with the hub's "
+            f"squad columns (missing: {', '.join(missing)}; have: {', '.join(ds.column_names)}); point the data key "
+            "at a SQuAD-format file"
+        )
     out = []
     titled = "title" in ds.column_names
     for i, row in enumerate(ds):
@@ -80,13 +99,19 @@ def load_questions(source: Source) -> list[Question]:
                 row["title"] if titled else row["context"],
             )
         )
-    return out
+    return _unique_ids(out)
 
 
-def check_question(q: Question, labeled: bool) -> None:
-    """A non-empty context and question; with `labeled`, at least one answer, each found at its answer_start."""
+def check_question(q: Question, labeled: bool, max_context_chars: int | None = None) -> None:
+    """A non-empty context of at most `max_context_chars` and a question; with `labeled`, at least one answer, each a
+    non-empty text found at its integer answer_start."""
     if not isinstance(q.context, str) or not q.context.strip():
         raise PipelineError(f"{q.where}: empty context; give the question its paragraph or drop it")
+    if max_context_chars is not None and len(q.context) > max_context_chars:
+        raise PipelineError(
+            f"{q.where}: the context is {len(q.context):,} characters, over data.max_context_chars "
+            f"({max_context_chars:,}); split it into paragraphs, drop the question, or raise data.max_context_chars"
+        )
     if not isinstance(q.question, str) or not q.question.strip():
         raise PipelineError(f"{q.where}: empty question; fill it in or drop the entry")
     if not labeled:
@@ -94,7 +119,14 @@ def check_question(q: Question, labeled: bool) -> None:
     if not q.answers:
         raise PipelineError(f"{q.where}: no answers; SQuAD v1.1 questions need at least one (text, answer_start)")
     for text, start in zip(q.answers, q.starts):
-        if not isinstance(text, str) or not isinstance(start, int) or q.context[start : start + len(text)] != text:
+        if not isinstance(text, str) or not text.strip():
+            raise PipelineError(f"{q.where}: an answer text is empty; give the answer's text or drop the answer")
+        if isinstance(start, bool) or not isinstance(start, int):
+            raise PipelineError(
+                f"{q.where}: answer_start {start!r} must be an integer (the character offset of the answer), not "
+                f"{type(start).__name__}; write it without quotes"
+            )
+        if q.context[start : start + len(text)] != text:
             found = q.context.find(text) if isinstance(text, str) else -1
             hint = f" (the text occurs at {found})" if found >= 0 else " (the text does not occur in the context)"
             raise PipelineError(

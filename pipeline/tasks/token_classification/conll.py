@@ -3,6 +3,7 @@ checking their tags are strict IOB2."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import datasets
@@ -63,6 +64,14 @@ def load_sentences(source: Source, data) -> tuple[list[list[str]], list[list[str
     feature = ds.features[data.label_column]
     inner = getattr(feature, "feature", None)
     names = inner.names if isinstance(inner, datasets.ClassLabel) else None
+    for column, key in ((data.text_column, "data.text_column"), (data.label_column, "data.label_column")):
+        kind = ds.features[column]
+        if not isinstance(kind, (datasets.List, datasets.LargeList, datasets.Sequence, list)):
+            raise PipelineError(
+                f"{source.spec}: column '{column}' ({key}) holds single values ({kind}), not a list per sentence; "
+                "token_classification reads CoNLL files or rows of word and tag lists: point the data keys at such a "
+                "file, or set `task` to sequence_classification for labelled sentences"
+            )
     words = [list(map(str, w)) for w in ds[data.text_column]]
     tags = [[names[t] for t in row] if names else [str(t) for t in row] for row in ds[data.label_column]]
     return words, tags, [source.where(i) for i in range(len(words))]
@@ -74,6 +83,15 @@ def infer_tag_names(tags: list[list[str]]) -> list[str]:
     return ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
 
 
+def _word_at(where: str, i: int, word: str) -> str:
+    """Where word i of a sentence is: its own line in a CoNLL file (a sentence's words are consecutive lines from the
+    line `where` names), else the sentence's row and the word's place in it."""
+    found = re.search(r", line (\d+)$", where)
+    if found:
+        return f"{where[: found.start()]}, line {int(found.group(1)) + i} (word {i + 1} '{word}')"
+    return f"{where} (word {i + 1} '{word}')"
+
+
 def check_iob2(words: list[str], tags: list[str], where: str, tag_names: list[str]) -> None:
     """Every tag known; an I-X only after B-X or I-X (strict IOB2)."""
     known = set(tag_names)
@@ -81,12 +99,12 @@ def check_iob2(words: list[str], tags: list[str], where: str, tag_names: list[st
     for i, tag in enumerate(tags):
         if tag not in known:
             raise PipelineError(
-                f"{where} (word {i + 1} '{words[i]}'): tag '{tag}' is not one of {tag_names}; fix the tag or list it "
+                f"{_word_at(where, i, words[i])}: tag '{tag}' is not one of {tag_names}; fix the tag or list it "
                 "in data.label_names"
             )
         if tag.startswith("I-") and previous[2:] != tag[2:]:
             raise PipelineError(
-                f"{where} (word {i + 1} '{words[i]}'): '{tag}' follows '{previous}', which is not valid IOB2 (an entity "
+                f"{_word_at(where, i, words[i])}: '{tag}' follows '{previous}', which is not valid IOB2 (an entity "
                 f"starts with B-{tag[2:]}); fix the tag, or convert IOB1 files to IOB2"
             )
         previous = tag
