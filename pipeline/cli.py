@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.config import Params
-from pipeline.errors import PipelineError
+from pipeline.errors import ERROR_FILE_ENV, PipelineError
 from pipeline.params import load_params
 
 
@@ -25,6 +25,18 @@ def quiet_progress_bars() -> None:
 
 
 UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)  # a folder the user cannot write: their fix, not a bug
+
+
+def fail(message: str) -> None:
+    """`error: <message>` and exit 2. A rank that `relaunch_under_torchrun` started leaves the line for the launching
+    process instead, which prints it once, in place of torchrun's traceback, and exits 2 itself."""
+    errors = os.environ.get(ERROR_FILE_ENV)
+    if errors:
+        with open(errors, "a", encoding="utf-8") as f:
+            f.write(message + "\n")
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def run_stage(
@@ -45,11 +57,9 @@ def run_stage(
     try:
         main(load_params(args.params), args)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(exc))
     except OSError as exc:
         if exc.errno not in UNWRITABLE or exc.filename is None:
             raise
-        print(f"error: {exc.filename}: {exc.strerror}; make the folder writable for this user and rerun", file=sys.stderr)
-        sys.exit(2)
+        fail(f"{exc.filename}: {exc.strerror}; make the folder writable for this user and rerun")
     print(f"{Path(sys.argv[0]).stem}: done in {time.perf_counter() - start:.1f} s (after imports)")

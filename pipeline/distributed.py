@@ -14,12 +14,14 @@ import datetime
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ERROR_FILE_ENV, PipelineError
 
 # Ranks wait at barriers for the slowest of them (a long extraction split): far longer than NCCL's 10-minute default.
 BARRIER_TIMEOUT = datetime.timedelta(hours=12)
@@ -94,7 +96,25 @@ def relaunch_under_torchrun(nproc: int, argv: list[str] | None = None, key: str 
     env = dict(os.environ)
     if not torch.cuda.is_available():  # CPU processes share the cores: torchrun's default of 1 thread each is right
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.call(cmd, env=env)
+    with tempfile.TemporaryDirectory(prefix="kd-errors-") as tmp:
+        errors = Path(tmp) / "error"
+        env[ERROR_FILE_ENV] = str(errors)
+        code = _run_forwarding_stderr(cmd, env, errors)
+        if errors.is_file() and errors.read_text().strip():
+            # a rank stopped on a user error: its one line, not torchrun's traceback of the failed child
+            raise PipelineError(errors.read_text().strip().splitlines()[0])
+    return code
+
+
+def _run_forwarding_stderr(cmd: list[str], env: dict, errors: Path) -> int:
+    """Run `cmd`, passing its stderr through line by line until a rank has written a user error to `errors`; what
+    follows (torchrun's report of the failed child) is dropped."""
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    for line in proc.stderr:
+        if not errors.is_file():
+            sys.stderr.write(line)
+            sys.stderr.flush()
+    return proc.wait()
 
 
 def shutdown() -> None:

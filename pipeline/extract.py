@@ -92,6 +92,7 @@ def extract_cache(
     )
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     n_layers, hidden, heads = model.config.num_hidden_layers, model.config.hidden_size, model.config.num_attention_heads
+    shard_max_bytes = int(cfg.shard_max_mb * (1 << 20))
     plan = LoopPlan(
         layers=normalize_layers(cfg.layers, n_layers),
         dtype=cfg.dtype,
@@ -103,6 +104,7 @@ def extract_cache(
         task_setup=task.setup(cfg, model, tokenizer, teacher_dir, mask_seed),
         rank=who.rank,
         world=who.world,
+        shard_max_bytes=shard_max_bytes,
     )
     fields = plan.fields(model.config.num_labels, hidden, heads, model.config.vocab_size)
     meta = {
@@ -123,7 +125,6 @@ def extract_cache(
     if record is not None:  # an extra teacher's cache: the params that made its teacher (`Params.teacher_record`)
         meta["teacher_params"] = record
 
-    shard_max_bytes = int(cfg.shard_max_mb * (1 << 20))
     work = work_dir_for(out_dir)
     key = job_key(meta, fields, cfg.batch_size, shard_max_bytes, who.world)
     if who.main:  # rank 0 clears what belongs to no rank, then lays out the shared files, before the others start

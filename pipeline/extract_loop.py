@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from pipeline.cache import CacheBatch, FieldSpec, attention_field, hidden_field, token_fields, value_field
 from pipeline.cache.codec import encode
+from pipeline.cache.writer import batch_nbytes, shard_ends
 from pipeline.journal import BatchSink
 from pipeline.pinned import PinnedRing, to_host
 from pipeline.tasks.sequence_classification.fields import SequenceClassificationFields
@@ -29,16 +30,25 @@ def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarr
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def rank_batches(batches: list[np.ndarray], lengths: np.ndarray, rank: int, world: int) -> range:
+def rank_batches(batches: list[np.ndarray], lengths: np.ndarray, rank: int, world: int, ends: list[int] | None = None) -> range:
     """The contiguous run of `batches` that rank `rank` of `world` computes under torchrun: cut where the padded
     tokens (rows x width) so far cross each 1/world of the total, so ranks get about equal work although later batches
-    are longer. Deterministic, and in order: rank 0's rows, then rank 1's, ... are the one-process run's rows."""
+    are longer. Deterministic, and in order: rank 0's rows, then rank 1's, ... are the one-process run's rows. With
+    `ends` (the batch counts after which a one-process run closes a shard, `pipeline.cache.writer.shard_ends`) cuts
+    fall only there, so every rank writes whole one-process shards and the cache is byte for byte the same."""
     if world == 1:
         return range(len(batches))
-    cost = np.array([len(b) * int(lengths[b].max()) for b in batches], dtype=np.float64)
+    ends = list(range(1, len(batches) + 1)) if ends is None else ends
+    starts = [0, *ends[:-1]]
+    batch_cost = np.array([len(b) * int(lengths[b].max()) for b in batches], dtype=np.float64)
+    cost = np.array([batch_cost[s:e].sum() for s, e in zip(starts, ends)])
     before = np.cumsum(cost) - cost
     owner = np.minimum((before * world / max(cost.sum(), 1)).astype(np.int64), world - 1)
-    return range(int(np.searchsorted(owner, rank, "left")), int(np.searchsorted(owner, rank, "right")))
+    first, last = int(np.searchsorted(owner, rank, "left")), int(np.searchsorted(owner, rank, "right"))
+    if first == last:  # no batch for this rank (a split smaller than the world)
+        at = starts[first] if first < len(starts) else len(batches)
+        return range(at, at)
+    return range(starts[first], ends[last - 1])
 
 
 def pad_rows(
@@ -65,6 +75,7 @@ class LoopPlan:
     task_setup: dict | None = None  # the task's extraction state (a masked-LM teacher's masking and top-k)
     rank: int = 0  # under torchrun: this process computes its part of each split's batches (`rank_batches`)
     world: int = 1
+    shard_max_bytes: int = 256 << 20  # the writer's: ranks are cut where it closes shards
 
     @property
     def attention_dtype(self) -> str:
@@ -144,7 +155,12 @@ def _extract_split(loop: _Loop, split: str, ds: datasets.Dataset, entry: dict) -
     example_ids, labels = table.column("example_id").to_numpy(), table.column("label").to_numpy()
     task_columns = {name: _ragged(table.column(name)) for name in plan.task.prepared_columns()}
     batches = length_sorted_batches(lengths, plan.batch_size)
-    mine = rank_batches(batches, lengths, plan.rank, plan.world)
+    ends = None
+    if plan.world > 1:  # cut the ranks where one process would close a shard: the same shards, whatever the count
+        config = model.config
+        fields = plan.fields(config.num_labels, config.hidden_size, config.num_attention_heads, config.vocab_size)
+        ends = shard_ends([batch_nbytes(fields, lengths[b]) for b in batches], plan.shard_max_bytes)
+    mine = rank_batches(batches, lengths, plan.rank, plan.world, ends)
     first = mine.stop if entry["done"] else (entry["shards"][-1]["batch_end"] if entry["shards"] else mine.start)
     if first > mine.start:
         log.info("extract %s: resuming after batch %d of %d (%d shards verified)", split, first, mine.stop, len(entry["shards"]))

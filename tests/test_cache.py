@@ -317,3 +317,37 @@ def test_a_manifest_without_a_fields_list_is_refused(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(PipelineError, match="lacks or mistypes fields"):
         TeacherCache(tmp_path)
+
+
+def test_the_planned_batch_size_is_the_record_batch_arrow_builds(tmp_path):
+    """Shards close by `batch_nbytes`, computed before the teacher runs; it must equal the `nbytes` of the record batch
+    the writer builds (what shards closed by before), for every field kind and dtype, so one-process caches keep their
+    bytes and torchrun ranks can be cut where a shard closes."""
+    import pyarrow as pa
+
+    from pipeline.cache import CacheBatch, CacheWriter, FieldSpec
+    from pipeline.cache.schema import STORAGE
+    from pipeline.cache.writer import batch_nbytes, shard_ends
+
+    fields = [
+        FieldSpec("logits", "example", "float32", 3),
+        FieldSpec("h", "token", "float16", 8),
+        FieldSpec("q", "token", "int8", 8),
+        FieldSpec("q_scale", "token", "float16", 1),
+        FieldSpec("att", "token_pair", "float16", 4),
+        FieldSpec("idx", "token", "uint16", 5),
+        FieldSpec("lab", "token", "int32", 1),
+        FieldSpec("bf", "token", "bfloat16", 3),
+    ]
+    rng = np.random.default_rng(0)
+    writer = CacheWriter(tmp_path / "c", fields, {})
+    for _ in range(30):
+        lengths = rng.integers(1, 40, size=rng.integers(1, 30))
+        rows, tokens, pairs = len(lengths), int(lengths.sum()), int((lengths * lengths).sum())
+        size = {"example": rows, "token": tokens, "token_pair": pairs}
+        values = {f.name: np.zeros(size[f.kind] * f.width, dtype=STORAGE[f.dtype][1]) for f in fields}
+        batch = CacheBatch(np.arange(rows), lengths, np.zeros(rows, np.int64), np.zeros(tokens, np.int32), values)
+        built: pa.RecordBatch = writer._record_batch(batch)
+        assert built.nbytes == batch_nbytes(fields, lengths)
+    writer.abort()
+    assert shard_ends([5, 5, 5, 5, 5], 10) == [2, 4, 5] and shard_ends([20], 10) == [1] and shard_ends([], 10) == [0]

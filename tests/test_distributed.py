@@ -28,6 +28,7 @@ from pipeline.extract import extract_cache
 
 prepared, teacher, out, shard_bytes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 kill_rank, kill_after = int(sys.argv[5]), int(sys.argv[6])
+batch_size = int(sys.argv[7]) if len(sys.argv) > 7 else 8
 splits, info = load_prepared(Path(prepared))
 rank, seen = int(os.environ.get("RANK", 0)), []
 
@@ -36,7 +37,7 @@ def on_batch(split, index):
     if rank == kill_rank and len(seen) == kill_after:
         os.kill(os.getpid(), signal.SIGKILL)
 
-cfg = ExtractConfig(layers=[1, 4], dtype="float16", batch_size=8, shard_max_mb=shard_bytes / (1 << 20), device="cpu")
+cfg = ExtractConfig(layers=[1, 4], dtype="float16", batch_size=batch_size, shard_max_mb=shard_bytes / (1 << 20), device="cpu")
 result = extract_cache(Path(teacher), splits, Path(out), cfg, info=info, on_batch=on_batch if kill_after else None)
 if result is not None:
     print(json.dumps({k: v["resumed_batches"] for k, v in result["stats"].items()}))
@@ -51,8 +52,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _args(script: Path, prepared: Path, teacher: Path, out: Path, shard_bytes: int, kill_rank: int, kill_after: int):
-    return [str(script), str(prepared), str(teacher), str(out), str(shard_bytes), str(kill_rank), str(kill_after)]
+def _args(
+    script: Path, prepared: Path, teacher: Path, out: Path, shard_bytes: int, kill_rank: int, kill_after: int, batch_size: int = 8
+):
+    return [
+        str(script),
+        str(prepared),
+        str(teacher),
+        str(out),
+        str(shard_bytes),
+        str(kill_rank),
+        str(kill_after),
+        str(batch_size),
+    ]
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -107,15 +123,14 @@ def test_two_process_extraction_equals_one_process_byte_for_byte(tmp_path, job):
     assert one.returncode == 0, one.stderr[-12000:]
     two = _run(_torchrun(2, *_args(script, prepared, teacher, tmp_path / "two", 1, -1, 0)))
     assert two.returncode == 0, two.stderr[-12000:]
-    files = lambda d: {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}  # noqa: E731
-    a, b = files(tmp_path / "one"), files(tmp_path / "two")
+    a, b = _files(tmp_path / "one"), _files(tmp_path / "two")
     assert sorted(a) == sorted(b) and a == b
     assert not work_dir_for(tmp_path / "two").exists()
 
 
 def test_two_process_extraction_killed_on_one_rank_resumes_to_the_one_process_rows(tmp_path, job):
     script, prepared, teacher = job
-    shard_bytes = 60_000  # a few batches per shard: shard boundaries differ from one process, rows must not
+    shard_bytes = 60_000  # a few batches per shard: ranks cut where one process closes a shard
     one = _run([sys.executable, *_args(script, prepared, teacher, tmp_path / "one", shard_bytes, -1, 0)])
     assert one.returncode == 0, one.stderr[-12000:]
     out = tmp_path / "two"
@@ -129,10 +144,54 @@ def test_two_process_extraction_killed_on_one_rank_resumes_to_the_one_process_ro
     assert resumed.returncode == 0, resumed.stderr[-12000:]
     assert sum(json.loads(resumed.stdout.strip().splitlines()[-1]).values()) > 0  # journaled shards were kept
     _assert_same_rows(tmp_path / "one", out)
+    assert _files(tmp_path / "one") == _files(out)  # killed and resumed, still the one-process cache byte for byte
     manifest = json.loads((out / "manifest.json").read_text())
     names = [s["file"] for split in manifest["splits"].values() for s in split["shards"]]
     assert all(owner(n) is None for n in names) and names == sorted(names, key=lambda n: (n.split("-")[0] != "train", n))
     assert not work.exists()
+
+
+def _conll_prepared(root: Path) -> tuple[Path, Path]:
+    """CoNLL-format sample sentences prepared for a tiny random token classifier: (prepared dir, teacher dir)."""
+    import torch
+    from transformers import BertForTokenClassification
+
+    from pipeline.config import DataConfig
+    from pipeline.tasks.data import task_data
+    from pipeline.tasks.heads import head_of
+    from tests.conftest import ROOT, SAMPLES, make_tokenizer, tiny_bert_config
+
+    tokenizer = make_tokenizer(root / "teacher", ROOT / "data/raw/sst2")
+    conll = SAMPLES / "conll2003"
+    data = DataConfig(train=str(conll / "train.txt"), dev=str(conll / "dev.txt"), label_names=None, transfer=None)
+    data.max_length, data.val_examples = 32, 0
+    splits, info = task_data("token_classification").prepare(data, tokenizer, seed=0)
+    torch.manual_seed(0)
+    model = BertForTokenClassification(
+        tiny_bert_config(len(tokenizer), **head_of("token_classification").head_config(info["label_names"]))
+    )
+    model.config.architectures = ["BertForTokenClassification"]
+    model.save_pretrained(root / "teacher")
+    save_prepared(root / "prepared", splits, info)
+    return root / "prepared", root / "teacher"
+
+
+@pytest.mark.parametrize("task, batch_size", [("sst2", 16), ("sst2", 64), ("conll2003", 16), ("conll2003", 64)])
+def test_two_processes_write_the_one_process_cache_whatever_the_shard_and_batch_size(tmp_path, job, task, batch_size):
+    """Shards of a few batches each, so splits span several and a rank's cut would fall inside one: still file for
+    file the one-process cache (ranks are cut where one process closes a shard)."""
+    script, prepared, teacher = job
+    if task == "conll2003":
+        prepared, teacher = _conll_prepared(tmp_path / "conll")
+    shard_bytes = 3_000 * batch_size  # about three batches
+    one = _run([sys.executable, *_args(script, prepared, teacher, tmp_path / "one", shard_bytes, -1, 0, batch_size)])
+    assert one.returncode == 0, one.stderr[-12000:]
+    two = _run(_torchrun(2, *_args(script, prepared, teacher, tmp_path / "two", shard_bytes, -1, 0, batch_size)))
+    assert two.returncode == 0, two.stderr[-12000:]
+    manifest = json.loads((tmp_path / "one" / "manifest.json").read_text())
+    train = manifest["splits"]["train"]  # several shards, and shards of several batches
+    assert 2 <= len(train["shards"]) < -(-train["rows"] // batch_size)
+    assert _files(tmp_path / "one") == _files(tmp_path / "two")
 
 
 def test_two_nodes_on_localhost_write_the_one_process_cache(tmp_path, job):
@@ -277,3 +336,25 @@ def test_stages_relaunch_under_torchrun_when_params_ask_for_processes(tmp_path, 
     assert distill.returncode == 0, distill.stderr[-12000:]
     summary = json.loads((tmp_path / "metrics" / "train_tiny.json").read_text())
     assert summary["processes"] == 2 and (tmp_path / "students" / "tiny" / "model.safetensors").is_file()
+
+
+def test_a_user_error_under_torchrun_is_one_line_and_exit_2(tmp_path, tiny_teacher, tiny_prepared):
+    """extract.nproc 2: each rank stops on a user error (prepared with another max_length); the launching stage prints
+    that one line, not torchrun's traceback of the failed child, and exits 2 as a one-process stage would."""
+    import yaml
+
+    from tests.conftest import ROOT
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["max_length"] = 48  # tiny_prepared was prepared with 32
+    params["extract"].update(layers=[1], batch_size=8, nproc=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    save_prepared(tmp_path / "prepared", *tiny_prepared)
+    cmd = [sys.executable, str(ROOT / "stages/extract.py"), "--params", str(tmp_path / "params.yaml")]
+    cmd += ["--prepared", str(tmp_path / "prepared"), "--transfer", str(tmp_path / "none"), "--teacher", str(tiny_teacher)]
+    cmd += ["--out", str(tmp_path / "cache"), "--metrics", str(tmp_path / "extract.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=ONE_THREAD)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert errors[-1].startswith("error: ") and "prepared with max_length 32 but data.max_length is 48" in errors[-1]
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr

@@ -84,6 +84,37 @@ def _finish_shard(tmp: Path, final: Path, rows: int, tokens: int, clock: HashClo
         clock.add(time.perf_counter() - started)
 
 
+def batch_nbytes(fields: list[FieldSpec], lengths: np.ndarray) -> int:
+    """The size of the record batch `CacheWriter` makes of rows of these lengths, known before the teacher runs:
+    shards close by it, so a torchrun extraction can cut its ranks where a one-process run closes a shard and write the
+    same shards (`shard_ends`). It is the value pyarrow's `RecordBatch.nbytes` gave (no validity buffers, as no value
+    is null; a large list counts 8 offset bytes per row), by which shards closed before, so caches keep their bytes;
+    a test holds the two equal, and the layout no longer depends on how a pyarrow release counts."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    rows, tokens, pairs = len(lengths), int(lengths.sum()), int((lengths * lengths).sum())
+    total = rows * (8 + 4 + 8) + rows * 8 + tokens * 4  # example_id, length, label, input_ids (offsets + values)
+    for spec in fields:
+        size = np.dtype(STORAGE[spec.dtype][1]).itemsize * spec.width
+        if spec.kind == "example":
+            total += rows * size
+        else:
+            total += rows * 8 + size * (tokens if spec.kind == "token" else pairs)
+    return total
+
+
+def shard_ends(batch_bytes: list[int], max_bytes: int) -> list[int]:
+    """The batch counts after which a one-process writer closes a shard (the split's end closes the last one)."""
+    ends, held = [], 0
+    for i, size in enumerate(batch_bytes):
+        held += size
+        if held >= max_bytes:
+            ends.append(i + 1)
+            held = 0
+    if not ends or ends[-1] != len(batch_bytes):
+        ends.append(len(batch_bytes))
+    return ends
+
+
 def shard_name(split: str, number: int, tag: str = "") -> str:
     """`train-00003.arrow`; a torchrun rank's own shards carry its tag (`train-r001-00003.arrow`) until `merge_ranks`."""
     return f"{split}-{tag}{number:05d}.arrow"
@@ -131,14 +162,14 @@ class _ShardedSplit:
     def _tmp(self) -> Path:
         return self.cache_dir / f".{self._name}.tmp"
 
-    def write(self, batch: pa.RecordBatch, tokens: int, tag: Any) -> None:
+    def write(self, batch: pa.RecordBatch, tokens: int, nbytes: int, tag: Any) -> None:
         if self._writer is None:
             self._sink = pa.OSFile(str(self._tmp()), "wb")
             self._writer = pa.ipc.new_file(self._sink, self.schema)
         self._writer.write_batch(batch)
         self._rows += batch.num_rows
         self._tokens += tokens
-        self._bytes += batch.nbytes
+        self._bytes += nbytes
         if self._bytes >= self.max_bytes:
             self.close_shard(tag)
 
@@ -265,7 +296,8 @@ class CacheWriter:
         """Append rows. Returns (record, tag) for each shard of this split whose hashing finished since the last call,
         in order; `tag` is the one given with the write that filled the shard (the extractor passes its batch count)."""
         sharded = self._split(split)
-        self._io(split, sharded.write, self._record_batch(batch), int(np.sum(batch.length)), tag)
+        nbytes = batch_nbytes(self.fields, batch.length)  # what shard_ends plans with, so ranks cut where shards close
+        self._io(split, sharded.write, self._record_batch(batch), int(np.sum(batch.length)), nbytes, tag)
         return self._io(split, sharded.completed)
 
     def finish_split(self, split: str, tag: Any = None) -> list[tuple[dict, Any]]:
