@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from pipeline.cache import CacheBatch, FieldSpec, attention_field, hidden_field, token_fields, value_field
 from pipeline.cache.codec import encode
-from pipeline.cache.writer import batch_nbytes, shard_ends
+from pipeline.cache.layout import batch_nbytes, shard_ends
 from pipeline.journal import BatchSink
 from pipeline.pinned import PinnedRing, to_host
 from pipeline.tasks.sequence_classification.fields import SequenceClassificationFields
@@ -34,7 +34,7 @@ def rank_batches(batches: list[np.ndarray], lengths: np.ndarray, rank: int, worl
     """The contiguous run of `batches` that rank `rank` of `world` computes under torchrun: cut where the padded
     tokens (rows x width) so far cross each 1/world of the total, so ranks get about equal work although later batches
     are longer. Deterministic, and in order: rank 0's rows, then rank 1's, ... are the one-process run's rows. With
-    `ends` (the batch counts after which a one-process run closes a shard, `pipeline.cache.writer.shard_ends`) cuts
+    `ends` (the batch counts after which a one-process run closes a shard, `pipeline.cache.layout.shard_ends`) cuts
     fall only there, so every rank writes whole one-process shards and the cache is byte for byte the same."""
     if world == 1:
         return range(len(batches))

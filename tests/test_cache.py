@@ -326,8 +326,8 @@ def test_the_planned_batch_size_is_the_record_batch_arrow_builds(tmp_path):
     import pyarrow as pa
 
     from pipeline.cache import CacheBatch, CacheWriter, FieldSpec
+    from pipeline.cache.layout import batch_nbytes, shard_ends
     from pipeline.cache.schema import STORAGE
-    from pipeline.cache.writer import batch_nbytes, shard_ends
 
     fields = [
         FieldSpec("logits", "example", "float32", 3),
