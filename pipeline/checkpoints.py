@@ -63,6 +63,25 @@ def _step(path: Path) -> int:
     return int(path.name.removeprefix(PREFIX))
 
 
+def _unloadable(checkpoint: Path) -> str | None:
+    """What keeps a checkpoint's files from loading as the Trainer resumes them (weights_only with its numpy allowlist,
+    safetensors), or None."""
+    from safetensors import safe_open
+    from transformers.trainer_pt_utils import safe_globals
+
+    for path in sorted(checkpoint.rglob("*")):
+        try:
+            if path.suffix in (".pt", ".pth"):  # what resuming loads (training_args.bin is the Trainer's, never loaded)
+                with safe_globals():
+                    torch.load(path, map_location="cpu", weights_only=True)
+            elif path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as f:
+                    f.keys()
+        except Exception as exc:  # an unpicklable, truncated or hostile file: any failure means "do not resume it"
+            return f"{path.name}: {type(exc).__name__}"
+    return None
+
+
 def _fsync_tree(root: Path) -> None:
     for path in root.rglob("*"):
         if path.is_file():
@@ -93,6 +112,7 @@ class Checkpoints:
         who = ranks()
         if who.main:
             self._prepare()
+            self._set_aside_damaged()
         who.barrier()  # under torchrun every rank resumes from what rank 0 left in place
         complete = sorted((p for p in self.work.glob(f"{PREFIX}*") if (p / COMPLETE).is_file()), key=_step)
         if not complete:
@@ -110,6 +130,18 @@ class Checkpoints:
             marker["max_steps"],
         )
         return str(latest)
+
+    def _set_aside_damaged(self) -> None:
+        """A complete checkpoint whose files do not load as plain tensors (a pickle with code in it, a torn file) is
+        renamed out of the way with one line saying so; training then starts from the last good one (or afresh)."""
+        for path in sorted((p for p in self.work.glob(f"{PREFIX}*") if (p / COMPLETE).is_file()), key=_step, reverse=True):
+            problem = _unloadable(path)
+            if problem is None:
+                return
+            aside = path.with_name(f"damaged-{path.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(path, aside)
+            log.warning("%s: %s cannot be resumed (%s); set aside as %s, training restarts", self.name, path, problem, aside)
 
     def _prepare(self) -> None:
         key_file = self.work / KEY_FILE

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from pipeline.cli import run_stage
@@ -171,3 +172,39 @@ def test_an_unwritable_folder_is_one_line_and_exit_2(capsys, tmp_path):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: artifacts/cache/.work: Read-only file system; make the folder writable for this user and rerun"
+
+
+def _checkpoint(work, step, files):
+    from pipeline.checkpoints import COMPLETE, KEY_FILE
+
+    (work / KEY_FILE).write_text(json.dumps({"key": "k"}))
+    ckpt = work / f"checkpoint-{step}"
+    ckpt.mkdir(parents=True)
+    for name, obj in files.items():
+        torch.save(obj, ckpt / name)
+    (ckpt / COMPLETE).write_text(json.dumps({"step": step, "max_steps": 10}))
+    return ckpt
+
+
+class _Payload:
+    """Unpickling this leaves a marker file: proof that a pickle was loaded."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_resume_checkpoint_holding_a_pickle_is_set_aside_and_training_restarts(tmp_path, caplog):
+    from pipeline.checkpoints import Checkpoints
+
+    work, marker = tmp_path / "work", tmp_path / "pwned"
+    work.mkdir()
+    bad = _checkpoint(work, 4, {"optimizer.pt": {"state": _Payload(marker)}, "rng_state.pth": {"a": torch.zeros(2)}})
+    checkpoints = Checkpoints(work, "k", every=2, name="distill l3")
+    assert checkpoints.latest() is None  # nothing good to resume: training starts afresh instead of failing every rerun
+    assert not marker.exists() and not bad.exists() and (work / "damaged-checkpoint-4").is_dir()
+    assert "distill l3: " in caplog.text and "cannot be resumed (optimizer.pt: UnpicklingError); set aside" in caplog.text
+    good = _checkpoint(work, 6, {"optimizer.pt": {"state": torch.ones(3)}})
+    assert Checkpoints(work, "k", every=2).latest() == str(good)  # a good one resumes as before
