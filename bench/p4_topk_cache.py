@@ -23,6 +23,7 @@ from pipeline.cache import TeacherCache
 from pipeline.config import ExtractConfig
 from pipeline.extract import extract_cache
 from pipeline.mlm import IGNORE, MLM_TARGET, TOPK_INDICES, TOPK_VALUES
+from pipeline.tasks.masked_lm import MaskedLMConfig
 
 from common import WORK, prepared, save
 
@@ -72,8 +73,9 @@ def main():
     for k in ks:
         out = WORK / f"p4_topk_{k}"
         shutil.rmtree(out, ignore_errors=True)
-        cfg = ExtractConfig(layers=[teacher.config.num_hidden_layers], device="cpu", topk=k)
-        result = extract_cache(teacher_dir, rows, out, cfg, info={**info, "splits": {"rows": info["splits"]["train"]}})
+        cfg = ExtractConfig(layers=[teacher.config.num_hidden_layers], device="cpu")
+        split_info = {**info, "splits": {"rows": info["splits"]["train"]}}
+        result = extract_cache(teacher_dir, rows, out, cfg, info=split_info, task_config=MaskedLMConfig(topk=k))
         tokens = result["manifest"]["splits"]["rows"]["tokens"]
         topk_b = field_bytes(out, [TOPK_VALUES, TOPK_INDICES])
         target_b = field_bytes(out, [MLM_TARGET])

@@ -14,24 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.errors import PipelineError
+from pipeline.knobs import knob
 from pipeline.tasks import TASK_NAMES
-
-
-def knob(
-    default: Any = dataclasses.MISSING,
-    help: str = "",
-    *,
-    choices: tuple | None = None,
-    gt: float | None = None,
-    ge: float | None = None,
-    lt: float | None = None,
-    factory=None,
-) -> Any:
-    """A declared setting: default, help and bounds in one place (bounds apply to each item of a list)."""
-    meta = {"help": help, "choices": choices, "gt": gt, "ge": ge, "lt": lt}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+from pipeline.tasks.masked_lm import MaskedLMConfig
+from pipeline.tasks.question_answering import QuestionAnsweringConfig
+from pipeline.tasks.token_classification import TokenClassificationConfig
 
 
 @dataclass
@@ -86,18 +73,6 @@ class DataConfig:
         gt=0,
         lt=1,
     )
-    doc_stride: int = knob(
-        128, "question_answering: tokens shared by consecutive windows of a context longer than a window", gt=0
-    )
-    max_context_chars: int = knob(
-        100_000,
-        "question_answering: the longest context (characters) prepare accepts; a longer one is refused, naming its "
-        "question, before it is tokenized (its windows and memory grow with it; SQuAD's longest is 3,706)",
-        gt=0,
-    )
-    label_all_tokens: bool = knob(
-        False, "token_classification: label every sub-word of a word (B- becomes I-), not only the first (the rest -100)"
-    )
 
 
 @dataclass
@@ -131,8 +106,6 @@ class ExtractConfig:
     batch_size: int = knob(64, "teacher batch size (length-sorted batches)", gt=0)
     shard_max_mb: float = knob(256, "a shard is closed once it holds this many MB (2^20 bytes)", gt=0)
     device: str = knob("auto", "auto (cuda when available), cpu, cuda, cuda:N")
-    topk: int = knob(8, "masked-LM teachers: vocabulary logits kept per token (fp16 values + uint16 indices)", gt=0)
-    mlm_probability: float = knob(0.15, "masked-LM teachers: share of tokens masked (static, seeded by `seed`)", gt=0, lt=1)
     nproc: int = knob(
         1,
         "processes (one per GPU) the stage runs under `torchrun --standalone`; the cache is the same for any count, "
@@ -197,14 +170,6 @@ class DistillConfig:
     )
     checkpoint_steps: int = knob(
         500, "steps between resumable checkpoints (one is also kept at each epoch end); 0 = epoch ends only", ge=0
-    )
-    token_positions: str = knob(
-        "all",
-        "token_classification: the per-token KL at every real token, or only at the labelled (first) sub-words",
-        choices=("all", "labeled"),
-    )
-    mlm_positions: str = knob(
-        "masked", "masked-LM caches: top-k KL at the masked tokens (DistilBERT) or at all real tokens", choices=("masked", "all")
     )
     nproc: int = knob(
         1,
@@ -299,6 +264,14 @@ class Params:
     ensembles: dict[str, EnsembleSpec] = field(default_factory=dict)
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    token_classification: TokenClassificationConfig = field(default_factory=TokenClassificationConfig)
+    question_answering: QuestionAnsweringConfig = field(default_factory=QuestionAnsweringConfig)
+    masked_lm: MaskedLMConfig = field(default_factory=MaskedLMConfig)
+
+    @property
+    def task_config(self) -> TokenClassificationConfig | QuestionAnsweringConfig | MaskedLMConfig | None:
+        """The section of `task`'s own knobs (none for sequence classification)."""
+        return getattr(self, self.task, None)
 
     def role(self, name: str) -> str:
         """teacher, ensemble, baseline (a student trained on hard labels only), or student."""

@@ -113,6 +113,7 @@ def distill_student(
     work: Path | None = None,
     callbacks=(),
     extra_caches: dict[str, tuple[Path, dict]] | None = None,
+    task_config=None,
 ) -> dict:
     """Build the student, check the cache fits it, distil, save with save_pretrained + tokenizer. Returns a summary.
 
@@ -153,7 +154,7 @@ def distill_student(
     student, init_info = build_student(spec, teacher_config, cache.label_names, teacher_weights, seed, task)
     if plan.attention_pairs:
         _no_attention_dropout(student)
-    facet = task_student(task)
+    facet = task_student(task, task_config)  # its loss reads the task's own params section
     module = DistillationModule(student, cfg, plan, facet)
     columns = (
         facet.cache_columns()

@@ -60,6 +60,7 @@ def extract_cache(
     mask_seed: int = 0,
     on_batch: Callable[[str, int], None] | None = None,
     record: dict | None = None,
+    task_config=None,
 ) -> dict | None:
     """Write the cache for `splits` (prepared by `pipeline.data`, described by its `info`) to `out_dir`. Returns the
     manifest plus timing stats.
@@ -82,7 +83,7 @@ def extract_cache(
     dev = who.device(cfg.device)
     teacher_config = AutoConfig.from_pretrained(teacher_dir)
     head = head_of_model(teacher_config)
-    task = task_fields(head.name)
+    task = task_fields(head.name, task_config)  # e.g. a masked LM's topk and masking rate
     # attention maps need the eager implementation: fused kernels never materialise them
     model = (
         head.auto_class()
@@ -101,7 +102,7 @@ def extract_cache(
         attentions=normalize_model_layers(list(cfg.attentions), n_layers, "extract.attentions"),
         values=normalize_model_layers(list(cfg.values), n_layers, "extract.values"),
         task=task,
-        task_setup=task.setup(cfg, model, tokenizer, teacher_dir, mask_seed),
+        task_setup=task.setup(model, tokenizer, teacher_dir, mask_seed),
         rank=who.rank,
         world=who.world,
         shard_max_bytes=shard_max_bytes,
@@ -121,7 +122,7 @@ def extract_cache(
         "dataset": {name: split["fingerprint"] for name, split in info["splits"].items()},
         "versions": {"torch": torch.__version__.split("+")[0], "transformers": transformers.__version__},
     }
-    meta.update(task.manifest_meta(plan.task_setup, cfg))  # a sequence classifier's adds nothing: its bytes stay
+    meta.update(task.manifest_meta(plan.task_setup))  # a sequence classifier's adds nothing: its bytes stay
     if record is not None:  # an extra teacher's cache: the params that made its teacher (`Params.teacher_record`)
         meta["teacher_params"] = record
 

@@ -95,7 +95,7 @@ class DistillationModule(nn.Module):
             ]
         teacher = dict(teacher_hidden, teacher_logits=teacher_logits)
         loss, parts = self.task.loss(
-            self.student, out, labels, teacher, hidden_pairs, attention_mask, self.loss_mix(), cfg, self.training
+            self.student, out, labels, teacher, hidden_pairs, attention_mask, self.loss_mix(), self.training
         )
         if self.attention_pairs:
             att_loss = attention_kl_loss if cfg.attention_loss == "kl" else attention_mse_loss

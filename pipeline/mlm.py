@@ -2,7 +2,7 @@
 
 A masked-LM teacher's head scores every vocabulary entry at every token (30,522 for BERT): cached in full that is
 61 KB per token in fp16, so the cache keeps only the k largest logits per real token (fp16 values + vocabulary
-indices, uint16 when the vocabulary fits) - `extract.topk` - plus the masking target of each token. Students learn
+indices, uint16 when the vocabulary fits) - `masked_lm.topk` - plus the masking target of each token. Students learn
 from them through `pipeline.losses.topk_kd_loss`.
 
 Masking is static and seeded, as in the original BERT pre-processing: every cached row is masked once, the teacher sees

@@ -17,11 +17,22 @@ import yaml
 
 from pipeline.config import DistillConfig, EnsembleSpec, Params, StudentSpec, TeacherConfig, TeacherSpec
 from pipeline.errors import PipelineError
+from pipeline.knobs import bounds_text, check_bounds
 
 # Letters, digits, '_' and '-': DVC reads a '.' in a stage key as nesting (students.l3.v2 would be a missing param).
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 STUDENT_INITS = ("random", "teacher")
 SHAPE_KEYS = [f.name for f in dataclasses.fields(StudentSpec) if f.name != "overrides"]
+# task knobs that left the shared sections for their task's own section (a params.yaml written before says so)
+MOVED = {
+    "data.doc_stride": "question_answering.doc_stride",
+    "data.max_context_chars": "question_answering.max_context_chars",
+    "data.label_all_tokens": "token_classification.label_all_tokens",
+    "extract.topk": "masked_lm.topk",
+    "extract.mlm_probability": "masked_lm.mlm_probability",
+    "distill.token_positions": "token_classification.token_positions",
+    "distill.mlm_positions": "masked_lm.mlm_positions",
+}
 
 
 def _type_name(tp: Any) -> str:
@@ -59,23 +70,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def check_bounds(value: Any, meta: typing.Mapping, key: str) -> None:
-    """A value (each item of a list) against a knob's declared choices and bounds."""
-    if value is None:
-        return
-    if isinstance(value, list):
-        for item in value:
-            check_bounds(item, meta, key)
-        return
-    if meta.get("choices") and value not in meta["choices"]:
-        raise PipelineError(f"params.yaml: '{key}' must be one of {meta['choices']}, got '{value}'")
-    gt, ge, lt = meta.get("gt"), meta.get("ge"), meta.get("lt")
-    if (gt is not None and not value > gt) or (ge is not None and not value >= ge) or (lt is not None and not value < lt):
-        bounds = " and ".join(f"{op} {b}" for op, b in (("> ", gt), (">=", ge), ("< ", lt)) if b is not None).replace("  ", " ")
-        raise PipelineError(f"params.yaml: '{key}' must be {bounds}, got {value}")
-
-
 def _unknown(key: str, known: list[str], prefix: str) -> PipelineError:
+    section = "distill" if prefix.startswith("students.") else prefix
+    if f"{section}.{key}" in MOVED:
+        return PipelineError(
+            f"params.yaml: '{prefix}.{key}' moved to '{MOVED[section + '.' + key]}' (the task's own section, one "
+            "setting for every student); set it there"
+        )
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
     return PipelineError(f"params.yaml: unknown key '{prefix + '.' if prefix else ''}{key}'{hint}")
@@ -262,19 +263,12 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return params_from_dict(raw)
 
 
-def _bounds_text(meta: typing.Mapping) -> str:
-    if meta.get("choices"):
-        return " \\| ".join(f"`{c}`" for c in meta["choices"])
-    parts = [f"{op} {meta[k]}" for k, op in (("gt", ">"), ("ge", "≥"), ("lt", "<")) if meta.get(k) is not None]
-    return ", ".join(parts)
-
-
 def params_reference() -> str:
     """The params reference as markdown, one table per section, from the knob declarations."""
     lines = [
         "# Params reference",
         "",
-        "Generated from `pipeline/config.py` by `python -m pipeline.params --reference > "
+        "Generated from the knob declarations (`pipeline/config.py`, each task package's `__init__`) by `python -m pipeline.params --reference > "
         "docs/params.md`; a test fails when this file is stale. Defaults are the values params.yaml ships.",
         "",
     ]
@@ -288,6 +282,9 @@ def params_reference() -> str:
         ("students.<name>", None, StudentSpec),
         ("ensembles.<name>", None, EnsembleSpec),
         ("evaluate", "evaluate", None),
+        ("token_classification (read with task: token_classification)", "token_classification", None),
+        ("question_answering (read with task: question_answering)", "question_answering", None),
+        ("masked_lm (read with task: masked_lm)", "masked_lm", None),
     ]
     hints = typing.get_type_hints(Params)
     for title, attr, cls in sections:
@@ -306,7 +303,7 @@ def params_reference() -> str:
                 default = f"`{yaml.safe_dump(f.default_factory(), default_flow_style=True).strip()}`"
             else:
                 default = "required"
-            lines.append(f"| `{f.name}` | {default} | {_bounds_text(f.metadata)} | {f.metadata.get('help', '')} |")
+            lines.append(f"| `{f.name}` | {default} | {bounds_text(f.metadata)} | {f.metadata.get('help', '')} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -27,7 +27,16 @@ def main(params, args):
     if args.name != "teacher":  # an extra teacher: its logits only (the main cache gives the hidden states)
         cfg = dataclasses.replace(cfg, layers=[], attentions=[], values=[])
         record = params.teacher_record(args.name)  # distill checks the cache against it
-    result = extract_cache(Path(args.teacher), splits, Path(args.out), cfg, info=info, mask_seed=params.seed, record=record)
+    result = extract_cache(
+        Path(args.teacher),
+        splits,
+        Path(args.out),
+        cfg,
+        info=info,
+        mask_seed=params.seed,
+        record=record,
+        task_config=params.task_config,
+    )
     if result is None:
         return  # a torchrun rank other than 0: rank 0 wrote the manifest and reports
     write_extract_report(Path(args.metrics), result)

@@ -23,7 +23,7 @@ def main(params, args):
     check_max_length(params.teacher.model, params.data.max_length, teacher)  # before work that would fail later
     check_teacher_init(params.students, teacher.to_dict())
     tokenizer = load_tokenizer(params.teacher.model, params.teacher.trust_remote_code)
-    task = task_data(params.task)
+    task = task_data(params.task, params.task_config)
     splits, info = task.prepare(params.data, tokenizer, params.seed)
     splits, info = task.tuning_split(splits, info, params.data, params.seed)
     if params.data.augment_copies and task.name != "sequence_classification":

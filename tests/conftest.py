@@ -21,6 +21,7 @@ from pipeline.data import save_prepared
 from pipeline.extract import extract_cache
 from pipeline.models import load_teacher
 from pipeline.tasks.heads import head_of
+from pipeline.tasks.masked_lm import MaskedLMConfig
 from pipeline.tasks.sequence_classification.data import prepare_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,7 +200,6 @@ def mlm_teacher(tmp_path_factory, sst2_small) -> Path:
 
 def build_mlm_cache(teacher_dir: Path, prepared, out: Path, *, topk: int = 8, device: str = "cpu") -> dict:
     splits, info = prepared
-    cfg = ExtractConfig(
-        layers=[2, 4], dtype="float16", batch_size=16, shard_max_mb=1 / 16, device=device, topk=topk, mlm_probability=0.15
-    )
-    return extract_cache(teacher_dir, splits, out, cfg, info=info, mask_seed=3)
+    cfg = ExtractConfig(layers=[2, 4], dtype="float16", batch_size=16, shard_max_mb=1 / 16, device=device)
+    knobs = MaskedLMConfig(topk=topk, mlm_probability=0.15)
+    return extract_cache(teacher_dir, splits, out, cfg, info=info, mask_seed=3, task_config=knobs)

@@ -81,7 +81,7 @@ def test_a_json_file_that_is_not_squad_names_the_columns_it_lacks_not_a_params_k
 
 
 def test_a_huge_context_is_refused_before_tokenizing_with_little_memory(tmp_path):
-    """A 3.5 MB paragraph: `prepare` stops with one line naming the question and data.max_context_chars, exit 2, and
+    """A 3.5 MB paragraph: `prepare` stops with one line naming the question and question_answering.max_context_chars, exit 2, and
     its peak RSS stays far below what windowing such a context costs."""
     huge = ("Paris is the capital of France. " * 110_000)[:3_500_000]
     _squad(tmp_path / "train.json", [(huge, [_qa("big")]), (CONTEXT, [_qa("q2")])])
@@ -113,7 +113,9 @@ def test_a_huge_context_is_refused_before_tokenizing_with_little_memory(tmp_path
     peak_mb = int(proc.stdout.strip().splitlines()[-1]) / 1024
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().count("\n") == 0
-    assert "question id big: the context is 3,500,000 characters, over data.max_context_chars (100,000)" in proc.stderr
+    assert (
+        "question id big: the context is 3,500,000 characters, over question_answering.max_context_chars (100,000)" in proc.stderr
+    )
     assert peak_mb < 2048, f"peak RSS {peak_mb:.0f} MB"
 
 

@@ -133,7 +133,10 @@ def _declared_defaults(cls) -> dict:
     return out
 
 
-@pytest.mark.parametrize("section", ["data", "teacher", "extract", "distill", "evaluate"])
+@pytest.mark.parametrize(
+    "section",
+    ["data", "teacher", "extract", "distill", "evaluate", "token_classification", "question_answering", "masked_lm"],
+)
 def test_params_yaml_ships_exactly_the_declared_defaults(section):
     """One source of defaults: every key of a section is declared, and params.yaml holds its declared default, so tests
     built from the dataclasses test what the project ships."""
@@ -172,3 +175,35 @@ def test_a_dot_in_a_student_name_is_refused_before_dvc_reads_it_as_nesting():
     raw["ensembles"] = {}
     with pytest.raises(PipelineError, match=r"student name 'l3.v2' must be letters, digits, '_' or '-'"):
         params_from_dict(raw)
+
+
+@pytest.mark.parametrize(
+    "raw, moved_to",
+    [
+        ({"data": {"doc_stride": 64}}, "question_answering.doc_stride"),
+        ({"extract": {"topk": 8}}, "masked_lm.topk"),
+        ({"distill": {"token_positions": "labeled"}}, "token_classification.token_positions"),
+        ({"students": {"s": {"num_layers": 1, "hidden_size": 8, "mlm_positions": "all"}}}, "masked_lm.mlm_positions"),
+    ],
+)
+def test_a_task_knob_in_its_old_section_names_its_new_place(raw, moved_to):
+    with pytest.raises(PipelineError, match=f"moved to '{moved_to}'"):
+        params_from_dict({**_params(), **raw})
+
+
+def test_each_stage_facet_is_built_with_its_task_section():
+    """The facets read their task's own section (and nothing of the others): prepare's windows, extract's top-k and
+    distill's loss positions come from params.yaml's task section, defaults when the facet is built bare."""
+    from pipeline.tasks.data import task_data
+    from pipeline.tasks.fields import task_fields
+    from pipeline.tasks.student import task_student
+
+    raw = _params(task="question_answering", question_answering__doc_stride=32, masked_lm__topk=4)
+    params = params_from_dict(raw)
+    assert params.task_config.doc_stride == 32
+    assert task_data(params.task, params.task_config).config.doc_stride == 32
+    assert task_data("question_answering").config.doc_stride == 128
+    assert task_fields("masked_lm", params.masked_lm).config.topk == 4
+    labeled = params_from_dict(_params(task="token_classification", token_classification__token_positions="labeled"))
+    assert task_student(labeled.task, labeled.task_config).config.token_positions == "labeled"
+    assert params_from_dict(_params()).task_config is None  # sequence classification has no section

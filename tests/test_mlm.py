@@ -17,6 +17,8 @@ from pipeline.evaluation import compare_to_teacher, evaluate_saved_model
 from pipeline.losses import kd_kl_loss, topk_kd_loss
 from pipeline.mlm import IGNORE, MLM_TARGET, TOPK_INDICES, TOPK_VALUES, mask_tokens
 from pipeline.params import params_from_dict
+from pipeline.tasks.masked_lm import MaskedLMConfig
+from pipeline.tasks.student import task_student
 from tests.conftest import build_mlm_cache
 
 
@@ -140,14 +142,14 @@ def test_masked_lm_student_learns_from_the_topk_cache(tmp_path, mlm_cache, mlm_t
         beta=1.0,
         gamma=0.0,
         temperature=1.0,
-        mlm_positions="all",
         logging_steps=5,
     )
     untrained = DistillConfig(**{**cfg.__dict__, "epochs": 0.01})
     kwargs = dict(batch_size=64, latency_batch_sizes=[1], latency_repeats=2)
-    distill_student(mlm_cache, tmp_path / "before", spec, untrained, seed=0)
+    every_token = MaskedLMConfig(mlm_positions="all")
+    distill_student(mlm_cache, tmp_path / "before", spec, untrained, seed=0, task_config=every_token)
     before = evaluate_saved_model(tmp_path / "before", mlm_cache, **kwargs)
-    result = distill_student(mlm_cache, tmp_path / "student", spec, cfg, seed=0)
+    result = distill_student(mlm_cache, tmp_path / "student", spec, cfg, seed=0, task_config=every_token)
     assert result["summary"]["task"] == "masked_lm"
     saved = json.loads((tmp_path / "student" / "config.json").read_text())
     assert saved["architectures"] == ["BertForMaskedLM"]
@@ -208,14 +210,14 @@ def test_mlm_params_are_checked():
         params_from_dict({"teacher": {"task": "masked_lm"}, "students": {"s": {"num_layers": 1, "hidden_size": 8}}})
     with pytest.raises(PipelineError, match="'task' must be one of"):
         params_from_dict({"task": "mlm", "students": {"s": {"num_layers": 1, "hidden_size": 8}}})
-    with pytest.raises(PipelineError, match="extract.topk"):
-        params_from_dict({"extract": {"topk": 0}, "students": {"s": {"num_layers": 1, "hidden_size": 8}}})
-    with pytest.raises(PipelineError, match="mlm_probability"):
-        params_from_dict({"extract": {"mlm_probability": 1.5}, "students": {"s": {"num_layers": 1, "hidden_size": 8}}})
+    with pytest.raises(PipelineError, match="masked_lm.topk"):
+        params_from_dict({"masked_lm": {"topk": 0}, "students": {"s": {"num_layers": 1, "hidden_size": 8}}})
+    with pytest.raises(PipelineError, match="masked_lm.mlm_probability"):
+        params_from_dict({"masked_lm": {"mlm_probability": 1.5}, "students": {"s": {"num_layers": 1, "hidden_size": 8}}})
 
 
 def test_topk_larger_than_the_vocabulary_is_refused(tmp_path, mlm_teacher, tiny_prepared):
-    with pytest.raises(PipelineError, match="extract.topk"):
+    with pytest.raises(PipelineError, match="masked_lm.topk"):
         build_mlm_cache(mlm_teacher, tiny_prepared, tmp_path / "c", topk=10_000)
 
 
@@ -265,8 +267,9 @@ def test_running_the_vocabulary_head_on_selected_tokens_gives_the_full_logits_lo
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
-    cfg = DistillConfig(alpha=0.5, beta=0.5, gamma=1.0, temperature=2.0, mlm_positions=positions)
-    module = DistillationModule(BertForMaskedLM(config), cfg, LayerPlan([(2, 2)], 16), task="masked_lm")
+    cfg = DistillConfig(alpha=0.5, beta=0.5, gamma=1.0, temperature=2.0)
+    facet = task_student("masked_lm", MaskedLMConfig(mlm_positions=positions))
+    module = DistillationModule(BertForMaskedLM(config), cfg, LayerPlan([(2, 2)], 16), task=facet)
     ids = torch.randint(5, 50, (3, 7))
     mask = torch.ones(3, 7, dtype=torch.long)
     mask[1, 5:] = 0

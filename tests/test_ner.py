@@ -20,7 +20,7 @@ from pipeline.losses import LossMix
 from pipeline.tasks.data import task_data
 from pipeline.tasks.heads import head_of
 from pipeline.tasks.student import task_student
-from pipeline.tasks.token_classification import IGNORE, TOKEN_LABELS, TOKEN_LOGITS
+from pipeline.tasks.token_classification import IGNORE, TOKEN_LABELS, TOKEN_LOGITS, TokenClassificationConfig
 from pipeline.tasks.token_classification.conll import read_conll
 from pipeline.tasks.token_classification.data import align_labels
 from pipeline.tasks.token_classification.metrics import entities, entity_metrics
@@ -156,14 +156,13 @@ def test_per_token_loss_by_hand(positions):
     teacher = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.0], [5.0, 0.0, 0.0]]])
     labels = torch.tensor([[0, IGNORE, 2, IGNORE]])
     mask = torch.tensor([[1, 1, 1, 0]])  # the last token is padding: never counted
-    mix, cfg = LossMix(alpha=0.3, beta=0.7, gamma=0.0, temperature=2.0), DistillConfig(token_positions=positions)
+    mix = LossMix(alpha=0.3, beta=0.7, gamma=0.0, temperature=2.0)
+    facet = task_student("token_classification", TokenClassificationConfig(token_positions=positions))
 
     class Out:
         logits = student
 
-    total, parts = task_student("token_classification").loss(
-        None, Out, labels, {"teacher_logits": teacher}, [], mask, mix, cfg, True
-    )
+    total, parts = facet.loss(None, Out, labels, {"teacher_logits": teacher}, [], mask, mix, True)
 
     def log_softmax(x: list[float]) -> list[float]:
         norm = math.log(sum(math.exp(v) for v in x))

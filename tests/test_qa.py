@@ -21,7 +21,15 @@ from pipeline.extract import extract_cache
 from pipeline.losses import LossMix
 from pipeline.sources import parse_source
 from pipeline.tasks.data import task_data
-from pipeline.tasks.question_answering import END_LOGITS, OFFSETS, QA_POSITIONS, QA_WINDOW, QUESTIONS, START_LOGITS
+from pipeline.tasks.question_answering import (
+    END_LOGITS,
+    OFFSETS,
+    QA_POSITIONS,
+    QA_WINDOW,
+    QUESTIONS,
+    START_LOGITS,
+    QuestionAnsweringConfig,
+)
 from pipeline.tasks.question_answering.data import window_questions
 from pipeline.tasks.question_answering.postprocess import best_span, predict_answers
 from pipeline.tasks.question_answering.serve import QuestionAnswerer
@@ -31,7 +39,7 @@ from pipeline.tasks.question_answering.student import span_distillation_loss
 from tests.conftest import ROOT, SAMPLES, make_tokenizer, tiny_bert_config
 
 SQUAD = SAMPLES / "squad"  # five train and one dev SQuAD v1.1 article(s), in part (tests/data/README.md)
-TASK = task_data("question_answering")  # the prepare stage's facet
+TASK = task_data("question_answering", QuestionAnsweringConfig(doc_stride=16))  # the prepare stage's facet
 
 
 def _squad_head(split: str, paragraphs: int) -> dict:
@@ -63,7 +71,6 @@ def _data(root: Path, **overrides) -> DataConfig:
         "dev": str(root / "dev.json"),
         "max_train_examples": None,
         "max_length": 64,
-        "doc_stride": 16,
         "transfer": None,
         "val_examples": 0,
     }

@@ -23,6 +23,16 @@ MASKED_LM = "masked_lm"
 TASK_NAMES = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING, MASKED_LM)
 
 
+class Configured:
+    """A facet built with its task's own params section (`token_classification`, `question_answering`, `masked_lm`
+    in params.yaml), or that section's defaults; sequence classification has none."""
+
+    config_class: type | None = None
+
+    def __init__(self, config=None):
+        self.config = config if config is not None or self.config_class is None else self.config_class()
+
+
 def check_task(name: str) -> str:
     """`name` if it is a task; else one line naming the known ones."""
     if name not in TASK_NAMES:

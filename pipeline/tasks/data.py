@@ -8,12 +8,13 @@ from pipeline.tasks.sequence_classification.data import SequenceClassificationDa
 from pipeline.tasks.token_classification.data import TokenClassificationData
 
 _BY_TASK = {
-    SEQUENCE_CLASSIFICATION: SequenceClassificationData(),
-    TOKEN_CLASSIFICATION: TokenClassificationData(),
-    QUESTION_ANSWERING: QuestionAnsweringData(),
-    MASKED_LM: SequenceClassificationData(),
+    SEQUENCE_CLASSIFICATION: SequenceClassificationData,
+    TOKEN_CLASSIFICATION: TokenClassificationData,
+    QUESTION_ANSWERING: QuestionAnsweringData,
+    MASKED_LM: SequenceClassificationData,
 }
 
 
-def task_data(task: str) -> SequenceClassificationData:
-    return _BY_TASK[check_task(task)]
+def task_data(task: str, config=None) -> SequenceClassificationData:
+    """The facet of `task`, built with its params section (`Params.task_config`), or that section's defaults."""
+    return _BY_TASK[check_task(task)](config)

@@ -9,12 +9,13 @@ from pipeline.tasks.sequence_classification.fields import SequenceClassification
 from pipeline.tasks.token_classification.fields import TokenClassificationFields
 
 _BY_TASK = {
-    SEQUENCE_CLASSIFICATION: SequenceClassificationFields(),
-    TOKEN_CLASSIFICATION: TokenClassificationFields(),
-    QUESTION_ANSWERING: QuestionAnsweringFields(),
-    MASKED_LM: MaskedLMFields(),
+    SEQUENCE_CLASSIFICATION: SequenceClassificationFields,
+    TOKEN_CLASSIFICATION: TokenClassificationFields,
+    QUESTION_ANSWERING: QuestionAnsweringFields,
+    MASKED_LM: MaskedLMFields,
 }
 
 
-def task_fields(task: str) -> SequenceClassificationFields:
-    return _BY_TASK[check_task(task)]
+def task_fields(task: str, config=None) -> SequenceClassificationFields:
+    """The facet of `task`, built with its params section (`Params.task_config`), or that section's defaults."""
+    return _BY_TASK[check_task(task)](config)

@@ -9,12 +9,13 @@ from pipeline.tasks.sequence_classification.student import SequenceClassificatio
 from pipeline.tasks.token_classification.student import TokenClassificationStudent
 
 _BY_TASK = {
-    SEQUENCE_CLASSIFICATION: SequenceClassificationStudent(),
-    TOKEN_CLASSIFICATION: TokenClassificationStudent(),
-    QUESTION_ANSWERING: QuestionAnsweringStudent(),
-    MASKED_LM: MaskedLMStudent(),
+    SEQUENCE_CLASSIFICATION: SequenceClassificationStudent,
+    TOKEN_CLASSIFICATION: TokenClassificationStudent,
+    QUESTION_ANSWERING: QuestionAnsweringStudent,
+    MASKED_LM: MaskedLMStudent,
 }
 
 
-def task_student(task: str) -> SequenceClassificationStudent:
-    return _BY_TASK[check_task(task)]
+def task_student(task: str, config=None) -> SequenceClassificationStudent:
+    """The facet of `task`, built with its params section (`Params.task_config`), or that section's defaults."""
+    return _BY_TASK[check_task(task)](config)

@@ -8,28 +8,33 @@ import torch
 from pipeline.cache import FieldSpec
 from pipeline.errors import PipelineError
 from pipeline.mlm import MASKED_LM, MLM_TARGET, TOPK_INDICES, TOPK_VALUES, index_dtype, mask_tokens
+from pipeline.tasks.masked_lm import MaskedLMConfig
 from pipeline.tasks.sequence_classification.fields import SequenceClassificationFields
 
 
 class MaskedLMFields(SequenceClassificationFields):
-    def setup(self, cfg, model, tokenizer, teacher_dir, seed: int) -> dict:
+    config_class = MaskedLMConfig
+
+    def setup(self, model, tokenizer, teacher_dir, seed: int) -> dict:
         vocab = model.config.vocab_size
-        if not 0 < cfg.topk <= vocab:
-            raise PipelineError(f"params.yaml: extract.topk is {cfg.topk}; it must be between 1 and the vocabulary size {vocab}")
+        if not 0 < self.config.topk <= vocab:
+            raise PipelineError(
+                f"params.yaml: masked_lm.topk is {self.config.topk}; it must be between 1 and the vocabulary size {vocab}"
+            )
         if tokenizer.mask_token_id is None:
             raise PipelineError(f"{teacher_dir}: the teacher's tokenizer has no mask token; a masked-LM teacher needs one")
         return {
             "masking": {
                 "seed": seed,
-                "probability": cfg.mlm_probability,
+                "probability": self.config.mlm_probability,
                 "mask_token_id": tokenizer.mask_token_id,
                 "vocab_size": vocab,
                 "special_ids": sorted(set(tokenizer.all_special_ids)),
             },
-            "topk": cfg.topk,
+            "topk": self.config.topk,
         }
 
-    def manifest_meta(self, setup: dict, cfg) -> dict:
+    def manifest_meta(self, setup: dict) -> dict:
         masking = setup["masking"]
         return {
             "task": MASKED_LM,

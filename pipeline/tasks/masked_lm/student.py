@@ -7,10 +7,13 @@ import torch
 from pipeline.losses import LossMix, masked_lm_distillation_loss
 from pipeline.mlm import IGNORE, MLM_TARGET, TOPK_INDICES, TOPK_VALUES
 from pipeline.scoring import argmax_logits, masked_accuracy_metrics
+from pipeline.tasks.masked_lm import MaskedLMConfig
 from pipeline.tasks.sequence_classification.student import SequenceClassificationStudent
 
 
 class MaskedLMStudent(SequenceClassificationStudent):
+    config_class = MaskedLMConfig
+
     def cache_columns(self) -> list[str]:
         return [MLM_TARGET, TOPK_VALUES, TOPK_INDICES]
 
@@ -28,13 +31,13 @@ class MaskedLMStudent(SequenceClassificationStudent):
     def returns_logits(self, training: bool) -> bool:
         return not training
 
-    def loss(self, student, out, labels, teacher: dict, hidden_pairs, attention_mask, mix: LossMix, cfg, training: bool):
+    def loss(self, student, out, labels, teacher: dict, hidden_pairs, attention_mask, mix: LossMix, training: bool):
         """Masked-LM losses at the tokens they read: the masked ones (CE; and the top-k KL with mlm_positions
         'masked') or every real token (KL with 'all'). In training the vocabulary head runs on those tokens only — at
         15% masking that skips most of the (tokens x vocabulary) projection, the bulk of a small student's step;
         otherwise (evaluation) the full logits are there and are indexed."""
         masked = labels != IGNORE
-        kl_where = masked if cfg.mlm_positions == "masked" else attention_mask.bool()
+        kl_where = masked if self.config.mlm_positions == "masked" else attention_mask.bool()
         need = masked | kl_where
         logits = student.cls(out.last_hidden_state[need]) if training else out.logits[need]
         return masked_lm_distillation_loss(

@@ -15,7 +15,14 @@ from pipeline.data import TUNE, split_fingerprint
 from pipeline.errors import PipelineError
 from pipeline.sources import parse_source
 from pipeline.tasks import QUESTION_ANSWERING
-from pipeline.tasks.question_answering import IGNORE, LABEL_NAMES, OFFSETS, QA_POSITIONS, QA_WINDOW
+from pipeline.tasks.question_answering import (
+    IGNORE,
+    LABEL_NAMES,
+    OFFSETS,
+    QA_POSITIONS,
+    QA_WINDOW,
+    QuestionAnsweringConfig,
+)
 from pipeline.tasks.question_answering.squad import Question, check_question, load_questions
 from pipeline.tasks.sequence_classification.data import SequenceClassificationData
 
@@ -34,8 +41,8 @@ def window_questions(questions: list[Question], tokenizer, max_length: int, doc_
         if r <= doc_stride:
             raise PipelineError(
                 f"{q.where}: the question is {len(t)} tokens, which leaves {max(r, 0)} context tokens per window with "
-                f"data.max_length {max_length}, not more than data.doc_stride {doc_stride}; shorten or drop the "
-                "question, or raise data.max_length / lower data.doc_stride"
+                f"data.max_length {max_length}, not more than question_answering.doc_stride {doc_stride}; shorten or drop the "
+                "question, or raise data.max_length / lower question_answering.doc_stride"
             )
     enc = tokenizer(
         [q.question.lstrip() for q in questions],
@@ -166,6 +173,7 @@ def carve_articles(questions: list[Question], dev_contexts: set[str], n: int, se
 
 class QuestionAnsweringData(SequenceClassificationData):
     name = QUESTION_ANSWERING
+    config_class = QuestionAnsweringConfig
 
     def split_fingerprint(self, ds) -> str:
         return qa_fingerprint(ds)
@@ -180,7 +188,7 @@ class QuestionAnsweringData(SequenceClassificationData):
             if spec is not None:
                 loaded[name] = load_questions(parse_source(spec, formats))
                 for q in loaded[name]:
-                    check_question(q, labeled=name != "transfer", max_context_chars=data.max_context_chars)
+                    check_question(q, labeled=name != "transfer", max_context_chars=self.config.max_context_chars)
         chosen = {"dev": _subset(loaded["dev"], np.arange(len(loaded["dev"])), data.max_dev_examples, seed)}
         dev_contexts = {q.context for q in chosen["dev"]}
         pool, carved, extra = np.arange(len(loaded["train"])), set(), {}
@@ -217,7 +225,7 @@ class QuestionAnsweringData(SequenceClassificationData):
             if name not in chosen:
                 continue
             labeled = name != "transfer"
-            windows, outside = window_questions(chosen[name], tokenizer, data.max_length, data.doc_stride, labeled)
+            windows, outside = window_questions(chosen[name], tokenizer, data.max_length, self.config.doc_stride, labeled)
             if outside:
                 log.warning(
                     "%s: %d of %d answers lie inside no window (longer than the windows' overlap, or cut by "
@@ -242,7 +250,7 @@ class QuestionAnsweringData(SequenceClassificationData):
             }
             if name == TUNE:
                 stats[name].update(extra)
-        info = {"label_names": LABEL_NAMES, "max_length": data.max_length, "doc_stride": data.doc_stride, "splits": stats}
+        info = {"label_names": LABEL_NAMES, "max_length": data.max_length, "doc_stride": self.config.doc_stride, "splits": stats}
         return splits, {**info, "task": self.name}
 
     def tuning_split(self, splits: dict, info: dict, data, seed: int):

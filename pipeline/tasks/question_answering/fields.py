@@ -25,7 +25,7 @@ from pipeline.tasks.sequence_classification.fields import SequenceClassification
 class QuestionAnsweringFields(SequenceClassificationFields):
     logit_field = START_LOGITS
 
-    def manifest_meta(self, setup, cfg) -> dict:
+    def manifest_meta(self, setup) -> dict:
         return {"task": QUESTION_ANSWERING, "max_answer_tokens": MAX_ANSWER_TOKENS}
 
     def fields(self, setup, num_labels: int, vocab_size: int) -> list[FieldSpec]:

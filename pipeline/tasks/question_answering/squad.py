@@ -109,8 +109,8 @@ def check_question(q: Question, labeled: bool, max_context_chars: int | None = N
         raise PipelineError(f"{q.where}: empty context; give the question its paragraph or drop it")
     if max_context_chars is not None and len(q.context) > max_context_chars:
         raise PipelineError(
-            f"{q.where}: the context is {len(q.context):,} characters, over data.max_context_chars "
-            f"({max_context_chars:,}); split it into paragraphs, drop the question, or raise data.max_context_chars"
+            f"{q.where}: the context is {len(q.context):,} characters, over question_answering.max_context_chars "
+            f"({max_context_chars:,}); split it into paragraphs, drop the question, or raise question_answering.max_context_chars"
         )
     if not isinstance(q.question, str) or not q.question.strip():
         raise PipelineError(f"{q.where}: empty question; fill it in or drop the entry")

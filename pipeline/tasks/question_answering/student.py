@@ -62,7 +62,7 @@ class QuestionAnsweringStudent(SequenceClassificationStudent):
             ),
         }
 
-    def loss(self, student, out, labels, teacher: dict, hidden_pairs, attention_mask, mix: LossMix, cfg, training: bool):
+    def loss(self, student, out, labels, teacher: dict, hidden_pairs, attention_mask, mix: LossMix, training: bool):
         return span_distillation_loss(out, labels, teacher, hidden_pairs, attention_mask, mix)
 
     def returns_logits(self, training: bool) -> bool:

@@ -21,7 +21,7 @@ from pipeline.sources import (
     parse_source,
     validate_texts,
 )
-from pipeline.tasks import SEQUENCE_CLASSIFICATION
+from pipeline.tasks import SEQUENCE_CLASSIFICATION, Configured
 from pipeline.tuning import TuningLinks, carve_by_sentence
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def prepare_transfer(
     return prepared, stats
 
 
-class SequenceClassificationData:
+class SequenceClassificationData(Configured):
     """The prepare stage's facet of a task."""
 
     name = SEQUENCE_CLASSIFICATION

@@ -8,19 +8,20 @@ import numpy as np
 import torch
 
 from pipeline.cache import FieldSpec
+from pipeline.tasks import Configured
 
 
-class SequenceClassificationFields:
+class SequenceClassificationFields(Configured):
     """The extract stage's facet of a task: the cache fields of the teacher's logit-level outputs, the host-side
     fields written beside them, and tables kept beside the shards."""
 
     logit_field = "logits"
 
-    def setup(self, cfg, model, tokenizer, teacher_dir, seed: int) -> dict | None:
+    def setup(self, model, tokenizer, teacher_dir, seed: int) -> dict | None:
         """Task state the extraction loop needs (masking settings of a masked-LM teacher); None when there is none."""
         return None
 
-    def manifest_meta(self, setup: dict | None, cfg) -> dict:
+    def manifest_meta(self, setup: dict | None) -> dict:
         """Manifest keys of the task. A sequence classifier's cache carries none, so its manifest (and bytes) stay as
         they were before tasks existed; every other task records `task`."""
         return {}

@@ -9,9 +9,10 @@ import torch
 
 from pipeline.losses import LossMix, distillation_loss
 from pipeline.scoring import accuracy_metrics
+from pipeline.tasks import Configured
 
 
-class SequenceClassificationStudent:
+class SequenceClassificationStudent(Configured):
     """The distill stage's facet of a task: what a student reads from the cache, its batch and its logit-level loss."""
 
     logit_field = "logits"
@@ -31,7 +32,7 @@ class SequenceClassificationStudent:
         """The module a student runs in its forward: the whole model unless the task computes the head itself."""
         return student
 
-    def loss(self, student, out, labels, teacher: dict, hidden_pairs, attention_mask, mix: LossMix, cfg, training: bool):
+    def loss(self, student, out, labels, teacher: dict, hidden_pairs, attention_mask, mix: LossMix, training: bool):
         """The task's logit-level loss mixed with the hidden-state loss: (total, parts)."""
         return distillation_loss(out.logits, labels, teacher["teacher_logits"], hidden_pairs, attention_mask, mix)
 

@@ -14,7 +14,7 @@ from pipeline.errors import PipelineError
 from pipeline.sources import LOCAL_FORMATS, parse_source
 from pipeline.tasks import TOKEN_CLASSIFICATION
 from pipeline.tasks.sequence_classification.data import SequenceClassificationData
-from pipeline.tasks.token_classification import IGNORE, TOKEN_LABELS
+from pipeline.tasks.token_classification import IGNORE, TOKEN_LABELS, TokenClassificationConfig
 from pipeline.tasks.token_classification.conll import CONLL_SUFFIXES, check_iob2, infer_tag_names, load_sentences
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,12 @@ def align_labels(word_ids: list[int | None], word_labels: list[int], label_all: 
     return out
 
 
-def tokenize_sentences(source, words, tags, tag_names, tokenizer, data, limit, seed):
+def tokenize_sentences(source, words, tags, tag_names, tokenizer, data, limit, seed, label_all: bool):
     rows = np.arange(len(words), dtype=np.int64)
     if limit is not None and limit < len(rows):
         rows = np.sort(np.random.default_rng(seed).permutation(len(rows))[:limit])
     index = {t: i for i, t in enumerate(tag_names)}
     b_to_i = {i: index.get("I-" + t[2:], i) for t, i in index.items() if t.startswith("B-")}
-    label_all = getattr(data, "label_all_tokens", False)
     enc = tokenizer([words[r] for r in rows], is_split_into_words=True, truncation=True, max_length=data.max_length)
     ids, labels, truncated = [], [], 0
     for j, r in enumerate(rows):
@@ -133,6 +132,7 @@ def token_split_fingerprint(ds: datasets.Dataset) -> str:
 
 class TokenClassificationData(SequenceClassificationData):
     name = TOKEN_CLASSIFICATION
+    config_class = TokenClassificationConfig
 
     def split_fingerprint(self, ds) -> str:
         return token_split_fingerprint(ds)
@@ -154,7 +154,9 @@ class TokenClassificationData(SequenceClassificationData):
             for w, t, loc in zip(words, tags, where):
                 check_iob2(w, t, loc, tag_names)
             limit = split_limit(data, name)
-            splits[name], stats[name] = tokenize_sentences(source, words, tags, tag_names, tokenizer, data, limit, seed)
+            splits[name], stats[name] = tokenize_sentences(
+                source, words, tags, tag_names, tokenizer, data, limit, seed, self.config.label_all_tokens
+            )
         if data.transfer is not None:
             source = parse_source(data.transfer, formats)
             words, _, _ = load_sentences(source, data)

@@ -14,7 +14,7 @@ from pipeline.tasks.token_classification import TOKEN_LABELS, TOKEN_LOGITS
 class TokenClassificationFields(SequenceClassificationFields):
     logit_field = TOKEN_LOGITS
 
-    def manifest_meta(self, setup, cfg) -> dict:
+    def manifest_meta(self, setup) -> dict:
         return {"task": TOKEN_CLASSIFICATION}
 
     def fields(self, setup, num_labels: int, vocab_size: int) -> list[FieldSpec]:

@@ -6,11 +6,12 @@ import torch
 
 from pipeline.losses import LossMix, distillation_loss
 from pipeline.tasks.sequence_classification.student import SequenceClassificationStudent
-from pipeline.tasks.token_classification import IGNORE, TOKEN_LABELS, TOKEN_LOGITS
+from pipeline.tasks.token_classification import IGNORE, TOKEN_LABELS, TOKEN_LOGITS, TokenClassificationConfig
 from pipeline.tasks.token_classification.metrics import trainer_metrics
 
 
 class TokenClassificationStudent(SequenceClassificationStudent):
+    config_class = TokenClassificationConfig
     logit_field = TOKEN_LOGITS
 
     def cache_columns(self) -> list[str]:
@@ -22,10 +23,10 @@ class TokenClassificationStudent(SequenceClassificationStudent):
             "teacher_logits": per_token(rows, TOKEN_LOGITS, width, 0.0, torch.float32),
         }
 
-    def loss(self, student, out, labels, teacher: dict, hidden_pairs, attention_mask, mix: LossMix, cfg, training: bool):
+    def loss(self, student, out, labels, teacher: dict, hidden_pairs, attention_mask, mix: LossMix, training: bool):
         """Hard CE on the labelled sub-words + T^2 KL per token (at every real token, or at the labelled ones with
         token_positions 'labeled'), averaged over those tokens, + the hidden loss."""
-        where = attention_mask.bool() if cfg.token_positions == "all" else labels != IGNORE
+        where = attention_mask.bool() if self.config.token_positions == "all" else labels != IGNORE
         return distillation_loss(
             out.logits[where], labels[where], teacher["teacher_logits"][where], hidden_pairs, attention_mask, mix
         )
