@@ -73,15 +73,21 @@ def curve(csv_path: Path, key: str) -> list[tuple[float, float]]:
 MODELS_CSV = "models.csv"  # one row per model: what dvc.yaml's scatter plots draw
 
 
-def write_charts(models: dict[str, dict], order: list[str], plots_dir: Path, out_dir: Path, label: str, choice: str) -> None:
+def write_charts(
+    models: dict[str, dict], order: list[str], shipped: dict[str, dict], plots_dir: Path, out_dir: Path, label: str, choice: str
+) -> None:
     """The report's four SVG charts and models.csv (the headline metric on the choice split, in %, against parameters
-    and batch-32 latency)."""
+    and batch-32 latency): a row per model (ensembles included) and, for models exported, one per runtime
+    (`shipped`: '<name> · <runtime>' -> scores)."""
+    rows = {n: models[n] for n in order}
+    rows.update({n: m for n, m in shipped.items() if "runtime" in m})
     with open(out_dir / MODELS_CSV, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["model", "params_m", "latency_ms_b32", "metric"])
-        for n in order:
-            m = models[n]
-            writer.writerow([n, round(m["params"] / 1e6, 3), m.get("latency_ms_b32", ""), round(100 * mean_score(m), 4)])
+        writer.writerow(["model", "runtime", "params_m", "latency_ms_b32", "metric"])
+        for n, m in rows.items():
+            runtime = m.get("runtime", "pytorch")
+            metric = round(100 * mean_score(m), 4)
+            writer.writerow([n, runtime, round(m["params"] / 1e6, 3), m.get("latency_ms_b32", ""), metric])
     svg_chart(
         {n: [(models[n]["params"] / 1e6, 100 * mean_score(models[n]))] for n in order},
         out_dir / "accuracy_vs_params.svg",
@@ -91,7 +97,7 @@ def write_charts(models: dict[str, dict], order: list[str], plots_dir: Path, out
         lines=False,
     )
     svg_chart(
-        {n: [(models[n]["latency_ms_b32"], 100 * mean_score(models[n]))] for n in order if models[n].get("latency_ms_b32")},
+        {n: [(m["latency_ms_b32"], 100 * mean_score(m))] for n, m in rows.items() if m.get("latency_ms_b32")},
         out_dir / "accuracy_vs_latency.svg",
         x_label="CPU latency, batch 32 (ms)",
         y_label=f"{label} (%)",

@@ -14,6 +14,7 @@ only saves again.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -212,6 +213,8 @@ def save_atomically(out_dir: Path, write: Callable[[Path], None], kept: Path | N
     except (OSError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
+        if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise PipelineError(f"{out_dir.parent}: {reason}; make the folder writable for this user and rerun") from None
         then = (
             f"the trained weights are kept in {kept}: free disk space and rerun, which resumes there and only saves again"
             if kept is not None

@@ -248,6 +248,19 @@ class EvaluateConfig:
 
 
 @dataclass
+class ExportConfig:
+    opset: int = knob(18, "ONNX opset of the exported graphs (torch.onnx writes 18 and converts to another)", ge=17, lt=24)
+    quantize: str = knob(
+        "dynamic",
+        "dynamic: also write model.int8.onnx (ONNX Runtime's dynamic quantization: int8 weights, activations quantized "
+        "per batch at run time); none: fp32 only",
+        choices=("dynamic", "none"),
+    )
+    weight_type: str = knob("qint8", "int8 weights signed (qint8) or unsigned (quint8)", choices=("qint8", "quint8"))
+    per_channel: bool = knob(False, "one int8 scale per output channel of each weight matrix instead of one per matrix")
+
+
+@dataclass
 class Params:
     seed: int = knob(42, "seed of every random choice (subsets, masking, init, data order)")
     task: str = knob(
@@ -264,6 +277,7 @@ class Params:
     ensembles: dict[str, EnsembleSpec] = field(default_factory=dict)
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     token_classification: TokenClassificationConfig = field(default_factory=TokenClassificationConfig)
     question_answering: QuestionAnsweringConfig = field(default_factory=QuestionAnsweringConfig)
     masked_lm: MaskedLMConfig = field(default_factory=MaskedLMConfig)

@@ -4,7 +4,7 @@ seed with a 95% t-interval. Rendering them is `pipeline.report`'s job."""
 
 from __future__ import annotations
 
-from pipeline.scores import headline, key, mean_score, per_seed_key, speedup_key
+from pipeline.scores import EXPORTED_RUNTIMES, headline, key, mean_score, per_seed_key, runtime_key, speedup_key
 from pipeline.splits import DEV
 
 SPEED_TIE = 0.05  # speedups this close to the best count as the same speed in the "fastest" pick
@@ -21,6 +21,31 @@ def speedup(m: dict, teacher: dict, batch: int = 32) -> float | None:
         return m[speedup_key(batch)]
     mine, theirs = m.get(f"latency_ms_b{batch}"), teacher.get(f"latency_ms_b{batch}")
     return theirs / mine if mine and theirs else None
+
+
+SHARED = ("scores_format", "headline", "metric", "params", "layers", "hidden_size", "members", "dev_rows", "val_rows")
+
+
+def runtime_view(m: dict, runtime: str) -> dict | None:
+    """A model's scores as measured in `runtime` (pytorch, onnx, onnx_int8), under the unprefixed keys, so every
+    decision reads a deployed model as it reads a PyTorch one; None when the model was not exported to it. An exported
+    model is the shipped checkpoint: its scores are that one run's (no seed mean)."""
+    if runtime == "pytorch":
+        return m
+    prefix = runtime_key(runtime, "")
+    view = {k.removeprefix(prefix): v for k, v in m.items() if k.startswith(prefix)}
+    return {**{k: m[k] for k in SHARED if k in m}, **view, "runtime": runtime} if view else None
+
+
+def deployments(models: dict[str, dict], names: list[str]) -> dict[str, dict]:
+    """'<name> · <runtime>' -> scores, for each named model in each runtime it was measured in (PyTorch first)."""
+    out = {}
+    for n in names:
+        for runtime in ("pytorch", *EXPORTED_RUNTIMES):
+            view = runtime_view(models[n], runtime)
+            if view is not None:
+                out[f"{n} · {runtime}"] = view
+    return out
 
 
 def same_shape(a: dict, b: dict) -> bool:

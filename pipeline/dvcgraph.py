@@ -158,7 +158,7 @@ def extra_teacher_stages(name: str, stages: dict) -> dict[str, dict]:
         f"evaluate_teacher-{name}": {
             "cmd": f"python stages/evaluate.py --model artifacts/teachers/{name} --name teacher-{name} "
             "--cache artifacts/cache --teacher-metrics artifacts/metrics/teacher.json --metrics-root artifacts/metrics",
-            "deps": [d for d in stages["evaluate_teacher"]["deps"] if d != "artifacts/teacher"]
+            "deps": [d for d in stages["evaluate_teacher"]["deps"] if d not in ("artifacts/teacher", "artifacts/exports/teacher")]
             + [f"artifacts/teachers/{name}", "artifacts/metrics/teacher.json"],
             "params": ["evaluate"],
             "metrics": [{f"artifacts/metrics/teacher-{name}.json": {"cache": False}}],

@@ -15,14 +15,17 @@ from transformers import AutoConfig
 from pipeline.cache import TeacherCache
 from pipeline.cache.schema import TEACHER_CONFIG
 from pipeline.errors import PipelineError
-from pipeline.latency import cpu_latency_ms, paired_latency_ms
-from pipeline.models import from_safetensors, seed_model_dirs
+from pipeline.latency import paired_latency_ms
+from pipeline.models import load_saved_model, seed_model_dirs
+from pipeline.onnx_models import OnnxModel, exported_runtimes
 from pipeline.scores import (
+    EXPORTED_RUNTIMES,
     headline,
     key,
     latency_key,
     mean_key,
     per_seed_key,
+    runtime_key,
     speedup_key,
     stamp,
     std_key,
@@ -51,14 +54,6 @@ def teacher_shaped_model(cache_dir: Path, num_labels: int) -> torch.nn.Module:
         return head_of_model(AutoConfig.for_model(**raw)).auto_class().from_config(config).to("cpu").eval()
 
 
-def load_saved_model(model_dir: Path):
-    """A saved classifier, or masked-LM model (by its config's architecture), on the CPU in eval mode."""
-    if not (Path(model_dir) / "config.json").is_file():
-        raise PipelineError(f"{model_dir}: no saved model (config.json missing); run the stage that trains it first")
-    auto_class = head_of_model(AutoConfig.from_pretrained(model_dir)).auto_class()
-    return from_safetensors(auto_class, str(model_dir), False).to("cpu").eval()
-
-
 def _quality(model: torch.nn.Module, cache, tokens: list[np.ndarray], rows: list[dict], batch_size: int, pad_id: int) -> dict:
     """The metrics of the model's task (its scorer facet), refused for a cache made by a teacher of another task."""
     task, cache_task = head_of_model(model.config).name, task_of_cache(cache.manifest)
@@ -84,29 +79,39 @@ def _score(
     latency_batch_sizes: list[int],
     latency_repeats: int,
     reference: torch.nn.Module | None = None,
+    runtimes: dict[str, torch.nn.Module] | None = None,
 ) -> dict:
     """The scores (`pipeline.scores`) of a model: its task's metrics on the cache's dev rows and, under `val_`, its
     tuning rows; median CPU latency per batch size; with a `reference` model, both timed interleaved and the speedup
-    = reference latency / model latency."""
+    = reference latency / model latency. Each of `runtimes` (the model exported: `pipeline.onnx_models`) is scored
+    the same way under its runtime's keys and timed interleaved with them; without a reference its speedup is over
+    the PyTorch model itself (the teacher's runtimes: speedups over the PyTorch teacher)."""
     cache = TeacherCache(cache_dir, verify="lazy")
     pad_id = model.config.pad_token_id or 0
     rows, tokens = split_rows(cache, DEV)
-    quality = _quality(model, cache, tokens, rows, batch_size, pad_id)
-    result = stamp(quality, head_of(task_of_cache(cache.manifest)).headline)
+    val = split_rows(cache, TUNE) if TUNE in cache.splits else None  # the tuning split: what choices are made on
+    result = stamp({}, head_of(task_of_cache(cache.manifest)).headline)
+    runtimes = {"pytorch": model, **(runtimes or {})}
+    for name, runnable in runtimes.items():
+        result.update({runtime_key(name, k): v for k, v in _quality(runnable, cache, tokens, rows, batch_size, pad_id).items()})
+        if val is not None:
+            scores = _quality(runnable, cache, val[1], val[0], batch_size, pad_id)
+            result.update({runtime_key(name, key(k, TUNE)): v for k, v in scores.items() if isinstance(v, float)})
     result.update({"dev_rows": len(rows), "params": count_parameters(model), "cpu_threads": torch.get_num_threads()})
-    if TUNE in cache.splits:  # the tuning split's scores: what the report's choices are made on
-        val_rows, val_tokens = split_rows(cache, TUNE)
-        scores = _quality(model, cache, val_tokens, val_rows, batch_size, pad_id)
-        result.update({key(k, TUNE): v for k, v in scores.items() if isinstance(v, float)})
-        result[key("rows", TUNE)] = len(val_rows)
+    if val is not None:
+        result[key("rows", TUNE)] = len(val[0])
     for bs in latency_batch_sizes:
-        if reference is None:
-            result[latency_key(bs)] = round(cpu_latency_ms(model, tokens, bs, latency_repeats, pad_id), 3)
-            continue
-        mine, ref = paired_latency_ms([model, reference], tokens, bs, latency_repeats, pad_id)
-        result.update(
-            {latency_key(bs): round(mine, 3), teacher_latency_key(bs): round(ref, 3), speedup_key(bs): round(ref / mine, 3)}
-        )
+        timed = list(runtimes.values()) + ([reference] if reference is not None else [])
+        latencies = paired_latency_ms(timed, tokens, bs, latency_repeats, pad_id)
+        ref = latencies[-1] if reference is not None else None
+        for name, ms in zip(runtimes, latencies):
+            result[runtime_key(name, latency_key(bs))] = round(ms, 3)
+            if ref is not None:
+                result[runtime_key(name, speedup_key(bs))] = round(ref / ms, 3)
+            elif name != "pytorch":
+                result[runtime_key(name, speedup_key(bs))] = round(latencies[0] / ms, 3)
+        if ref is not None:
+            result[teacher_latency_key(bs)] = round(ref, 3)
     return result
 
 
@@ -135,14 +140,21 @@ def evaluate_saved_model(
     latency_batch_sizes: list[int],
     latency_repeats: int,
     against_teacher_shape: bool = False,
+    export_dir: Path | None = None,
 ) -> dict:
     """Dev accuracy/F1, size and CPU latency of a saved classifier (its shipped checkpoint); for a student trained
     under several seeds also each seed run's accuracy and the mean +- std. `against_teacher_shape` times it
-    interleaved with a teacher-shaped model and reports speedups from that one measurement."""
+    interleaved with a teacher-shaped model and reports speedups from that one measurement. With `export_dir` (the
+    export stage's), the exported ONNX fp32 and int8 models are scored and timed beside it, under their runtime's keys."""
     runs = seed_model_dirs(model_dir)
     model = load_saved_model(model_dir)
     reference = teacher_shaped_model(cache_dir, model.config.num_labels) if against_teacher_shape else None
-    result = _score(model, cache_dir, batch_size, latency_batch_sizes, latency_repeats, reference)
+    exported = exported_runtimes(export_dir) if export_dir is not None else {}
+    if export_dir is not None and not exported:
+        raise PipelineError(f"{export_dir}: no exported model; run the export stage first (`dvc repro`)")
+    runtimes = {name: OnnxModel(path, model.config) for name, path in exported.items()}
+    result = _score(model, cache_dir, batch_size, latency_batch_sizes, latency_repeats, reference, runtimes)
+    result.update({runtime_key(name, "size_mb"): round(path.stat().st_size / 1e6, 2) for name, path in exported.items()})
     result.update(
         {
             "size_mb": round(weights_bytes(model_dir) / 1e6, 2),
@@ -169,9 +181,14 @@ def compare_to_teacher(student: dict, teacher: dict) -> dict:
     if mean_key(k) in student:
         out[mean_key("retention")] = ratio(student[mean_key(k)], teacher[k])
         out[std_key("retention")] = ratio(student[std_key(k)], teacher[k])
+    for runtime in EXPORTED_RUNTIMES:  # an exported model's quality against the PyTorch teacher's
+        if runtime_key(runtime, k) in student:
+            out[runtime_key(runtime, "retention")] = ratio(student[runtime_key(runtime, k)], teacher[k])
     for bs in sorted(int(n.removeprefix("latency_ms_b")) for n in student if n.startswith("latency_ms_b")):
-        if teacher.get(latency_key(bs)) and speedup_key(bs) not in student:
-            out[speedup_key(bs)] = round(teacher[latency_key(bs)] / student[latency_key(bs)], 3)
+        for runtime in ("pytorch", *EXPORTED_RUNTIMES):
+            mine, speedup = runtime_key(runtime, latency_key(bs)), runtime_key(runtime, speedup_key(bs))
+            if teacher.get(latency_key(bs)) and mine in student and speedup not in student:
+                out[speedup] = round(teacher[latency_key(bs)] / student[mine], 3)
     return out
 
 

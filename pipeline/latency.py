@@ -35,10 +35,3 @@ def paired_latency_ms(
             if i >= warmup:
                 times[k].append((time.perf_counter() - start) * 1000)
     return [statistics.median(t) for t in times]
-
-
-def cpu_latency_ms(
-    model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: int, repeats: int, pad_id: int = 0, warmup: int = 3
-) -> float:
-    """Median CPU latency (ms) of one model (see paired_latency_ms)."""
-    return paired_latency_ms([model], token_lists, batch_size, repeats, pad_id, warmup)[0]

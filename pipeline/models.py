@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
 from pipeline.cache.schema import file_sha256
 from pipeline.config import StudentSpec
 from pipeline.errors import PipelineError
+from pipeline.tasks.heads import head_of_model
 
 log = logging.getLogger(__name__)
 
@@ -204,3 +205,11 @@ def seed_model_dirs(model_dir: Path) -> list[tuple[int | None, Path]]:
             "(`dvc repro distill@<student>`) or `dvc pull` the student"
         )
     return dirs
+
+
+def load_saved_model(model_dir: Path):
+    """A saved classifier, or masked-LM model (by its config's architecture), on the CPU in eval mode."""
+    if not (Path(model_dir) / "config.json").is_file():
+        raise PipelineError(f"{model_dir}: no saved model (config.json missing); run the stage that trains it first")
+    auto_class = head_of_model(AutoConfig.from_pretrained(model_dir)).auto_class()
+    return from_safetensors(auto_class, str(model_dir), False).to("cpu").eval()

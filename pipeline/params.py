@@ -282,6 +282,7 @@ def params_reference() -> str:
         ("students.<name>", None, StudentSpec),
         ("ensembles.<name>", None, EnsembleSpec),
         ("evaluate", "evaluate", None),
+        ("export (every model also as ONNX fp32 and int8, scored by evaluate)", "export", None),
         ("token_classification (read with task: token_classification)", "token_classification", None),
         ("question_answering (read with task: question_answering)", "question_answering", None),
         ("masked_lm (read with task: masked_lm)", "masked_lm", None),

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from pipeline.charts import write_charts
-from pipeline.decisions import fastest_near_teacher, kd_verdict, most_accurate, same_shape, speedup
+from pipeline.decisions import deployments, fastest_near_teacher, kd_verdict, most_accurate, same_shape, speedup
 from pipeline.scores import choice_split, headline, key, mean_key, mean_score, per_seed_key, read_scores, seed_count, std_key
 from pipeline.splits import DEV, TUNE
 
@@ -29,6 +29,9 @@ def load_metrics(metrics_dir: Path) -> dict[str, dict]:
 # extractive QA's is SQuAD F1 beside exact match
 COLUMNS = {"accuracy": ("dev acc", "f1", "macro-F1"), "f1": ("entity F1", "accuracy", "token acc")}
 SQUAD_COLUMNS = ("F1", "exact_match", "EM")
+
+
+RUNTIME_WORDS = {"pytorch": "in PyTorch", "onnx": "as ONNX fp32 (ONNX Runtime)", "onnx_int8": "as ONNX int8 (ONNX Runtime)"}
 
 
 def columns(m: dict) -> tuple[str, str, str]:
@@ -119,6 +122,35 @@ def _table(models: dict, order: list[str], kinds: dict[str, str], tuned: bool, l
     return rows
 
 
+def _deployed_table(shipped: dict[str, dict], teacher: dict, tuned: bool, label: str, choice: str) -> list[str]:
+    """Every model in every runtime it was measured in: size on disk, quality, latency and speedup over the PyTorch
+    teacher (`decisions.deployments`)."""
+    if not any("runtime" in m for m in shipped.values()):
+        return []
+    k = headline(teacher)
+    val_head = f"{choice} | " if tuned else ""
+    lines = [
+        "As deployed — each model in PyTorch and exported to ONNX Runtime fp32 and int8 (dynamic quantization), "
+        "scored on the same rows with the same metric code (`artifacts/exports/<name>`):",
+        "",
+        f"| model · runtime | size | {val_head}{label} | retention | latency b1 / b32 (ms) | speedup b1 / b32 |",
+        "|---|---|---|---|---|---|" + ("---|" if tuned else ""),
+    ]
+    for n, m in shipped.items():
+        size = m.get("size_mb")
+        quality = (f"{100 * m[key(k, TUNE)]:.2f} | " if tuned and key(k, TUNE) in m else "— | " if tuned else "") + (
+            f"{100 * m[k]:.2f}" if k in m else "—"
+        )
+        speed_b1 = 1.0 if n == "teacher · pytorch" else speedup(m, teacher, 1)
+        speed_b32 = 1.0 if n == "teacher · pytorch" else speedup(m, teacher, 32)
+        lines.append(
+            f"| {n} | {_fmt(size, '.1f', ' MB')} | {quality} | {_fmt(100 * m[k] / teacher[k] if k in m else None, '.1f', '%')} "
+            f"| {_fmt(m.get('latency_ms_b1'), '.2f')} / {_fmt(m.get('latency_ms_b32'), '.1f')} "
+            f"| {_fmt(speed_b1, '.2f', '×')} / {_fmt(speed_b32, '.2f', '×')} |"
+        )
+    return lines + [""]
+
+
 def _per_seed(models: dict, order: list[str], tuned: bool, label: str, choice: str) -> list[str]:
     seeded = [n for n in order if seed_count(models[n]) > 1]
     if not seeded:
@@ -162,7 +194,9 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
     order = ["teacher"] + sorted((n for n in models if n != "teacher"), key=lambda n: -mean_score(models[n]))
     students = [n for n in order if not kinds.get(n, "teacher" if n.startswith("teacher") else "").startswith("teacher")]
     best = most_accurate(models, students)
-    fastest, tied = fastest_near_teacher(models, [n for n in students if kinds.get(n) != "ensemble"], teacher)
+    singles = [n for n in students if kinds.get(n) != "ensemble"]
+    shipped = deployments(models, ["teacher", *singles])  # every model in every runtime it was measured in
+    fastest, tied = fastest_near_teacher(shipped, [n for n in shipped if not n.startswith("teacher ·")], teacher)
     choice_key = key(k, split)
     t_choice = mean_score(teacher)
     advice = [
@@ -171,12 +205,14 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
         if best
         else "- No students yet."
     ]
+    name, runtime = fastest.split(" · ") if fastest else (None, None)
     advice.append(
-        f"- Fastest within 1 point of the teacher: **{fastest}** "
-        f"({_fmt(speedup(models[fastest], teacher), '.2f', '×')} faster at batch 32"
+        f"- Fastest within 1 point of the teacher: **{name}** {RUNTIME_WORDS.get(runtime)} "
+        f"({_fmt(speedup(shipped[fastest], teacher), '.2f', '×')} faster than the PyTorch teacher at batch 32"
+        f"{_fmt(speedup(shipped[fastest], teacher, 1), '.2f', '× at batch 1').join([', ', ''] if speedup(shipped[fastest], teacher, 1) else ['', ''])}"
         f"{'; speedups within 5% count as one, the more accurate first' if tied > 1 else ''})."
         if fastest
-        else "- No single student is within 1 point of the teacher."
+        else "- No single student is within 1 point of the teacher in any runtime."
     )
     for base in (n for n in students if kinds.get(n, "").startswith("baseline")):
         rivals = [n for n in students if n != base and kinds.get(n) == "student" and same_shape(models[n], models[base])]
@@ -190,7 +226,7 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
             + "; ".join(f"{n} {_pm(models[n], choice_key)} ({100 * (mean_score(models[n]) - t_choice):+.2f})" for n in teachers)
             + f" ({choice}; the teacher ensemble averages their logits)."
         )
-    write_charts(models, order, Path(plots_dir), out_dir, label, choice)
+    write_charts(models, order, shipped, Path(plots_dir), out_dir, label, choice)
     metric = (
         [f"Quality metric: {teacher['metric']} on the cached dev rows (the '{label}' column).", ""] if "metric" in teacher else []
     )
@@ -211,6 +247,7 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
             *_table(models, order, kinds, tuned, label, other_label, choice),
             "",
             *_per_seed(models, order, tuned, label, choice),
+            *_deployed_table(shipped, teacher, tuned, label, choice),
             f"{choice + ', ' if tuned else ''}{label}, {other_label}, retention (student ÷ teacher {label}) and "
             "train time are mean ± sample "
             "std over the seed runs where a model has more than one (`distill.seeds`), else the single run. "

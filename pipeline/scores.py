@@ -8,7 +8,9 @@ ranks by (`accuracy` for sequence classification and masked LM, `f1` for NER and
 - `mean_key` / `std_key` / `per_seed_key`: over a student's seed runs (`val_f1_mean`, `f1_per_seed`);
 - `latency_key(b)`, `teacher_latency_key(b)`, `speedup_key(b)`: CPU latency at batch b, a teacher-shaped model's
   timed beside it, and their ratio;
-- `retention`, `val_retention`, `retention_mean`, `retention_std`, `param_ratio`: against the teacher.
+- `retention`, `val_retention`, `retention_mean`, `retention_std`, `param_ratio`: against the teacher;
+- `runtime_key(runtime, k)`: any of those for the model exported to another runtime (`onnx_int8.accuracy`,
+  `onnx.latency_ms_b1`, `onnx_int8.size_mb`); the unprefixed keys are the PyTorch model's.
 
 Nothing here imports a task or a model: the report reads scores with it and nothing heavier.
 """
@@ -22,6 +24,7 @@ from pipeline.errors import PipelineError
 from pipeline.splits import DEV, TUNE
 
 SCORES_FORMAT = 1
+EXPORTED_RUNTIMES = ("onnx", "onnx_int8")  # ONNX Runtime fp32 and dynamic int8 (PyTorch: unprefixed keys)
 
 
 def key(metric: str, split: str = DEV) -> str:
@@ -50,6 +53,10 @@ def teacher_latency_key(batch: int) -> str:
 
 def speedup_key(batch: int) -> str:
     return f"speedup_b{batch}"
+
+
+def runtime_key(runtime: str, k: str) -> str:
+    return k if runtime == "pytorch" else f"{runtime}.{k}"
 
 
 def stamp(scores: dict, headline: str) -> dict:

@@ -1,5 +1,6 @@
-"""evaluate: dev accuracy, macro-F1, size and CPU latency of the teacher or a student (every seed run: mean +- std);
-retention vs the teacher, speedup vs a teacher-shaped model timed interleaved in the same process."""
+"""evaluate: dev accuracy, macro-F1, size and CPU latency of the teacher or a student (every seed run: mean +- std)
+and of its ONNX fp32 and int8 exports; retention vs the teacher, speedup vs a teacher-shaped model timed interleaved
+in the same process."""
 
 import json
 from pathlib import Path
@@ -18,6 +19,7 @@ def main(params, args):
         latency_batch_sizes=cfg.latency_batch_sizes,
         latency_repeats=cfg.latency_repeats,
         against_teacher_shape=bool(args.teacher_metrics),
+        export_dir=Path(args.export) if args.export else None,
     )
     if args.teacher_metrics:
         path = Path(args.teacher_metrics)
@@ -40,6 +42,7 @@ def configure(p):
         help="teacher metrics JSON for retention; also times the model against a teacher-shaped one for speedups",
     )
     p.add_argument("--metrics-root", required=True, help="where <name>.json goes")
+    p.add_argument("--export", default=None, help="the model's export dir: its ONNX fp32 and int8 models are scored too")
 
 
 if __name__ == "__main__":

@@ -61,8 +61,9 @@ def test_dvc_repro_builds_everything_then_nothing_then_only_the_changed_student(
     params = yaml.safe_load((repo / "params.yaml").read_text())
     students, ensembles = list(params["students"]), list(params["ensembles"])
     expected = (
-        {"prepare", "teacher", "extract", "evaluate_teacher", "report"}
+        {"prepare", "teacher", "extract", "export_teacher", "evaluate_teacher", "report"}
         | {f"distill@{s}" for s in students}
+        | {f"export@{s}" for s in students}
         | {f"evaluate@{s}" for s in students}
         | {f"ensemble-{e}" for e in ensembles}
     )
@@ -88,6 +89,10 @@ def test_dvc_repro_builds_everything_then_nothing_then_only_the_changed_student(
         assert floor < m["accuracy"] <= 1.0 and 0 < m["f1"] <= 1.0
         assert m["params"] < teacher["params"] and m["speedup_b32"] > 1.2
         assert (repo / f"artifacts/students/{s}/tokenizer.json").is_file()
+        # its ONNX exports, scored on the same rows: fp32 agrees with PyTorch (at most a borderline row flips)
+        assert abs(m["onnx.accuracy"] - m["accuracy"]) <= 1 / m["dev_rows"] and 0 < m["onnx_int8.accuracy"] <= 1
+        assert m["onnx_int8.size_mb"] < m["onnx.size_mb"] and m["onnx_int8.speedup_b32"] > 0
+        assert f"| {s} · onnx_int8 |" in report and (repo / f"artifacts/exports/{s}/model.int8.onnx").is_file()
 
     r2 = json.loads((repo / "artifacts/metrics/r2.json").read_text())
     assert r2["seeds"] == [42, 43] and len(r2["accuracy_per_seed"]) == 2 and r2["accuracy_per_seed"][0] == r2["accuracy"]
@@ -108,10 +113,11 @@ def test_dvc_repro_builds_everything_then_nothing_then_only_the_changed_student(
     params["students"][changed]["learning_rate"] = 3e-4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = _run([sys.executable, "-m", "dvc", "repro"], repo)
-    # only that student, the ensembles it is a member of, and the report; never extract, the teacher or other ensembles
+    # only that student (its export too), the ensembles it is a member of, and the report; never extract, the teacher,
+    # another student's export or other ensembles
     holding = {f"ensemble-{e}" for e, spec in params["ensembles"].items() if changed in spec["members"]}
     assert holding == {"ensemble-l3_l2"}
-    assert _ran(third.stdout) == {f"distill@{changed}", f"evaluate@{changed}", "report"} | holding
+    assert _ran(third.stdout) == {f"distill@{changed}", f"export@{changed}", f"evaluate@{changed}", "report"} | holding
     status = _run([sys.executable, "-m", "dvc", "status"], repo)
     assert "up to date" in status.stdout
 
@@ -148,10 +154,10 @@ def test_stage_one_on_machine_a_stage_two_on_machine_b_through_a_dvc_remote(repo
     _run(["git", "clone", "-q", str(repo), str(b)], tmp_path)
     _run(dvc + ["pull", "extract"], b)
     assert (b / "artifacts/cache/manifest.json").is_file() and not (b / "artifacts/teacher").exists()
-    out = _run(dvc + ["repro", "--single-item", "distill@r2", "evaluate@r2", "--force"], b).stdout
-    assert _ran(out) == {"distill@r2", "evaluate@r2"}  # extract (and the teacher) never ran on B
+    out = _run(dvc + ["repro", "--single-item", "distill@r2", "export@r2", "evaluate@r2", "--force"], b).stdout
+    assert _ran(out) == {"distill@r2", "export@r2", "evaluate@r2"}  # extract (and the teacher) never ran on B
     assert not (b / "artifacts/teacher").exists()
-    status = _run(dvc + ["status", "distill@r2", "evaluate@r2"], b).stdout
+    status = _run(dvc + ["status", "distill@r2", "export@r2", "evaluate@r2"], b).stdout
     assert "up to date" in status
     on_a = json.loads((repo / "artifacts/metrics/r2.json").read_text())
     on_b = json.loads((b / "artifacts/metrics/r2.json").read_text())
@@ -165,7 +171,7 @@ def test_stage_one_on_machine_a_stage_two_on_machine_b_through_a_dvc_remote(repo
     params["students"]["r2"]["learning_rate"] = 5e-4
     (c / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _run(dvc + ["repro", "--pull", "--allow-missing"], c).stdout
-    assert _ran(out) == {"distill@r2", "evaluate@r2", "ensemble-r2_l3", "report"}
+    assert _ran(out) == {"distill@r2", "export@r2", "evaluate@r2", "ensemble-r2_l3", "report"}
     assert (c / "artifacts/students/l3/model.safetensors").is_file() and not (c / "artifacts/teacher").exists()
     ensemble = json.loads((c / "artifacts/metrics/r2_l3.json").read_text())
     assert 0 < ensemble["accuracy"] <= 1.0 and ensemble["members"] == ["r2", "l3"]

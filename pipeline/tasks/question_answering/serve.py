@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.onnx_models import load_exported
 from pipeline.tasks.question_answering.data import window_questions
 from pipeline.tasks.question_answering.postprocess import best_span, span_logits
 from pipeline.tasks.question_answering.squad import Question, check_question
@@ -19,13 +20,21 @@ class QuestionAnswerer:
     >>> qa = QuestionAnswerer("artifacts/students/l3")
     >>> qa("Who won?", "The Denver Broncos won the game.")
     {'answer': 'The Denver Broncos', 'start': 0, 'end': 18, 'score': 11.2}
+
+    `runtime` "onnx" or "onnx_int8" serves the exported model of an export dir (`artifacts/exports/l3`) through
+    ONNX Runtime instead.
     """
 
-    def __init__(self, model_dir: str | Path, max_length: int = 384, doc_stride: int = 128, batch_size: int = 16):
+    def __init__(
+        self, model_dir: str | Path, max_length: int = 384, doc_stride: int = 128, batch_size: int = 16, runtime: str = "pytorch"
+    ):
         from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForQuestionAnswering.from_pretrained(model_dir).eval()
+        if runtime == "pytorch":
+            self.model = AutoModelForQuestionAnswering.from_pretrained(model_dir).eval()
+        else:
+            self.model = load_exported(Path(model_dir), runtime)
         self.max_length = min(max_length, self.model.config.max_position_embeddings)
         self.doc_stride, self.batch_size = doc_stride, batch_size
 
