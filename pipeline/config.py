@@ -249,7 +249,14 @@ class EvaluateConfig:
 
 @dataclass
 class ExportConfig:
-    opset: int = knob(18, "ONNX opset of the exported graphs (torch.onnx writes 18 and converts to another)", ge=17, lt=24)
+    exporter: str = knob(
+        "torchscript",
+        "torchscript: torch.onnx's TorchScript exporter, whose BERT graph ONNX Runtime's optimizer fuses (attention, "
+        "embeddings; deprecated by PyTorch, still shipped); dynamo: the torch.export-based one, fused less",
+        choices=("torchscript", "dynamo"),
+    )
+    optimize: bool = knob(True, "fuse the fp32 graph with ONNX Runtime's transformer optimizer before quantizing it")
+    opset: int = knob(18, "ONNX opset of the exported graphs", ge=17, lt=24)
     quantize: str = knob(
         "dynamic",
         "dynamic: also write model.int8.onnx (ONNX Runtime's dynamic quantization: int8 weights, activations quantized "

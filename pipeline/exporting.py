@@ -8,6 +8,7 @@ shipped. The int8 graph's difference is recorded (it is a quantized model: its q
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -53,31 +54,46 @@ def _sample(config, batch: int, length: int, seed: int) -> dict[str, torch.Tenso
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types * mask}
 
 
-def _export_fp32(model, path: Path, opset: int) -> None:
+def _export_fp32(model, path: Path, cfg: ExportConfig) -> None:
+    """torch.onnx's export of the model with dynamic batch and sequence axes, then (export.optimize) ONNX Runtime's
+    transformer fusions of the graph, in place."""
     names = output_names(model.config)
     sample = _sample(model.config, 2, 16, 0)
-    batch, seq = torch.export.Dim.DYNAMIC, torch.export.Dim.DYNAMIC
+    if cfg.exporter == "dynamo":
+        dim = torch.export.Dim.DYNAMIC
+        how = dict(kwargs=sample, dynamic_shapes={n: {0: dim, 1: dim} for n in INPUTS}, dynamo=True, external_data=False)
+        args = ()
+    else:
+        dynamic = {n: {0: "batch", 1: "sequence"} for n in INPUTS} | {n: {0: "batch", 1: "sequence"} for n in names}
+        if names == ["logits"] and model.config.architectures[0].endswith("ForSequenceClassification"):
+            dynamic["logits"] = {0: "batch"}
+        how, args = dict(dynamic_axes=dynamic, dynamo=False), tuple(sample[n] for n in INPUTS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
                 _Outputs(model, names).eval(),
-                (),
+                args,
                 str(path),
-                kwargs=sample,
                 input_names=list(INPUTS),
                 output_names=names,
-                dynamic_shapes={n: {0: batch, 1: seq} for n in INPUTS},
-                opset_version=opset,
-                dynamo=True,
-                external_data=False,
+                opset_version=cfg.opset,
                 verbose=False,
+                **how,
             )
-        except Exception as exc:  # the exporter's failures are many types; the user's fix is the opset or the model
+        except Exception as exc:  # the exporter's failures are many types; the user's fix is the opset or the exporter
             raise PipelineError(
-                f"{path.parent}: torch.onnx could not export the model at opset {opset} ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:200]}); try export.opset 18, the exporter's own"
+                f"{path.parent}: torch.onnx ({cfg.exporter}) could not export the model at opset {cfg.opset} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); try export.opset 18 or the other "
+                "export.exporter"
             ) from None
+    if cfg.optimize:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        c = model.config
+        optimize_model(
+            str(path), model_type="bert", num_heads=c.num_attention_heads, hidden_size=c.hidden_size
+        ).save_model_to_file(str(path))
 
 
 def largest_difference(model, onnx_model: OnnxModel) -> float:
@@ -97,25 +113,29 @@ def largest_difference(model, onnx_model: OnnxModel) -> float:
 
 
 def _quantize(src: Path, dst: Path, cfg: ExportConfig) -> None:
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     weight_type = QuantType.QInt8 if cfg.weight_type == "qint8" else QuantType.QUInt8
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # the quantizer warns through root
-    quantize_dynamic(str(src), str(dst), weight_type=weight_type, per_channel=cfg.per_channel)
+    # fused operators (com.microsoft domain) have no inferred output types: their tensors are float
+    options = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    quantize_dynamic(str(src), str(dst), weight_type=weight_type, per_channel=cfg.per_channel, extra_options=options)
 
 
 def export_model(model_dir: Path, out_dir: Path, cfg: ExportConfig) -> dict:
     """Write `out_dir` (in one rename): model.onnx, model.int8.onnx (unless export.quantize is none), config.json,
     the tokenizer and export.json. Returns export.json's content."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    model = load_saved_model(model_dir)
+    # eager attention under the TorchScript exporter: the pattern ONNX Runtime's optimizer fuses into one operator
+    model = load_saved_model(model_dir, **({"attn_implementation": "eager"} if cfg.exporter == "torchscript" else {}))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    summary: dict = {"source": str(model_dir), "opset": cfg.opset, "quantize": cfg.quantize}
+    summary: dict = {"source": str(model_dir), **dataclasses.asdict(cfg)}
 
     def write(tmp: Path) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        _export_fp32(model, tmp / RUNTIMES["onnx"], cfg.opset)
+        _export_fp32(model, tmp / RUNTIMES["onnx"], cfg)
         summary["export_seconds"] = round(time.perf_counter() - start, 2)
         diff = largest_difference(model, OnnxModel(tmp / RUNTIMES["onnx"], model.config))
         if diff > FP32_TOLERANCE:

@@ -207,9 +207,10 @@ def seed_model_dirs(model_dir: Path) -> list[tuple[int | None, Path]]:
     return dirs
 
 
-def load_saved_model(model_dir: Path):
-    """A saved classifier, or masked-LM model (by its config's architecture), on the CPU in eval mode."""
+def load_saved_model(model_dir: Path, **kwargs):
+    """A saved classifier, or masked-LM model (by its config's architecture), on the CPU in eval mode; `kwargs` go to
+    `from_pretrained` (e.g. `attn_implementation`)."""
     if not (Path(model_dir) / "config.json").is_file():
         raise PipelineError(f"{model_dir}: no saved model (config.json missing); run the stage that trains it first")
     auto_class = head_of_model(AutoConfig.from_pretrained(model_dir)).auto_class()
-    return from_safetensors(auto_class, str(model_dir), False).to("cpu").eval()
+    return from_safetensors(auto_class, str(model_dir), False, **kwargs).to("cpu").eval()

@@ -42,6 +42,8 @@ class OnnxModel(torch.nn.Module):
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # no busy-waiting between runs: the models timed interleaved with it (and the rest of the host) keep the cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path, self.config = Path(path), config
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]

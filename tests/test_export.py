@@ -124,10 +124,22 @@ def test_an_unsupported_opset_and_an_unwritable_folder_are_named(tmp_path, token
         params_from_dict({"export": {"quantize": "static"}, **students})
     _, saved = _saved(tmp_path, tokenizer, "BertForSequenceClassification")
 
-    def read_only(model, path, opset):
+    def read_only(model, path, cfg):
         raise PermissionError(errno.EROFS, "Read-only file system", str(path))
 
     monkeypatch.setattr("pipeline.exporting._export_fp32", read_only)
     with pytest.raises(PipelineError, match=r"Read-only file system; make the folder writable for this user and rerun"):
         export_model(saved, tmp_path / "exports" / "s", ExportConfig())
     assert not (tmp_path / "exports" / "s").exists()  # nothing half-written is left as an export
+
+
+def test_the_dynamo_exporter_without_fusion_matches_too(tmp_path, tokenizer):
+    """export.exporter: dynamo (torch.export-based), export.optimize: false — the other road to the same answers."""
+    model, saved = _saved(tmp_path, tokenizer, "BertForTokenClassification")
+    summary = export_model(saved, tmp_path / "export", ExportConfig(exporter="dynamo", optimize=False, per_channel=True))
+    assert summary["onnx_max_abs_diff"] < 1e-4 and summary["exporter"] == "dynamo" and summary["per_channel"] is True
+    enc = tokenizer(sst2_rows("dev", 3), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = model(**enc).logits[enc["attention_mask"].bool()]
+    got = load_exported(tmp_path / "export", "onnx")(**enc).logits[enc["attention_mask"].bool()]
+    assert torch.allclose(got, want, atol=1e-4)
