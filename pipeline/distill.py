@@ -26,6 +26,7 @@ from pipeline.errors import PipelineError
 from pipeline.kd import DistillationModule, train_student
 from pipeline.layers import LayerPlan, hidden_layer_pairs
 from pipeline.models import PROVENANCE, SEEDS_DIR, model_fingerprint, tokenizer_fingerprint
+from pipeline.qat import fake_int8, strip_fake_int8
 from pipeline.scoring import count_parameters
 from pipeline.students import build_student
 from pipeline.tasks import task_of_cache
@@ -154,6 +155,8 @@ def distill_student(
     student, init_info = build_student(spec, teacher_config, cache.label_names, teacher_weights, seed, task)
     if plan.attention_pairs:
         _no_attention_dropout(student)
+    if cfg.quantization_aware:  # trained as the int8 export computes (pipeline.qat)
+        fake_int8(student)
     facet = task_student(task, task_config)  # its loss reads the task's own params section
     module = DistillationModule(student, cfg, plan, facet)
     columns = (
@@ -198,6 +201,8 @@ def distill_student(
     )
     if plan.attention_pairs:
         student.set_attn_implementation("sdpa")  # serve with the fused kernel
+    if cfg.quantization_aware:
+        strip_fake_int8(student)  # a plain float checkpoint: its int8 export is the model trained
     if who.main:
         save_student(student, tokenizer, Path(out_dir), max_length or cache.manifest["max_length"], kept=work)
     who.barrier()

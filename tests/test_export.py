@@ -32,9 +32,11 @@ def tokenizer(tmp_path_factory, sst2_small):
     return make_tokenizer(tmp_path_factory.mktemp("tok"), sst2_small)
 
 
-def _saved(tmp_path, tokenizer, arch: str):
+def _saved(tmp_path, tokenizer, arch: str, **config):
+    """A random tiny model of the head; `initializer_range` 0.3 gives it activations of a trained model's size."""
     torch.manual_seed(0)
-    model = getattr(transformers, arch)(tiny_bert_config(len(tokenizer), architectures=[arch], **HEADS[arch])).eval()
+    model = getattr(transformers, arch)(tiny_bert_config(len(tokenizer), architectures=[arch], **HEADS[arch], **config))
+    model.eval()
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     return model, tmp_path / "model"
@@ -124,7 +126,7 @@ def test_an_unsupported_opset_and_an_unwritable_folder_are_named(tmp_path, token
         params_from_dict({"export": {"quantize": "static"}, **students})
     _, saved = _saved(tmp_path, tokenizer, "BertForSequenceClassification")
 
-    def read_only(model, path, cfg):
+    def read_only(model, path, cfg):  # noqa: ARG001
         raise PermissionError(errno.EROFS, "Read-only file system", str(path))
 
     monkeypatch.setattr("pipeline.exporting._export_fp32", read_only)
@@ -143,3 +145,40 @@ def test_the_dynamo_exporter_without_fusion_matches_too(tmp_path, tokenizer):
         want = model(**enc).logits[enc["attention_mask"].bool()]
     got = load_exported(tmp_path / "export", "onnx")(**enc).logits[enc["attention_mask"].bool()]
     assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_fake_int8_computes_what_the_int8_export_computes(tmp_path, tokenizer):
+    """A student under `fake_int8` answers as its ONNX int8 export does (far closer than the float model does), and
+    stripping it leaves the float checkpoint, unchanged, to save."""
+    from pipeline.qat import fake_int8, strip_fake_int8
+
+    model, saved = _saved(tmp_path, tokenizer, "BertForSequenceClassification", initializer_range=0.3)
+    export_model(saved, tmp_path / "export", ExportConfig())
+    enc = tokenizer(sst2_rows("dev", 16), padding=True, return_tensors="pt")
+    int8 = load_exported(tmp_path / "export", "onnx_int8")(**enc).logits
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        plain = model(**enc).logits
+        assert fake_int8(model) == sum(isinstance(m, (torch.nn.Linear, torch.nn.Embedding)) for m in model.modules())
+        emulated = model(**enc).logits
+    assert (emulated - int8).abs().max() < 1e-3 * plain.abs().max() < (plain - int8).abs().max()
+    strip_fake_int8(model)
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    with torch.no_grad():
+        assert torch.equal(model(**enc).logits, plain)
+
+
+def test_a_quantization_aware_student_trains_and_saves_a_plain_checkpoint(tmp_path, tiny_cache):
+    from pipeline.config import DistillConfig, StudentSpec
+    from pipeline.distill import distill_student
+
+    cfg = DistillConfig(epochs=1, batch_size=32, quantization_aware=True, logging_steps=2)
+    result = distill_student(tiny_cache, tmp_path / "s", StudentSpec(2, 16, num_heads=2), cfg, seed=0)
+    assert result["summary"]["eval_accuracy_per_epoch"]
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "s" / "model.safetensors", "pt") as f:
+        assert not any("parametrizations" in k for k in f.keys())
+    summary = export_model(tmp_path / "s", tmp_path / "export", ExportConfig())
+    assert summary["onnx_max_abs_diff"] < 1e-4
