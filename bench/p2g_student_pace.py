@@ -33,15 +33,15 @@ from pipeline.trainer import TokenBudgetBatchSampler, scratch_dir, training_argu
 from common import WORK, machine, prepared, save, teacher_dir
 
 LAYERS = (2, 4, 6)
+L3 = StudentSpec(num_layers=3, hidden_size=384, init="random", num_heads=12, intermediate_size=1536)
 
 
 def module_for(
-    cache: TeacherCache, batch_size: int, workers: int = 0, batch_tokens: int | None = None
+    cache: TeacherCache, batch_size: int, workers: int = 0, batch_tokens: int | None = None, spec: StudentSpec = L3
 ) -> tuple[DistillationModule, DistillConfig]:
-    spec = StudentSpec(num_layers=3, hidden_size=384, init="random", num_heads=12, intermediate_size=1536)
     teacher_cfg = json.loads((cache.cache_dir / "teacher_config.json").read_text())
     student, _ = build_student(spec, teacher_cfg, cache.label_names, None, seed=0)
-    pairs = hidden_layer_pairs(3, cache.manifest["teacher"]["num_hidden_layers"], cache.layers)
+    pairs = hidden_layer_pairs(spec.num_layers, cache.manifest["teacher"]["num_hidden_layers"], cache.layers)
     cfg = DistillConfig(epochs=1, batch_size=batch_size, batch_tokens=batch_tokens, logging_steps=1000, num_workers=workers)
     return DistillationModule(student, cfg, LayerPlan(pairs, cache.manifest["hidden_size"])), cfg
 
@@ -62,18 +62,19 @@ class EpochClock(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-def stage_two(cache, train, dev, batch_size, workers=0, batch_tokens=None) -> float:
-    """Two epochs through the product's path; rows/s of the second (the first warms every batch shape up)."""
-    module, cfg = module_for(cache, batch_size, workers, batch_tokens)
-    cfg.epochs = 2
+def stage_two(cache, train, dev, batch_size, workers=0, batch_tokens=None, spec=L3, timed=1) -> float:
+    """1 + `timed` epochs through the product's path; rows/s of the timed ones (the first warms every batch shape
+    up)."""
+    module, cfg = module_for(cache, batch_size, workers, batch_tokens, spec)
+    cfg.epochs = 1 + timed
     clock = EpochClock()
     args = training_arguments(scratch_dir(), cfg, seed=0, eval_each_epoch=False)
     train_student(module, train, dev, args, 0, callbacks=[clock], batch_tokens=batch_tokens)
-    return len(train) / (clock.ends[2] - clock.ends[1])
+    return timed * len(train) / (clock.ends[-1] - clock.ends[1])
 
 
-def plain_loop(cache, train, batch_size, device, batch_tokens=None) -> float:
-    module, cfg = module_for(cache, batch_size)
+def plain_loop(cache, train, batch_size, device, batch_tokens=None, spec=L3, timed=1) -> float:
+    module, cfg = module_for(cache, batch_size, spec=spec)
     module.to(device).train()
     collate = CacheCollator(sorted(t for _, t in module.pairs), 0)
     if batch_tokens:  # the token-budget sampler's batches (its first epoch)
@@ -102,8 +103,9 @@ def plain_loop(cache, train, batch_size, device, batch_tokens=None) -> float:
 
     epoch()  # warm-up: every batch shape once
     started = time.perf_counter()
-    epoch()
-    return sum(len(b["input_ids"]) for b in batches) / (time.perf_counter() - started)
+    for _ in range(timed):
+        epoch()
+    return timed * sum(len(b["input_ids"]) for b in batches) / (time.perf_counter() - started)
 
 
 def main():

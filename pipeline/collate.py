@@ -7,6 +7,7 @@ import torch
 
 from pipeline.cache import attention_field, hidden_field, value_field
 from pipeline.cache.codec import decode
+from pipeline.cache.rows import Rows
 from pipeline.tasks.sequence_classification.student import SequenceClassificationStudent
 from pipeline.tasks.student import task_student
 from pipeline.teachers import EXTRA_LOGITS
@@ -19,11 +20,29 @@ class ConcatSplits(torch.utils.data.ConcatDataset):
     def lengths(self) -> np.ndarray:
         return np.concatenate([d.lengths() for d in self.datasets])
 
+    def __getitems__(self, indices: list[int]) -> Rows:
+        """A batch drawn from several splits: each split reads its rows at once, joined in the batch's order."""
+        index = np.asarray(indices, dtype=np.int64)
+        which = np.searchsorted(self.cumulative_sizes, index, side="right")
+        parts, order = [], [(0, 0)] * len(index)
+        for d in np.unique(which).tolist():
+            at = np.flatnonzero(which == d)
+            local = (index[at] - (self.cumulative_sizes[d - 1] if d else 0)).tolist()
+            dataset = self.datasets[d]
+            if hasattr(dataset, "__getitems__"):
+                parts.append(dataset.__getitems__(local))
+            else:
+                parts.append(Rows.from_dicts([dataset[i] for i in local]))
+            for j, i in enumerate(at.tolist()):
+                order[i] = (len(parts) - 1, j)
+        return Rows.join(parts, order)
+
 
 class CacheCollator:
-    """Cache rows -> a padded batch: token ids, mask, the task's labels and teacher targets (the student facet's `collate`: logits
-    per example (B, L); per token (B, T, L) with token labels (B, T); a masked-LM cache's targets and top-k (B, T, k)),
-    hidden states and values (B, T, H), and attention maps (B, heads, T, T), zero where padded."""
+    """Cache rows (a `Rows` batch, or row dicts) -> a padded batch: token ids, mask, the task's labels and teacher
+    targets (the student facet's `collate`: logits per example (B, L); per token (B, T, L) with token labels (B, T); a
+    masked-LM cache's targets and top-k (B, T, k)), hidden states and values (B, T, H), and attention maps
+    (B, heads, T, T), zero where padded."""
 
     def __init__(
         self,
@@ -37,36 +56,25 @@ class CacheCollator:
         self.attentions, self.values = list(attentions), list(values)
         self.task = task_student(task) if isinstance(task, str) else task
 
-    def _per_token(self, rows: list[dict], name: str, width: int, fill, dtype: torch.dtype) -> torch.Tensor:
-        out = torch.full((len(rows), width, rows[0][name].shape[-1]), fill, dtype=dtype)
-        for i, r in enumerate(rows):
-            out[i, : r["length"]] = torch.from_numpy(
-                np.asarray(r[name]).astype(np.int64 if not dtype.is_floating_point else np.float32)
-            )
-        return out
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(r["length"] for r in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : r["length"]] = torch.from_numpy(r["input_ids"].astype(np.int64))
-            mask[i, : r["length"]] = 1
-        batch = {"input_ids": ids, "attention_mask": mask, **self.task.collate(rows, width, self._per_token)}
-        if EXTRA_LOGITS in rows[0]:  # other teachers' logits (pipeline.teachers): (B, K, L) or per token (B, K, T, L)
-            first = rows[0][EXTRA_LOGITS]
+    def __call__(self, rows: Rows | list[dict]) -> dict[str, torch.Tensor]:
+        rows = rows if isinstance(rows, Rows) else Rows.from_dicts(rows)
+        width = int(rows.lengths.max())
+        mask = (torch.arange(width)[None, :] < torch.from_numpy(rows.lengths)[:, None]).long()
+        ids = rows.padded("input_ids", width, self.pad_token_id, torch.long)
+        batch = {"input_ids": ids, "attention_mask": mask, **self.task.collate(rows, width)}
+        if EXTRA_LOGITS in rows:  # other teachers' logits (pipeline.teachers): (B, K, L) or per token (B, K, T, L)
+            extras = rows.values(EXTRA_LOGITS)
+            first = extras[0]
             extra = torch.zeros((len(rows), first.shape[0], *((width,) if first.ndim == 3 else ()), first.shape[-1]))
-            for i, r in enumerate(rows):
-                extra[i, :, : r["length"]] = torch.from_numpy(np.asarray(r[EXTRA_LOGITS], dtype=np.float32))
+            for i, (value, length) in enumerate(zip(extras, rows.lengths.tolist())):
+                (extra[i, :, :length] if first.ndim == 3 else extra[i])[:] = torch.from_numpy(np.asarray(value, np.float32))
             batch[f"teacher_{EXTRA_LOGITS}"] = extra
         for name in [hidden_field(layer) for layer in self.layers] + [value_field(layer) for layer in self.values]:
-            hid = torch.zeros((len(rows), width, rows[0][name].shape[-1]), dtype=torch.float32)
-            for i, r in enumerate(rows):
-                hid[i, : r["length"]] = decode(r[name])
-            batch[f"teacher_{name}"] = hid
+            batch[f"teacher_{name}"] = rows.padded(name, width, 0.0, torch.float32)
         for name in [attention_field(layer) for layer in self.attentions]:
-            att = torch.zeros((len(rows), rows[0][name].shape[0], width, width), dtype=torch.float32)
-            for i, r in enumerate(rows):
-                att[i, :, : r["length"], : r["length"]] = decode(r[name])
+            maps = rows.values(name)
+            att = torch.zeros((len(rows), maps[0].shape[0], width, width), dtype=torch.float32)
+            for i, (value, length) in enumerate(zip(maps, rows.lengths.tolist())):
+                att[i, :, :length, :length] = decode(value)
             batch[f"teacher_{name}"] = att
         return batch

@@ -31,6 +31,9 @@ class DistillationModule(nn.Module):
     value_weight x value-relation KL between the student's and the teacher's layers of its value pair.
     """
 
+    # the loss is a mean over the batch: the Trainer need not count label tokens per step and pass the count in
+    accepts_loss_kwargs = False
+
     def __init__(
         self,
         student: nn.Module,

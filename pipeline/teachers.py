@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from pipeline.cache import CacheSplit, TeacherCache
+from pipeline.cache.rows import Rows
 from pipeline.cache.schema import MANIFEST
 from pipeline.errors import PipelineError
 
@@ -85,6 +86,12 @@ class JoinedSplit(torch.utils.data.Dataset):
         row = self.split[index]
         row[EXTRA_LOGITS] = np.stack([e[int(r[index])][self.field] for e, r in zip(self.extras, self.rows)])
         return row
+
+    def __getitems__(self, indices: list[int]) -> Rows:
+        rows = self.split.__getitems__(indices)
+        theirs = [e.__getitems__(r[indices].tolist()).values(self.field) for e, r in zip(self.extras, self.rows)]
+        rows.columns[EXTRA_LOGITS] = [np.stack(per_row) for per_row in zip(*theirs)]
+        return rows
 
 
 def join_teachers(split: CacheSplit, caches: list[TeacherCache], field: str) -> CacheSplit | JoinedSplit:

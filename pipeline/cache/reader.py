@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from pipeline.cache.codec import dequantize_int8
 from pipeline.cache.remedy import remedy
+from pipeline.cache.rows import ROW_KEYS, Rows
 from pipeline.cache.schema import (
     BATCH_DIGEST,
     DIGEST,
@@ -117,7 +118,11 @@ class CacheSplit:
         starts, batches = self._views[shard]
         local = index - self.shard_starts[shard]
         b = int(np.searchsorted(starts, local, side="right")) - 1
-        cols = batches[b]
+        return self._batch(shard, b), int(local - starts[b])
+
+    def _batch(self, shard: int, b: int) -> dict:
+        """Record batch `b` of `shard`'s views, checked against its digest on first touch when asked to."""
+        cols = self._views[shard][1][b]
         if self.check_batches and "_checked" not in cols:
             expected = self.meta["shards"][shard].get(BATCH_DIGEST)
             if expected is not None and (b >= len(expected) or record_batch_digest(cols["_batch"]) != expected[b]):
@@ -126,7 +131,7 @@ class CacheSplit:
                     f"(corrupted); {remedy(self.shard_paths[shard], self.cache_dir)}"
                 )
             cols["_checked"] = True
-        return cols, int(local - starts[b])
+        return cols
 
     def _release_pages(self) -> None:
         """Drop the mapped pages read so far from this process (they stay in the OS page cache; views stay valid and
@@ -158,6 +163,48 @@ class CacheSplit:
                 offsets, scales = cols[name + SCALE_SUFFIX]
                 out[name] = dequantize_int8(out[name], scales[offsets[row] : offsets[row + 1]][:, None])
         return out
+
+    def __getitems__(self, indices: list[int]) -> Rows:
+        """Many rows at once, as a DataLoader asks for a batch: located together, each field's rows kept as views
+        into the mapping (int8 values with their scales), for the collator to pad in one step per field."""
+        index = np.asarray(indices, dtype=np.int64)
+        if len(index) and (index.min() < -len(self) or index.max() >= len(self)):
+            bad = int(index[(index < -len(self)) | (index >= len(self))][0])
+            raise IndexError(f"row {bad} out of range for split '{self.name}' with {len(self)} rows")
+        index %= max(len(self), 1)
+        if self._views is None:
+            self._views = self._open()
+        before, self._reads = self._reads, self._reads + len(index)
+        if self._reads // RELEASE_EVERY > before // RELEASE_EVERY:
+            self._release_pages()
+        shard_of = np.searchsorted(self.shard_starts, index, side="right") - 1
+        local = index - self.shard_starts[shard_of]
+        batch_of = np.empty_like(local)
+        for shard in np.unique(shard_of).tolist():
+            at = shard_of == shard
+            starts = self._views[shard][0]
+            batch_of[at] = np.searchsorted(starts, local[at], side="right") - 1
+            local[at] -= starts[batch_of[at]]
+        names = [*ROW_KEYS, "input_ids", *self._read]
+        columns: dict[str, list] = {name: [None] * len(index) for name in names}
+        lengths = np.empty(len(index), dtype=np.int64)
+        for shard, b in {(int(s), int(b)) for s, b in zip(shard_of, batch_of)}:
+            at = np.flatnonzero((shard_of == shard) & (batch_of == b))
+            cols, rows = self._batch(shard, b), local[at]
+            lengths[at] = cols["length"][rows]
+            for name in names:
+                kind = "example" if name in ROW_KEYS else "token" if name == "input_ids" else self.fields[name].kind
+                if kind == "example":
+                    for i, value in zip(at.tolist(), cols[name][rows]):
+                        columns[name][i] = value
+                    continue
+                offsets, values = cols[name]
+                spec = self.fields.get(name)
+                for i, r, n in zip(at.tolist(), rows.tolist(), lengths[at].tolist()):
+                    view = values[offsets[r] : offsets[r + 1]]
+                    columns[name][i] = view.reshape(spec.shape(n)) if spec is not None else view
+        scales = {name: columns.pop(name + SCALE_SUFFIX) for name in self.columns if self.fields[name].dtype == "int8"}
+        return Rows(lengths, columns, scales)
 
     def lengths(self) -> np.ndarray:
         """Token counts of all rows, read from the small `length` column only."""

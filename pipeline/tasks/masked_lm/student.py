@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.cache.rows import Rows
 from pipeline.losses import LossMix, masked_lm_distillation_loss
 from pipeline.mlm import IGNORE, MLM_TARGET, TOPK_INDICES, TOPK_VALUES
 from pipeline.scoring import argmax_logits, masked_accuracy_metrics
@@ -17,11 +18,11 @@ class MaskedLMStudent(SequenceClassificationStudent):
     def cache_columns(self) -> list[str]:
         return [MLM_TARGET, TOPK_VALUES, TOPK_INDICES]
 
-    def collate(self, rows: list[dict], width: int, per_token) -> dict[str, torch.Tensor]:
+    def collate(self, rows: Rows, width: int) -> dict[str, torch.Tensor]:
         return {
-            "labels": per_token(rows, MLM_TARGET, width, IGNORE, torch.long)[..., 0],
-            "teacher_topk_values": per_token(rows, TOPK_VALUES, width, 0.0, torch.float32),
-            "teacher_topk_indices": per_token(rows, TOPK_INDICES, width, 0, torch.long),
+            "labels": rows.padded(MLM_TARGET, width, IGNORE, torch.long)[..., 0],
+            "teacher_topk_values": rows.padded(TOPK_VALUES, width, 0.0, torch.float32),
+            "teacher_topk_indices": rows.padded(TOPK_INDICES, width, 0, torch.long),
         }
 
     def forward_module(self, student, training: bool):

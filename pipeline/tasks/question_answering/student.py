@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from pipeline.cache.rows import Rows
 from pipeline.losses import LossMix, hard_label_loss, hidden_state_loss, logit_loss
 from pipeline.tasks.question_answering import END_LOGITS, QA_POSITIONS, QA_WINDOW, START_LOGITS
 from pipeline.tasks.question_answering.postprocess import context_mask, token_type_ids
@@ -46,17 +46,17 @@ class QuestionAnsweringStudent(SequenceClassificationStudent):
     def cache_columns(self) -> list[str]:
         return [QA_POSITIONS, QA_WINDOW, START_LOGITS, END_LOGITS]
 
-    def collate(self, rows: list[dict], width: int, per_token) -> dict[str, torch.Tensor]:
-        window = torch.from_numpy(np.stack([r[QA_WINDOW] for r in rows]).astype(np.int64))
-        mask = torch.arange(width)[None, :] < torch.tensor([r["length"] for r in rows])[:, None]
+    def collate(self, rows: Rows, width: int) -> dict[str, torch.Tensor]:
+        window = rows.stacked(QA_WINDOW, torch.long)
+        mask = torch.arange(width)[None, :] < torch.from_numpy(rows.lengths)[:, None]
         return {
-            "labels": torch.from_numpy(np.stack([r[QA_POSITIONS] for r in rows]).astype(np.int64)),
+            "labels": rows.stacked(QA_POSITIONS, torch.long),
             "token_type_ids": token_type_ids(window[:, 1], mask),
             "context_mask": context_mask(window, width),
             "teacher_logits": torch.cat(
                 [
-                    per_token(rows, START_LOGITS, width, 0.0, torch.float32),
-                    per_token(rows, END_LOGITS, width, 0.0, torch.float32),
+                    rows.padded(START_LOGITS, width, 0.0, torch.float32),
+                    rows.padded(END_LOGITS, width, 0.0, torch.float32),
                 ],
                 -1,
             ),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
+from pipeline.cache.rows import Rows
 from pipeline.losses import LossMix, distillation_loss
 from pipeline.scoring import accuracy_metrics
 from pipeline.tasks import Configured
@@ -21,12 +21,9 @@ class SequenceClassificationStudent(Configured):
         """The logit-level cache fields a student reads."""
         return [self.logit_field]
 
-    def collate(self, rows: list[dict], width: int, per_token) -> dict[str, torch.Tensor]:
-        """Labels and teacher targets of a padded batch; `per_token(rows, name, width, fill, dtype)` pads a token field."""
-        return {
-            "labels": torch.tensor([r["label"] for r in rows]),
-            "teacher_logits": torch.from_numpy(np.stack([r[self.logit_field] for r in rows]).astype(np.float32)),
-        }
+    def collate(self, rows: Rows, width: int) -> dict[str, torch.Tensor]:
+        """Labels and teacher targets of a batch padded to `width` tokens (`rows.padded` pads a token field)."""
+        return {"labels": rows.stacked("label", torch.long), "teacher_logits": rows.stacked(self.logit_field, torch.float32)}
 
     def forward_module(self, student, training: bool):
         """The module a student runs in its forward: the whole model unless the task computes the head itself."""

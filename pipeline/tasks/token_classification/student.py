@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.cache.rows import Rows
 from pipeline.losses import LossMix, distillation_loss
 from pipeline.tasks.sequence_classification.student import SequenceClassificationStudent
 from pipeline.tasks.token_classification import IGNORE, TOKEN_LABELS, TOKEN_LOGITS, TokenClassificationConfig
@@ -17,10 +18,10 @@ class TokenClassificationStudent(SequenceClassificationStudent):
     def cache_columns(self) -> list[str]:
         return [TOKEN_LABELS, TOKEN_LOGITS]
 
-    def collate(self, rows: list[dict], width: int, per_token) -> dict[str, torch.Tensor]:
+    def collate(self, rows: Rows, width: int) -> dict[str, torch.Tensor]:
         return {
-            "labels": per_token(rows, TOKEN_LABELS, width, IGNORE, torch.long)[..., 0],
-            "teacher_logits": per_token(rows, TOKEN_LOGITS, width, 0.0, torch.float32),
+            "labels": rows.padded(TOKEN_LABELS, width, IGNORE, torch.long)[..., 0],
+            "teacher_logits": rows.padded(TOKEN_LOGITS, width, 0.0, torch.float32),
         }
 
     def loss(self, student, out, labels, teacher: dict, hidden_pairs, attention_mask, mix: LossMix, training: bool):
