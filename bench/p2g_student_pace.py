@@ -9,7 +9,8 @@ run's shape), the same DistillationModule loss (CE + T^2 KL + hidden MSE over la
 beforehand and moved to the device before timing, one untimed warm-up epoch, then a timed one: forward / backward / clip / AdamW step / zero_grad, nothing
 else: what the hardware allows this loss. On a GPU both sides run bf16 autocast, and the plain loop uses fused AdamW.
 With `--batch-tokens N` stage two runs `distill.batch_tokens: N` (at most batch-size rows a batch) and the plain loop
-takes the same sampler's batches; without it, the plain loop takes length-sorted chunks of batch-size rows.
+takes the same sampler's batches; without it, the length-grouped sampler's batches of batch-size rows (the same rows,
+so the same padding: what is left between the two is the loop, not the batches).
 """
 
 import argparse
@@ -28,7 +29,7 @@ from pipeline.extract import extract_cache, resolve_device
 from pipeline.kd import DistillationModule, train_student
 from pipeline.layers import LayerPlan, hidden_layer_pairs
 from pipeline.students import build_student
-from pipeline.trainer import TokenBudgetBatchSampler, scratch_dir, training_arguments
+from pipeline.trainer import EpochLengthGroupedSampler, TokenBudgetBatchSampler, scratch_dir, training_arguments
 
 from common import WORK, machine, prepared, save, teacher_dir
 
@@ -79,9 +80,9 @@ def plain_loop(cache, train, batch_size, device, batch_tokens=None, spec=L3, tim
     collate = CacheCollator(sorted(t for _, t in module.pairs), 0)
     if batch_tokens:  # the token-budget sampler's batches (its first epoch)
         chunks = list(TokenBudgetBatchSampler(train.lengths(), batch_tokens, batch_size, seed=0))
-    else:  # length-sorted chunks, as grouped batches pad
-        order = np.argsort(train.lengths(), kind="stable")
-        chunks = [order[start : start + batch_size] for start in range(0, len(order) - batch_size + 1, batch_size)]
+    else:  # the length-grouped sampler's batches (its first epoch), padded as stage two pads them
+        order = list(EpochLengthGroupedSampler(batch_size, train.lengths().tolist(), seed=0))
+        chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     batches = []
     for chunk in chunks:
         batch = collate([train[int(i)] for i in chunk])
