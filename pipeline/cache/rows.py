@@ -1,6 +1,6 @@
 """A batch of cache rows held column by column: per field, the rows' values as numpy views into the mapped shards (no
-copy), padded into one tensor per field in one step (one concatenation, one masked write) instead of a copy per row.
-The reader's `__getitems__` returns one, so the DataLoader hands the collator a whole batch; rows read one at a time
+copy), padded into one tensor per field, each row's stored values converted while copied into place (no row dicts,
+no intermediate arrays). The reader's `__getitems__` returns one, so the DataLoader hands the collator a whole batch; rows read one at a time
 (a dict per row) become one with `Rows.from_dicts`, so the collator has one path."""
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ ROW_KEYS = ("example_id", "label", "length")  # scalars of every row
 
 
 class Rows:
-    """`lengths` (rows,); `columns[name]`: one array per row (a token field's is (length, ...) or flat, an example
-    field's its values); `scales[name]`: an int8 field's per-token scales, one (length, 1) array per row, applied
-    after the rows are joined."""
+    """`lengths` (rows,); `columns[name]`: one array per row (a token field's is (length, ...), an example field's its
+    values); `scales[name]`: an int8 field's per-token scales, one (length, 1) array per row, applied when padded."""
 
     def __init__(self, lengths: np.ndarray, columns: dict[str, list], scales: dict[str, list] | None = None):
         self.lengths = np.asarray(lengths, dtype=np.int64)
@@ -52,9 +51,8 @@ class Rows:
         return [v.astype(np.float32) * s.astype(np.float32) for v, s in zip(self.columns[name], self.scales[name])]
 
     def stacked(self, name: str, dtype: torch.dtype) -> torch.Tensor:
-        """A per-example field (or `label`, `length`, `example_id`) as a (rows, ...) tensor."""
-        values = self.columns[name] if name != "length" else self.lengths
-        return torch.from_numpy(np.asarray(np.stack(values))).to(dtype)
+        """A per-example field (or `label`, `example_id`) as a (rows, ...) tensor."""
+        return torch.from_numpy(np.stack(self.columns[name])).to(dtype)
 
     def padded(self, name: str, width: int, fill, dtype: torch.dtype) -> torch.Tensor:
         """A per-token field as (rows, width, ...) with `fill` past each row's length: each row's stored values
