@@ -3,7 +3,7 @@ already on the device (goal >= 0.9, at each batch size).
 
     python bench/p2g_student_pace.py [--rows 4000] [--batch-sizes 32,64,256] [--device auto] [--batch-tokens N]
 
-Stage two: `train_student` over the memory-mapped cache split (Trainer, length-grouped sampler, CacheCollator), two
+Stage two: `train_student` over the memory-mapped cache split (StudentLoop, length-grouped sampler, CacheCollator), two
 epochs, no evaluation; rows/s over the second (warm) epoch. Plain loop: the same student (l3: 3 x 384, the default
 run's shape), the same DistillationModule loss (CE + T^2 KL + hidden MSE over layers 2, 4, 6), every batch collated
 beforehand and moved to the device before timing, one untimed warm-up epoch, then a timed one: forward / backward / clip / AdamW step / zero_grad, nothing
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from pipeline.batching import EpochLengthGroupedSampler, TokenBudgetBatchSampler
 from pipeline.cache import TeacherCache, hidden_field
 from pipeline.collate import CacheCollator
 from pipeline.config import DistillConfig, ExtractConfig, StudentSpec
@@ -29,7 +30,6 @@ from pipeline.extract import extract_cache, resolve_device
 from pipeline.kd import DistillationModule, train_student
 from pipeline.layers import LayerPlan, hidden_layer_pairs
 from pipeline.students import build_student
-from pipeline.trainer import EpochLengthGroupedSampler, TokenBudgetBatchSampler, scratch_dir, training_arguments
 
 from common import WORK, machine, prepared, save, teacher_dir
 
@@ -63,14 +63,13 @@ class EpochClock(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-def stage_two(cache, train, dev, batch_size, workers=0, batch_tokens=None, spec=L3, timed=1) -> float:
+def stage_two(cache, train, batch_size, workers=0, batch_tokens=None, spec=L3, timed=1) -> float:
     """1 + `timed` epochs through the product's path; rows/s of the timed ones (the first warms every batch shape
     up)."""
     module, cfg = module_for(cache, batch_size, workers, batch_tokens, spec)
     cfg.epochs = 1 + timed
     clock = EpochClock()
-    args = training_arguments(scratch_dir(), cfg, seed=0, eval_each_epoch=False)
-    train_student(module, train, dev, args, 0, callbacks=[clock], batch_tokens=batch_tokens)
+    train_student(module, train, None, cfg, 0, callbacks=[clock])
     return timed * len(train) / (clock.ends[-1] - clock.ends[1])
 
 
@@ -125,13 +124,13 @@ def main():
     extract_cache(teacher, splits, cache_dir, ExtractConfig(layers=list(LAYERS), device=str(device)), info=info)
     cache = TeacherCache(cache_dir)
     columns = ["logits"] + [hidden_field(layer) for layer in LAYERS]
-    train, dev = cache.split("train", columns), cache.split("dev", columns)
+    train = cache.split("train", columns)
     runs = []
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
         torch.manual_seed(0)
         tokens = args.batch_tokens or None
         plain = plain_loop(cache, train, batch_size, device, tokens)
-        ours = stage_two(cache, train, dev, batch_size, args.workers, tokens)
+        ours = stage_two(cache, train, batch_size, args.workers, tokens)
         runs.append(
             {
                 "batch_size": batch_size,

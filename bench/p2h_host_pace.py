@@ -44,14 +44,14 @@ def main():
     extract_cache(teacher, splits, cache_dir, ExtractConfig(layers=list(LAYERS), device="cpu"), info=info)
     cache = TeacherCache(cache_dir)
     columns = ["logits"] + [hidden_field(layer) for layer in LAYERS]
-    train, dev = cache.split("train", columns), cache.split("dev", columns)
+    train = cache.split("train", columns)
     mean_length = float(np.mean(train.lengths()))
     runs = []
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
         for tokens in (None, int(round(batch_size * mean_length))):
             torch.manual_seed(0)
             plain = plain_loop(cache, train, batch_size, device, tokens, spec=TINY, timed=args.timed_epochs)
-            ours = stage_two(cache, train, dev, batch_size, 0, tokens, spec=TINY, timed=args.timed_epochs)
+            ours = stage_two(cache, train, batch_size, 0, tokens, spec=TINY, timed=args.timed_epochs)
             run = {
                 "batch_size": batch_size,
                 "batch_tokens": tokens,

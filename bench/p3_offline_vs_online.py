@@ -20,7 +20,6 @@ from pipeline.extract import extract_cache
 from pipeline.kd import DistillationModule, OnlineDistillationModule, train_student, train_student_online
 from pipeline.layers import LayerPlan, hidden_layer_pairs
 from pipeline.students import build_student
-from pipeline.trainer import scratch_dir, training_arguments
 
 from common import WORK, Timer, prepared, save, teacher_dir
 
@@ -64,7 +63,6 @@ def main():
     pairs_of = {n: hidden_layer_pairs(STUDENTS[n][0], 12, list(range(1, 13))) for n in STUDENTS}
     layers = sorted({t for pairs in pairs_of.values() for _, t in pairs})
     cfg = DistillConfig(epochs=args.epochs, batch_size=32, alpha=0.5, beta=0.5, gamma=1.0, temperature=2.0, logging_steps=1000)
-    targs = lambda: training_arguments(scratch_dir(), cfg, seed=0, eval_each_epoch=False)  # noqa: E731
 
     cache_dir = WORK / "p3_cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
@@ -77,12 +75,12 @@ def main():
         cols = ["logits"] + [hidden_field(t) for _, t in pairs_of[name]]
         module = DistillationModule(make_student(name, teacher_cfg), cfg, LayerPlan(pairs_of[name], 768))
         with Timer() as t:
-            train_student(module, cache.split("train", cols), cache.split("dev", cols), targs(), 0)
+            train_student(module, cache.split("train", cols), None, cfg, 0)
         times[f"offline_{name}"] = t.seconds
     for name in STUDENTS:
         module = OnlineDistillationModule(make_student(name, teacher_cfg), teacher, cfg, pairs_of[name])
         with Timer() as t:
-            train_student_online(module, splits["train"], tokenizer, targs())
+            train_student_online(module, splits["train"], tokenizer, cfg)
         times[f"online_{name}"] = t.seconds
     offline = times["extract"] + sum(v for k, v in times.items() if k.startswith("offline_"))
     online = sum(v for k, v in times.items() if k.startswith("online_"))

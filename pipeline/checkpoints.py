@@ -72,7 +72,8 @@ def _unloadable(checkpoint: Path) -> str | None:
 
     for path in sorted(checkpoint.rglob("*")):
         try:
-            if path.suffix in (".pt", ".pth"):  # what resuming loads (training_args.bin is the Trainer's, never loaded)
+            if path.suffix in (".pt", ".pth", ".pkl") or (path.suffix == ".bin" and path.name != "training_args.bin"):
+                # what resuming loads: the Trainer's and Accelerate's states (training_args.bin is never loaded)
                 with safe_globals():
                     torch.load(path, map_location="cpu", weights_only=True)
             elif path.suffix == ".safetensors":

@@ -163,7 +163,7 @@ class DistillConfig:
         "linear layer; uint8 embeddings; export.weight_type quint8), so model.int8.onnx keeps the student's accuracy; "
         "the saved weights stay float",
     )
-    compile: bool = knob(False, "torch.compile the student's training step (the Trainer's torch_compile); for GPUs")
+    compile: bool = knob(False, "torch.compile the student's training step; for GPUs")
     logging_steps: int = knob(10, "steps between logged losses", gt=0)
     verify_cache: str = knob(
         "lazy",

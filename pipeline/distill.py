@@ -32,7 +32,6 @@ from pipeline.students import build_student
 from pipeline.tasks import task_of_cache
 from pipeline.tasks.student import task_student
 from pipeline.teachers import join_teachers, open_extra_caches
-from pipeline.trainer import optimizer_choice, scratch_dir, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +125,7 @@ def distill_student(
     resumable checkpoints there (keyed on the student, its settings, seed and the cache's manifest) and resumes from
     the last one an interrupted run left; the caller removes `work` once it is done with it.
 
-    Under torchrun the student trains with DDP (the Trainer's Accelerate): each process reads its share of every
+    Under torchrun the student trains with DDP (pipeline.student_loop's Accelerate): each process reads its share of every
     global batch of `cfg.batch_size` rows from the cache, and rank 0 saves.
     """
     start = time.perf_counter()
@@ -188,16 +187,7 @@ def distill_student(
         )
         checkpoints = Checkpoints(work, key, cfg.checkpoint_steps, f"student {Path(out_dir).name} (seed {seed})")
     history = train_student(
-        module,
-        train,
-        dev,
-        training_arguments(scratch_dir(), cfg, seed, checkpoints=checkpoints, world=who.world),
-        tokenizer.pad_token_id or 0,
-        optimizer=optimizer_choice(cfg.optimizer, cfg.learning_rate, cfg.momentum),
-        staged=(cfg.step_stages, cfg.step_gamma) if cfg.scheduler == "step" else None,
-        checkpoints=checkpoints,
-        callbacks=callbacks,
-        batch_tokens=cfg.batch_tokens,
+        module, train, dev, cfg, tokenizer.pad_token_id or 0, seed, checkpoints=checkpoints, callbacks=callbacks
     )
     if plan.attention_pairs:
         student.set_attn_implementation("sdpa")  # serve with the fused kernel

@@ -1,5 +1,5 @@
-"""The students' loss as a module the Trainer trains: `DistillationModule` wraps a student and returns the
-distillation loss from cached teacher outputs, so the Trainer's loop stays as it is and only the loss is ours.
+"""The students' loss as a module the training loop trains: `DistillationModule` wraps a student and returns the
+distillation loss from cached teacher outputs (pipeline.student_loop trains it).
 `OnlineDistillationModule` is the baseline the cache is measured against: the same loss with the teacher run in
 every step."""
 
@@ -17,10 +17,10 @@ from pipeline.config import DistillConfig
 from pipeline.errors import PipelineError
 from pipeline.layers import LayerPlan
 from pipeline.losses import LossMix, attention_kl_loss, attention_mse_loss, combine_teachers, value_relation_loss
+from pipeline.student_loop import StudentLoop
 from pipeline.tasks.sequence_classification.student import SequenceClassificationStudent
 from pipeline.tasks.student import task_student
 from pipeline.torch_datasets import TokenDataset
-from pipeline.trainer import LengthGroupedTrainer
 
 
 class DistillationModule(nn.Module):
@@ -30,9 +30,6 @@ class DistillationModule(nn.Module):
     Optional MiniLM/TinyBERT terms: attention_weight x attention loss over the plan's attention pairs, and
     value_weight x value-relation KL between the student's and the teacher's layers of its value pair.
     """
-
-    # the loss is a mean over the batch: the Trainer need not count label tokens per step and pass the count in
-    accepts_loss_kwargs = False
 
     def __init__(
         self,
@@ -51,7 +48,7 @@ class DistillationModule(nn.Module):
             projection = student.base_model.encoder.layer[self.value_pair[0] - 1].attention.self.value
             projection.register_forward_hook(lambda module, args, output: setattr(self, "_student_values", output))
         self.student, self.pairs = student, plan.pairs
-        self.temperature = cfg.temperature  # scheduled by DistillTrainer when cfg.temperature_end is set
+        self.temperature = cfg.temperature  # scheduled by StudentLoop when cfg.temperature_end is set
         s_hidden = student.config.hidden_size
         # A learned linear map when widths differ (TinyBERT); identity otherwise, so equal widths add no parameters.
         self.projections = nn.ModuleDict(
@@ -125,12 +122,12 @@ class DistillationModule(nn.Module):
 
 
 class OnlineDistillationModule(DistillationModule):
-    """Online KD, the baseline the cache is measured against: the same module, loss and Trainer, with the teacher run
+    """Online KD, the baseline the cache is measured against: the same module, loss and loop, with the teacher run
     inside every training step instead of its outputs read from the cache."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: DistillConfig, pairs: list[tuple[int, int]]):
         super().__init__(student, cfg, LayerPlan(pairs, teacher.config.hidden_size))
-        self.teacher = teacher.eval().requires_grad_(False)  # frozen: the Trainer's optimizer skips it
+        self.teacher = teacher.eval().requires_grad_(False)  # frozen: the optimizer skips it
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -149,40 +146,18 @@ class OnlineDistillationModule(DistillationModule):
         return super().forward(input_ids, attention_mask, labels, out.logits, **hidden)
 
 
-class DistillTrainer(LengthGroupedTrainer):
-    """Sets the scheduled temperature each step; logs the mean of each loss part since the last log beside the total."""
-
-    def training_step(self, model, inputs, *args, **kwargs):
-        module = self.model
-        end = module.cfg.temperature_end
-        if end is not None and self.state.max_steps:
-            progress = self.state.global_step / self.state.max_steps
-            module.temperature = module.cfg.temperature + (end - module.cfg.temperature) * progress
-        return super().training_step(model, inputs, *args, **kwargs)
-
-    def log(self, logs: dict, *args, **kwargs) -> None:
-        if "loss" in logs:
-            for k, (total, count) in self.model.running.items():
-                logs[f"loss_{k}"] = float(total) / count
-            self.model.running.clear()
-            logs["temperature"] = self.model.temperature
-        super().log(logs, *args, **kwargs)
-
-
 def train_student(
     module: DistillationModule,
     train: CacheSplit,
-    dev: CacheSplit,
-    args,
+    dev: CacheSplit | None,
+    cfg: DistillConfig,
     pad_token_id: int,
-    optimizer: tuple[type, dict] | None = None,
-    staged: tuple[int, float] | None = None,
+    seed: int = 0,
     checkpoints: Checkpoints | None = None,
     callbacks=(),
-    batch_tokens: int | None = None,
 ) -> list[dict]:
-    """Distil into `module.student` from the cache splits (Trainer `args`; `batch_tokens` = token-budget batches),
-    resuming from `checkpoints` when an interrupted run left one; returns the Trainer's log history."""
+    """Distil into `module.student` from the cache splits (`StudentLoop`; `dev` None: no per-epoch evaluation),
+    resuming from `checkpoints` when an interrupted run left one; returns the log history."""
     collator = CacheCollator(
         sorted({t for _, t in module.pairs}),
         pad_token_id,
@@ -191,31 +166,24 @@ def train_student(
         task=module.task,
     )
     label_names = [module.student.config.id2label[i] for i in range(module.student.config.num_labels)]
-    trainer = DistillTrainer(
-        model=module,
-        args=args,
-        train_dataset=train,
-        eval_dataset=dev,
-        data_collator=collator,
-        **module.task.trainer_metrics(label_names),
-        lengths=train.lengths(),
-        optimizer_cls_and_kwargs=optimizer,
-        staged=staged,
-        batch_tokens=batch_tokens,
-        callbacks=list(callbacks),
+    loop = StudentLoop(
+        module,
+        train,
+        collator,
+        train.lengths(),
+        cfg,
+        seed,
+        dev=dev,
+        metrics=module.task.trainer_metrics(label_names),
+        checkpoints=checkpoints,
+        callbacks=callbacks,
     )
-    trainer.fit(checkpoints)
-    return trainer.state.log_history
+    return loop.fit()
 
 
-def train_student_online(module: OnlineDistillationModule, train_ds, tokenizer, args) -> list[dict]:
-    """Online-KD twin of `train_student`: prepared rows (token ids, labels) in, teacher called each step."""
-    trainer = DistillTrainer(
-        model=module,
-        args=args,
-        train_dataset=TokenDataset(train_ds),
-        data_collator=DataCollatorWithPadding(tokenizer),
-        lengths=np.asarray(train_ds["length"]),
+def train_student_online(module: OnlineDistillationModule, train_ds, tokenizer, cfg: DistillConfig, seed: int = 0) -> list[dict]:
+    """Online-KD twin of `train_student`: prepared rows (token ids, labels) in, teacher called each step, same loop."""
+    loop = StudentLoop(
+        module, TokenDataset(train_ds), DataCollatorWithPadding(tokenizer), np.asarray(train_ds["length"]), cfg, seed
     )
-    trainer.train()
-    return trainer.state.log_history
+    return loop.fit()

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from pipeline.batching import TokenBudgetBatchSampler
 from pipeline.config import DistillConfig, StudentSpec
 from pipeline.errors import PipelineError
 from pipeline.params import params_from_dict
-from pipeline.trainer import TokenBudgetBatchSampler
 
 SST2_TRAIN = Path(__file__).resolve().parents[1] / "data/raw/sst2/train.tsv"
 
@@ -104,9 +105,14 @@ def test_a_budget_below_one_row_per_process_is_refused_with_the_key():
     assert ok.distill.batch_tokens == 4096
 
 
-def test_compile_reaches_the_trainer_and_stays_off_by_default(tmp_path):
+def test_compile_reaches_the_training_step_and_stays_off_by_default(tiny_cache, tmp_path, monkeypatch):
     """The compiled student's training itself runs in tests/test_gpu.py (inductor on 2 CPU cores takes minutes)."""
-    from pipeline.trainer import training_arguments
+    from pipeline.distill import distill_student
 
-    assert training_arguments(tmp_path, DistillConfig(compile=True), seed=0).torch_compile is True
-    assert training_arguments(tmp_path, DistillConfig(), seed=0).torch_compile is False
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: compiled.append(type(model).__name__) or model)
+    spec = StudentSpec(num_layers=1, hidden_size=16, num_heads=2, init="random")
+    for flag in (True, False):
+        cfg = DistillConfig(epochs=0.1, batch_size=16, compile=flag)
+        distill_student(tiny_cache, tmp_path / str(flag), spec, cfg, seed=0)
+    assert compiled == ["DistillationModule"]

@@ -198,7 +198,7 @@ def test_cosine_soft_ce_and_decaying_temperature_train_end_to_end(tiny_cache, tm
 
 
 def test_step_schedule_warms_up_then_steps_down():
-    from pipeline.trainer import step_schedule
+    from pipeline.student_loop import step_schedule
 
     f = step_schedule(warmup_steps=10, total_steps=90, stages=3, gamma=0.5)
     assert [f(0), f(5), f(10)] == [0.0, 0.5, 1.0]
@@ -209,19 +209,20 @@ def test_step_schedule_warms_up_then_steps_down():
     "optimizer, scheduler, cls", [("adam", "step", "Adam"), ("sgd", "cosine", "SGD"), ("adamw", "linear", "AdamW")]
 )
 def test_optimizers_and_schedulers_are_the_ones_asked_for(tiny_cache, tmp_path, optimizer, scheduler, cls, monkeypatch):
-    from pipeline import kd as training
+    from pipeline.student_loop import StudentLoop
 
     seen = {}
-    real = training.DistillTrainer.train
+    real = StudentLoop.fit
 
     def spy(self, *a, **k):
         out = real(self, *a, **k)
         seen["optimizer"] = type(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer).__name__
         seen["lrs"] = [h["learning_rate"] for h in self.state.log_history if "learning_rate" in h]
-        seen["clip"] = self.args.max_grad_norm
+        seen["clip"] = self.cfg.max_grad_norm
+        seen["grad_norms"] = [h["grad_norm"] for h in self.state.log_history if "grad_norm" in h]
         return out
 
-    monkeypatch.setattr(training.DistillTrainer, "train", spy)
+    monkeypatch.setattr(StudentLoop, "fit", spy)
     spec = StudentSpec(num_layers=1, hidden_size=16, num_heads=2, init="random")
     cfg = DistillConfig(
         epochs=3,
@@ -234,7 +235,7 @@ def test_optimizers_and_schedulers_are_the_ones_asked_for(tiny_cache, tmp_path, 
         learning_rate=1e-3,
     )
     distill_student(tiny_cache, tmp_path / "s", spec, cfg, seed=0)
-    assert seen["optimizer"] == cls and seen["clip"] == 0.5
+    assert seen["optimizer"] == cls and seen["clip"] == 0.5 and len(seen["grad_norms"]) == len(seen["lrs"])
     lrs = seen["lrs"]
     if scheduler == "step":
         assert sorted(set(round(x, 8) for x in lrs), reverse=True) == [1e-3, 5e-4, 2.5e-4]

@@ -272,8 +272,8 @@ def test_two_process_ddp_student_trains_like_one_process_and_saves_one_checkpoin
 def test_two_process_ddp_student_on_token_budget_batches_deals_them_out_in_turn(tmp_path, tiny_cache):
     """distill.batch_tokens under DDP: each process cuts batches of batch_tokens / 2 tokens and batch_size / 2 rows, and
     Accelerate hands them to the processes in turn, so an optimizer step takes two of them."""
+    from pipeline.batching import TokenBudgetBatchSampler
     from pipeline.cache import TeacherCache
-    from pipeline.trainer import TokenBudgetBatchSampler
 
     script = tmp_path / "distill_job.py"
     script.write_text(DISTILL)

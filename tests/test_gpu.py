@@ -120,15 +120,25 @@ def test_masked_lm_topk_cache_on_the_gpu_matches_the_cpu(tmp_path, mlm_teacher, 
 
 
 def test_student_trains_on_the_gpu_under_bf16_with_fused_adamw(tmp_path, tiny_cache):
-    from pipeline.trainer import scratch_dir, training_arguments
+    from pipeline.student_loop import StudentLoop, accelerator
 
-    args = training_arguments(scratch_dir(), DistillConfig(), seed=0)
-    assert args.bf16 == torch.cuda.is_bf16_supported() and args.optim.value == "adamw_torch_fused"
+    assert accelerator().mixed_precision == ("bf16" if torch.cuda.is_bf16_supported() else "no")
+    fused = []
+    real = StudentLoop.fit
+
+    def spy(self):
+        fused.append(self.optimizer.optimizer.defaults.get("fused"))
+        return real(self)
+
+    StudentLoop.fit = spy
     spec = StudentSpec(num_layers=2, hidden_size=16, num_heads=2, init="random")
     cfg = DistillConfig(epochs=1, batch_size=16, learning_rate=5e-4, logging_steps=2)
-    result = distill_student(tiny_cache, tmp_path / "s", spec, cfg, seed=0)
+    try:
+        result = distill_student(tiny_cache, tmp_path / "s", spec, cfg, seed=0)
+    finally:
+        StudentLoop.fit = real
     losses = [h["loss"] for h in result["history"] if "loss" in h]
-    assert losses and all(np.isfinite(losses)) and (tmp_path / "s" / "model.safetensors").is_file()
+    assert fused == [True] and losses and all(np.isfinite(losses)) and (tmp_path / "s" / "model.safetensors").is_file()
 
 
 def test_a_compiled_student_on_token_budget_batches_learns_like_the_eager_one(tmp_path, tiny_cache):

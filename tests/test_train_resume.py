@@ -126,8 +126,8 @@ def test_student_killed_at_random_points_resumes_to_identical_weights(tmp_path, 
 @pytest.mark.slow
 def test_student_on_token_budget_batches_killed_resumes_to_identical_weights(tmp_path, tiny_cache):
     """distill.batch_tokens: a resumed epoch skips the batches it trained, from the same (seed, epoch) cut."""
+    from pipeline.batching import TokenBudgetBatchSampler
     from pipeline.cache import TeacherCache
-    from pipeline.trainer import TokenBudgetBatchSampler
 
     lengths = TeacherCache(tiny_cache).split("train", ["logits"]).lengths()
     steps = 2 * len(TokenBudgetBatchSampler(lengths, 160, 8, seed=0))
@@ -235,3 +235,34 @@ def _with_fingerprint(prepared, teacher):
 
     splits, info = prepared
     return splits, dict(info, tokenizer_fingerprint=tokenizer_fingerprint(AutoTokenizer.from_pretrained(teacher)))
+
+
+class _StopAt(TrainerCallback):
+    """A crash (KeyboardInterrupt) as step `at` begins."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stop_at, resumed_at", [(9, 8), (39, 38), (45, 44)])
+def test_a_resumed_student_logs_what_the_uninterrupted_run_logs(tiny_cache, tmp_path, stop_at, resumed_at):
+    """Mid-epoch, just after an epoch end (38 steps an epoch) and in the second epoch: the resumed run skips the
+    trained batches, restores the RNG where the first run had it, and carries the loss sums since the last log, so its
+    log history and weights are the uninterrupted run's."""
+    cfg = DistillConfig(epochs=2, batch_size=8, learning_rate=5e-4, checkpoint_steps=4, logging_steps=3)
+    spec = StudentSpec(num_layers=2, hidden_size=16, num_heads=2, init="random")
+    reference = distill_seeds(tiny_cache, tmp_path / "reference", spec, cfg, seeds=[0])
+    with pytest.raises(KeyboardInterrupt):
+        distill_seeds(tiny_cache, tmp_path / "s", spec, cfg, seeds=[0], callbacks=[_StopAt(stop_at)])
+    resumed = distill_seeds(tiny_cache, tmp_path / "s", spec, cfg, seeds=[0])
+    assert resumed["summary"]["resumed_from_step"] == resumed_at
+
+    def logged(result):  # every log and evaluation, less the wall times
+        return [{k: v for k, v in h.items() if "runtime" not in k} for h in result["history"] if "train_runtime" not in h]
+
+    assert logged(resumed) == logged(reference)
+    assert _weights(tmp_path / "s") == _weights(tmp_path / "reference")
