@@ -252,7 +252,9 @@ def test_a_masked_lm_teacher_through_the_pipeline_with_a_topk_cache(repo, first_
         # a third of the SST-2 run's rows: every stage still runs, on 400 labelled + 200 transfer texts
         + ["-S", "data.max_train_examples=400", "-S", "data.max_transfer_examples=200"]
         # masked-LM exports round-trip in tests/test_export.py; int8 is not under test here
-        + ["-S", "export.quantize=none"],
+        + ["-S", "export.quantize=none"]
+        # every student still trains (the point is the masked-LM path through each), one epoch and seed each
+        + ["-S", "students.l2.epochs=1", "-S", "students.l3_hard.epochs=1", "-S", "students.r2.seeds=1"],
         repo,
     ).stdout
     params = yaml.safe_load((repo / "params.yaml").read_text())

@@ -55,16 +55,19 @@ class Rows:
         return torch.from_numpy(np.stack(self.columns[name])).to(dtype)
 
     def padded(self, name: str, width: int, fill, dtype: torch.dtype) -> torch.Tensor:
-        """A per-token field as (rows, width, ...) with `fill` past each row's length: each row's stored values
-        converted while copied into place (one pass per row, no intermediate arrays), int8 rows then scaled."""
+        """A per-token field as (rows, width, ...) with `fill` past each row's length: the rows' stored values joined
+        in one copy, then converted while scattered into place under the length mask (int8 values scaled on the way)."""
         views, scales = self.columns[name], self.scales.get(name)
         out = torch.full((len(self), width, *np.shape(views[0])[1:]), fill, dtype=dtype)
+        if not len(self):
+            return out
+        mask = torch.arange(width)[None, :] < torch.from_numpy(self.lengths)[:, None]
         with warnings.catch_warnings():  # the views are read-only mappings; they are only read
             warnings.simplefilter("ignore", UserWarning)
-            for i, (view, length) in enumerate(zip(views, self.lengths.tolist())):
-                out[i, :length].copy_(_tensor(view, dtype.is_floating_point))
-                if scales is not None:
-                    out[i, :length].mul_(_tensor(scales[i], True))
+            values = _tensor(np.concatenate(views), dtype.is_floating_point)
+            if scales is not None:
+                values = values.to(dtype) * _tensor(np.concatenate(scales), True).to(dtype)
+        out[mask] = values.to(dtype)
         return out
 
 
