@@ -2,11 +2,11 @@
 intermediate 32) trained through the product's stage two ÷ the same student in a plain loop over the same batches
 collated in memory beforehand (goal >= 0.9 at each batch size, with row batches and with `batch_tokens`).
 
-    python bench/p2h_host_pace.py [--rows 16000] [--batch-sizes 64,256,1024] [--timed-epochs 2]
+    python bench/p2h_host_pace.py [--rows 16000] [--batch-sizes 64,256,1024] [--timed-epochs 3]
 
-What is left between the two is what stage two adds per step around the model (Trainer bookkeeping, sampling,
+What is left between the two is what stage two adds per step around the model (loop bookkeeping, sampling,
 collation, copies, host syncs): on a GPU the same host work runs beside a student step of ~9-12 ms (l3 at batch
-64-1,024 on an H100), so it must stay well below that. One torch thread; both sides warm (one untimed epoch first);
+64-1,024 on an H100), so it must stay well below that. One torch thread; both sides warm (one untimed epoch first), each side's fastest timed epoch counted;
 the cache holds the MiniLM teacher's logits and layer 6 (the 1-layer student's hidden-state pair). Token-budget runs
 give stage two `distill.batch_tokens` = batch size x the rows' mean length (at most batch-size rows a batch) and the
 plain loop the same sampler's batches. `host_us_per_row` = 1e6 x (1 / stage two's rows/s - 1 / the plain loop's).
@@ -33,7 +33,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=16000, help="SST-2 training rows cached and trained on")
     ap.add_argument("--batch-sizes", default="64,256,1024")
-    ap.add_argument("--timed-epochs", type=int, default=2, help="epochs timed after the warm-up one, on each side")
+    ap.add_argument("--timed-epochs", type=int, default=3, help="epochs timed after the warm-up one, on each side")
     args = ap.parse_args()
     torch.set_num_threads(1)
     device = torch.device("cpu")
