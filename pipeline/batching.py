@@ -10,7 +10,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_group
 
 class EpochLengthGroupedSampler(LengthGroupedSampler):
     """Length-grouped order whose epoch e is the (e+1)-th draw of a generator seeded with `seed`: the same order an
-    uninterrupted run gives, also when a resumed run starts at epoch e (the Trainer calls `set_epoch`)."""
+    uninterrupted run gives, also when a resumed run starts at epoch e (the loops call `set_epoch`)."""
 
     def __init__(self, batch_size: int, lengths: list[int], seed: int):
         super().__init__(batch_size, lengths=lengths)
@@ -33,7 +33,7 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
     batch and long ones few, so every batch fills about the same compute with almost no padding.
 
     Epoch e's batches are a function of (seed, e) alone: a resumed run sees the batches an uninterrupted one would.
-    The number of batches is the same every epoch (it depends on the sorted lengths only), as the Trainer's step
+    The number of batches is the same every epoch (it depends on the sorted lengths only), as the loops' step
     count and schedule need.
     """
 

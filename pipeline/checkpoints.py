@@ -1,6 +1,7 @@
 """Resumable training and atomic saves for the teacher and student stages.
 
-A training run keeps the Trainer's checkpoints (weights, optimizer, scheduler, RNG states, log history) in a work dir
+A training run keeps its checkpoints (weights, optimizer, scheduler, RNG states, log history: the teacher's Trainer's,
+a student loop's Accelerate state) in a work dir
 beside the stage's output — outside it, as extraction's `.cache.partial` is, because `dvc repro` deletes a stage's
 outputs before running it. A checkpoint counts only once it carries the `complete.json` marker, written after
 everything else in it is on disk; older checkpoints are removed only then, so a kill at any moment leaves one
@@ -65,7 +66,7 @@ def _step(path: Path) -> int:
 
 
 def _unloadable(checkpoint: Path) -> str | None:
-    """What keeps a checkpoint's files from loading as the Trainer resumes them (weights_only with its numpy allowlist,
+    """What keeps a checkpoint's files from loading as plain tensors (weights_only with the Trainer's numpy allowlist,
     safetensors), or None."""
     from safetensors import safe_open
     from transformers.trainer_pt_utils import safe_globals
@@ -165,7 +166,7 @@ class Checkpoints:
         return _CheckpointCallback(self)
 
     def on_saved(self, step: int, max_steps: int) -> None:
-        """The Trainer has written checkpoint-`step`: add the extra state, make it durable, mark it complete, and only
+        """The loop has written checkpoint-`step`: add the extra state, make it durable, mark it complete, and only
         then drop the older ones."""
         who = ranks()
         who.barrier()  # under torchrun: every rank has written its part (its RNG state) of the checkpoint

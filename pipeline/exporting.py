@@ -8,9 +8,11 @@ shipped. The int8 graph's difference is recorded (it is a quantized model: its q
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -122,7 +124,16 @@ def _quantize(src: Path, dst: Path, cfg: ExportConfig) -> None:
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # the quantizer warns through root
     # fused operators (com.microsoft domain) have no inferred output types: their tensors are float
     options = {"DefaultTensorType": onnx.TensorProto.FLOAT}
-    quantize_dynamic(str(src), str(dst), weight_type=weight_type, per_channel=cfg.per_channel, extra_options=options)
+    # ONNX Runtime's shape inference leaves sym_shape_infer_temp.onnx in the working directory when fused operators
+    # stop it: run it in a directory that is thrown away
+    with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+        quantize_dynamic(
+            str(src.resolve()),
+            str(dst.resolve()),
+            weight_type=weight_type,
+            per_channel=cfg.per_channel,
+            extra_options=options,
+        )
 
 
 def export_model(model_dir: Path, out_dir: Path, cfg: ExportConfig) -> dict:
