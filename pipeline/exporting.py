@@ -125,11 +125,12 @@ def _quantize(src: Path, dst: Path, cfg: ExportConfig) -> None:
     # fused operators (com.microsoft domain) have no inferred output types: their tensors are float
     options = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     # ONNX Runtime's shape inference leaves sym_shape_infer_temp.onnx in the working directory when fused operators
-    # stop it: run it in a directory that is thrown away
+    # stop it: run it in a directory that is thrown away (the paths resolved before going there)
+    src, dst = src.resolve(), dst.resolve()
     with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
         quantize_dynamic(
-            str(src.resolve()),
-            str(dst.resolve()),
+            str(src),
+            str(dst),
             weight_type=weight_type,
             per_channel=cfg.per_channel,
             extra_options=options,

@@ -5,6 +5,7 @@ import errno
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,8 +48,8 @@ def test_an_exported_model_answers_as_pytorch_does(tmp_path, tokenizer, arch, mo
     """fp32 ONNX equals PyTorch on real padded sentences of shapes other than the export's; int8 loads and answers
     with the same outputs' shapes; the export dir holds what serving needs and nothing is left in the working dir."""
     model, saved = _saved(tmp_path, tokenizer, arch)
-    monkeypatch.chdir(tmp_path)
-    summary = export_model(saved, tmp_path / "export", ExportConfig())
+    monkeypatch.chdir(tmp_path)  # relative paths, as the stage passes them
+    summary = export_model(saved.relative_to(tmp_path), Path("export"), ExportConfig())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "model"]
     assert summary["onnx_max_abs_diff"] < 1e-4 and summary["onnx_int8_max_abs_diff"] >= 0
     assert {"config.json", "tokenizer.json", SUMMARY, *RUNTIMES.values()} <= {p.name for p in (tmp_path / "export").iterdir()}
