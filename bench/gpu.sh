@@ -4,6 +4,9 @@
 #   bash bench/gpu.sh p1      -> P1 extraction overhead on the GPU: MiniLM- and BERT-base-shaped teachers, all of SST-2
 #   bash bench/gpu.sh p1g     -> P1g BERT-base forward throughput and MFU (eager, compiled, bf16 weights)
 #   bash bench/gpu.sh autotune-> P1g under torch.compile max-autotune (minutes of compile time)
+#   bash bench/gpu.sh pace    -> stage two's GPU figures in <= 8 minutes (issue 36): tests/test_gpu.py, P1-io (MiniLM,
+#                                all of SST-2), P2g (l3 at 64 / 256 / 1,024 rows), P3g (offline / online, 8,000 rows)
+#                                and the full-SST-2 default pipeline stage by stage, gathered in bench/results/gpu_pace.json
 # Needs: a tokenizer dir in $KD_TOKENIZER when the MiniLM
 # package is not installed. Results land in bench/results/*.json, logs in $LOGS (default bench/work).
 set -uo pipefail
@@ -27,6 +30,27 @@ for what in "$@"; do
     autotune)
       timeout "${AUTOTUNE_TIMEOUT:-600}" python bench/p1g_gpu_mfu.py --shapes 512x128 --variants autotune-bf16w \
         --name p1g_gpu_mfu_autotune 2>&1 | grep -v Warning ;;
-    *) echo "unknown: $what (tests | p1 | p1g | autotune)" >&2; exit 2 ;;
+    pace)
+      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$LOGS/gpu_env.txt"
+      timeout 60 python -m pytest -q -rs tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -5 | tee "$LOGS/gpu_tests.log"
+      timeout 45 python bench/p1_extract_overhead.py --device cuda --teacher minilm --rows 0 --batch-size 256 "${tok[@]}" 2>&1 | grep -v Warning
+      timeout 75 python bench/p2g_student_pace.py --device cuda --rows 16000 --batch-sizes 64,256,1024 2>&1 | grep -v Warning
+      timeout 60 python bench/p3_offline_vs_online.py --rows 8000 2>&1 | grep -v Warning
+      timeout 240 python bench/pipeline_wall.py --name gpu -S data.max_train_examples=null 2>&1 | grep -v Warning
+      python - "$LOGS/gpu_tests.log" <<'PY'
+import json, sys, time
+from pathlib import Path
+results = Path("bench/results")
+names = ["p1_extract_overhead_cuda_minilm", "p2g_student_pace_cuda", "p3_offline_vs_online_cuda", "pipeline_wall_gpu"]
+out = {"date": time.strftime("%Y-%m-%d"), "gpu_tests": Path(sys.argv[1]).read_text().strip().splitlines()[-1:]}
+for name in names:  # a figure whose step failed or ran out of time is absent, not stale
+    path = results / f"{name}.json"
+    fresh = path.exists() and json.loads(path.read_text()).get("date") == out["date"]
+    out[name] = json.loads(path.read_text()) if fresh else None
+(results / "gpu_pace.json").write_text(json.dumps(out, indent=2) + "\n")
+print("->", results / "gpu_pace.json", {k: v is not None for k, v in out.items()})
+PY
+      ;;
+    *) echo "unknown: $what (tests | p1 | p1g | autotune | pace)" >&2; exit 2 ;;
   esac
 done

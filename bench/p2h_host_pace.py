@@ -6,8 +6,8 @@ collated in memory beforehand (goal >= 0.9 at each batch size, with row batches 
 
 What is left between the two is what stage two adds per step around the model (loop bookkeeping, sampling,
 collation, copies, host syncs): on a GPU the same host work runs beside a student step of ~9-12 ms (l3 at batch
-64-1,024 on an H100), so it must stay well below that. One torch thread; both sides warm (one untimed epoch first), each side's fastest timed epoch counted;
-the cache holds the MiniLM teacher's logits and layer 6 (the 1-layer student's hidden-state pair). Token-budget runs
+64-1,024 on an H100), so it must stay well below that. One torch thread; the two sides interleaved, an epoch of each
+in turn (`p2g_student_pace.paced`: the first pair warms up, the ratio is the median over the timed pairs); the cache holds the MiniLM teacher's logits and layer 6 (the 1-layer student's hidden-state pair). Token-budget runs
 give stage two `distill.batch_tokens` = batch size x the rows' mean length (at most batch-size rows a batch) and the
 plain loop the same sampler's batches. `host_us_per_row` = 1e6 x (1 / stage two's rows/s - 1 / the plain loop's).
 """
@@ -17,7 +17,7 @@ import shutil
 
 import numpy as np
 import torch
-from p2g_student_pace import plain_loop, stage_two
+from p2g_student_pace import paced
 
 from pipeline.cache import TeacherCache, hidden_field
 from pipeline.config import ExtractConfig, StudentSpec
@@ -50,16 +50,9 @@ def main():
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
         for tokens in (None, int(round(batch_size * mean_length))):
             torch.manual_seed(0)
-            plain = plain_loop(cache, train, batch_size, device, tokens, spec=TINY, timed=args.timed_epochs)
-            ours = stage_two(cache, train, batch_size, 0, tokens, spec=TINY, timed=args.timed_epochs)
-            run = {
-                "batch_size": batch_size,
-                "batch_tokens": tokens,
-                "stage_two_rows_s": round(ours, 1),
-                "plain_rows_s": round(plain, 1),
-                "ratio": round(ours / plain, 3),
-                "host_us_per_row": round(1e6 * (1 / ours - 1 / plain), 1),
-            }
+            run = {"batch_size": batch_size, "batch_tokens": tokens}
+            run.update(paced(cache, train, batch_size, device, 0, tokens, spec=TINY, timed=args.timed_epochs))
+            run["host_us_per_row"] = round(1e6 * (1 / run["stage_two_rows_s"] - 1 / run["plain_rows_s"]), 1)
             runs.append(run)
             print(run, flush=True)
     save(

@@ -1,10 +1,12 @@
 """P3: total wall time of offline KD (one extraction + N students from the cache) / online KD (the same students with
 the teacher run inside every step), bert-base-sized teacher (goal <= 0.5).
 
-    python bench/p3_offline_vs_online.py [--rows 1000] [--epochs 3] [--device auto]
+    python bench/p3_offline_vs_online.py [--rows 1000] [--epochs 3]
+
+On the GPU when there is one (extraction and students); the result is named `p3_offline_vs_online[_cuda]`.
 
 The teacher is a randomly initialised BERT-base shape (12 x 768, 110M parameters; no hub here, and speed does not
-depend on the weights). Both sides use the same DistillationModule loss, Trainer, sampler, students and seeds; the
+depend on the weights). Both sides use the same DistillationModule loss, student loop, sampler, students and seeds; the
 online side (`OnlineDistillationModule`) differs only in calling the teacher instead of reading the cache.
 """
 
@@ -85,7 +87,7 @@ def main():
     offline = times["extract"] + sum(v for k, v in times.items() if k.startswith("offline_"))
     online = sum(v for k, v in times.items() if k.startswith("online_"))
     save(
-        "p3_offline_vs_online",
+        "p3_offline_vs_online" + ("_cuda" if torch.cuda.is_available() else ""),
         {
             "figure": "P3 offline (extract once + students from cache) / online KD wall time",
             "goal": "<= 0.5",

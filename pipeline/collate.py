@@ -41,8 +41,8 @@ class ConcatSplits(torch.utils.data.ConcatDataset):
 class CacheCollator:
     """Cache rows (a `Rows` batch, or row dicts) -> a padded batch: token ids, mask, the task's labels and teacher
     targets (the student facet's `collate`: logits per example (B, L); per token (B, T, L) with token labels (B, T); a
-    masked-LM cache's targets and top-k (B, T, k)), hidden states and values (B, T, H), and attention maps
-    (B, heads, T, T), zero where padded."""
+    masked-LM cache's targets and top-k (B, T, k)), hidden states and values (B, T, H) in their stored float dtype
+    (int8: fp32), and attention maps (B, heads, T, T), zero where padded."""
 
     def __init__(
         self,
@@ -70,7 +70,7 @@ class CacheCollator:
                 (extra[i, :, :length] if first.ndim == 3 else extra[i])[:] = torch.from_numpy(np.asarray(value, np.float32))
             batch[f"teacher_{EXTRA_LOGITS}"] = extra
         for name in [hidden_field(layer) for layer in self.layers] + [value_field(layer) for layer in self.values]:
-            batch[f"teacher_{name}"] = rows.padded(name, width, 0.0, torch.float32)
+            batch[f"teacher_{name}"] = rows.padded(name, width, 0.0, None)  # as stored: the losses read them as fp32
         for name in [attention_field(layer) for layer in self.attentions]:
             maps = rows.values(name)
             att = torch.zeros((len(rows), maps[0].shape[0], width, width), dtype=torch.float32)

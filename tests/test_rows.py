@@ -57,3 +57,19 @@ def test_extra_teachers_logits_join_a_batch_read_at_once(cache):
     _same(batch, CacheCollator([2])([joined[i] for i in index]))
     assert batch["teacher_extra_logits"].shape == (3, 1, 2)
     assert torch.equal(batch["teacher_extra_logits"][:, 0], batch["teacher_logits"])  # the same cache, joined by id
+
+
+def test_hidden_states_reach_the_loss_in_their_stored_precision(cache, request):
+    """fp16 / bf16 hidden states and values stay 2 bytes a value in the batch (half the copy and the transfer) and
+    equal, as fp32, the fp32 padding of the same rows; int8 ones are dequantized to fp32."""
+    stored = request.node.callspec.params["cache"]
+    split = cache.split("train", ["logits", "hidden_2", "value_4"])
+    rows = split.__getitems__([3, 0, 7])
+    batch = CacheCollator([2], 0, values=[4])(rows)
+    want = {"float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.float32}[stored]
+    width = int(rows.lengths.max())
+    for name in ("hidden_2", "value_4"):
+        got = batch[f"teacher_{name}"]
+        assert got.dtype == want, name
+        assert torch.equal(got.float(), rows.padded(name, width, 0.0, torch.float32)), name
+        assert not got[batch["attention_mask"] == 0].any(), name  # zero where padded

@@ -54,19 +54,22 @@ class Rows:
         """A per-example field (or `label`, `example_id`) as a (rows, ...) tensor."""
         return torch.from_numpy(np.stack(self.columns[name])).to(dtype)
 
-    def padded(self, name: str, width: int, fill, dtype: torch.dtype) -> torch.Tensor:
+    def padded(self, name: str, width: int, fill, dtype: torch.dtype | None) -> torch.Tensor:
         """A per-token field as (rows, width, ...) with `fill` past each row's length: the rows' stored values joined
-        in one copy, then converted while scattered into place under the length mask (int8 values scaled on the way)."""
+        in one copy, then converted while scattered into place under the length mask (int8 values scaled on the way).
+
+        `dtype=None` keeps a float field's stored precision (fp16 and bf16 stay 2 bytes a value: half the host copy
+        and the transfer to the device, converted exactly to fp32 where a loss reads them); int8 fields become fp32."""
         views, scales = self.columns[name], self.scales.get(name)
-        out = torch.full((len(self), width, *np.shape(views[0])[1:]), fill, dtype=dtype)
-        if not len(self):
-            return out
-        mask = torch.arange(width)[None, :] < torch.from_numpy(self.lengths)[:, None]
         with warnings.catch_warnings():  # the views are read-only mappings; they are only read
             warnings.simplefilter("ignore", UserWarning)
-            values = _tensor(np.concatenate(views), dtype.is_floating_point)
+            values = _tensor(np.concatenate(views), dtype is None or dtype.is_floating_point)
+            if dtype is None:
+                dtype = torch.float32 if scales is not None else values.dtype
             if scales is not None:
                 values = values.to(dtype) * _tensor(np.concatenate(scales), True).to(dtype)
+        out = torch.full((len(self), width, *values.shape[1:]), fill, dtype=dtype)
+        mask = torch.arange(width)[None, :] < torch.from_numpy(self.lengths)[:, None]
         out[mask] = values.to(dtype)
         return out
 
