@@ -12,7 +12,7 @@ from transformers import DataCollatorWithPadding
 
 from pipeline.cache import CacheSplit, attention_field, hidden_field, value_field
 from pipeline.checkpoints import Checkpoints
-from pipeline.collate import CacheCollator
+from pipeline.collate import CacheCollator, keep_freed_host_memory
 from pipeline.config import DistillConfig
 from pipeline.errors import PipelineError
 from pipeline.layers import LayerPlan
@@ -158,6 +158,7 @@ def train_student(
 ) -> list[dict]:
     """Distil into `module.student` from the cache splits (`StudentLoop`; `dev` None: no per-epoch evaluation),
     resuming from `checkpoints` when an interrupted run left one; returns the log history."""
+    keep_freed_host_memory()
     collator = CacheCollator(
         sorted({t for _, t in module.pairs}),
         pad_token_id,

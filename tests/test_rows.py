@@ -73,3 +73,17 @@ def test_hidden_states_reach_the_loss_in_their_stored_precision(cache, request):
         assert got.dtype == want, name
         assert torch.equal(got.float(), rows.padded(name, width, 0.0, torch.float32)), name
         assert not got[batch["attention_mask"] == 0].any(), name  # zero where padded
+
+
+def test_stage_two_keeps_freed_host_memory_unless_the_user_set_the_allocator(monkeypatch):
+    """glibc reuses freed batches' pages (no fresh page faults per step); a user's own malloc settings win."""
+    import platform
+
+    from pipeline.collate import keep_freed_host_memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's mallopt only")
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "65536")
+    assert keep_freed_host_memory() is False
+    monkeypatch.delenv("MALLOC_MMAP_MAX_")
+    assert keep_freed_host_memory() is True

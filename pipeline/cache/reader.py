@@ -64,6 +64,7 @@ class CacheSplit:
         self.shard_paths = [safe_shard_path(cache_dir, s["file"]) for s in meta["shards"]]
         self.shard_starts = np.concatenate([[0], np.cumsum([s["rows"] for s in meta["shards"]])]).astype(np.int64)
         self._views = None  # opened lazily, per process: DataLoader workers each map the files themselves
+        self._rows: _RowIndex | None = None
         self._maps: list[mmap.mmap] = []
         self._reads = 0
 
@@ -72,7 +73,7 @@ class CacheSplit:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_views"], state["_maps"] = None, []
+        state["_views"], state["_maps"], state["_rows"] = None, [], None
         return state
 
     def _open(self) -> list:
@@ -99,8 +100,11 @@ class CacheSplit:
                 cols["input_ids"] = (ids.offsets.to_numpy(), ids.values.to_numpy())
                 for name in self._read:
                     arr = b.column(name)
-                    if self.fields[name].kind == "example":
+                    spec = self.fields[name]
+                    if spec.kind == "example":
                         cols[name] = arr.values.to_numpy().reshape(len(arr), -1)
+                    elif spec.kind == "token":  # (tokens, width): a row is a slice of token offsets, no reshape
+                        cols[name] = (arr.offsets.to_numpy() // spec.width, arr.values.to_numpy().reshape(-1, spec.width))
                     else:
                         cols[name] = (arr.offsets.to_numpy(), arr.values.to_numpy())
                 cols["_batch"] = b
@@ -161,7 +165,7 @@ class CacheSplit:
             out[name] = values[offsets[row] : offsets[row + 1]].reshape(spec.shape(length))
             if spec.dtype == "int8":
                 offsets, scales = cols[name + SCALE_SUFFIX]
-                out[name] = dequantize_int8(out[name], scales[offsets[row] : offsets[row + 1]][:, None])
+                out[name] = dequantize_int8(out[name], scales[offsets[row] : offsets[row + 1]].reshape(-1, 1))
         return out
 
     def __getitems__(self, indices: list[int]) -> Rows:
@@ -174,35 +178,28 @@ class CacheSplit:
         index %= max(len(self), 1)
         if self._views is None:
             self._views = self._open()
+        if self._rows is None:
+            self._rows = _RowIndex(self._views, self._read, self.fields)
         before, self._reads = self._reads, self._reads + len(index)
         if self._reads // RELEASE_EVERY > before // RELEASE_EVERY:
             self._release_pages()
-        shard_of = np.searchsorted(self.shard_starts, index, side="right") - 1
-        local = index - self.shard_starts[shard_of]
-        batch_of = np.empty_like(local)
-        for shard in np.unique(shard_of).tolist():
-            at = shard_of == shard
-            starts = self._views[shard][0]
-            batch_of[at] = np.searchsorted(starts, local[at], side="right") - 1
-            local[at] -= starts[batch_of[at]]
-        names = [*ROW_KEYS, "input_ids", *self._read]
-        columns: dict[str, list] = {name: [None] * len(index) for name in names}
-        lengths = np.empty(len(index), dtype=np.int64)
-        for shard, b in {(int(s), int(b)) for s, b in zip(shard_of, batch_of)}:
-            at = np.flatnonzero((shard_of == shard) & (batch_of == b))
-            cols, rows = self._batch(shard, b), local[at]
-            lengths[at] = cols["length"][rows]
-            for name in names:
-                kind = "example" if name in ROW_KEYS else "token" if name == "input_ids" else self.fields[name].kind
-                if kind == "example":
-                    for i, value in zip(at.tolist(), cols[name][rows]):
-                        columns[name][i] = value
-                    continue
-                offsets, values = cols[name]
-                spec = self.fields.get(name)
-                for i, r, n in zip(at.tolist(), rows.tolist(), lengths[at].tolist()):
-                    view = values[offsets[r] : offsets[r + 1]]
-                    columns[name][i] = view.reshape(spec.shape(n)) if spec is not None else view
+        at = self._rows
+        batch_of = at.batch_of[index]
+        if self.check_batches:  # each record batch checked on first touch, as single-row reads do
+            touched = np.unique(batch_of)
+            for g in touched[~at.checked[touched]].tolist():
+                self._batch(int(at.shard[g]), int(at.local_batch[g]))
+                at.checked[g] = True
+        lengths = at.columns["length"][index].astype(np.int64)
+        columns: dict[str, list | np.ndarray] = {name: values[index] for name, values in at.columns.items()}
+        which, starts, counts = batch_of.tolist(), at.token_start[index].tolist(), lengths.tolist()
+        for name, values in at.tokens.items():  # a view per row, nothing copied
+            columns[name] = [values[g][s : s + n] for g, s, n in zip(which, starts, counts)]
+        for name, offsets, values in at.pairs:  # (heads, T, T) per row: its own offsets
+            spec, rows = self.fields[name], at.row[index].tolist()
+            columns[name] = [
+                values[g][offsets[g][r] : offsets[g][r + 1]].reshape(spec.shape(n)) for g, r, n in zip(which, rows, counts)
+            ]
         scales = {name: columns.pop(name + SCALE_SUFFIX) for name in self.columns if self.fields[name].dtype == "int8"}
         return Rows(lengths, columns, scales)
 
@@ -300,3 +297,31 @@ class TeacherCache:
         return CacheSplit(
             self.cache_dir, name, self.manifest["splits"][name], self.fields, columns, check_batches=self.verify_mode == "lazy"
         )
+
+
+class _RowIndex:
+    """Where every row of a split is, for batched reads without a loop over record batches: per row its record batch
+    (numbered across shards), its row and first token in it; the per-example columns (ids, labels, lengths, example
+    fields: a few values a row) gathered into one array each; per token field the record batches' (tokens, width)
+    views, so a row is one slice."""
+
+    def __init__(self, views: list, read: list[str], fields: dict):
+        batches = [(shard, b, cols) for shard, (_, per_batch) in enumerate(views) for b, cols in enumerate(per_batch)]
+        self.shard = np.array([shard for shard, _, _ in batches], dtype=np.int64)
+        self.local_batch = np.array([b for _, b, _ in batches], dtype=np.int64)
+        self.checked = np.zeros(len(batches), dtype=bool)
+        sizes = [len(cols["length"]) for _, _, cols in batches]
+        self.batch_of = np.repeat(np.arange(len(batches)), sizes)
+        self.row = np.concatenate([np.arange(n) for n in sizes]) if batches else np.zeros(0, np.int64)
+        self.token_start = (
+            np.concatenate([cols["input_ids"][0][:-1] for _, _, cols in batches]) if batches else np.zeros(0, np.int64)
+        )
+        example = [*ROW_KEYS, *(n for n in read if fields[n].kind == "example")]
+        self.columns = {n: np.concatenate([cols[n] for _, _, cols in batches]) for n in example} if batches else {}
+        token = ["input_ids", *(n for n in read if fields[n].kind == "token")]
+        self.tokens = {n: [cols[n][1] for _, _, cols in batches] for n in token}
+        self.pairs = [
+            (n, [cols[n][0] for _, _, cols in batches], [cols[n][1] for _, _, cols in batches])
+            for n in read
+            if fields[n].kind == "token_pair"
+        ]

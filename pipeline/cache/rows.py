@@ -15,7 +15,8 @@ ROW_KEYS = ("example_id", "label", "length")  # scalars of every row
 
 class Rows:
     """`lengths` (rows,); `columns[name]`: one array per row (a token field's is (length, ...), an example field's its
-    values); `scales[name]`: an int8 field's per-token scales, one (length, 1) array per row, applied when padded."""
+    values; a batch read at once holds an example field as one (rows, ...) array); `scales[name]`: an int8 field's
+    per-token scales, one (length, 1) array per row, applied when padded."""
 
     def __init__(self, lengths: np.ndarray, columns: dict[str, list], scales: dict[str, list] | None = None):
         self.lengths = np.asarray(lengths, dtype=np.int64)
@@ -52,7 +53,8 @@ class Rows:
 
     def stacked(self, name: str, dtype: torch.dtype) -> torch.Tensor:
         """A per-example field (or `label`, `example_id`) as a (rows, ...) tensor."""
-        return torch.from_numpy(np.stack(self.columns[name])).to(dtype)
+        values = self.columns[name]  # read at once: one array already; row dicts: one value per row
+        return torch.from_numpy(values if isinstance(values, np.ndarray) else np.stack(values)).to(dtype)
 
     def padded(self, name: str, width: int, fill, dtype: torch.dtype | None) -> torch.Tensor:
         """A per-token field as (rows, width, ...) with `fill` past each row's length: the rows' stored values joined
