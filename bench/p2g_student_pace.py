@@ -10,9 +10,10 @@ epoch: forward / backward / clip / AdamW step / zero_grad, nothing
 else: what the hardware allows this loss. On a GPU both sides run bf16 autocast, and the plain loop uses fused AdamW.
 With `--batch-tokens N` stage two runs `distill.batch_tokens: N` (at most batch-size rows a batch) and the plain loop
 takes the same sampler's batches; without it, the length-grouped sampler's batches of batch-size rows (the same rows,
-so the same padding: what is left between the two is the loop, not the batches). The two sides run interleaved, an
-epoch of each in turn (1 + `--timed-epochs` pairs; the first warms up): the ratio is the median over the timed pairs,
-so this VM's drift from one minute to the next falls on both sides alike.
+so the same padding: what is left between the two is the loop, not the batches). The two sides run interleaved (on
+the CPU a plain step after each of stage two's steps, on a GPU a plain epoch after each of its epochs; see
+`Interleaved`), 1 + `--timed-epochs` epochs, the first a warm-up: the ratio is the median over the timed epochs, so
+this VM's drift falls on both sides alike.
 """
 
 import argparse
@@ -50,76 +51,96 @@ def module_for(
 
 
 class Interleaved(TrainerCallback):
-    """Times each of stage two's epochs and, after each, one epoch of the plain loop: pairs measured side by side,
-    so this VM's drift (10-20% from one minute to the next) falls on both sides of each pair alike."""
+    """Stage two and the plain loop in turn, so this VM's drift (10-20% from one minute to the next, more between
+    runs) falls on both sides alike. On the CPU a plain step follows each of stage two's steps: stage two's time is
+    from the end of one plain step to the end of its next step (its bookkeeping, the next batch's read and collation,
+    the step), the plain loop's its steps alone. On a GPU, where a per-step sync would stall stage two's host running
+    ahead, a plain epoch follows each of stage two's epochs instead."""
 
-    def __init__(self, rows: int, plain_epoch):
-        self.rows, self.plain_epoch = rows, plain_epoch
-        self.ours, self.plain, self.began = [], [], 0.0
+    def __init__(self, rows: int, plain):
+        self.rows, self.plain, self.per_step = rows, plain, not torch.cuda.is_available()
+        self.ours, self.theirs = [], []
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.began = time.perf_counter()
+        self.mark, self.our_s, self.plain_s, self.plain_rows = time.perf_counter(), 0.0, 0.0, 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.per_step:
+            started = time.perf_counter()
+            self.our_s += started - self.mark
+            self.plain_rows += self.plain.step()
+            self.mark = time.perf_counter()
+            self.plain_s += self.mark - started
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.ours.append(self.rows / (time.perf_counter() - self.began))
-        self.plain.append(self.plain_epoch())
+        if self.per_step:
+            self.ours.append(self.rows / self.our_s)
+            self.theirs.append(self.plain_rows / self.plain_s)
+            return
+        torch.cuda.synchronize()
+        self.ours.append(self.rows / (time.perf_counter() - self.mark))
+        self.theirs.append(self.plain.epoch())
 
 
 def paced(cache, train, batch_size, device, workers=0, batch_tokens=None, spec=L3, timed=1) -> dict:
-    """1 + `timed` epochs through the product's path, each followed by one epoch of the plain loop on the same
-    batches (the first pair warms every batch shape up and is not counted). The ratio is the median over the timed
-    pairs of stage two's rows/s / the plain loop's; rows/s are the medians of each side."""
-    plain_epoch = plain_loop(cache, train, batch_size, device, batch_tokens, spec)
+    """1 + `timed` epochs through the product's path, interleaved with the plain loop on the same batches (the
+    first epoch warms every batch shape up and is not counted). The ratio is the median over the timed epochs of
+    stage two's rows/s / the plain loop's; rows/s are the medians of each side."""
+    plain = PlainLoop(cache, train, batch_size, device, batch_tokens, spec)
     module, cfg = module_for(cache, batch_size, workers, batch_tokens, spec)
     cfg.epochs = 1 + timed
-    clock = Interleaved(len(train), plain_epoch)
+    clock = Interleaved(len(train), plain)
     train_student(module, train, None, cfg, 0, callbacks=[clock])
-    ours, plain = np.array(clock.ours[1:]), np.array(clock.plain[1:])
+    ours, theirs = np.array(clock.ours[1:]), np.array(clock.theirs[1:])
     return {
         "stage_two_rows_s": round(float(np.median(ours)), 1),
-        "plain_rows_s": round(float(np.median(plain)), 1),
-        "ratio": round(float(np.median(ours / plain)), 3),
-        "pair_ratios": [round(float(r), 3) for r in ours / plain],
+        "plain_rows_s": round(float(np.median(theirs)), 1),
+        "ratio": round(float(np.median(ours / theirs)), 3),
+        "epoch_ratios": [round(float(r), 3) for r in ours / theirs],
+        "interleaved": "step" if clock.per_step else "epoch",
     }
 
 
-def plain_loop(cache, train, batch_size, device, batch_tokens=None, spec=L3):
-    """The plain loop, built and warmed up (every batch shape once): a function that trains one epoch and returns
-    its rows/s."""
-    module, cfg = module_for(cache, batch_size, spec=spec)
-    module.to(device).train()
-    collate = CacheCollator(sorted(t for _, t in module.pairs), 0)
-    if batch_tokens:  # the token-budget sampler's batches (its first epoch)
-        chunks = list(TokenBudgetBatchSampler(train.lengths(), batch_tokens, batch_size, seed=0))
-    else:  # the length-grouped sampler's batches (its first epoch), padded as stage two pads them
-        order = list(EpochLengthGroupedSampler(batch_size, train.lengths().tolist(), seed=0))
-        chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    batches = []
-    for chunk in chunks:
-        batch = collate([train[int(i)] for i in chunk])
-        batches.append({k: v.to(device) for k, v in batch.items()})
-    rows = sum(len(b["input_ids"]) for b in batches)
-    cuda = device.type == "cuda"
-    optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.learning_rate, fused=cuda)
-    rng = np.random.default_rng(0)
+class PlainLoop:
+    """The plain loop over the sampler's first-epoch batches, collated and moved to the device up front, warmed up by
+    one epoch (every batch shape once): `step()` trains the next batch of a shuffled cycle and returns its rows;
+    `epoch()` trains one epoch and returns its rows/s."""
 
-    def epoch() -> float:
-        started = time.perf_counter()
-        for b in rng.permutation(len(batches)):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                loss = module(**batches[b])["loss"]
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        if cuda:
+    def __init__(self, cache, train, batch_size, device, batch_tokens=None, spec=L3):
+        module, cfg = module_for(cache, batch_size, spec=spec)
+        self.module, self.cfg, self.device = module.to(device).train(), cfg, device
+        collate = CacheCollator(sorted(t for _, t in module.pairs), 0)
+        if batch_tokens:  # the token-budget sampler's batches (its first epoch)
+            chunks = list(TokenBudgetBatchSampler(train.lengths(), batch_tokens, batch_size, seed=0))
+        else:  # the length-grouped sampler's batches (its first epoch), padded as stage two pads them
+            order = list(EpochLengthGroupedSampler(batch_size, train.lengths().tolist(), seed=0))
+            chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        self.batches = [{k: v.to(device) for k, v in collate([train[int(i)] for i in c]).items()} for c in chunks]
+        self.rows = sum(len(b["input_ids"]) for b in self.batches)
+        self.cuda = device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.learning_rate, fused=self.cuda)
+        self.rng, self.queue = np.random.default_rng(0), []
+        self.epoch()
+
+    def step(self) -> int:
+        if not self.queue:
+            self.queue = self.rng.permutation(len(self.batches)).tolist()
+        batch = self.batches[self.queue.pop()]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+            loss = self.module(**batch)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return len(batch["input_ids"])
+
+    def epoch(self) -> float:
+        started, self.queue = time.perf_counter(), []
+        for _ in range(len(self.batches)):
+            self.step()
+        if self.cuda:
             torch.cuda.synchronize()
-        return rows / (time.perf_counter() - started)
-
-    epoch()
-    return epoch
+        return self.rows / (time.perf_counter() - started)
 
 
 def main():

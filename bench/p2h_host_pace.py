@@ -6,8 +6,8 @@ collated in memory beforehand (goal >= 0.9 at each batch size, with row batches 
 
 What is left between the two is what stage two adds per step around the model (loop bookkeeping, sampling,
 collation, copies, host syncs): on a GPU the same host work runs beside a student step of ~9-12 ms (l3 at batch
-64-1,024 on an H100), so it must stay well below that. One torch thread; the two sides interleaved, an epoch of each
-in turn (`p2g_student_pace.paced`: the first pair warms up, the ratio is the median over the timed pairs); the cache holds the MiniLM teacher's logits and layer 6 (the 1-layer student's hidden-state pair). Token-budget runs
+64-1,024 on an H100), so it must stay well below that. One torch thread; the two sides interleaved step by step
+(`p2g_student_pace.paced`: a warm-up epoch, then the median ratio over the timed epochs); the cache holds the MiniLM teacher's logits and layer 6 (the 1-layer student's hidden-state pair). Token-budget runs
 give stage two `distill.batch_tokens` = batch size x the rows' mean length (at most batch-size rows a batch) and the
 plain loop the same sampler's batches. `host_us_per_row` = 1e6 x (1 / stage two's rows/s - 1 / the plain loop's).
 """
