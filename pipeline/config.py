@@ -103,6 +103,13 @@ class ExtractConfig:
         "float16, bfloat16 (bit-exact as uint16), or int8 (per-token absmax scale)",
         choices=("float16", "bfloat16", "int8"),
     )
+    rank: int | None = knob(
+        None,
+        "low-rank hidden states: per cached layer a basis of this many directions, fitted on the teacher's outputs "
+        "for a seeded sample of train rows, and `rank` coefficients per token in `dtype`; null = full width",
+        gt=0,
+    )
+    rank_sample_rows: int = knob(2000, "train rows (seeded sample) the low-rank basis is fitted on", gt=0)
     batch_size: int = knob(64, "teacher batch size (length-sorted batches)", gt=0)
     shard_max_mb: float = knob(256, "a shard is closed once it holds this many MB (2^20 bytes)", gt=0)
     device: str = knob("auto", "auto (cuda when available), cpu, cuda, cuda:N")

@@ -87,7 +87,10 @@ def layer_plan(cache: TeacherCache, spec: StudentSpec, cfg: DistillConfig, teach
             f"params.yaml: value relations use the teacher's {n_heads} heads, which must divide the student's "
             f"hidden_size {resolved.hidden_size}; change hidden_size or set value_weight to 0"
         )
-    return LayerPlan(pairs, manifest["hidden_size"], att_pairs, value_pair, n_heads)
+    bases = cache.bases() if pairs else {}
+    return LayerPlan(
+        pairs, manifest["hidden_size"], att_pairs, value_pair, n_heads, {t: bases[t] for _, t in pairs if t in bases}
+    )
 
 
 def _no_attention_dropout(student) -> None:
@@ -114,6 +117,7 @@ def distill_student(
     callbacks=(),
     extra_caches: dict[str, tuple[Path, dict]] | None = None,
     task_config=None,
+    rank: int | None = ...,
 ) -> dict:
     """Build the student, check the cache fits it, distil, save with save_pretrained + tokenizer. Returns a summary.
 
@@ -121,7 +125,7 @@ def distill_student(
     `cfg.teachers` order after the main one (`pipeline.teachers`): each cache is checked through its own manifest.
 
     `teacher_dir` is read only for init 'teacher' (the chosen tensors, lazily); init 'random' needs no teacher at all.
-    `max_length` and `label_names` (params.yaml's) are checked against the cache's. With `work`, training keeps
+    `max_length`, `label_names` and `rank` (params.yaml's; extract.rank) are checked against the cache's. With `work`, training keeps
     resumable checkpoints there (keyed on the student, its settings, seed and the cache's manifest) and resumes from
     the last one an interrupted run left; the caller removes `work` once it is done with it.
 
@@ -148,6 +152,7 @@ def distill_student(
         label_names=label_names,
         layers=[t for _, t in plan.pairs],
         values=[plan.value_pair[1]] if plan.value_pair else None,
+        rank=rank,
     )
     teacher_weights = teacher_weights_for_init(teacher_dir, cache.manifest) if spec.init == "teacher" else None
     set_seed(seed)

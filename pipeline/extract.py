@@ -21,11 +21,12 @@ import transformers
 from transformers import AutoConfig, AutoTokenizer
 
 from pipeline.cache import CacheWriter
+from pipeline.cache.basis import BASIS_TABLE, basis_table
 from pipeline.cache.schema import TEACHER_CONFIG, TOKENIZER_DIR
 from pipeline.config import ExtractConfig
 from pipeline.distributed import Ranks, ranks
 from pipeline.errors import PipelineError
-from pipeline.extract_loop import LoopPlan, extract_splits
+from pipeline.extract_loop import LoopPlan, extract_splits, fit_bases
 from pipeline.journal import ShardSink, job_key, journal_name, load_journal, shard_tag, work_dir_for
 from pipeline.layers import normalize_layers, normalize_model_layers
 from pipeline.models import model_fingerprint, tokenizer_fingerprint
@@ -107,6 +108,13 @@ def extract_cache(
         world=who.world,
         shard_max_bytes=shard_max_bytes,
     )
+    if cfg.rank and plan.layers:
+        if cfg.rank > hidden:
+            raise PipelineError(
+                f"params.yaml: extract.rank {cfg.rank} is more than the teacher's hidden size {hidden}; set it "
+                f"below {hidden}, or to null for full-width hidden states"
+            )
+        plan.hidden_rank = cfg.rank
     fields = plan.fields(model.config.num_labels, hidden, heads, model.config.vocab_size)
     meta = {
         "teacher": {**model_fingerprint(teacher_dir), "model_type": model.config.model_type, "num_hidden_layers": n_layers},
@@ -123,6 +131,8 @@ def extract_cache(
         "versions": {"torch": torch.__version__.split("+")[0], "transformers": transformers.__version__},
     }
     meta.update(task.manifest_meta(plan.task_setup))  # a sequence classifier's adds nothing: its bytes stay
+    if plan.hidden_rank:  # (full-width caches keep the manifest they always had)
+        meta["rank"] = plan.hidden_rank
     if record is not None:  # an extra teacher's cache: the params that made its teacher (`Params.teacher_record`)
         meta["teacher_params"] = record
 
@@ -140,6 +150,12 @@ def extract_cache(
     resume = {name: [s["record"] for s in entry["shards"]] for name, entry in state.items()}
     journal = journal_name(who.rank, who.world)
     with CacheWriter(work, fields, meta, shard_max_bytes, resume=resume, shard_tag=shard_tag(who.rank, who.world)) as writer:
+        if plan.hidden_rank:  # rank 0 fits the basis (deterministic: a resumed run fits the same one), every rank uses it
+            fitted = fit_bases(model, _basis_split(splits), plan, cfg.rank_sample_rows, mask_seed) if who.main else None
+            bases, meta["basis"] = who.gather(fitted)[0]
+            plan.bases = {layer: tuple(torch.from_numpy(a).to(dev) for a in pair) for layer, pair in bases.items()}
+            if who.main:
+                writer.write_table(BASIS_TABLE, basis_table(bases))
         sink = ShardSink(writer, work, key, state, journal=journal)
         captured: dict[int, torch.Tensor] = {}
         hooks = [
@@ -180,6 +196,11 @@ def extract_cache(
     os.replace(work, out_dir)
     who.barrier()
     return {"manifest": manifest, "stats": stats, "writer": writer_stats, "processes": who.world}
+
+
+def _basis_split(splits: dict[str, datasets.Dataset]) -> datasets.Dataset:
+    """The split the low-rank basis is fitted on: train (the first split where there is none)."""
+    return splits.get("train", next(iter(splits.values())))
 
 
 def _combine_stats(per_rank: list[dict[str, dict]]) -> dict[str, dict]:

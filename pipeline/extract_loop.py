@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.cache import CacheBatch, FieldSpec, attention_field, hidden_field, token_fields, value_field
+from pipeline.cache.basis import BasisFit, project
 from pipeline.cache.codec import encode
 from pipeline.cache.layout import batch_nbytes, shard_ends
 from pipeline.journal import BatchSink
@@ -76,6 +77,8 @@ class LoopPlan:
     rank: int = 0  # under torchrun: this process computes its part of each split's batches (`rank_batches`)
     world: int = 1
     shard_max_bytes: int = 256 << 20  # the writer's: ranks are cut where it closes shards
+    hidden_rank: int | None = None  # extract.rank: hidden layers cached as coefficients in `bases` (cache.basis)
+    bases: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # layer -> (mean, components)
 
     @property
     def attention_dtype(self) -> str:
@@ -84,7 +87,8 @@ class LoopPlan:
     def fields(self, num_labels: int, hidden: int, heads: int, vocab: int) -> list[FieldSpec]:
         """The cache fields this plan writes, in column order."""
         out = self.task.fields(self.task_setup, num_labels, vocab)
-        out += [f for layer in self.layers for f in token_fields(hidden_field(layer), self.dtype, hidden)]
+        width = self.hidden_rank or hidden
+        out += [f for layer in self.layers for f in token_fields(hidden_field(layer), self.dtype, width)]
         out += [FieldSpec(attention_field(layer), "token_pair", self.attention_dtype, heads) for layer in self.attentions]
         out += [f for layer in self.values for f in token_fields(value_field(layer), self.dtype, hidden)]
         return out
@@ -148,12 +152,8 @@ def _extract_split(loop: _Loop, split: str, ds: datasets.Dataset, entry: dict) -
         loop.on_batch,
         loop.captured,
     )
-    table = ds.data.table if hasattr(ds.data, "table") else ds.data
-    lengths = table.column("length").to_numpy()
-    ids_col = table.column("input_ids").combine_chunks()
-    offsets, flat_ids = ids_col.offsets.to_numpy(), ids_col.values.to_numpy()
-    example_ids, labels = table.column("example_id").to_numpy(), table.column("label").to_numpy()
-    task_columns = {name: _ragged(table.column(name)) for name in plan.task.prepared_columns()}
+    cols = _Columns(ds, plan)
+    lengths, example_ids, labels = cols.lengths, cols.example_ids, cols.labels
     batches = length_sorted_batches(lengths, plan.batch_size)
     ends = None
     if plan.world > 1:  # cut the ranks where one process would close a shard: the same shards, whatever the count
@@ -176,14 +176,9 @@ def _extract_split(loop: _Loop, split: str, ds: datasets.Dataset, entry: dict) -
         disable=None,
     ):
         rows = batches[bi]
-        lens = lengths[rows]
-        width = int(lens.max())
-        input_ids, mask = pad_rows(flat_ids, offsets[rows], lens, width, plan.pad_id)
-        extra = {name: [values[offs[r] : offs[r + 1]] for r in rows] for name, (offs, values) in task_columns.items()}
-        input_ids, host_fields = plan.task.host_fields(plan.task_setup, input_ids, mask, example_ids[rows], extra)
+        lens, input_ids, mask, host_fields, inputs = cols.batch(rows)
         # everything the device needs goes over in one non-blocking step; real tokens are picked on the device by
         # index (a boolean mask there would make the host wait for the GPU before it can queue the next batch)
-        inputs = plan.task.model_inputs(plan.task_setup, input_ids, mask, extra)  # e.g. a QA window's segment ids
         host_in = [input_ids, mask.astype(np.int64), np.flatnonzero(mask), *inputs.values()]
         if ring is not None:  # a pinned slot for this batch's inputs and outputs, free once the writer is done with it
             slot = ring.acquire()
@@ -213,7 +208,7 @@ def _extract_split(loop: _Loop, split: str, ds: datasets.Dataset, entry: dict) -
             bi + 1,
             ready,
         )
-        padded_tokens += len(rows) * width
+        padded_tokens += input_ids.size
         real_tokens += int(lens.sum())
         if on_batch is not None:
             on_batch(split, bi)
@@ -227,6 +222,57 @@ def _extract_split(loop: _Loop, split: str, ds: datasets.Dataset, entry: dict) -
         "resumed_batches": first - mine.start,
         "padding_fraction": 1 - real_tokens / max(padded_tokens, 1),
     }
+
+
+class _Columns:
+    """A prepared split's columns, and one batch of its rows as the teacher takes it."""
+
+    def __init__(self, ds: datasets.Dataset, plan: LoopPlan):
+        table = ds.data.table if hasattr(ds.data, "table") else ds.data
+        self.plan = plan
+        self.lengths = table.column("length").to_numpy()
+        ids_col = table.column("input_ids").combine_chunks()
+        self.offsets, self.flat_ids = ids_col.offsets.to_numpy(), ids_col.values.to_numpy()
+        self.example_ids, self.labels = table.column("example_id").to_numpy(), table.column("label").to_numpy()
+        self.task_columns = {name: _ragged(table.column(name)) for name in plan.task.prepared_columns()}
+
+    def batch(self, rows: np.ndarray) -> tuple:
+        """(lengths, padded ids, real-token mask, the task's host fields, the task's extra model inputs)."""
+        plan, lens = self.plan, self.lengths[rows]
+        input_ids, mask = pad_rows(self.flat_ids, self.offsets[rows], lens, int(lens.max()), plan.pad_id)
+        extra = {name: [values[offs[r] : offs[r + 1]] for r in rows] for name, (offs, values) in self.task_columns.items()}
+        input_ids, host_fields = plan.task.host_fields(plan.task_setup, input_ids, mask, self.example_ids[rows], extra)
+        inputs = plan.task.model_inputs(plan.task_setup, input_ids, mask, extra)  # e.g. a QA window's segment ids
+        return lens, input_ids, mask, host_fields, inputs
+
+
+def fit_bases(model, ds: datasets.Dataset, plan: LoopPlan, sample_rows: int, seed: int) -> tuple[dict, dict]:
+    """The low-rank basis of each of `plan.layers` (`pipeline.cache.basis`), fitted on the teacher's outputs for a
+    seeded sample of `sample_rows` rows of `ds`, run as extraction runs them. Returns (layer -> (mean, components)
+    as float32 numpy, a record for the manifest: sample size and each layer's explained variance)."""
+    dev = next(model.parameters()).device
+    cols = _Columns(ds, plan)
+    n = min(sample_rows, len(cols.lengths))
+    sample = np.sort(np.random.default_rng(seed).choice(len(cols.lengths), size=n, replace=False))
+    fits = {layer: BasisFit(model.config.hidden_size, dev) for layer in plan.layers}
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        for rows in length_sorted_batches(cols.lengths[sample], plan.batch_size):
+            _, input_ids, mask, _, inputs = cols.batch(sample[rows])
+            out = model(
+                input_ids=torch.from_numpy(input_ids).to(dev),
+                attention_mask=torch.from_numpy(mask.astype(np.int64)).to(dev),
+                **{k: torch.from_numpy(np.asarray(v)).to(dev) for k, v in inputs.items()},
+                output_hidden_states=True,
+            )
+            real = torch.from_numpy(mask).to(dev)
+            for layer, fit in fits.items():
+                fit.add(out.hidden_states[layer][real])
+    bases, explained = {}, {}
+    for layer, fit in fits.items():
+        mean, components, explained[str(layer)] = fit.basis(plan.hidden_rank)
+        bases[layer] = (mean, components)
+    record = {"sample_rows": n, "sample_tokens": fits[plan.layers[0]].count, "explained_variance": explained}
+    return bases, record
 
 
 def _ragged(column) -> tuple[np.ndarray, np.ndarray]:
@@ -243,7 +289,10 @@ def _batch_outputs(out, real_index: torch.Tensor, lens: np.ndarray, plan: LoopPl
 
     device_out = plan.task.device_fields(out, tokens, plan.task_setup)
     for layer in plan.layers:
-        device_out.update(encode(tokens(out.hidden_states[layer]), plan.dtype, hidden_field(layer)))
+        hidden = tokens(out.hidden_states[layer])
+        if plan.hidden_rank:
+            hidden = project(hidden, *plan.bases[layer])
+        device_out.update(encode(hidden, plan.dtype, hidden_field(layer)))
     for layer in plan.attentions:  # only the real-token block of each example's heads x len x len map
         att = out.attentions[layer - 1]
         flat = torch.cat([att[j, :, :n, :n].reshape(-1) for j, n in enumerate(lens.tolist())])

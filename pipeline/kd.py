@@ -11,6 +11,7 @@ from torch import nn
 from transformers import DataCollatorWithPadding
 
 from pipeline.cache import CacheSplit, attention_field, hidden_field, value_field
+from pipeline.cache.basis import reconstruct
 from pipeline.checkpoints import Checkpoints
 from pipeline.collate import CacheCollator, keep_freed_host_memory
 from pipeline.config import DistillConfig
@@ -57,9 +58,23 @@ class DistillationModule(nn.Module):
                 for m, _ in self.pairs
             }
         )
+        # a low-rank cache's bases (non-persistent: never saved with the student), moved to the device with it
+        self.rebuild = set()
+        for t, (mean, components) in plan.bases.items():
+            self.register_buffer(f"basis_mean_{t}", torch.as_tensor(mean), persistent=False)
+            self.register_buffer(f"basis_components_{t}", torch.as_tensor(components), persistent=False)
+            self.rebuild.add(t)
         # loss parts summed on the device since the last log, with their count: reading a value back per step would
         # make the host wait for the GPU at every step
         self.running: dict[str, list] = {}
+
+    def teacher_hidden(self, layer: int, teacher: dict) -> torch.Tensor:
+        """The cached teacher layer as the loss compares it: at full width (a low-rank cache's coefficients are
+        rebuilt here, on the device, from its basis)."""
+        stored = teacher[f"teacher_{hidden_field(layer)}"]
+        if layer not in self.rebuild:
+            return stored
+        return reconstruct(stored, getattr(self, f"basis_mean_{layer}"), getattr(self, f"basis_components_{layer}"))
 
     def loss_mix(self) -> LossMix:
         cfg = self.cfg
@@ -90,8 +105,7 @@ class DistillationModule(nn.Module):
         hidden_pairs = []
         if need_hidden:
             hidden_pairs = [
-                (self.projections[str(m)](out.hidden_states[m]), teacher_hidden[f"teacher_{hidden_field(t)}"])
-                for m, t in self.pairs
+                (self.projections[str(m)](out.hidden_states[m]), self.teacher_hidden(t, teacher_hidden)) for m, t in self.pairs
             ]
         teacher = dict(teacher_hidden, teacher_logits=teacher_logits)
         loss, parts = self.task.loss(

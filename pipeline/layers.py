@@ -91,6 +91,7 @@ class LayerPlan:
     attention_pairs: list[tuple[int, int]] = field(default_factory=list)
     value_pair: tuple[int, int] | None = None
     relation_heads: int = 1
+    bases: dict = field(default_factory=dict)  # a low-rank cache's layer -> (mean, components) (pipeline.cache.basis)
 
     @property
     def hidden_layers(self) -> list[int]:

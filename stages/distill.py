@@ -25,6 +25,7 @@ def main(params, args):
         teacher_dir=Path(args.teacher),
         max_length=params.data.max_length,
         label_names=params.data.label_names,
+        rank=params.extract.rank,
         task_config=params.task_config,
         extra_caches={t: (Path(args.caches_root) / t, params.teacher_record(t)) for t in cfg.teachers[1:]},
     )

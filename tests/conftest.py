@@ -138,6 +138,9 @@ def build_cache(
     attentions=(),
     values=(),
     device="cpu",
+    rank=None,
+    rank_sample_rows=2000,
+    seed=0,
 ) -> dict:
     splits, info = prepared
     cfg = ExtractConfig(
@@ -148,8 +151,10 @@ def build_cache(
         device=device,
         attentions=list(attentions),
         values=list(values),
+        rank=rank,
+        rank_sample_rows=rank_sample_rows,
     )
-    return extract_cache(teacher_dir, splits, out, cfg, info=info)
+    return extract_cache(teacher_dir, splits, out, cfg, info=info, mask_seed=seed)
 
 
 @pytest.fixture(scope="session")

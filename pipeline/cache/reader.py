@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from pipeline.cache.basis import BASIS_TABLE, bases_from_table
 from pipeline.cache.codec import dequantize_int8
 from pipeline.cache.remedy import remedy
 from pipeline.cache.rows import ROW_KEYS, Rows
@@ -274,6 +275,11 @@ class TeacherCache:
             )
         with pa.memory_map(str(path)) as source:
             return pa.ipc.open_file(source).read_all()
+
+    def bases(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """A low-rank cache's basis per hidden layer (`pipeline.cache.basis`): layer -> (mean, components); {} for
+        a full-width cache."""
+        return bases_from_table(self.table(BASIS_TABLE)) if self.manifest.get("rank") else {}
 
     @property
     def splits(self) -> list[str]:

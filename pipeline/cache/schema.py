@@ -200,10 +200,15 @@ def check_compatible(
     layers: list[int] | None = None,
     attentions: list[int] | None = None,
     values: list[int] | None = None,
+    rank: int | None = ...,
 ) -> None:
-    """Refuse a cache that does not match what the consumer expects, before any training step."""
+    """Refuse a cache that does not match what the consumer expects, before any training step. `rank` (extract.rank:
+    None = full width) is checked when given."""
     where = Path(cache_dir) / MANIFEST
     fix = "rerun `dvc repro extract` with matching params, or point the student at the right cache"
+    if rank is not ... and manifest.get("rank") != rank:
+        held = f"rank-{manifest['rank']} hidden states" if manifest.get("rank") else "full-width hidden states"
+        raise PipelineError(f"{where}: the cache holds {held} but extract.rank is {rank}; {fix}")
     if tokenizer_fingerprint is not None and manifest["tokenizer"]["fingerprint"] != tokenizer_fingerprint:
         raise PipelineError(
             f"{where}: cache was tokenized with a different tokenizer (fingerprint "
