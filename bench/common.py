@@ -46,9 +46,13 @@ def random_teacher(shape: str, tokenizer_dir: Path) -> Path:
 
 
 def teacher_dir() -> Path:
-    """The fine-tuned teacher of the default run if there is one, else MiniLM with a fresh head (fine for speed)."""
+    """The fine-tuned teacher of the default run if there is one, else MiniLM with a fresh head (fine for speed); where
+    the MiniLM package is not installed (the lent GPU machine), a MiniLM-shaped random teacher with the tokenizer in
+    $KD_TOKENIZER."""
     if (ROOT / "artifacts/teacher/model.safetensors").is_file():
         return ROOT / "artifacts/teacher"
+    if os.environ.get("KD_TOKENIZER"):
+        return random_teacher("minilm", Path(os.environ["KD_TOKENIZER"]))
     out = WORK / "minilm_teacher"
     if not (out / "model.safetensors").is_file():
         torch.manual_seed(0)
@@ -58,8 +62,16 @@ def teacher_dir() -> Path:
     return out
 
 
-def prepared(n_train: int | None, n_dev: int | None = None, max_length: int = 64, tokenizer_dir: Path | None = None, seed=0):
-    """Real SST-2 rows tokenized as the prepare stage does (a seeded random subset of train)."""
+def prepared(
+    n_train: int | None,
+    n_dev: int | None = None,
+    max_length: int = 64,
+    tokenizer_dir: Path | None = None,
+    seed=0,
+    val_examples: int | None = None,
+):
+    """Real SST-2 rows tokenized as the prepare stage does (a seeded random subset of train); `val_examples` the
+    tuning split carved from train first (None: the data section's default)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or teacher_dir())
@@ -71,6 +83,7 @@ def prepared(n_train: int | None, n_dev: int | None = None, max_length: int = 64
         max_dev_examples=n_dev,
         max_length=max_length,
         transfer=None,
+        **({} if val_examples is None else {"val_examples": val_examples}),
     )
     return prepare_corpus(cfg, tokenizer, seed)
 

@@ -9,12 +9,24 @@
 #                                and the full-SST-2 default pipeline stage by stage, gathered in bench/results/gpu_pace.json
 # Needs: a tokenizer dir in $KD_TOKENIZER when the MiniLM
 # package is not installed. Results land in bench/results/*.json, logs in $LOGS (default bench/work).
+# Python is $PYTHON (default python3: a GPU image need not have a `python`). Without the MiniLM package, the benches
+# use a MiniLM-shaped random teacher with the tokenizer in $KD_TOKENIZER (speed does not depend on the weights).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1
 LOGS=${LOGS:-bench/work}
 mkdir -p "$LOGS"
+python() { "${PYTHON:-python3}" "$@"; }
 tok=(); [ -n "${KD_TOKENIZER:-}" ] && tok=(--tokenizer "$KD_TOKENIZER")
+# step NAME SECONDS CMD...: CMD with a time limit, its output in $LOGS/NAME.log (never a pipe: a process it leaves
+# behind, a killed test's subprocess, would hold a pipe open and stall the script), then the log's last lines
+step() {
+  local name=$1 seconds=$2; shift 2
+  local started=$SECONDS
+  timeout -k 5 "$seconds" "$@" > "$LOGS/$name.log" 2>&1 < /dev/null
+  echo "== $name: exit $? after $((SECONDS - started)) s (limit $seconds s)"
+  grep -v Warning "$LOGS/$name.log" | tail -4
+}
 for what in "$@"; do
   case $what in
     tests)
@@ -31,12 +43,12 @@ for what in "$@"; do
       timeout "${AUTOTUNE_TIMEOUT:-600}" python bench/p1g_gpu_mfu.py --shapes 512x128 --variants autotune-bf16w \
         --name p1g_gpu_mfu_autotune 2>&1 | grep -v Warning ;;
     pace)
-      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$LOGS/gpu_env.txt"
-      timeout 60 python -m pytest -q -rs tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -5 | tee "$LOGS/gpu_tests.log"
-      timeout 45 python bench/p1_extract_overhead.py --device cuda --teacher minilm --rows 0 --batch-size 256 "${tok[@]}" 2>&1 | grep -v Warning
-      timeout 75 python bench/p2g_student_pace.py --device cuda --rows 16000 --batch-sizes 64,256,1024 2>&1 | grep -v Warning
-      timeout 60 python bench/p3_offline_vs_online.py --rows 8000 2>&1 | grep -v Warning
-      timeout 240 python bench/pipeline_wall.py --name gpu -S data.max_train_examples=null 2>&1 | grep -v Warning
+      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$LOGS/gpu_env.txt" 2>&1
+      step gpu_tests 60 "${PYTHON:-python3}" -m pytest -q -rs tests/test_gpu.py -p no:cacheprovider -o addopts=""
+      step p1_io 45 "${PYTHON:-python3}" bench/p1_extract_overhead.py --device cuda --teacher minilm --rows 0 --batch-size 256 "${tok[@]}"
+      step p2g 75 "${PYTHON:-python3}" bench/p2g_student_pace.py --device cuda --rows 16000 --batch-sizes 64,256,1024
+      step p3g 60 "${PYTHON:-python3}" bench/p3_offline_vs_online.py --rows 8000
+      step pipeline 240 "${PYTHON:-python3}" bench/pipeline_wall.py --name gpu -S data.max_train_examples=null
       python - "$LOGS/gpu_tests.log" <<'PY'
 import json, sys, time
 from pathlib import Path

@@ -56,7 +56,7 @@ def main():
     ap.add_argument("--epochs", type=float, default=3)
     args = ap.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir())
-    splits, info = prepared(args.rows, 64)
+    splits, info = prepared(args.rows, 64, val_examples=0)  # the rows trained on, no tuning split to extract
     teacher = bert_base_teacher(len(tokenizer))
     tdir = WORK / "p3_bert_base"
     teacher.save_pretrained(tdir)

@@ -36,7 +36,7 @@ def main():
     args = ap.parse_args()
     runs = {}
     for scale in (1, 4):
-        splits, info = prepared(args.rows * scale, 200)
+        splits, info = prepared(args.rows * scale, 200, val_examples=0)  # no tuning split: the caches are 1x and 4x
         cache = WORK / f"p5_cache_{scale}x"
         extract_cache(teacher_dir(), splits, cache, ExtractConfig(layers=[2, 4, 6], shard_max_mb=64, device="cpu"), info=info)
         out = subprocess.run(

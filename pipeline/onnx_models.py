@@ -68,9 +68,6 @@ class OnnxModel(torch.nn.Module):
     def dtype(self) -> torch.dtype:
         return torch.float32
 
-    def num_parameters(self) -> int:
-        return 0  # weights live in the graph; the PyTorch model's count is the model's
-
 
 def exported_runtimes(export_dir: Path) -> dict[str, Path]:
     """The runtime files an export dir holds, by runtime name, in `RUNTIMES` order."""

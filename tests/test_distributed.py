@@ -29,6 +29,7 @@ from pipeline.extract import extract_cache
 prepared, teacher, out, shard_bytes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 kill_rank, kill_after = int(sys.argv[5]), int(sys.argv[6])
 batch_size = int(sys.argv[7]) if len(sys.argv) > 7 else 8
+hidden_rank = int(sys.argv[8]) if len(sys.argv) > 8 else 0  # extract.rank (0: full width)
 splits, info = load_prepared(Path(prepared))
 rank, seen = int(os.environ.get("RANK", 0)), []
 
@@ -37,7 +38,10 @@ def on_batch(split, index):
     if rank == kill_rank and len(seen) == kill_after:
         os.kill(os.getpid(), signal.SIGKILL)
 
-cfg = ExtractConfig(layers=[1, 4], dtype="float16", batch_size=batch_size, shard_max_mb=shard_bytes / (1 << 20), device="cpu")
+cfg = ExtractConfig(
+    layers=[1, 4], dtype="float16", batch_size=batch_size, shard_max_mb=shard_bytes / (1 << 20), device="cpu",
+    rank=hidden_rank or None, rank_sample_rows=100,
+)
 result = extract_cache(Path(teacher), splits, Path(out), cfg, info=info, on_batch=on_batch if kill_after else None)
 if result is not None:
     print(json.dumps({k: v["resumed_batches"] for k, v in result["stats"].items()}))
@@ -53,7 +57,15 @@ def _free_port() -> int:
 
 
 def _args(
-    script: Path, prepared: Path, teacher: Path, out: Path, shard_bytes: int, kill_rank: int, kill_after: int, batch_size: int = 8
+    script: Path,
+    prepared: Path,
+    teacher: Path,
+    out: Path,
+    shard_bytes: int,
+    kill_rank: int,
+    kill_after: int,
+    batch_size: int = 8,
+    hidden_rank: int = 0,
 ):
     return [
         str(script),
@@ -64,6 +76,7 @@ def _args(
         str(kill_rank),
         str(kill_after),
         str(batch_size),
+        str(hidden_rank),
     ]
 
 
@@ -128,19 +141,21 @@ def test_two_process_extraction_equals_one_process_byte_for_byte(tmp_path, job):
     assert not work_dir_for(tmp_path / "two").exists()
 
 
-def test_two_process_extraction_killed_on_one_rank_resumes_to_the_one_process_rows(tmp_path, job):
+@pytest.mark.parametrize("hidden_rank, shard_bytes", [(0, 60_000), (8, 20_000)], ids=["full-width", "low-rank"])
+def test_two_process_extraction_killed_on_one_rank_resumes_to_the_one_process_rows(tmp_path, job, hidden_rank, shard_bytes):
+    """Shards of a few batches each: ranks cut where one process closes a shard. Low rank (smaller rows, so smaller
+    shards): rank 0 fits the basis and hands it to rank 1, and the resumed run fits the same one again."""
     script, prepared, teacher = job
-    shard_bytes = 60_000  # a few batches per shard: ranks cut where one process closes a shard
-    one = _run([sys.executable, *_args(script, prepared, teacher, tmp_path / "one", shard_bytes, -1, 0)])
+    one = _run([sys.executable, *_args(script, prepared, teacher, tmp_path / "one", shard_bytes, -1, 0, 8, hidden_rank)])
     assert one.returncode == 0, one.stderr[-12000:]
     out = tmp_path / "two"
-    killed = _run(_torchrun(2, *_args(script, prepared, teacher, out, shard_bytes, 1, 9)))
+    killed = _run(_torchrun(2, *_args(script, prepared, teacher, out, shard_bytes, 1, 9, 8, hidden_rank)))
     assert killed.returncode != 0 and not out.exists()
     work = work_dir_for(out)
     journals = sorted(p.name for p in work.glob("journal-r*.json"))
     assert journals, "no rank journaled a shard before the kill"
-    assert {owner(p.name) for p in work.glob("*.arrow")} <= {0, 1}
-    resumed = _run(_torchrun(2, *_args(script, prepared, teacher, out, shard_bytes, -1, 0)))
+    assert {owner(p.name) for p in work.glob("*.arrow") if not p.name.startswith("table-")} <= {0, 1}  # (rank 0's basis)
+    resumed = _run(_torchrun(2, *_args(script, prepared, teacher, out, shard_bytes, -1, 0, 8, hidden_rank)))
     assert resumed.returncode == 0, resumed.stderr[-12000:]
     assert sum(json.loads(resumed.stdout.strip().splitlines()[-1]).values()) > 0  # journaled shards were kept
     _assert_same_rows(tmp_path / "one", out)
@@ -149,6 +164,7 @@ def test_two_process_extraction_killed_on_one_rank_resumes_to_the_one_process_ro
     names = [s["file"] for split in manifest["splits"].values() for s in split["shards"]]
     assert all(owner(n) is None for n in names) and names == sorted(names, key=lambda n: (n.split("-")[0] != "train", n))
     assert not work.exists()
+    assert manifest.get("rank") == (hidden_rank or None) and ("tables" in manifest) == bool(hidden_rank)
 
 
 def _conll_prepared(root: Path) -> tuple[Path, Path]:

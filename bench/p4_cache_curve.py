@@ -1,0 +1,137 @@
+"""P4 curve: cache bytes per token per layer against the student's dev accuracy, for fp16, int8 and low-rank caches.
+
+    python bench/p4_cache_curve.py [--configs float16 int8 int8:16 int8:32 int8:64 int8:128] [--seeds 42 43 44]
+                                   [--student l3]
+
+Needs the default run's fine-tuned teacher and prepared data (`dvc repro` first). Per config (`<dtype>[:<rank>]`) it
+extracts the default run's rows (train, dev, val and transfer) from that teacher with the default `extract` params but
+the config's dtype and `extract.rank`, timed; then trains the default `--student` from that cache under each seed, with
+the default params (same rows, same steps), and scores it on dev. Bytes per token per layer are the hidden fields'
+(values and the int8 scale), from the cache's field specs; extraction time and training time are each config's
+against fp16's. Finished (config, seed) runs are kept in bench/work/p4_curve.json, so an interrupted run continues.
+Writes bench/results/p4_cache_curve.json and bench/results/p4_cache_curve.svg.
+"""
+
+import argparse
+import dataclasses
+import json
+import shutil
+import statistics
+import time
+
+import numpy as np
+
+from pipeline.cache import TeacherCache
+from pipeline.cache.schema import STORAGE
+from pipeline.charts import svg_chart
+from pipeline.data import load_prepared
+from pipeline.distill import distill_student
+from pipeline.evaluation import evaluate_saved_model
+from pipeline.extract import extract_cache
+from pipeline.params import load_params
+
+from common import ROOT, WORK, machine, save
+
+STATE = WORK / "p4_curve.json"
+
+
+def hidden_bytes_per_token_per_layer(cache: TeacherCache) -> float:
+    """Stored bytes a token of one cached hidden layer costs: its values plus the int8 scale, from the field specs."""
+    layers = cache.layers
+    total = sum(
+        f.width * np.dtype(STORAGE[f.dtype][1]).itemsize
+        for f in cache.fields
+        if f.kind == "token" and f.name.split("_scale")[0] in {f"hidden_{x}" for x in layers}
+    )
+    return total / max(len(layers), 1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", nargs="+", default=["float16", "int8", "int8:16", "int8:32", "int8:64", "int8:128"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    ap.add_argument("--student", default="l3")
+    args = ap.parse_args()
+    params = load_params(ROOT / "params.yaml")
+    teacher = ROOT / "artifacts/teacher"
+    if not (teacher / "model.safetensors").is_file():
+        raise SystemExit("run `dvc repro` first: the curve needs the default run's fine-tuned teacher and prepared data")
+    splits, info = load_prepared(ROOT / "data/prepared")
+    if (ROOT / "data/transfer").exists():
+        transfer, transfer_info = load_prepared(ROOT / "data/transfer")
+        splits.update(transfer)
+        info["splits"].update(transfer_info["splits"])
+    spec = params.students[args.student]
+    distill_cfg, _ = params.distill_for(args.student)
+    state = json.loads(STATE.read_text()) if STATE.is_file() else {}
+    for config in args.configs:
+        dtype, _, rank = config.partition(":")
+        entry = state.setdefault(config, {"seeds": {}})
+        cache = WORK / f"p4_curve_cache_{config.replace(':', '_r')}"
+        if "extract_s" not in entry or not (cache / "manifest.json").is_file():
+            shutil.rmtree(cache, ignore_errors=True)
+            cfg = dataclasses.replace(params.extract, dtype=dtype, rank=int(rank) if rank else None, device="cpu")
+            started = time.perf_counter()
+            extract_cache(teacher, splits, cache, cfg, info=info, mask_seed=params.seed)
+            entry["extract_s"] = round(time.perf_counter() - started, 1)
+            entry["seeds"] = {}
+        opened = TeacherCache(cache)
+        tokens = sum(s["tokens"] for s in opened.manifest["splits"].values())
+        entry["cache_mb"] = round(opened.manifest["bytes"] / 1e6, 1)
+        entry["bytes_per_token"] = round(opened.manifest["bytes"] / tokens, 1)
+        entry["hidden_bytes_per_token_per_layer"] = hidden_bytes_per_token_per_layer(opened)
+        entry["explained_variance"] = opened.manifest.get("basis", {}).get("explained_variance")
+        for seed in args.seeds:
+            if str(seed) in entry["seeds"]:
+                continue
+            out = WORK / f"p4_curve_student_{config.replace(':', '_r')}_{seed}"
+            summary = distill_student(cache, out, spec, distill_cfg, seed=seed, teacher_dir=teacher)["summary"]
+            scores = evaluate_saved_model(out, cache, batch_size=64, latency_batch_sizes=[], latency_repeats=1)
+            entry["seeds"][str(seed)] = {"dev_accuracy": scores["accuracy"], "train_s": summary["seconds"]}
+            STATE.write_text(json.dumps(state, indent=2))
+            print(config, seed, entry["seeds"][str(seed)], flush=True)
+        STATE.write_text(json.dumps(state, indent=2))
+
+    base = state.get("float16")
+    runs = []
+    for config in args.configs:
+        entry = state[config]
+        accs = [entry["seeds"][str(s)]["dev_accuracy"] for s in args.seeds if str(s) in entry["seeds"]]
+        train_s = [entry["seeds"][str(s)]["train_s"] for s in args.seeds if str(s) in entry["seeds"]]
+        run = {
+            "config": config,
+            **{k: entry[k] for k in ("hidden_bytes_per_token_per_layer", "bytes_per_token", "cache_mb", "extract_s")},
+            "explained_variance": entry["explained_variance"],
+            "dev_accuracy": accs,
+            "mean": round(100 * statistics.mean(accs), 2),
+            "std": round(100 * statistics.stdev(accs), 2) if len(accs) > 1 else 0.0,
+        }
+        if base is not None:
+            base_accs = [base["seeds"][str(s)]["dev_accuracy"] for s in args.seeds if str(s) in base["seeds"]]
+            base_s = [base["seeds"][str(s)]["train_s"] for s in args.seeds if str(s) in base["seeds"]]
+            run["loss_vs_fp16_points"] = round(100 * (statistics.mean(base_accs) - statistics.mean(accs)), 2)
+            run["extract_time_vs_fp16"] = round(entry["extract_s"] / base["extract_s"], 3)
+            run["train_time_vs_fp16"] = round(statistics.mean(train_s) / statistics.mean(base_s), 3)
+        runs.append(run)
+        print(json.dumps(run), flush=True)
+    result = {
+        "figure": "P4 curve: hidden bytes per token per layer vs dev accuracy (fp16, int8, int8 at rank k)",
+        "goal": "<= 100 B per token per layer at <= 0.2 point below fp16 (mean of 3 seeds)",
+        "student": args.student,
+        "seeds": args.seeds,
+        "machine": machine(),
+        "runs": runs,
+    }
+    save("p4_cache_curve", result)
+    svg_chart(
+        {"dev accuracy": [(r["hidden_bytes_per_token_per_layer"], r["mean"]) for r in runs]},
+        ROOT / "bench" / "results" / "p4_cache_curve.svg",
+        x_label="stored bytes per token per cached layer",
+        y_label=f"{args.student} dev accuracy (%)",
+        title="SST-2: cache bytes vs student accuracy",
+        lines=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
