@@ -112,7 +112,7 @@ def extract_cache(
         if cfg.rank > hidden:
             raise PipelineError(
                 f"params.yaml: extract.rank {cfg.rank} is more than the teacher's hidden size {hidden}; set it "
-                f"below {hidden}, or to null for full-width hidden states"
+                f"to at most {hidden}, or to null for full-width hidden states"
             )
         plan.hidden_rank = cfg.rank
     fields = plan.fields(model.config.num_labels, hidden, heads, model.config.vocab_size)

@@ -59,11 +59,10 @@ class DistillationModule(nn.Module):
             }
         )
         # a low-rank cache's bases (non-persistent: never saved with the student), moved to the device with it
-        self.rebuild = set()
+        self.rebuild = set(plan.bases)
         for t, (mean, components) in plan.bases.items():
             self.register_buffer(f"basis_mean_{t}", torch.as_tensor(mean), persistent=False)
             self.register_buffer(f"basis_components_{t}", torch.as_tensor(components), persistent=False)
-            self.rebuild.add(t)
         # loss parts summed on the device since the last log, with their count: reading a value back per step would
         # make the host wait for the GPU at every step
         self.running: dict[str, list] = {}

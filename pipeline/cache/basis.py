@@ -75,8 +75,7 @@ def basis_table(bases: dict[int, tuple[np.ndarray, np.ndarray]]) -> pa.Table:
 def bases_from_table(table: pa.Table) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """The cache's `basis` table -> layer -> (mean (width,), components (width, rank)), float32."""
     out = {}
-    rows = table.to_pylist()
-    for row in rows:
+    for row in table.to_pylist():
         mean = np.asarray(row["mean"], dtype=np.float32)
         components = np.asarray(row["components"], dtype=np.float32).reshape(row["width"], row["rank"])
         out[int(row["layer"])] = (mean, components)
