@@ -121,20 +121,25 @@ def _quantize(src: Path, dst: Path, cfg: ExportConfig) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     weight_type = QuantType.QInt8 if cfg.weight_type == "qint8" else QuantType.QUInt8
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # the quantizer warns through root
+    root = logging.getLogger()  # the quantizer warns through root: quieted while it runs, restored after
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
     # fused operators (com.microsoft domain) have no inferred output types: their tensors are float
     options = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     # ONNX Runtime's shape inference leaves sym_shape_infer_temp.onnx in the working directory when fused operators
     # stop it: run it in a directory that is thrown away (the paths resolved before going there)
     src, dst = src.resolve(), dst.resolve()
-    with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
-        quantize_dynamic(
-            str(src),
-            str(dst),
-            weight_type=weight_type,
-            per_channel=cfg.per_channel,
-            extra_options=options,
-        )
+    try:
+        with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+            quantize_dynamic(
+                str(src),
+                str(dst),
+                weight_type=weight_type,
+                per_channel=cfg.per_channel,
+                extra_options=options,
+            )
+    finally:
+        root.setLevel(level)
 
 
 def export_model(model_dir: Path, out_dir: Path, cfg: ExportConfig) -> dict:
