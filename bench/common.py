@@ -113,10 +113,11 @@ def machine() -> dict:
     }
 
 
-def save(name: str, result: dict) -> Path:
+def save(name: str, result: dict, quiet: bool = False) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({**result, "machine": machine(), "date": time.strftime("%Y-%m-%d")}, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    print(f"-> {path}")
+    if not quiet:
+        print(json.dumps(result, indent=2))
+        print(f"-> {path}")
     return path
