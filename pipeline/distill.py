@@ -162,6 +162,7 @@ def distill_student(
     if cfg.quantization_aware:  # trained as the int8 export computes (pipeline.qat)
         fake_int8(student)
     facet = task_student(task, task_config)  # its loss reads the task's own params section
+    facet.check_cache(cache.manifest, cfg, cache_dir)
     module = DistillationModule(student, cfg, plan, facet)
     columns = (
         facet.cache_columns()

@@ -67,7 +67,7 @@ def _quality(model: torch.nn.Module, cache, tokens: list[np.ndarray], rows: list
 
 def split_rows(cache, split: str) -> tuple[list[dict], list[np.ndarray]]:
     """A cached split's rows (the fields scoring needs) and their token ids."""
-    ds = cache.split(split, columns=task_scorer(task_of_cache(cache.manifest)).columns())
+    ds = cache.split(split, columns=task_scorer(task_of_cache(cache.manifest)).columns(cache.manifest))
     rows = [ds[i] for i in range(len(ds))]
     return rows, [r["input_ids"] for r in rows]
 

@@ -176,15 +176,16 @@ def _extract_split(loop: _Loop, split: str, ds: datasets.Dataset, entry: dict) -
         disable=None,
     ):
         rows = batches[bi]
-        lens, input_ids, mask, host_fields, inputs = cols.batch(rows)
+        lens, input_ids, mask, host_fields, inputs, aux = cols.batch(rows)
         # everything the device needs goes over in one non-blocking step; real tokens are picked on the device by
         # index (a boolean mask there would make the host wait for the GPU before it can queue the next batch)
-        host_in = [input_ids, mask.astype(np.int64), np.flatnonzero(mask), *inputs.values()]
+        host_in = [input_ids, mask.astype(np.int64), np.flatnonzero(mask), *inputs.values(), *aux.values()]
         if ring is not None:  # a pinned slot for this batch's inputs and outputs, free once the writer is done with it
             slot = ring.acquire()
             ids_t, mask_t, real_index, *more = ring.upload(slot, host_in, dev)
         else:
             ids_t, mask_t, real_index, *more = (torch.from_numpy(a) for a in host_in)
+        more, aux_t = more[: len(inputs)], dict(zip(aux, more[len(inputs) :]))
         out = model(
             input_ids=ids_t,
             attention_mask=mask_t,
@@ -192,7 +193,7 @@ def _extract_split(loop: _Loop, split: str, ds: datasets.Dataset, entry: dict) -
             output_hidden_states=True,
             output_attentions=bool(plan.attentions),
         )
-        device_out = _batch_outputs(out, real_index, lens, plan, captured)
+        device_out = _batch_outputs(out, real_index, lens, plan, captured, aux_t)
         fields_out, ready = ring.download(slot, device_out) if ring is not None else to_host(device_out)
         fields_out.update(host_fields)
         sink.put(
@@ -237,13 +238,15 @@ class _Columns:
         self.task_columns = {name: _ragged(table.column(name)) for name in plan.task.prepared_columns()}
 
     def batch(self, rows: np.ndarray) -> tuple:
-        """(lengths, padded ids, real-token mask, the task's host fields, the task's extra model inputs)."""
+        """(lengths, padded ids, real-token mask, the task's host fields, the task's extra model inputs, the task's
+        device inputs for its device fields)."""
         plan, lens = self.plan, self.lengths[rows]
         input_ids, mask = pad_rows(self.flat_ids, self.offsets[rows], lens, int(lens.max()), plan.pad_id)
         extra = {name: [values[offs[r] : offs[r + 1]] for r in rows] for name, (offs, values) in self.task_columns.items()}
         input_ids, host_fields = plan.task.host_fields(plan.task_setup, input_ids, mask, self.example_ids[rows], extra)
-        inputs = plan.task.model_inputs(plan.task_setup, input_ids, mask, extra)  # e.g. a QA window's segment ids
-        return lens, input_ids, mask, host_fields, inputs
+        # e.g. a QA window's segment ids for the forward, a masked LM's uniforms for its device fields
+        inputs, aux = plan.task.batch_inputs(plan.task_setup, input_ids, mask, self.example_ids[rows], extra)
+        return lens, input_ids, mask, host_fields, inputs, aux
 
 
 def fit_bases(model, ds: datasets.Dataset, plan: LoopPlan, sample_rows: int, seed: int) -> tuple[dict, dict]:
@@ -257,7 +260,7 @@ def fit_bases(model, ds: datasets.Dataset, plan: LoopPlan, sample_rows: int, see
     fits = {layer: BasisFit(model.config.hidden_size, dev) for layer in plan.layers}
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         for rows in length_sorted_batches(cols.lengths[sample], plan.batch_size):
-            _, input_ids, mask, _, inputs = cols.batch(sample[rows])
+            _, input_ids, mask, _, inputs, _ = cols.batch(sample[rows])
             out = model(
                 input_ids=torch.from_numpy(input_ids).to(dev),
                 attention_mask=torch.from_numpy(mask.astype(np.int64)).to(dev),
@@ -281,13 +284,15 @@ def _ragged(column) -> tuple[np.ndarray, np.ndarray]:
     return column.offsets.to_numpy(), column.values.to_numpy()
 
 
-def _batch_outputs(out, real_index: torch.Tensor, lens: np.ndarray, plan: LoopPlan, captured: dict) -> dict[str, torch.Tensor]:
+def _batch_outputs(
+    out, real_index: torch.Tensor, lens: np.ndarray, plan: LoopPlan, captured: dict, aux: dict
+) -> dict[str, torch.Tensor]:
     """One batch's teacher outputs as the stored fields' tensors, on the device, real tokens only."""
 
     def tokens(t: torch.Tensor) -> torch.Tensor:  # (batch, width, d) -> (real tokens, d), row-major
         return t.reshape(-1, t.shape[-1]).index_select(0, real_index)
 
-    device_out = plan.task.device_fields(out, tokens, plan.task_setup)
+    device_out = plan.task.device_fields(out, tokens, plan.task_setup, **aux)
     for layer in plan.layers:
         hidden = tokens(out.hidden_states[layer])
         if plan.hidden_rank:

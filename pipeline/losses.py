@@ -77,20 +77,38 @@ def topk_kd_loss(
     return temperature**2 * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
 
 
+def sampled_kd_loss(
+    student_logits: torch.Tensor, draws: torch.Tensor, positions: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """T^2 * KL(p_hat || student) per position, averaged over the selected `positions` (a boolean mask), where p_hat is
+    the empirical distribution of the K vocabulary ids drawn from the teacher's softmax at T (`draws`, (n, K)).
+
+    p_hat is unbiased for the teacher's distribution, so the loss's gradient is unbiased for the full-vocabulary KL's
+    (random-sampling KD, Anshumann et al., 2025): sum_v p_hat(v) (log p_hat(v) - log q(v)) = mean over the draws of
+    log p_hat(draw) - log q(draw), with p_hat(draw) = its count among the K / K. It is >= 0 and 0 when the student's
+    distribution is p_hat; the draws must come from the teacher at this temperature (stage two checks)."""
+    if not positions.any():
+        return student_logits.sum() * 0.0
+    ids = draws[positions].long()
+    log_q = F.log_softmax(student_logits[positions].float() / temperature, dim=-1).gather(-1, ids)
+    log_p = torch.log((ids[:, :, None] == ids[:, None, :]).sum(-1).float() / ids.shape[-1])
+    return temperature**2 * (log_p - log_q).mean(-1).mean()
+
+
 def masked_lm_distillation_loss(
     student_logits: torch.Tensor,
     targets: torch.Tensor,
-    topk_values: torch.Tensor,
-    topk_indices: torch.Tensor,
+    soft: dict[str, torch.Tensor],
     kl_rows: torch.Tensor,
     hidden_pairs: list[tuple[torch.Tensor, torch.Tensor]],
     attention_mask: torch.Tensor,
     mix: LossMix,
 ) -> tuple[torch.Tensor, dict]:
     """DistilBERT's objective from a cache, over the token positions the head was run on (n of them):
-    alpha * masked-LM cross-entropy where `targets` != -100 + beta * T^2 top-k KL where `kl_rows` + gamma * the hidden
-    loss over layer pairs (full sequences, real tokens). `student_logits` is (n, vocab); targets, kl_rows (n,);
-    top-k values and indices (n, k)."""
+    alpha * masked-LM cross-entropy where `targets` != -100 + beta * T^2 KL to the teacher's soft targets where
+    `kl_rows` + gamma * the hidden loss over layer pairs (full sequences, real tokens). `student_logits` is
+    (n, vocab); targets, kl_rows (n,); `soft` the cached form of the teacher's logits at those positions: top-k
+    `topk_values` and `topk_indices` (n, k), or `sampled_ids` (n, K) draws."""
     parts = {}
     total = student_logits.new_zeros((), dtype=torch.float32)
     masked = targets != -100
@@ -100,7 +118,10 @@ def masked_lm_distillation_loss(
         )
         total = total + mix.alpha * parts["ce"]
     if mix.beta:
-        parts["kl"] = topk_kd_loss(student_logits, topk_values, topk_indices, kl_rows, mix.temperature)
+        if "sampled_ids" in soft:
+            parts["kl"] = sampled_kd_loss(student_logits, soft["sampled_ids"], kl_rows, mix.temperature)
+        else:
+            parts["kl"] = topk_kd_loss(student_logits, soft["topk_values"], soft["topk_indices"], kl_rows, mix.temperature)
         total = total + mix.beta * parts["kl"]
     if mix.gamma and hidden_pairs:
         parts["hidden"] = hidden_state_loss(hidden_pairs, attention_mask, mix.hidden_kind)

@@ -1,9 +1,16 @@
-"""Masked-LM teachers: seeded masking of cached rows and the top-k form of a large-vocabulary head's logits.
+"""Masked-LM teachers: seeded masking of cached rows and the compact forms of a large-vocabulary head's logits.
 
 A masked-LM teacher's head scores every vocabulary entry at every token (30,522 for BERT): cached in full that is
-61 KB per token in fp16, so the cache keeps only the k largest logits per real token (fp16 values + vocabulary
-indices, uint16 when the vocabulary fits) - `masked_lm.topk` - plus the masking target of each token. Students learn
-from them through `pipeline.losses.topk_kd_loss`.
+61 KB per token in fp16, so the cache keeps one of two compact forms per real token (`masked_lm.logits`), plus the
+masking target of each token:
+
+- `topk`: the k largest logits (fp16 values + vocabulary indices, uint16 when the vocabulary fits) - `masked_lm.topk`;
+  students learn from them through `pipeline.losses.topk_kd_loss` (the tail is dropped: a biased target);
+- `sampled`: `masked_lm.samples` vocabulary ids drawn with replacement from the teacher's softmax at
+  `masked_lm.sample_temperature` (indices only, 2 bytes a draw): the draws' frequencies are an unbiased estimate of
+  the teacher's whole distribution (random-sampling KD, Anshumann et al., ACL 2025); students learn through
+  `pipeline.losses.sampled_kd_loss`. Each draw inverts the teacher's CDF at a uniform hashed from (seed, example id,
+  position, draw), so the draws do not depend on batching, device or resume.
 
 Masking is static and seeded, as in the original BERT pre-processing: every cached row is masked once, the teacher sees
 the masked row, and the cache stores exactly what it saw so the student trains on the same inputs. The choice of
@@ -13,11 +20,13 @@ positions is a pure function of (seed, example id, position), so it does not dep
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from pipeline.tasks import MASKED_LM  # noqa: F401  (re-exported: the masking code names its task)
 
 IGNORE = -100  # target of a token that was not masked (the cross-entropy ignore index)
 TOPK_VALUES, TOPK_INDICES, MLM_TARGET = "topk_values", "topk_indices", "mlm_target"
+SAMPLED_IDS = "sampled_ids"
 
 
 def index_dtype(vocab_size: int) -> str:
@@ -65,13 +74,49 @@ def mask_tokens(
     return masked.astype(input_ids.dtype), np.where(chosen, input_ids, IGNORE).astype(np.int64)
 
 
-def masked_token_metrics(predictions: np.ndarray, targets: np.ndarray, teacher_top1: np.ndarray | None = None) -> dict:
-    """Top-1 accuracy at the masked positions (targets != IGNORE); with the teacher's top-1 there, the agreement."""
+def sample_uniforms(example_ids: np.ndarray, mask: np.ndarray, seed: int, draws: int) -> np.ndarray:
+    """(real tokens, draws) uniforms in [0, 1) for the vocabulary draws of a padded batch's real tokens, row-major as
+    the cache stores tokens: a hash of (seed, example id, position, draw), independent of batching."""
+    rows, positions = np.nonzero(mask)
+    ids = np.asarray(example_ids)[rows][:, None]
+    slots = positions[:, None].astype(np.int64) * draws + np.arange(draws)[None, :]  # one slot per (position, draw)
+    return _uniform(np.broadcast_to(ids, slots.shape), slots, seed, 3).astype(np.float32)
+
+
+def sample_vocabulary(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(tokens, vocab) logits -> (tokens, draws) ids drawn from softmax(logits / temperature) by inverting its CDF at
+    the given uniforms; each token's draws sorted, as int32."""
+    cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum(-1)
+    at = uniforms.to(cdf.device, torch.float32) * cdf[:, -1:]  # the CDF's last entry is 1 up to rounding
+    ids = torch.searchsorted(cdf, at.contiguous(), right=True).clamp_(max=logits.shape[-1] - 1)
+    return ids.sort(dim=-1).values.to(torch.int32)
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """ECE: over equal-width confidence bins, the |accuracy - mean confidence| gap weighted by the bin's share."""
+    if not len(confidence):
+        return 0.0
+    which = np.minimum((np.asarray(confidence) * bins).astype(np.int64), bins - 1)
+    total = 0.0
+    for b in np.unique(which):
+        inside = which == b
+        total += inside.mean() * abs(float(np.mean(correct[inside])) - float(np.mean(confidence[inside])))
+    return float(total)
+
+
+def masked_token_metrics(
+    predictions: np.ndarray,
+    targets: np.ndarray,
+    teacher_top1: np.ndarray | None = None,
+    confidence: np.ndarray | None = None,
+) -> dict:
+    """Top-1 accuracy at the masked positions (targets != IGNORE); with the teacher's top-1 there, the agreement; with
+    the model's top-1 probability, its expected calibration error there (15 bins)."""
     chosen = targets != IGNORE
-    out = {
-        "accuracy": float(np.mean(predictions[chosen] == targets[chosen])) if chosen.any() else 0.0,
-        "masked_tokens": int(chosen.sum()),
-    }
+    correct = predictions[chosen] == targets[chosen]
+    out = {"accuracy": float(np.mean(correct)) if chosen.any() else 0.0, "masked_tokens": int(chosen.sum())}
     if teacher_top1 is not None:
         out["teacher_agreement"] = float(np.mean(predictions[chosen] == teacher_top1[chosen])) if chosen.any() else 0.0
+    if confidence is not None:
+        out["ece"] = expected_calibration_error(confidence[chosen], correct)
     return out

@@ -65,14 +65,17 @@ def predict(model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: i
 
 @torch.no_grad()
 def predict_tokens(
-    model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: int = 64, pad_id: int = 0
-) -> list[np.ndarray]:
-    """Top-1 id at every token of each token list (a token-classification or masked-LM head), batched in length order."""
-    out: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(token_lists)
+    model: torch.nn.Module, token_lists: list[np.ndarray], batch_size: int = 64, pad_id: int = 0, confidence: bool = False
+) -> list:
+    """Top-1 id at every token of each token list (a token-classification or masked-LM head), batched in length order;
+    with `confidence`, (ids, the top-1's softmax probability) per list."""
+    out: list = [np.zeros(0, dtype=np.int64)] * len(token_lists)
     for rows, batch in length_ordered_outputs(model, token_lists, batch_size, pad_id):
-        top1 = batch.logits.argmax(-1).numpy()
+        best = batch.logits.float().softmax(-1).max(-1) if confidence else None
+        top1 = best.indices.numpy() if confidence else batch.logits.argmax(-1).numpy()
         for j, r in enumerate(rows):
-            out[r] = top1[j, : len(token_lists[r])]
+            n = len(token_lists[r])
+            out[r] = (top1[j, :n], best.values[j, :n].numpy()) if confidence else top1[j, :n]
     return out
 
 

@@ -203,8 +203,8 @@ def mlm_teacher(tmp_path_factory, sst2_small) -> Path:
     return out
 
 
-def build_mlm_cache(teacher_dir: Path, prepared, out: Path, *, topk: int = 8, device: str = "cpu") -> dict:
+def build_mlm_cache(teacher_dir: Path, prepared, out: Path, *, topk: int = 8, device: str = "cpu", **task) -> dict:
     splits, info = prepared
     cfg = ExtractConfig(layers=[2, 4], dtype="float16", batch_size=16, shard_max_mb=1 / 16, device=device)
-    knobs = MaskedLMConfig(topk=topk, mlm_probability=0.15)
+    knobs = MaskedLMConfig(topk=topk, mlm_probability=0.15, **task)
     return extract_cache(teacher_dir, splits, out, cfg, info=info, mask_seed=3, task_config=knobs)

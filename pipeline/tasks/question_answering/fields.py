@@ -47,9 +47,9 @@ class QuestionAnsweringFields(SequenceClassificationFields):
             OFFSETS: np.concatenate(extra[OFFSETS]).astype(np.int32).reshape(-1, 2),
         }
 
-    def model_inputs(self, setup, input_ids: np.ndarray, mask: np.ndarray, extra: dict) -> dict[str, np.ndarray]:
+    def batch_inputs(self, setup, input_ids: np.ndarray, mask: np.ndarray, example_ids: np.ndarray, extra: dict):
         first = np.asarray([w[1] for w in extra[QA_WINDOW]])
-        return {"token_type_ids": ((np.arange(mask.shape[1])[None, :] >= first[:, None]) & mask).astype(np.int64)}
+        return {"token_type_ids": ((np.arange(mask.shape[1])[None, :] >= first[:, None]) & mask).astype(np.int64)}, {}
 
     def device_fields(self, out, tokens, setup) -> dict[str, torch.Tensor]:
         return {

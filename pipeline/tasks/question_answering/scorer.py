@@ -11,7 +11,7 @@ from pipeline.tasks.sequence_classification.scorer import SequenceClassification
 
 
 class QuestionAnsweringScorer(SequenceClassificationScorer):
-    def columns(self) -> list[str]:
+    def columns(self, manifest: dict | None = None) -> list[str]:
         return [QA_WINDOW, OFFSETS]
 
     def score(self, model, rows, tokens, batch_size: int, pad_id: int, cache=None) -> dict:

@@ -39,9 +39,10 @@ class SequenceClassificationFields(Configured):
         batch's rows of the prepared split's task columns."""
         return input_ids, {}
 
-    def model_inputs(self, setup: dict | None, input_ids: np.ndarray, mask: np.ndarray, extra: dict) -> dict[str, np.ndarray]:
-        """Per batch: inputs the teacher's forward takes besides input_ids and attention_mask (segment ids)."""
-        return {}
+    def batch_inputs(self, setup: dict | None, input_ids: np.ndarray, mask: np.ndarray, example_ids: np.ndarray, extra: dict):
+        """Per batch, host arrays that go to the device: (inputs the teacher's forward takes besides input_ids and
+        attention_mask, e.g. segment ids; keyword tensors `device_fields` takes, e.g. a masked LM's uniforms)."""
+        return {}, {}
 
     def device_fields(self, out, tokens, setup: dict | None) -> dict[str, torch.Tensor]:
         """Per batch, after the forward: the logit-level fields on the device. `tokens(t)` selects real tokens."""

@@ -10,8 +10,9 @@ from pipeline.scoring import classification_metrics, predict
 class SequenceClassificationScorer:
     """The evaluate stage's facet of a task: the metrics of a saved model on the cache's dev (or val) rows."""
 
-    def columns(self) -> list[str]:
-        """Cache fields of the rows that scoring a model needs (token ids and labels always come)."""
+    def columns(self, manifest: dict | None = None) -> list[str]:
+        """Cache fields of the rows that scoring a model needs (token ids and labels always come), for a cache with
+        this manifest."""
         return []
 
     def score(self, model, rows: list[dict], tokens: list[np.ndarray], batch_size: int, pad_id: int, cache=None) -> dict:

@@ -17,6 +17,9 @@ class SequenceClassificationStudent(Configured):
 
     logit_field = "logits"
 
+    def check_cache(self, manifest: dict, cfg, cache_dir) -> None:
+        """Refuse, with the fix, a cache whose task-specific form the student's params cannot train from."""
+
     def cache_columns(self) -> list[str]:
         """The logit-level cache fields a student reads."""
         return [self.logit_field]

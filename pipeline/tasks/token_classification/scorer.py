@@ -11,7 +11,7 @@ from pipeline.tasks.token_classification.metrics import entity_metrics, tag_sequ
 
 
 class TokenClassificationScorer(SequenceClassificationScorer):
-    def columns(self) -> list[str]:
+    def columns(self, manifest: dict | None = None) -> list[str]:
         return [TOKEN_LABELS]
 
     def score(self, model, rows: list[dict], tokens: list[np.ndarray], batch_size: int, pad_id: int, cache=None) -> dict:
