@@ -1,14 +1,16 @@
 """P4 curve: cache bytes per token per layer against the student's dev accuracy, for fp16, int8 and low-rank caches.
 
     python bench/p4_cache_curve.py [--configs float16 int8 int8:16 int8:32 int8:64 int8:128] [--seeds 42 43 44]
-                                   [--student l3]
+                                   [--student l3] [--report]
 
 Needs the default run's fine-tuned teacher and prepared data (`dvc repro` first). Per config (`<dtype>[:<rank>]`) it
 extracts the default run's rows (train, dev, val and transfer) from that teacher with the default `extract` params but
 the config's dtype and `extract.rank`, timed; then trains the default `--student` from that cache under each seed, with
 the default params (same rows, same steps), and scores it on dev. Bytes per token per layer are the hidden fields'
-(values and the int8 scale), from the cache's field specs; extraction time and training time are each config's
-against fp16's. Finished (config, seed) runs are kept in bench/work/p4_curve.json, so an interrupted run continues.
+(values and the int8 scale), from the cache's field specs; a config's accuracy loss and training time are against
+fp16's on the same seeds, its extraction time against fp16's (each extraction timed once: run them on a quiet CPU).
+Finished (config, seed) runs are kept in bench/work/p4_curve.json, so an interrupted run continues; `--report` writes
+the results from the runs finished so far (each config's `seeds` lists them) and runs nothing.
 Writes bench/results/p4_cache_curve.json and bench/results/p4_cache_curve.svg.
 """
 
@@ -51,6 +53,7 @@ def main():
     ap.add_argument("--configs", nargs="+", default=["float16", "int8", "int8:16", "int8:32", "int8:64", "int8:128"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     ap.add_argument("--student", default="l3")
+    ap.add_argument("--report", action="store_true", help="write the results from the finished runs; run nothing")
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
     teacher = ROOT / "artifacts/teacher"
@@ -64,7 +67,7 @@ def main():
     spec = params.students[args.student]
     distill_cfg, _ = params.distill_for(args.student)
     state = json.loads(STATE.read_text()) if STATE.is_file() else {}
-    for config in args.configs:
+    for config in [] if args.report else args.configs:
         dtype, _, rank = config.partition(":")
         entry = state.setdefault(config, {"seeds": {}})
         cache = WORK / f"p4_curve_cache_{config.replace(':', '_r')}"
@@ -94,21 +97,23 @@ def main():
 
     base = state.get("float16")
     runs = []
-    for config in args.configs:
+    for config in [c for c in args.configs if state.get(c, {}).get("seeds")]:
         entry = state[config]
-        accs = [entry["seeds"][str(s)]["dev_accuracy"] for s in args.seeds if str(s) in entry["seeds"]]
-        train_s = [entry["seeds"][str(s)]["train_s"] for s in args.seeds if str(s) in entry["seeds"]]
+        seeds = [s for s in args.seeds if str(s) in entry["seeds"]]
+        accs = [entry["seeds"][str(s)]["dev_accuracy"] for s in seeds]
+        train_s = [entry["seeds"][str(s)]["train_s"] for s in seeds]
         run = {
             "config": config,
+            "seeds": seeds,
             **{k: entry[k] for k in ("hidden_bytes_per_token_per_layer", "bytes_per_token", "cache_mb", "extract_s")},
             "explained_variance": entry["explained_variance"],
             "dev_accuracy": accs,
             "mean": round(100 * statistics.mean(accs), 2),
             "std": round(100 * statistics.stdev(accs), 2) if len(accs) > 1 else 0.0,
         }
-        if base is not None:
-            base_accs = [base["seeds"][str(s)]["dev_accuracy"] for s in args.seeds if str(s) in base["seeds"]]
-            base_s = [base["seeds"][str(s)]["train_s"] for s in args.seeds if str(s) in base["seeds"]]
+        if base is not None and all(str(s) in base["seeds"] for s in seeds):  # paired: fp16 on the same seeds
+            base_accs = [base["seeds"][str(s)]["dev_accuracy"] for s in seeds]
+            base_s = [base["seeds"][str(s)]["train_s"] for s in seeds]
             run["loss_vs_fp16_points"] = round(100 * (statistics.mean(base_accs) - statistics.mean(accs)), 2)
             run["extract_time_vs_fp16"] = round(entry["extract_s"] / base["extract_s"], 3)
             run["train_time_vs_fp16"] = round(statistics.mean(train_s) / statistics.mean(base_s), 3)
