@@ -18,7 +18,7 @@ from pipeline.cache import TeacherCache
 from pipeline.config import DistillConfig, StudentSpec
 from pipeline.data import save_prepared
 from pipeline.distill import distill_student
-from pipeline.mlm import MLM_TARGET, TOPK_INDICES, TOPK_VALUES
+from pipeline.mlm import MLM_TARGET, SAMPLED_IDS, TOPK_INDICES, TOPK_VALUES
 from tests.conftest import build_cache, build_mlm_cache, needs_gpu
 from tests.test_resume import _digest, _extract
 
@@ -117,6 +117,22 @@ def test_masked_lm_topk_cache_on_the_gpu_matches_the_cpu(tmp_path, mlm_teacher, 
             assert np.allclose(cv[:, 0], gv[:, 0], atol=0.05 + 0.02 * np.abs(cv[:, 0]).max())
             clear = cv[:, 0] - cv[:, 1] > 0.1
             assert (c[TOPK_INDICES][clear, 0] == g[TOPK_INDICES][clear, 0]).all()
+
+
+def test_masked_lm_sampled_cache_on_the_gpu_draws_as_the_cpu(tmp_path, mlm_teacher, tiny_prepared):
+    """The same uniforms (a hash of seed, id, position, draw) invert nearly the same CDF: the teacher's bf16 logits on
+    the GPU move a boundary only now and then, so nearly every draw is the CPU's."""
+    sampled = dict(logits="sampled", samples=16, sample_temperature=1.0)
+    build_mlm_cache(mlm_teacher, tiny_prepared, tmp_path / "cpu", device="cpu", **sampled)
+    build_mlm_cache(mlm_teacher, tiny_prepared, tmp_path / "gpu", device="cuda", **sampled)
+    same, total = 0, 0
+    for split in ("train", "dev"):
+        cpu, gpu = _rows_by_id(tmp_path / "cpu", split), _rows_by_id(tmp_path / "gpu", split)
+        for key, c in cpu.items():
+            assert (c["input_ids"] == gpu[key]["input_ids"]).all()
+            same += int((c[SAMPLED_IDS] == gpu[key][SAMPLED_IDS]).sum())
+            total += c[SAMPLED_IDS].size
+    assert same / total > 0.9, same / total
 
 
 def test_student_trains_on_the_gpu_under_bf16_with_fused_adamw(tmp_path, tiny_cache):
