@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from pipeline.config import DataConfig
+from pipeline.config import DataConfig, ExtractConfig
 from pipeline.models import load_teacher, load_tokenizer, resolve_model_path
 from pipeline.tasks.heads import head_of
 from pipeline.tasks.sequence_classification.data import prepare_corpus
@@ -22,6 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / "work"
 RESULTS = ROOT / "bench" / "results"
 SST2 = ROOT / "data" / "raw" / "sst2"  # ships with the project
+
+
+def fp16_extract(**kw) -> ExtractConfig:
+    """Extract params with full-width fp16 hidden states, as these figures were measured (the shipped default became
+    int8 rank-64 coefficients later: bench/p4_cache_curve.py measures that trade-off)."""
+    return ExtractConfig(dtype="float16", rank=None, **kw)
 
 
 SHAPES = {

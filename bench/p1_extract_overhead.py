@@ -145,7 +145,7 @@ def main():
     out_dir = WORK / "p1_cache"
     shutil.rmtree(out_dir, ignore_errors=True)
     with Timer() as full:
-        cfg = ExtractConfig(layers=layers, dtype=args.dtype, batch_size=args.batch_size, device=str(device))
+        cfg = ExtractConfig(layers=layers, dtype=args.dtype, rank=None, batch_size=args.batch_size, device=str(device))
         result = extract_cache(teacher, splits, out_dir, cfg, info=info)
     loop = sum(s["seconds"] for s in result["stats"].values()) + result["writer"]["tail_s"]  # until the manifest is out
     rows = sum(len(ds) for ds in splits.values())

@@ -32,7 +32,7 @@ from pipeline.data import load_prepared
 from pipeline.extract import extract_cache
 
 splits, info = load_prepared(Path(sys.argv[1]))
-cfg = ExtractConfig(layers=[2, 4, 6], batch_size=64, device=sys.argv[4])
+cfg = ExtractConfig(layers=[2, 4, 6], dtype="float16", rank=None, batch_size=64, device=sys.argv[4])
 result = extract_cache(Path(sys.argv[2]), splits, Path(sys.argv[3]), cfg, info=info)
 if result is not None:
     print("RESULT " + json.dumps({"stats": result["stats"], "bytes": result["manifest"]["bytes"]}))

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 
 from pipeline.cache import TeacherCache, hidden_field
-from pipeline.config import DistillConfig, ExtractConfig, StudentSpec
+from pipeline.config import DistillConfig, StudentSpec
 from pipeline.extract import extract_cache
 from pipeline.kd import DistillationModule, train_student
 from pipeline.layers import LayerPlan, hidden_layer_pairs
 from pipeline.students import build_student
 
-from common import WORK, prepared, save, teacher_dir
+from common import WORK, fp16_extract, prepared, save, teacher_dir
 
 
 class InMemoryRows(list):
@@ -51,7 +51,8 @@ def main():
     splits, info = prepared(args.rows, 100)
     cache_dir = WORK / "p2_cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
-    extract_cache(teacher_dir(), splits, cache_dir, ExtractConfig(layers=[2, 4, 6], shard_max_mb=32, device="cpu"), info=info)
+    cfg = fp16_extract(layers=[2, 4, 6], shard_max_mb=32, device="cpu")
+    extract_cache(teacher_dir(), splits, cache_dir, cfg, info=info)
     cache = TeacherCache(cache_dir)
     columns = ["logits"] + [hidden_field(layer) for layer in (2, 4, 6)]
     stream, dev = cache.split("train", columns), cache.split("dev", columns)

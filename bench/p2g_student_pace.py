@@ -28,13 +28,13 @@ from transformers import TrainerCallback
 from pipeline.batching import EpochLengthGroupedSampler, TokenBudgetBatchSampler
 from pipeline.cache import TeacherCache, hidden_field
 from pipeline.collate import CacheCollator
-from pipeline.config import DistillConfig, ExtractConfig, StudentSpec
+from pipeline.config import DistillConfig, StudentSpec
 from pipeline.extract import extract_cache, resolve_device
 from pipeline.kd import DistillationModule, train_student
 from pipeline.layers import LayerPlan, hidden_layer_pairs
 from pipeline.students import build_student
 
-from common import WORK, machine, prepared, save, teacher_dir
+from common import WORK, fp16_extract, machine, prepared, save, teacher_dir
 
 LAYERS = (2, 4, 6)
 L3 = StudentSpec(num_layers=3, hidden_size=384, init="random", num_heads=12, intermediate_size=1536)
@@ -157,7 +157,7 @@ def main():
     splits, info = prepared(args.rows, 100, tokenizer_dir=teacher)
     cache_dir = WORK / "p2g_cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
-    extract_cache(teacher, splits, cache_dir, ExtractConfig(layers=list(LAYERS), device=str(device)), info=info)
+    extract_cache(teacher, splits, cache_dir, fp16_extract(layers=list(LAYERS), device=str(device)), info=info)
     cache = TeacherCache(cache_dir)
     columns = ["logits"] + [hidden_field(layer) for layer in LAYERS]
     train = cache.split("train", columns)

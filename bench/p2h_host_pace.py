@@ -20,10 +20,10 @@ import torch
 from p2g_student_pace import paced
 
 from pipeline.cache import TeacherCache, hidden_field
-from pipeline.config import ExtractConfig, StudentSpec
+from pipeline.config import StudentSpec
 from pipeline.extract import extract_cache
 
-from common import WORK, machine, prepared, save, teacher_dir
+from common import WORK, fp16_extract, machine, prepared, save, teacher_dir
 
 TINY = StudentSpec(num_layers=1, hidden_size=32, num_heads=1, intermediate_size=32, init="random")
 LAYERS = (6,)
@@ -41,7 +41,7 @@ def main():
     splits, info = prepared(args.rows, 100, tokenizer_dir=teacher)
     cache_dir = WORK / "p2h_cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
-    extract_cache(teacher, splits, cache_dir, ExtractConfig(layers=list(LAYERS), device="cpu"), info=info)
+    extract_cache(teacher, splits, cache_dir, fp16_extract(layers=list(LAYERS), device="cpu"), info=info)
     cache = TeacherCache(cache_dir)
     columns = ["logits"] + [hidden_field(layer) for layer in LAYERS]
     train = cache.split("train", columns)

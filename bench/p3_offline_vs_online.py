@@ -17,13 +17,13 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from pipeline.cache import TeacherCache, hidden_field
-from pipeline.config import DistillConfig, ExtractConfig, StudentSpec
+from pipeline.config import DistillConfig, StudentSpec
 from pipeline.extract import extract_cache
 from pipeline.kd import DistillationModule, OnlineDistillationModule, train_student, train_student_online
 from pipeline.layers import LayerPlan, hidden_layer_pairs
 from pipeline.students import build_student
 
-from common import WORK, Timer, prepared, save, teacher_dir
+from common import WORK, Timer, fp16_extract, prepared, save, teacher_dir
 
 STUDENTS = {"l2_h384": (2, 384, 12), "l3_h384": (3, 384, 12), "l4_h256": (4, 256, 4), "l6_h256": (6, 256, 4)}
 
@@ -70,7 +70,7 @@ def main():
     shutil.rmtree(cache_dir, ignore_errors=True)
     times = {}
     with Timer() as extraction:
-        extract_cache(tdir, splits, cache_dir, ExtractConfig(layers=layers), info=info)
+        extract_cache(tdir, splits, cache_dir, fp16_extract(layers=layers), info=info)
     times["extract"] = extraction.seconds
     cache = TeacherCache(cache_dir)
     for name in STUDENTS:

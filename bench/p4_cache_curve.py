@@ -1,17 +1,20 @@
-"""P4 curve: cache bytes per token per layer against the student's dev accuracy, for fp16, int8 and low-rank caches.
+"""P4 curve: cache bytes per token against the student's dev metric, for fp16, int8, low-rank and compact-relation caches.
 
     python bench/p4_cache_curve.py [--configs float16 int8 int8:16 int8:32 int8:64 int8:128] [--seeds 42 43 44]
-                                   [--student l3] [--report]
+                                   [--student l3] [--name p4_cache_curve] [--report]
 
-Needs the default run's fine-tuned teacher and prepared data (`dvc repro` first). Per config (`<dtype>[:<rank>]`) it
-extracts the default run's rows (train, dev, val and transfer) from that teacher with the default `extract` params but
-the config's dtype and `extract.rank`, timed; then trains the default `--student` from that cache under each seed, with
-the default params (same rows, same steps), and scores it on dev. Bytes per token per layer are the hidden fields'
-(values and the int8 scale), from the cache's field specs; a config's accuracy loss and training time are against
-fp16's on the same seeds, its extraction time against fp16's (each extraction timed once: run them on a quiet CPU).
+Needs the default run's fine-tuned teacher and prepared data (`dvc repro` first). Per config (`<dtype>[:<rank>][+inputs]`)
+it extracts the default run's rows (train, dev, val and transfer) from that teacher with the default `extract` params
+but the config's dtype and `extract.rank` (`+inputs`: `extract.relations: inputs`, attention maps and values recomputed
+from their layer's cached input), timed; then trains the default `--student` from that cache under each seed, with the
+default params (same rows, same steps), and scores it on dev (the task's headline metric: SST-2 accuracy, SQuAD F1).
+Bytes per token per layer are the hidden fields' (values and the int8 scale), from the cache's field specs; the whole
+cache's bytes per token are recorded too. A config's metric loss and training time are against fp16's on the same
+seeds, its extraction time against fp16's (each extraction timed once: run them on a quiet CPU).
 Finished (config, seed) runs are kept in bench/work/p4_curve.json, so an interrupted run continues; `--report` writes
 the results from the runs finished so far (each config's `seeds` lists them) and runs nothing.
-Writes bench/results/p4_cache_curve.json and bench/results/p4_cache_curve.svg.
+Writes bench/results/<name>.json and .svg (another task's curve: run it in a copy of the project whose params.yaml is
+that task's, e.g. `--name p4_cache_qa` beside params/squad.yaml).
 """
 
 import argparse
@@ -48,11 +51,20 @@ def hidden_bytes_per_token_per_layer(cache: TeacherCache) -> float:
     return total / max(len(layers), 1)
 
 
+def slug(config: str) -> str:
+    return config.replace(":", "_r").replace("+", "_")
+
+
+def dev_metric(run: dict) -> float:
+    return run["dev_metric"] if "dev_metric" in run else run["dev_accuracy"]  # (runs recorded before QA's curve)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", nargs="+", default=["float16", "int8", "int8:16", "int8:32", "int8:64", "int8:128"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     ap.add_argument("--student", default="l3")
+    ap.add_argument("--name", default="p4_cache_curve", help="results file name under bench/results")
     ap.add_argument("--report", action="store_true", help="write the results from the finished runs; run nothing")
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
@@ -68,12 +80,14 @@ def main():
     distill_cfg, _ = params.distill_for(args.student)
     state = json.loads(STATE.read_text()) if STATE.is_file() else {}
     for config in [] if args.report else args.configs:
-        dtype, _, rank = config.partition(":")
+        form, _, relations = config.partition("+")
+        dtype, _, rank = form.partition(":")
         entry = state.setdefault(config, {"seeds": {}})
-        cache = WORK / f"p4_curve_cache_{config.replace(':', '_r')}"
+        cache = WORK / f"p4_curve_cache_{slug(config)}"
         if "extract_s" not in entry or not (cache / "manifest.json").is_file():
             shutil.rmtree(cache, ignore_errors=True)
-            cfg = dataclasses.replace(params.extract, dtype=dtype, rank=int(rank) if rank else None, device="cpu")
+            rank = int(rank) if rank else None
+            cfg = dataclasses.replace(params.extract, dtype=dtype, rank=rank, relations=relations or "maps", device="cpu")
             started = time.perf_counter()
             extract_cache(teacher, splits, cache, cfg, info=info, mask_seed=params.seed)
             entry["extract_s"] = round(time.perf_counter() - started, 1)
@@ -87,32 +101,34 @@ def main():
         for seed in args.seeds:
             if str(seed) in entry["seeds"]:
                 continue
-            out = WORK / f"p4_curve_student_{config.replace(':', '_r')}_{seed}"
+            out = WORK / f"p4_curve_student_{slug(config)}_{seed}"
             summary = distill_student(cache, out, spec, distill_cfg, seed=seed, teacher_dir=teacher)["summary"]
             scores = evaluate_saved_model(out, cache, batch_size=64, latency_batch_sizes=[], latency_repeats=1)
-            entry["seeds"][str(seed)] = {"dev_accuracy": scores["accuracy"], "train_s": summary["seconds"]}
+            state["metric"] = scores["headline"]
+            entry["seeds"][str(seed)] = {"dev_metric": scores[scores["headline"]], "train_s": summary["seconds"]}
             STATE.write_text(json.dumps(state, indent=2))
             print(config, seed, entry["seeds"][str(seed)], flush=True)
         STATE.write_text(json.dumps(state, indent=2))
 
     base = state.get("float16")
     runs = []
+    metric = state.get("metric", "accuracy")
     for config in [c for c in args.configs if state.get(c, {}).get("seeds")]:
         entry = state[config]
         seeds = [s for s in args.seeds if str(s) in entry["seeds"]]
-        accs = [entry["seeds"][str(s)]["dev_accuracy"] for s in seeds]
+        accs = [dev_metric(entry["seeds"][str(s)]) for s in seeds]
         train_s = [entry["seeds"][str(s)]["train_s"] for s in seeds]
         run = {
             "config": config,
             "seeds": seeds,
             **{k: entry[k] for k in ("hidden_bytes_per_token_per_layer", "bytes_per_token", "cache_mb", "extract_s")},
             "explained_variance": entry["explained_variance"],
-            "dev_accuracy": accs,
+            f"dev_{metric}": accs,
             "mean": round(100 * statistics.mean(accs), 2),
             "std": round(100 * statistics.stdev(accs), 2) if len(accs) > 1 else 0.0,
         }
         if base is not None and all(str(s) in base["seeds"] for s in seeds):  # paired: fp16 on the same seeds
-            base_accs = [base["seeds"][str(s)]["dev_accuracy"] for s in seeds]
+            base_accs = [dev_metric(base["seeds"][str(s)]) for s in seeds]
             base_s = [base["seeds"][str(s)]["train_s"] for s in seeds]
             run["loss_vs_fp16_points"] = round(100 * (statistics.mean(base_accs) - statistics.mean(accs)), 2)
             run["extract_time_vs_fp16"] = round(entry["extract_s"] / base["extract_s"], 3)
@@ -120,20 +136,21 @@ def main():
         runs.append(run)
         print(json.dumps(run), flush=True)
     result = {
-        "figure": "P4 curve: hidden bytes per token per layer vs dev accuracy (fp16, int8, int8 at rank k)",
-        "goal": "<= 100 B per token per layer at <= 0.2 point below fp16 (mean of 3 seeds)",
+        "figure": f"P4 curve: cache bytes per token vs dev {metric} (fp16, int8, int8 at rank k, relations as inputs)",
+        "goal": "SST-2: <= 100 B per token per layer at <= 0.2 point below fp16 (mean of 3 seeds); SQuAD: whole cache "
+        "<= 1,500 B/token at <= 0.5 F1 below fp16",
         "student": args.student,
         "seeds": args.seeds,
         "machine": machine(),
         "runs": runs,
     }
-    save("p4_cache_curve", result)
+    save(args.name, result)
     svg_chart(
-        {"dev accuracy": [(r["hidden_bytes_per_token_per_layer"], r["mean"]) for r in runs]},
-        ROOT / "bench" / "results" / "p4_cache_curve.svg",
+        {f"dev {metric}": [(r["hidden_bytes_per_token_per_layer"], r["mean"]) for r in runs]},
+        ROOT / "bench" / "results" / f"{args.name}.svg",
         x_label="stored bytes per token per cached layer",
-        y_label=f"{args.student} dev accuracy (%)",
-        title="SST-2: cache bytes vs student accuracy",
+        y_label=f"{args.student} dev {metric} (%)",
+        title=f"{params.task}: cache bytes vs student {metric}",
         lines=False,
     )
 

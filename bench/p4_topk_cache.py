@@ -20,12 +20,11 @@ import torch
 from transformers import AutoModelForMaskedLM
 
 from pipeline.cache import TeacherCache
-from pipeline.config import ExtractConfig
 from pipeline.extract import extract_cache
 from pipeline.mlm import IGNORE, MLM_TARGET, TOPK_INDICES, TOPK_VALUES
 from pipeline.tasks.masked_lm import MaskedLMConfig
 
-from common import WORK, prepared, save
+from common import WORK, fp16_extract, prepared, save
 
 
 def field_bytes(cache_dir: Path, names: list[str]) -> int:
@@ -73,7 +72,7 @@ def main():
     for k in ks:
         out = WORK / f"p4_topk_{k}"
         shutil.rmtree(out, ignore_errors=True)
-        cfg = ExtractConfig(layers=[teacher.config.num_hidden_layers], device="cpu")
+        cfg = fp16_extract(layers=[teacher.config.num_hidden_layers], device="cpu")
         split_info = {**info, "splits": {"rows": info["splits"]["train"]}}
         result = extract_cache(teacher_dir, rows, out, cfg, info=split_info, task_config=MaskedLMConfig(topk=k))
         tokens = result["manifest"]["splits"]["rows"]["tokens"]

@@ -11,10 +11,9 @@ import json
 import subprocess
 import sys
 
-from pipeline.config import ExtractConfig
 from pipeline.extract import extract_cache
 
-from common import WORK, prepared, save, teacher_dir
+from common import WORK, fp16_extract, prepared, save, teacher_dir
 
 CHILD = """
 import json, sys
@@ -38,7 +37,8 @@ def main():
     for scale in (1, 4):
         splits, info = prepared(args.rows * scale, 200, val_examples=0)  # no tuning split: the caches are 1x and 4x
         cache = WORK / f"p5_cache_{scale}x"
-        extract_cache(teacher_dir(), splits, cache, ExtractConfig(layers=[2, 4, 6], shard_max_mb=64, device="cpu"), info=info)
+        cfg = fp16_extract(layers=[2, 4, 6], shard_max_mb=64, device="cpu")
+        extract_cache(teacher_dir(), splits, cache, cfg, info=info)
         out = subprocess.run(
             [sys.executable, "-c", CHILD, str(cache), str(WORK / f"p5_student_{scale}x")],
             capture_output=True,

@@ -11,10 +11,9 @@ Prints the figure and writes bench/results/scaling.json.
 import argparse
 import shutil
 
-from pipeline.config import ExtractConfig
 from pipeline.extract import extract_cache
 
-from common import WORK, Timer, prepared, save, teacher_dir
+from common import WORK, Timer, fp16_extract, prepared, save, teacher_dir
 
 
 def main():
@@ -29,7 +28,11 @@ def main():
         shutil.rmtree(out, ignore_errors=True)
         with Timer() as t:
             result = extract_cache(
-                teacher_dir(), splits, out, ExtractConfig(layers=[2, 4, 6], shard_max_mb=64, device="cpu"), info=info
+                teacher_dir(),
+                splits,
+                out,
+                fp16_extract(layers=[2, 4, 6], shard_max_mb=64, device="cpu"),
+                info=info,
             )
         m = result["manifest"]
         rows.append(

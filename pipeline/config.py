@@ -3,8 +3,7 @@
 Each knob is a dataclass field made by `knob`, carrying its default (the value params.yaml ships), its help, and its
 bounds or choices; `pipeline.params` reads params.yaml into these classes and checks every value against that metadata.
 A student's overrides of the distill section are a mapping checked against `DistillConfig`, not a second copy of it.
-`docs/params.md` is generated from here (`python -m pipeline.params --reference`), and a test keeps it and params.yaml
-in step with these declarations.
+`docs/params.md` is generated from here (`python -m pipeline.params --reference`); a test keeps it and params.yaml in step.
 """
 
 from __future__ import annotations
@@ -98,13 +97,15 @@ class ExtractConfig:
     )
     attentions: list[int] = knob(help="transformer layers (1..N) whose attention maps to cache (heads x len x len)", factory=list)
     values: list[int] = knob(help="transformer layers (1..N) whose value vectors to cache (MiniLM value relation)", factory=list)
-    dtype: str = knob(
-        "float16",
-        "float16, bfloat16 (bit-exact as uint16), or int8 (per-token absmax scale)",
-        choices=("float16", "bfloat16", "int8"),
+    relations: str = knob(
+        "maps",
+        "how attentions and values are cached: maps (heads x len x len probabilities, value vectors) or inputs (each such "
+        "layer's input hidden state, in dtype and rank, and its Q/K/V projections: stage two recomputes both)",
+        choices=("maps", "inputs"),
     )
+    dtype: str = knob("int8", "int8 (per-token absmax scale), float16 or bfloat16", choices=("int8", "float16", "bfloat16"))
     rank: int | None = knob(
-        None,
+        64,
         "low-rank hidden states: per cached layer a basis of this many directions, fitted on the teacher's outputs "
         "for a seeded sample of train rows, and `rank` coefficients per token in `dtype`; null = full width",
         gt=0,
@@ -231,13 +232,9 @@ class StudentSpec:
         """Unset heads / intermediate size: the teacher's for init 'teacher' (so its layers fit), else hidden/64 and 4x hidden."""
         if self.init != "teacher":
             return dataclasses.replace(self, num_heads=self.heads, intermediate_size=self.ffn_size)
-        return dataclasses.replace(
-            self,
-            num_heads=self.num_heads if self.num_heads is not None else teacher_config["num_attention_heads"],
-            intermediate_size=self.intermediate_size
-            if self.intermediate_size is not None
-            else teacher_config["intermediate_size"],
-        )
+        heads = self.num_heads if self.num_heads is not None else teacher_config["num_attention_heads"]
+        ffn = self.intermediate_size if self.intermediate_size is not None else teacher_config["intermediate_size"]
+        return dataclasses.replace(self, num_heads=heads, intermediate_size=ffn)
 
 
 @dataclass

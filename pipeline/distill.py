@@ -87,10 +87,10 @@ def layer_plan(cache: TeacherCache, spec: StudentSpec, cfg: DistillConfig, teach
             f"params.yaml: value relations use the teacher's {n_heads} heads, which must divide the student's "
             f"hidden_size {resolved.hidden_size}; change hidden_size or set value_weight to 0"
         )
-    bases = cache.bases() if pairs else {}
-    return LayerPlan(
-        pairs, manifest["hidden_size"], att_pairs, value_pair, n_heads, {t: bases[t] for _, t in pairs if t in bases}
-    )
+    projections = cache.projections() if att_pairs or value_pair else {}
+    plan = LayerPlan(pairs, manifest["hidden_size"], att_pairs, value_pair, n_heads, projections=projections)
+    bases = cache.bases() if plan.hidden_layers else {}
+    return dataclasses.replace(plan, bases={t: bases[t] for t in plan.hidden_layers if t in bases})
 
 
 def _no_attention_dropout(student) -> None:
@@ -164,11 +164,12 @@ def distill_student(
     facet = task_student(task, task_config)  # its loss reads the task's own params section
     facet.check_cache(cache.manifest, cfg, cache_dir)
     module = DistillationModule(student, cfg, plan, facet)
+    attentions, values = plan.stored_relations
     columns = (
         facet.cache_columns()
-        + sorted({hidden_field(t) for _, t in plan.pairs})
-        + [attention_field(t) for _, t in plan.attention_pairs]
-        + ([value_field(plan.value_pair[1])] if plan.value_pair else [])
+        + [hidden_field(t) for t in plan.hidden_layers]
+        + [attention_field(t) for t in attentions]
+        + [value_field(t) for t in values]
     )
     extras = open_extra_caches(cache, extra_caches or {}, cfg.verify_cache)
     split = lambda name: join_teachers(cache.split(name, columns), extras, facet.logit_field)  # noqa: E731

@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from pipeline.cache import CacheWriter
 from pipeline.cache.basis import BASIS_TABLE, basis_table
+from pipeline.cache.relations import RELATIONS_TABLE, relations_table, self_attention
 from pipeline.cache.schema import TEACHER_CONFIG, TOKENIZER_DIR
 from pipeline.config import ExtractConfig
 from pipeline.distributed import Ranks, ranks
@@ -38,17 +39,6 @@ log = logging.getLogger(__name__)
 
 def resolve_device(name: str) -> torch.device:
     return Ranks().device(name)
-
-
-def value_projection(model, layer: int):
-    """The self-attention value projection of transformer layer `layer` (1-based) of a BERT-like model."""
-    try:
-        return model.base_model.encoder.layer[layer - 1].attention.self.value
-    except AttributeError:
-        raise PipelineError(
-            f"extract.values: the teacher ({type(model).__name__}) has no BERT-style "
-            "encoder.layer[i].attention.self.value; cache values only for BERT-like teachers"
-        ) from None
 
 
 def extract_cache(
@@ -86,12 +76,8 @@ def extract_cache(
     head = head_of_model(teacher_config)
     task = task_fields(head.name, task_config)  # e.g. a masked LM's topk and masking rate
     # attention maps need the eager implementation: fused kernels never materialise them
-    model = (
-        head.auto_class()
-        .from_pretrained(teacher_dir, use_safetensors=True, **({"attn_implementation": "eager"} if cfg.attentions else {}))
-        .to(dev)
-        .eval()
-    )
+    eager = {"attn_implementation": "eager"} if cfg.attentions and cfg.relations == "maps" else {}
+    model = head.auto_class().from_pretrained(teacher_dir, use_safetensors=True, **eager).to(dev).eval()
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     n_layers, hidden, heads = model.config.num_hidden_layers, model.config.hidden_size, model.config.num_attention_heads
     shard_max_bytes = int(cfg.shard_max_mb * (1 << 20))
@@ -107,8 +93,9 @@ def extract_cache(
         rank=who.rank,
         world=who.world,
         shard_max_bytes=shard_max_bytes,
+        relations=cfg.relations,
     )
-    if cfg.rank and plan.layers:
+    if cfg.rank and plan.hidden_layers:
         if cfg.rank > hidden:
             raise PipelineError(
                 f"params.yaml: extract.rank {cfg.rank} is more than the teacher's hidden size {hidden}; set it "
@@ -133,6 +120,8 @@ def extract_cache(
     meta.update(task.manifest_meta(plan.task_setup))  # a sequence classifier's adds nothing: its bytes stay
     if plan.hidden_rank:  # (full-width caches keep the manifest they always had)
         meta["rank"] = plan.hidden_rank
+    if cfg.relations == "inputs" and (plan.attentions or plan.values):
+        meta["relations"] = "inputs"  # (cache.relations: the layers' inputs and projections, not maps and vectors)
     if record is not None:  # an extra teacher's cache: the params that made its teacher (`Params.teacher_record`)
         meta["teacher_params"] = record
 
@@ -156,13 +145,15 @@ def extract_cache(
             plan.bases = {layer: tuple(torch.from_numpy(a).to(dev) for a in pair) for layer, pair in bases.items()}
             if who.main:
                 writer.write_table(BASIS_TABLE, basis_table(bases))
+        if meta.get("relations") and who.main:
+            writer.write_table(RELATIONS_TABLE, relations_table(model, sorted({*plan.attentions, *plan.values})))
         sink = ShardSink(writer, work, key, state, journal=journal)
         captured: dict[int, torch.Tensor] = {}
         hooks = [
-            value_projection(model, layer).register_forward_hook(
+            self_attention(model, layer, "extract.values").value.register_forward_hook(
                 lambda module, args, output, layer=layer: captured.__setitem__(layer, output)
             )
-            for layer in plan.values
+            for layer in plan.stored_relations[1]
         ]
         try:
             stats = extract_splits(model, splits, plan, sink, state=state, on_batch=on_batch, captured=captured)

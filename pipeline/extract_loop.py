@@ -19,6 +19,7 @@ from pipeline.cache.basis import BasisFit, project
 from pipeline.cache.codec import encode
 from pipeline.cache.layout import batch_nbytes, shard_ends
 from pipeline.journal import BatchSink
+from pipeline.layers import relation_input
 from pipeline.pinned import PinnedRing, to_host
 from pipeline.tasks.sequence_classification.fields import SequenceClassificationFields
 
@@ -79,18 +80,32 @@ class LoopPlan:
     shard_max_bytes: int = 256 << 20  # the writer's: ranks are cut where it closes shards
     hidden_rank: int | None = None  # extract.rank: hidden layers cached as coefficients in `bases` (cache.basis)
     bases: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # layer -> (mean, components)
+    relations: str = "maps"  # extract.relations: "inputs" caches the attention/value layers' inputs (cache.relations)
 
     @property
     def attention_dtype(self) -> str:
         return "float16" if self.dtype == "int8" else self.dtype  # probabilities: per-token absmax int8 does not apply
 
+    @property
+    def hidden_layers(self) -> list[int]:
+        """The hidden states stored: `layers`, and under relations 'inputs' those entering the attention/value layers."""
+        if self.relations != "inputs":
+            return self.layers
+        return sorted({*self.layers, *(relation_input(x) for x in (*self.attentions, *self.values))})
+
+    @property
+    def stored_relations(self) -> tuple[list[int], list[int]]:
+        """(attention layers, value layers) stored as maps and vectors: none under relations 'inputs'."""
+        return ([], []) if self.relations == "inputs" else (self.attentions, self.values)
+
     def fields(self, num_labels: int, hidden: int, heads: int, vocab: int) -> list[FieldSpec]:
         """The cache fields this plan writes, in column order."""
         out = self.task.fields(self.task_setup, num_labels, vocab)
         width = self.hidden_rank or hidden
-        out += [f for layer in self.layers for f in token_fields(hidden_field(layer), self.dtype, width)]
-        out += [FieldSpec(attention_field(layer), "token_pair", self.attention_dtype, heads) for layer in self.attentions]
-        out += [f for layer in self.values for f in token_fields(value_field(layer), self.dtype, hidden)]
+        attentions, values = self.stored_relations
+        out += [f for layer in self.hidden_layers for f in token_fields(hidden_field(layer), self.dtype, width)]
+        out += [FieldSpec(attention_field(layer), "token_pair", self.attention_dtype, heads) for layer in attentions]
+        out += [f for layer in values for f in token_fields(value_field(layer), self.dtype, hidden)]
         return out
 
 
@@ -191,7 +206,7 @@ def _extract_split(loop: _Loop, split: str, ds: datasets.Dataset, entry: dict) -
             attention_mask=mask_t,
             **dict(zip(inputs, more)),
             output_hidden_states=True,
-            output_attentions=bool(plan.attentions),
+            output_attentions=bool(plan.stored_relations[0]),
         )
         device_out = _batch_outputs(out, real_index, lens, plan, captured, aux_t)
         fields_out, ready = ring.download(slot, device_out) if ring is not None else to_host(device_out)
@@ -250,14 +265,14 @@ class _Columns:
 
 
 def fit_bases(model, ds: datasets.Dataset, plan: LoopPlan, sample_rows: int, seed: int) -> tuple[dict, dict]:
-    """The low-rank basis of each of `plan.layers` (`pipeline.cache.basis`), fitted on the teacher's outputs for a
+    """The low-rank basis of each of `plan.hidden_layers` (`pipeline.cache.basis`), fitted on the teacher's outputs for a
     seeded sample of `sample_rows` rows of `ds`, run as extraction runs them. Returns (layer -> (mean, components)
     as float32 numpy, a record for the manifest: sample size and each layer's explained variance)."""
     dev = next(model.parameters()).device
     cols = _Columns(ds, plan)
     n = min(sample_rows, len(cols.lengths))
     sample = np.sort(np.random.default_rng(seed).choice(len(cols.lengths), size=n, replace=False))
-    fits = {layer: BasisFit(model.config.hidden_size, dev) for layer in plan.layers}
+    fits = {layer: BasisFit(model.config.hidden_size, dev) for layer in plan.hidden_layers}
     with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         for rows in length_sorted_batches(cols.lengths[sample], plan.batch_size):
             _, input_ids, mask, _, inputs, _ = cols.batch(sample[rows])
@@ -274,7 +289,7 @@ def fit_bases(model, ds: datasets.Dataset, plan: LoopPlan, sample_rows: int, see
     for layer, fit in fits.items():
         mean, components, explained[str(layer)] = fit.basis(plan.hidden_rank)
         bases[layer] = (mean, components)
-    record = {"sample_rows": n, "sample_tokens": fits[plan.layers[0]].count, "explained_variance": explained}
+    record = {"sample_rows": n, "sample_tokens": fits[plan.hidden_layers[0]].count, "explained_variance": explained}
     return bases, record
 
 
@@ -293,12 +308,12 @@ def _batch_outputs(
         return t.reshape(-1, t.shape[-1]).index_select(0, real_index)
 
     device_out = plan.task.device_fields(out, tokens, plan.task_setup, **aux)
-    for layer in plan.layers:
+    for layer in plan.hidden_layers:
         hidden = tokens(out.hidden_states[layer])
         if plan.hidden_rank:
             hidden = project(hidden, *plan.bases[layer])
         device_out.update(encode(hidden, plan.dtype, hidden_field(layer)))
-    for layer in plan.attentions:  # only the real-token block of each example's heads x len x len map
+    for layer in plan.stored_relations[0]:  # only the real-token block of each example's heads x len x len map
         att = out.attentions[layer - 1]
         flat = torch.cat([att[j, :, :n, :n].reshape(-1) for j, n in enumerate(lens.tolist())])
         device_out.update(encode(flat, plan.attention_dtype, attention_field(layer)))

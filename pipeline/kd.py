@@ -12,11 +12,12 @@ from transformers import DataCollatorWithPadding
 
 from pipeline.cache import CacheSplit, attention_field, hidden_field, value_field
 from pipeline.cache.basis import reconstruct
+from pipeline.cache.relations import PROJECTIONS, attention_from_input, values_from_input
 from pipeline.checkpoints import Checkpoints
 from pipeline.collate import CacheCollator, keep_freed_host_memory
 from pipeline.config import DistillConfig
 from pipeline.errors import PipelineError
-from pipeline.layers import LayerPlan
+from pipeline.layers import LayerPlan, relation_input
 from pipeline.losses import LossMix, attention_kl_loss, attention_mse_loss, combine_teachers, value_relation_loss
 from pipeline.student_loop import StudentLoop
 from pipeline.tasks.sequence_classification.student import SequenceClassificationStudent
@@ -58,11 +59,18 @@ class DistillationModule(nn.Module):
                 for m, _ in self.pairs
             }
         )
-        # a low-rank cache's bases (non-persistent: never saved with the student), moved to the device with it
-        self.rebuild = set(plan.bases)
+        # a low-rank cache's bases and a relations-'inputs' cache's projections (non-persistent: never saved with the
+        # student), moved to the device with it
+        self.plan, self.rebuild = plan, set(plan.bases)
         for t, (mean, components) in plan.bases.items():
             self.register_buffer(f"basis_mean_{t}", torch.as_tensor(mean), persistent=False)
             self.register_buffer(f"basis_components_{t}", torch.as_tensor(components), persistent=False)
+        for t, arrays in plan.projections.items():
+            for name in PROJECTIONS:
+                for part in ("weight", "bias"):
+                    self.register_buffer(
+                        f"teacher_{name}_{part}_{t}", torch.as_tensor(arrays[f"{name}_{part}"]), persistent=False
+                    )
         # loss parts summed on the device since the last log, with their count: reading a value back per step would
         # make the host wait for the GPU at every step
         self.running: dict[str, list] = {}
@@ -74,6 +82,25 @@ class DistillationModule(nn.Module):
         if layer not in self.rebuild:
             return stored
         return reconstruct(stored, getattr(self, f"basis_mean_{layer}"), getattr(self, f"basis_components_{layer}"))
+
+    def _projection(self, name: str, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"teacher_{name}_weight_{layer}"), getattr(self, f"teacher_{name}_bias_{layer}")
+
+    def teacher_attention(self, layer: int, teacher: dict, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The teacher's attention maps of `layer`: cached, or recomputed from the layer's cached input."""
+        if not self.plan.projections:
+            return teacher[f"teacher_{attention_field(layer)}"]
+        heads = int(self.plan.projections[layer]["heads"])
+        hidden = self.teacher_hidden(relation_input(layer), teacher)
+        return attention_from_input(
+            hidden, attention_mask, self._projection("query", layer), self._projection("key", layer), heads
+        )
+
+    def teacher_values(self, layer: int, teacher: dict) -> torch.Tensor:
+        """The teacher's value vectors of `layer`: cached, or recomputed from the layer's cached input."""
+        if not self.plan.projections:
+            return teacher[f"teacher_{value_field(layer)}"]
+        return values_from_input(self.teacher_hidden(relation_input(layer), teacher), self._projection("value", layer))
 
     def loss_mix(self) -> LossMix:
         cfg = self.cfg
@@ -114,7 +141,7 @@ class DistillationModule(nn.Module):
             att_loss = attention_kl_loss if cfg.attention_loss == "kl" else attention_mse_loss
             parts["attention"] = torch.stack(
                 [
-                    att_loss(out.attentions[m - 1], teacher_hidden[f"teacher_{attention_field(t)}"], attention_mask)
+                    att_loss(out.attentions[m - 1], self.teacher_attention(t, teacher_hidden, attention_mask), attention_mask)
                     for m, t in self.attention_pairs
                 ]
             ).mean()
@@ -122,7 +149,7 @@ class DistillationModule(nn.Module):
         if self.value_pair is not None:
             parts["value"] = value_relation_loss(
                 self._student_values,
-                teacher_hidden[f"teacher_{value_field(self.value_pair[1])}"],
+                self.teacher_values(self.value_pair[1], teacher_hidden),
                 attention_mask,
                 self.relation_heads,
             )
@@ -172,13 +199,7 @@ def train_student(
     """Distil into `module.student` from the cache splits (`StudentLoop`; `dev` None: no per-epoch evaluation),
     resuming from `checkpoints` when an interrupted run left one; returns the log history."""
     keep_freed_host_memory()
-    collator = CacheCollator(
-        sorted({t for _, t in module.pairs}),
-        pad_token_id,
-        [t for _, t in module.attention_pairs],
-        [module.value_pair[1]] if module.value_pair else [],
-        task=module.task,
-    )
+    collator = CacheCollator(module.plan.hidden_layers, pad_token_id, *module.plan.stored_relations, task=module.task)
     label_names = [module.student.config.id2label[i] for i in range(module.student.config.num_labels)]
     loop = StudentLoop(
         module,

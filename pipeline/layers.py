@@ -35,6 +35,11 @@ def normalize_model_layers(layers: list[int], num_hidden_layers: int, key: str) 
     return _layer_indices(layers, num_hidden_layers, 1, key, f"layers 1 .. {num_hidden_layers}")
 
 
+def relation_input(layer: int) -> int:
+    """The hidden_states index entering transformer layer `layer`: the input its attention and values are computed from."""
+    return layer - 1
+
+
 def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     """Teacher layer (1-based) paired with each student layer m = 1..M: floor(m * N / M), so the last maps to the last."""
     return [m * teacher_layers // student_layers for m in range(1, student_layers + 1)]
@@ -92,8 +97,23 @@ class LayerPlan:
     value_pair: tuple[int, int] | None = None
     relation_heads: int = 1
     bases: dict = field(default_factory=dict)  # a low-rank cache's layer -> (mean, components) (pipeline.cache.basis)
+    projections: dict = field(default_factory=dict)  # relations 'inputs': layer -> its Q/K/V (pipeline.cache.relations)
+
+    @property
+    def relation_layers(self) -> list[int]:
+        """The teacher layers whose attention maps or value vectors the losses compare with the student's."""
+        return sorted({t for _, t in self.attention_pairs} | ({self.value_pair[1]} if self.value_pair else set()))
 
     @property
     def hidden_layers(self) -> list[int]:
-        """The cached teacher hidden layers the hidden-state loss reads."""
-        return sorted({t for _, t in self.pairs})
+        """The cached teacher hidden layers the losses read: the hidden-state pairs', and under relations 'inputs'
+        the inputs of the relation layers (their maps and values are recomputed from them)."""
+        inputs = {relation_input(t) for t in self.relation_layers} if self.projections else set()
+        return sorted({t for _, t in self.pairs} | inputs)
+
+    @property
+    def stored_relations(self) -> tuple[list[int], list[int]]:
+        """(attention layers read as cached maps, value layers read as cached vectors): none under relations 'inputs'."""
+        if self.projections:
+            return [], []
+        return [t for _, t in self.attention_pairs], [self.value_pair[1]] if self.value_pair else []

@@ -126,6 +126,13 @@ def tiny_prepared(tmp_path_factory, sst2_small, tiny_teacher):
     return splits, info
 
 
+def flip_middle_byte(path: Path) -> None:
+    """Corrupt a file the way a bad disk or a careless edit would: one byte in its middle inverted."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def build_cache(
     teacher_dir: Path,
     prepared,
@@ -141,6 +148,7 @@ def build_cache(
     rank=None,
     rank_sample_rows=2000,
     seed=0,
+    relations="maps",
 ) -> dict:
     splits, info = prepared
     cfg = ExtractConfig(
@@ -153,6 +161,7 @@ def build_cache(
         values=list(values),
         rank=rank,
         rank_sample_rows=rank_sample_rows,
+        relations=relations,
     )
     return extract_cache(teacher_dir, splits, out, cfg, info=info, mask_seed=seed)
 
@@ -205,6 +214,6 @@ def mlm_teacher(tmp_path_factory, sst2_small) -> Path:
 
 def build_mlm_cache(teacher_dir: Path, prepared, out: Path, *, topk: int = 8, device: str = "cpu", **task) -> dict:
     splits, info = prepared
-    cfg = ExtractConfig(layers=[2, 4], dtype="float16", batch_size=16, shard_max_mb=1 / 16, device=device)
+    cfg = ExtractConfig(layers=[2, 4], dtype="float16", rank=None, batch_size=16, shard_max_mb=1 / 16, device=device)
     knobs = MaskedLMConfig(topk=topk, mlm_probability=0.15, **task)
     return extract_cache(teacher_dir, splits, out, cfg, info=info, mask_seed=3, task_config=knobs)

@@ -11,6 +11,7 @@ import xxhash
 from pipeline.cache import CacheBatch, CacheWriter, FieldSpec, TeacherCache, check_compatible, read_manifest
 from pipeline.cache.schema import FORMAT_VERSION, file_digest
 from pipeline.errors import PipelineError
+from tests.conftest import flip_middle_byte
 
 LENGTHS = [7, 1, 12, 3, 30, 5]
 HIDDEN = 8
@@ -205,9 +206,7 @@ def test_a_failure_inside_arrow_surfaces_and_publishes_nothing(tmp_path, monkeyp
 def test_flipped_byte_is_caught_with_full_verification_only(tmp_path):
     manifest = _write(tmp_path, _rows("float16"), "float16")
     shard = tmp_path / manifest["splits"]["train"]["shards"][0]["file"]
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    shard.write_bytes(bytes(data))
+    flip_middle_byte(shard)
     TeacherCache(tmp_path, verify="size")  # same size: the cheap check cannot see it
     with pytest.raises(PipelineError, match=r"train-00000\.arrow.*checksum.*dvc pull"):
         TeacherCache(tmp_path, verify="full")

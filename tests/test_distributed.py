@@ -322,7 +322,7 @@ def test_stages_relaunch_under_torchrun_when_params_ask_for_processes(tmp_path, 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["max_length"] = 32
     params["data"]["label_names"] = ["negative", "positive"]
-    params["extract"].update(layers=[1, 4], batch_size=8, nproc=2)
+    params["extract"].update(layers=[1, 4], batch_size=8, nproc=2, rank=16)  # the tiny teacher is 32 wide
     params["students"] = {"tiny": {"num_layers": 2, "hidden_size": 16, "num_heads": 2, "init": "random"}}
     params["ensembles"] = {}
     params["distill"].update(batch_size=16, epochs=1, nproc=2)
@@ -363,7 +363,7 @@ def test_a_user_error_under_torchrun_is_one_line_and_exit_2(tmp_path, tiny_teach
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["max_length"] = 48  # tiny_prepared was prepared with 32
-    params["extract"].update(layers=[1], batch_size=8, nproc=2)
+    params["extract"].update(layers=[1], batch_size=8, nproc=2, rank=16)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     save_prepared(tmp_path / "prepared", *tiny_prepared)
     cmd = [sys.executable, str(ROOT / "stages/extract.py"), "--params", str(tmp_path / "params.yaml")]

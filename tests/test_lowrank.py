@@ -10,7 +10,7 @@ from pipeline.cache.basis import BasisFit, project, reconstruct
 from pipeline.config import DistillConfig, StudentSpec
 from pipeline.distill import distill_student
 from pipeline.errors import PipelineError
-from tests.conftest import build_cache
+from tests.conftest import build_cache, flip_middle_byte
 
 FAST = DistillConfig(epochs=1, batch_size=16, learning_rate=5e-4, logging_steps=2)
 
@@ -75,9 +75,7 @@ def test_coefficients_rebuild_the_teachers_hidden_states(tiny_teacher, tiny_prep
 def test_flipped_bytes_in_the_basis_are_caught(tiny_teacher, tiny_prepared, tmp_path):
     build_cache(tiny_teacher, tiny_prepared, tmp_path / "cache", rank=4)
     path = tmp_path / "cache" / "table-basis.arrow"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+    flip_middle_byte(path)
     with pytest.raises(PipelineError, match="table-basis.arrow: the cache's 'basis' table is missing or does not match"):
         TeacherCache(tmp_path / "cache").bases()
 

@@ -192,7 +192,9 @@ def ner_run(tmp_path_factory, conll_small):
     tokenizer.save_pretrained(teacher)
     splits, info = TASK.prepare(_data(conll_small, transfer=str(conll_small / "train.txt"), max_train_examples=160), tokenizer, 0)
     cache = root / "cache"
-    extract_cache(teacher, splits, cache, ExtractConfig(layers=[2, 4], batch_size=16, device="cpu"), info=info)
+    extract_cache(
+        teacher, splits, cache, ExtractConfig(layers=[2, 4], dtype="float16", rank=None, batch_size=16, device="cpu"), info=info
+    )
     return root, teacher, cache, splits
 
 

@@ -36,7 +36,7 @@ from pipeline.tasks.question_answering.serve import QuestionAnswerer
 from pipeline.tasks.question_answering.squad import load_questions
 from pipeline.tasks.question_answering.squad_metric import normalize_answer, squad_metrics
 from pipeline.tasks.question_answering.student import span_distillation_loss
-from tests.conftest import ROOT, SAMPLES, make_tokenizer, tiny_bert_config
+from tests.conftest import ROOT, SAMPLES, flip_middle_byte, make_tokenizer, tiny_bert_config
 
 SQUAD = SAMPLES / "squad"  # five train and one dev SQuAD v1.1 article(s), in part (tests/data/README.md)
 TASK = task_data("question_answering", QuestionAnsweringConfig(doc_stride=16))  # the prepare stage's facet
@@ -233,7 +233,9 @@ def _tiny_qa_cache(root: Path, data: DataConfig):
     tokenizer.save_pretrained(teacher)
     splits, info = TASK.prepare(data, tokenizer, 0)
     cache = root / "cache"
-    extract_cache(teacher, splits, cache, ExtractConfig(layers=[2, 4], batch_size=16, device="cpu"), info=info)
+    extract_cache(
+        teacher, splits, cache, ExtractConfig(layers=[2, 4], dtype="float16", rank=None, batch_size=16, device="cpu"), info=info
+    )
     return teacher, cache, splits, info
 
 
@@ -273,9 +275,7 @@ def test_a_changed_questions_table_is_refused_with_the_fix(qa_run, tmp_path):
     copy = tmp_path / "cache"
     shutil.copytree(cache, copy)
     path = copy / "table-questions.arrow"
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+    flip_middle_byte(path)
     with pytest.raises(PipelineError, match=r"table-questions.arrow: the cache's 'questions' table .* does not match.*extract"):
         TeacherCache(copy).table(QUESTIONS)
 

@@ -38,7 +38,7 @@ def on_batch(split, index):
     if position == kill_after:
         threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
 
-cfg = ExtractConfig(layers=[1, 2, 4], dtype="float16", batch_size=8, shard_max_mb=20_000 / (1 << 20), device=device)
+cfg = ExtractConfig(layers=[1, 2, 4], dtype="float16", rank=None, batch_size=8, shard_max_mb=20_000 / (1 << 20), device=device)
 result = extract_cache(Path(teacher), splits, Path(out), cfg, info=info, on_batch=on_batch if kill_after else None)
 print(json.dumps({k: v["resumed_batches"] for k, v in result["stats"].items()}))
 """

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from pipeline.cache.basis import BASIS_TABLE, bases_from_table
 from pipeline.cache.codec import dequantize_int8
+from pipeline.cache.relations import RELATIONS_TABLE, projections_from_table
 from pipeline.cache.remedy import remedy
 from pipeline.cache.rows import ROW_KEYS, Rows
 from pipeline.cache.schema import (
@@ -280,6 +281,11 @@ class TeacherCache:
         """A low-rank cache's basis per hidden layer (`pipeline.cache.basis`): layer -> (mean, components); {} for
         a full-width cache."""
         return bases_from_table(self.table(BASIS_TABLE)) if self.manifest.get("rank") else {}
+
+    def projections(self) -> dict[int, dict[str, np.ndarray]]:
+        """A relations-'inputs' cache's query/key/value projections per attention/value layer (`pipeline.cache.relations`);
+        {} for a cache of maps and value vectors."""
+        return projections_from_table(self.table(RELATIONS_TABLE)) if self.manifest.get("relations") == "inputs" else {}
 
     @property
     def splits(self) -> list[str]:
