@@ -89,7 +89,7 @@ def main():
             rank = int(rank) if rank else None
             cfg = dataclasses.replace(params.extract, dtype=dtype, rank=rank, relations=relations or "maps", device="cpu")
             started = time.perf_counter()
-            extract_cache(teacher, splits, cache, cfg, info=info, mask_seed=params.seed)
+            extract_cache(teacher, splits, cache, cfg, info=info, mask_seed=params.seed, task_config=params.task_config)
             entry["extract_s"] = round(time.perf_counter() - started, 1)
             entry["seeds"] = {}
         opened = TeacherCache(cache)
@@ -102,7 +102,8 @@ def main():
             if str(seed) in entry["seeds"]:
                 continue
             out = WORK / f"p4_curve_student_{slug(config)}_{seed}"
-            summary = distill_student(cache, out, spec, distill_cfg, seed=seed, teacher_dir=teacher)["summary"]
+            run = distill_student(cache, out, spec, distill_cfg, seed=seed, teacher_dir=teacher, task_config=params.task_config)
+            summary = run["summary"]
             scores = evaluate_saved_model(out, cache, batch_size=64, latency_batch_sizes=[], latency_repeats=1)
             state["metric"] = scores["headline"]
             entry["seeds"][str(seed)] = {"dev_metric": scores[scores["headline"]], "train_s": summary["seconds"]}
