@@ -142,6 +142,11 @@ def main():
         "<= 1,500 B/token at <= 0.5 F1 below fp16",
         "student": args.student,
         "seeds": args.seeds,
+        "recipe": {  # the run the curve measures: its rows and epochs (a reduced recipe says so here)
+            "task": params.task,
+            "rows": {name: len(split) for name, split in splits.items()},
+            "epochs": distill_cfg.epochs,
+        },
         "machine": machine(),
         "runs": runs,
     }
