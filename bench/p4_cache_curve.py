@@ -1,7 +1,7 @@
 """P4 curve: cache bytes per token against the student's dev metric, for fp16, int8, low-rank and compact-relation caches.
 
     python bench/p4_cache_curve.py [--configs float16 int8 int8:16 int8:32 int8:64 int8:128] [--seeds 42 43 44]
-                                   [--student l3] [--name p4_cache_curve] [--report]
+                                   [--student l3] [--name p4_cache_curve] [--report] [--retime N]
 
 Needs the default run's fine-tuned teacher and prepared data (`dvc repro` first). Per config (`<dtype>[:<rank>][+inputs]`)
 it extracts the default run's rows (train, dev, val and transfer) from that teacher with the default `extract` params
@@ -12,7 +12,9 @@ Bytes per token per layer are the hidden fields' (values and the int8 scale), fr
 cache's bytes per token are recorded too. A config's metric loss and training time are against fp16's on the same
 seeds, its extraction time against fp16's (each extraction timed once: run them on a quiet CPU).
 Finished (config, seed) runs are kept in bench/work/p4_curve.json, so an interrupted run continues; `--report` writes
-the results from the runs finished so far (each config's `seeds` lists them) and runs nothing.
+the results from the runs finished so far (each config's `seeds` lists them) and runs nothing; `--retime N` only
+extracts each config again, N rounds with the configs interleaved, and keeps the median as its extraction time (for
+the ratio on a quiet CPU when the curve's own runs shared it).
 Writes bench/results/<name>.json and .svg (another task's curve: run it in a copy of the project whose params.yaml is
 that task's, e.g. `--name p4_cache_qa` beside params/squad.yaml).
 """
@@ -66,6 +68,7 @@ def main():
     ap.add_argument("--student", default="l3")
     ap.add_argument("--name", default="p4_cache_curve", help="results file name under bench/results")
     ap.add_argument("--report", action="store_true", help="write the results from the finished runs; run nothing")
+    ap.add_argument("--retime", type=int, default=0, metavar="N", help="only re-time each config's extraction, N rounds")
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
     teacher = ROOT / "artifacts/teacher"
@@ -79,18 +82,34 @@ def main():
     spec = params.students[args.student]
     distill_cfg, _ = params.distill_for(args.student)
     state = json.loads(STATE.read_text()) if STATE.is_file() else {}
-    for config in [] if args.report else args.configs:
+
+    def extract(config: str, cache) -> float:
+        """Extract the run's rows under `config` into `cache`; the seconds it took."""
         form, _, relations = config.partition("+")
         dtype, _, rank = form.partition(":")
+        cfg = dataclasses.replace(
+            params.extract, dtype=dtype, rank=int(rank) if rank else None, relations=relations or "maps", device="cpu"
+        )
+        shutil.rmtree(cache, ignore_errors=True)
+        started = time.perf_counter()
+        extract_cache(teacher, splits, cache, cfg, info=info, mask_seed=params.seed, task_config=params.task_config)
+        return round(time.perf_counter() - started, 1)
+
+    if args.retime:  # extraction alone, the configs interleaved round by round: their ratio on one host at one time
+        times = {config: [] for config in args.configs}
+        for _ in range(args.retime):
+            for config in args.configs:
+                times[config].append(extract(config, WORK / "p4_curve_retime"))
+                print(config, times[config][-1], flush=True)
+        shutil.rmtree(WORK / "p4_curve_retime", ignore_errors=True)
+        for config, seconds in times.items():
+            state.setdefault(config, {"seeds": {}}).update(extract_s=statistics.median(seconds), extract_runs=seconds)
+        STATE.write_text(json.dumps(state, indent=2))
+    for config in [] if args.report or args.retime else args.configs:
         entry = state.setdefault(config, {"seeds": {}})
         cache = WORK / f"p4_curve_cache_{slug(config)}"
         if "extract_s" not in entry or not (cache / "manifest.json").is_file():
-            shutil.rmtree(cache, ignore_errors=True)
-            rank = int(rank) if rank else None
-            cfg = dataclasses.replace(params.extract, dtype=dtype, rank=rank, relations=relations or "maps", device="cpu")
-            started = time.perf_counter()
-            extract_cache(teacher, splits, cache, cfg, info=info, mask_seed=params.seed, task_config=params.task_config)
-            entry["extract_s"] = round(time.perf_counter() - started, 1)
+            entry["extract_s"] = extract(config, cache)
             entry["seeds"] = {}
         opened = TeacherCache(cache)
         tokens = sum(s["tokens"] for s in opened.manifest["splits"].values())
@@ -123,6 +142,7 @@ def main():
             "config": config,
             "seeds": seeds,
             **{k: entry[k] for k in ("hidden_bytes_per_token_per_layer", "bytes_per_token", "cache_mb", "extract_s")},
+            "extract_runs": entry.get("extract_runs", [entry["extract_s"]]),
             "explained_variance": entry["explained_variance"],
             f"dev_{metric}": accs,
             "mean": round(100 * statistics.mean(accs), 2),
