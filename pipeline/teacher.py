@@ -136,14 +136,15 @@ def train_teacher(
     start, history = time.perf_counter(), []
     eval_split = TUNE if TUNE in splits else "dev"  # per-epoch scores are on the tuning split; dev is kept for the record
     if cfg.epochs > 0:
-        args = training_arguments(scratch_dir(), cfg, seed, checkpoints=checkpoints)
         train, dev = splits["train"], splits[eval_split]
         scored = {**splits, "dev": dev}
-        history = (
-            fine_tune_masked_lm(model, tokenizer, train, dev, args, cfg.mlm_probability, seed, checkpoints, callbacks)
-            if mlm
-            else fine_tune_teacher(model, tokenizer, scored, args, task, info["label_names"], checkpoints, callbacks)
-        )
+        with scratch_dir() as scratch:
+            args = training_arguments(scratch, cfg, seed, checkpoints=checkpoints)
+            history = (
+                fine_tune_masked_lm(model, tokenizer, train, dev, args, cfg.mlm_probability, seed, checkpoints, callbacks)
+                if mlm
+                else fine_tune_teacher(model, tokenizer, scored, args, task, info["label_names"], checkpoints, callbacks)
+            )
     evals = [h for h in history if f"eval_{task.headline}" in h]
     summary = {
         "seconds": round(time.perf_counter() - start, 1),

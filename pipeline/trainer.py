@@ -3,6 +3,7 @@ batches, and the log history as CSV (the teacher's and the students', whose loop
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import sys
 import tempfile
@@ -87,6 +88,8 @@ def write_history_csv(history: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def scratch_dir() -> str:
-    """Trainer needs an output_dir; stages save through save_pretrained, so it is scratch."""
-    return tempfile.mkdtemp(prefix="kd-trainer-")
+@contextlib.contextmanager
+def scratch_dir():
+    """Trainer needs an output_dir; stages save through save_pretrained, so it is scratch, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="kd-trainer-") as scratch:
+        yield scratch

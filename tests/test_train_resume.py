@@ -204,6 +204,31 @@ def test_full_disk_while_saving_the_teacher_loses_no_training(tmp_path, tiny_tea
     assert (out / "model.safetensors").is_file() and not train_work_dir(out).exists()
 
 
+def test_a_teacher_run_leaves_no_scratch_folder_behind(tmp_path, tiny_teacher, tiny_prepared, monkeypatch):
+    """The Trainer's output_dir is scratch: removed after a finished run and after a failed one."""
+    import tempfile
+
+    from pipeline.config import TeacherConfig
+    from pipeline.teacher import run_teacher
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    splits, info = _with_fingerprint(tiny_prepared, tiny_teacher)
+    cfg = TeacherConfig(model=str(tiny_teacher), epochs=1, batch_size=16, checkpoint_steps=0)
+
+    class Fail(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            assert list(scratch.glob("kd-trainer-*")), "the Trainer runs in a scratch folder under the temp dir"
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        run_teacher(cfg, splits, info, 0, tmp_path / "failed", callbacks=[Fail()])
+    assert not list(scratch.glob("kd-trainer-*"))
+    run_teacher(cfg, splits, info, 0, tmp_path / "teacher")
+    assert not list(scratch.glob("kd-trainer-*")) and (tmp_path / "teacher" / "model.safetensors").is_file()
+
+
 def test_checkpoints_of_other_params_are_discarded(tmp_path, tiny_cache, caplog):
     spec = StudentSpec(num_layers=1, hidden_size=16, num_heads=2, init="random")
     cfg = DistillConfig(epochs=1, batch_size=16, learning_rate=5e-4, checkpoint_steps=3)
