@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.knobs import knob
+from pipeline.specs import MultiTaskConfig, StudentSpec  # noqa: F401 (StudentSpec: read here by the others)
 from pipeline.tasks import TASK_NAMES
 from pipeline.tasks.masked_lm import MaskedLMConfig
 from pipeline.tasks.question_answering import QuestionAnsweringConfig
@@ -202,42 +203,6 @@ class DistillConfig:
 
 
 @dataclass
-class StudentSpec:
-    """A student's shape and init; every other key of its params.yaml entry overrides the distill section for it."""
-
-    num_layers: int = knob(help="transformer layers", gt=0)
-    hidden_size: int = knob(help="hidden width", gt=0)
-    init: str = knob(
-        "random",
-        "random; teacher (copy embeddings and init_layers of the teacher); or pretrained:<dir> (a local BERT checkpoint "
-        "of the student's width: its own depth, or a deeper one whose init_layers are copied, e.g. a trained l3)",
-    )
-    num_heads: int | None = knob(None, "null = the teacher's for init teacher, else hidden_size / 64", gt=0)
-    intermediate_size: int | None = knob(None, "null = the teacher's for init teacher, else 4 * hidden_size", gt=0)
-    init_layers: list[int] | None = knob(
-        None, "layers (1-based) copied from the teacher, or from a deeper pretrained:<dir>; null = uniform map", gt=0
-    )
-    seed: int | None = knob(None, "null = the top-level seed")
-    overrides: dict[str, Any] = field(default_factory=dict, metadata={"help": "distill keys set for this student only"})
-
-    @property
-    def heads(self) -> int:
-        return self.num_heads if self.num_heads is not None else max(1, self.hidden_size // 64)
-
-    @property
-    def ffn_size(self) -> int:
-        return self.intermediate_size if self.intermediate_size is not None else 4 * self.hidden_size
-
-    def resolved(self, teacher_config: dict) -> StudentSpec:
-        """Unset heads / intermediate size: the teacher's for init 'teacher' (so its layers fit), else hidden/64 and 4x hidden."""
-        if self.init != "teacher":
-            return dataclasses.replace(self, num_heads=self.heads, intermediate_size=self.ffn_size)
-        heads = self.num_heads if self.num_heads is not None else teacher_config["num_attention_heads"]
-        ffn = self.intermediate_size if self.intermediate_size is not None else teacher_config["intermediate_size"]
-        return dataclasses.replace(self, num_heads=heads, intermediate_size=ffn)
-
-
-@dataclass
 class TeacherSpec:
     """An extra teacher: any `teacher` key it sets (and its seed) overrides the teacher section for it alone."""
 
@@ -297,6 +262,7 @@ class Params:
     teachers: dict[str, TeacherSpec] = field(default_factory=dict)
     students: dict[str, StudentSpec] = field(default_factory=dict)
     ensembles: dict[str, EnsembleSpec] = field(default_factory=dict)
+    multitask: MultiTaskConfig = field(default_factory=MultiTaskConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -335,10 +301,12 @@ class Params:
 
     def distill_for(self, name: str) -> tuple[DistillConfig, int]:
         """The distill settings and seed of one student: its own overrides on top of the distill section."""
-        if name not in self.students:
-            known = ", ".join(self.students) or "none"
-            raise PipelineError(f"params.yaml: no student named '{name}' under 'students' (have: {known})")
-        spec = self.students[name]
+        spec = self.students.get(name) or self.multitask.students.get(name)
+        if spec is None:
+            known = ", ".join([*self.students, *self.multitask.students]) or "none"
+            raise PipelineError(
+                f"params.yaml: no student named '{name}' under 'students' or 'multitask.students' (have: {known})"
+            )
         return dataclasses.replace(self.distill, **spec.overrides), (spec.seed if spec.seed is not None else self.seed)
 
     def seeds_for(self, name: str) -> list[int]:

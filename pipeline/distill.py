@@ -103,42 +103,39 @@ def _no_attention_dropout(student) -> None:
             module.dropout.p = 0.0
 
 
-def distill_student(
+@dataclasses.dataclass
+class Run:
+    """One student's training set-up on one cache: what `distill_student` trains and a multi-task student shares."""
+
+    cache: TeacherCache
+    tokenizer: object
+    task: str
+    plan: LayerPlan
+    student: torch.nn.Module
+    init_info: dict
+    module: DistillationModule
+    train: object
+    dev: object
+    extras: list
+    rows: dict  # train_rows (labeled), transfer_rows, augment_rows: what the summary reports
+    eval_split: str
+
+
+def prepare_run(
     cache_dir: Path,
-    out_dir: Path,
     spec: StudentSpec,
     cfg: DistillConfig,
     *,
     seed: int,
-    teacher_dir: Path | None = None,
-    max_length: int | None = None,
-    label_names: list[str] | None = None,
-    work: Path | None = None,
-    callbacks=(),
-    extra_caches: dict[str, tuple[Path, dict]] | None = None,
-    task_config=None,
-    rank: int | None = ...,
-) -> dict:
-    """Build the student, check the cache fits it, distil, save with save_pretrained + tokenizer. Returns a summary.
-
-    `extra_caches` (teacher name -> (cache dir, `Params.teacher_record`)) adds the soft targets of more teachers, in
-    `cfg.teachers` order after the main one (`pipeline.teachers`): each cache is checked through its own manifest.
-
-    `teacher_dir` is read only for init 'teacher' (the chosen tensors, lazily); init 'random' needs no teacher at all.
-    `max_length`, `label_names` and `rank` (params.yaml's; extract.rank) are checked against the cache's. With `work`, training keeps
-    resumable checkpoints there (keyed on the student, its settings, seed and the cache's manifest) and resumes from
-    the last one an interrupted run left; the caller removes `work` once it is done with it.
-
-    Under torchrun the student trains with DDP (pipeline.student_loop's Accelerate): each process reads its share of every
-    global batch of `cfg.batch_size` rows from the cache, and rank 0 saves.
-    """
-    start = time.perf_counter()
-    who = ranks()
-    if cfg.batch_size % who.world:
-        raise PipelineError(
-            f"params.yaml: distill.batch_size {cfg.batch_size} is the global batch and must split evenly over "
-            f"{who.world} processes (distill.nproc); use a multiple of {who.world}"
-        )
+    teacher_dir: Path | None,
+    max_length: int | None,
+    label_names: list[str] | None,
+    rank,
+    task_config,
+    extra_caches: dict | None = None,
+) -> Run:
+    """Open and check the cache, build the student (seeded) and its loss module, and the training and tuning splits
+    (labeled rows, plus the transfer and augmented rows when the student learns from the teacher)."""
     cache = TeacherCache(cache_dir, verify=cfg.verify_cache)
     tokenizer = AutoTokenizer.from_pretrained(cache.tokenizer_dir)
     teacher_config = json.loads((Path(cache_dir) / TEACHER_CONFIG).read_text())
@@ -179,9 +176,53 @@ def distill_student(
     # unlabeled rows (transfer texts, augmented train texts): the teacher's outputs are their only target
     unlabeled = [split(s) for s in ("transfer", AUGMENT) if cfg.transfer and teacher_signal and s in cache.splits]
     sizes = {u.name: len(u) for u in unlabeled}
-    labeled_rows, transfer_rows, augment_rows = len(train), sizes.get("transfer", 0), sizes.get(AUGMENT, 0)
+    rows = {"train_rows": len(train), "transfer_rows": sizes.get("transfer", 0), "augment_rows": sizes.get(AUGMENT, 0)}
     if unlabeled:
         train = ConcatSplits([train, *unlabeled])
+    return Run(cache, tokenizer, task, plan, student, init_info, module, train, dev, extras, rows, eval_split)
+
+
+def distill_student(
+    cache_dir: Path,
+    out_dir: Path,
+    spec: StudentSpec,
+    cfg: DistillConfig,
+    *,
+    seed: int,
+    teacher_dir: Path | None = None,
+    max_length: int | None = None,
+    label_names: list[str] | None = None,
+    work: Path | None = None,
+    callbacks=(),
+    extra_caches: dict[str, tuple[Path, dict]] | None = None,
+    task_config=None,
+    rank: int | None = ...,
+) -> dict:
+    """Build the student, check the cache fits it, distil, save with save_pretrained + tokenizer. Returns a summary.
+
+    `extra_caches` (teacher name -> (cache dir, `Params.teacher_record`)) adds the soft targets of more teachers, in
+    `cfg.teachers` order after the main one (`pipeline.teachers`): each cache is checked through its own manifest.
+
+    `teacher_dir` is read only for init 'teacher' (the chosen tensors, lazily); init 'random' needs no teacher at all.
+    `max_length`, `label_names` and `rank` (params.yaml's; extract.rank) are checked against the cache's. With `work`, training keeps
+    resumable checkpoints there (keyed on the student, its settings, seed and the cache's manifest) and resumes from
+    the last one an interrupted run left; the caller removes `work` once it is done with it.
+
+    Under torchrun the student trains with DDP (pipeline.student_loop's Accelerate): each process reads its share of every
+    global batch of `cfg.batch_size` rows from the cache, and rank 0 saves.
+    """
+    start = time.perf_counter()
+    who = ranks()
+    if cfg.batch_size % who.world:
+        raise PipelineError(
+            f"params.yaml: distill.batch_size {cfg.batch_size} is the global batch and must split evenly over "
+            f"{who.world} processes (distill.nproc); use a multiple of {who.world}"
+        )
+    run = prepare_run(
+        cache_dir, spec, cfg, seed=seed, teacher_dir=teacher_dir, max_length=max_length, label_names=label_names,
+        rank=rank, task_config=task_config, extra_caches=extra_caches,
+    )  # fmt: skip
+    cache, tokenizer, plan, student, module, extras = run.cache, run.tokenizer, run.plan, run.student, run.module, run.extras
     checkpoints = None
     if work is not None:
         settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "checkpoint_steps"}
@@ -194,7 +235,7 @@ def distill_student(
         )
         checkpoints = Checkpoints(work, key, cfg.checkpoint_steps, f"student {Path(out_dir).name} (seed {seed})")
     history = train_student(
-        module, train, dev, cfg, tokenizer.pad_token_id or 0, seed, checkpoints=checkpoints, callbacks=callbacks
+        module, run.train, run.dev, cfg, tokenizer.pad_token_id or 0, seed, checkpoints=checkpoints, callbacks=callbacks
     )
     if plan.attention_pairs:
         student.set_attn_implementation("sdpa")  # serve with the fused kernel
@@ -211,13 +252,11 @@ def distill_student(
         "layer_pairs": plan.pairs,
         "attention_pairs": plan.attention_pairs,
         "value_pair": plan.value_pair,
-        "init": init_info.get("init"),
-        "task": task,
-        "init_teacher_layers": init_info.get("teacher_layers"),
-        "train_rows": labeled_rows,
-        "transfer_rows": transfer_rows,
-        "augment_rows": augment_rows,
-        "eval_split": eval_split,
+        "init": run.init_info.get("init"),
+        "task": run.task,
+        "init_teacher_layers": run.init_info.get("teacher_layers"),
+        **run.rows,
+        "eval_split": run.eval_split,
         "teachers": list(cfg.teachers),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "eval_accuracy_per_epoch": [round(h["eval_accuracy"], 4) for h in evals],

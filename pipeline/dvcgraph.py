@@ -19,6 +19,8 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from pipeline.dvcgraph_tasks import PREFIXES as TASK_PREFIXES
+from pipeline.dvcgraph_tasks import student_stages, task_stages
 from pipeline.params import load_params
 
 CODE_ROOTS = ("pipeline/", "stages/")
@@ -205,6 +207,14 @@ def expected_graph(root: Path) -> dict:
     if params.teachers:
         scored[TEACHER_ENSEMBLE] = teacher_ensemble_stage(list(params.teachers), template)
     _insert_after(stages, "evaluate_teacher", scored)
+    for name in [n for n in stages if n.startswith(TASK_PREFIXES)]:
+        del stages[name]
+    tasks = {k: v for t, path in params.multitask.tasks.items() for k, v in task_stages(t, path, stages).items()}
+    _insert_after(stages, "evaluate_teacher", tasks)
+    students = {k: v for s in params.multitask.students for k, v in student_stages(s, params).items()}
+    stages_at = list(stages).index("report") if "report" in stages else len(stages)
+    for offset, (name, body) in enumerate(students.items()):
+        stages.insert(stages_at + offset, name, body)
     distill = stages["distill"]["do"]
     distill["deps"] = [d for d in distill["deps"] if d != "artifacts/caches"] + (["artifacts/caches"] if params.teachers else [])
     caches_arg = " --caches-root artifacts/caches"

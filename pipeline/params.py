@@ -18,11 +18,11 @@ import yaml
 from pipeline.config import DistillConfig, EnsembleSpec, Params, StudentSpec, TeacherConfig, TeacherSpec
 from pipeline.errors import PipelineError
 from pipeline.knobs import bounds_text, check_bounds
+from pipeline.specs import MAIN, MultiTaskConfig, MultiTaskStudent
 
 # Letters, digits, '_' and '-': DVC reads a '.' in a stage key as nesting (students.l3.v2 would be a missing param).
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 STUDENT_INITS = ("random", "teacher")
-SHAPE_KEYS = [f.name for f in dataclasses.fields(StudentSpec) if f.name != "overrides"]
 # task knobs that left the shared sections for their task's own section (a params.yaml written before says so)
 MOVED = {
     "data.doc_stride": "question_answering.doc_stride",
@@ -99,8 +99,8 @@ def _kwargs(cls: type, raw: dict, prefix: str, skip: tuple = ()) -> dict:
 
 
 def _build(cls: type, raw: dict, prefix: str) -> Any:
-    if cls is StudentSpec:
-        return _build_student(raw, prefix)
+    if cls in (StudentSpec, MultiTaskStudent):
+        return _build_student(raw, prefix, cls)
     if cls is TeacherSpec:
         return _build_teacher(raw, prefix)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -110,14 +110,15 @@ def _build(cls: type, raw: dict, prefix: str) -> Any:
     return cls(**_kwargs(cls, raw, prefix))
 
 
-def _build_student(raw: dict, prefix: str) -> StudentSpec:
+def _build_student(raw: dict, prefix: str, cls: type = StudentSpec) -> StudentSpec:
     """Shape keys build the spec; every other key must be a distill key and becomes one of its overrides."""
     distill_keys = [f.name for f in dataclasses.fields(DistillConfig)]
+    shape = [f.name for f in dataclasses.fields(cls) if f.name != "overrides"]
     for key in raw:
-        if key not in SHAPE_KEYS and key not in distill_keys:
-            raise _unknown(str(key), SHAPE_KEYS + distill_keys, prefix)
-    overrides = _kwargs(DistillConfig, {k: v for k, v in raw.items() if k not in SHAPE_KEYS}, prefix)
-    return StudentSpec(**_kwargs(StudentSpec, raw, prefix, skip=("overrides",)), overrides=overrides)
+        if key not in shape and key not in distill_keys:
+            raise _unknown(str(key), shape + distill_keys, prefix)
+    overrides = _kwargs(DistillConfig, {k: v for k, v in raw.items() if k not in shape}, prefix)
+    return cls(**_kwargs(cls, raw, prefix, skip=("overrides",)), overrides=overrides)
 
 
 def _build_teacher(raw: dict, prefix: str) -> TeacherSpec:
@@ -195,6 +196,36 @@ def _validate_student(name: str, spec: StudentSpec) -> None:
         raise PipelineError(f"params.yaml: '{k}.layer_pairs' must be a list of [student_layer, teacher_layer] pairs, got {pairs}")
 
 
+def _validate_multitask(mt: MultiTaskConfig, params: Params) -> None:
+    """Task names, and each multi-task student's tasks and weights (the task files themselves: pipeline.multitask_params)."""
+    for name in mt.tasks:
+        if not MODEL_NAME.match(name) or name == MAIN or name in params.teachers:
+            raise PipelineError(
+                f"params.yaml: task name 'multitask.tasks.{name}' must be letters, digits, '_' or '-', not '{MAIN}' "
+                "(this file's own pipeline) and not an extra teacher's name"
+            )
+    for name, spec in mt.students.items():
+        _validate_student(name, spec)
+        k = f"multitask.students.{name}.tasks"
+        if name in params.students or name in params.ensembles:
+            raise PipelineError(f"params.yaml: 'multitask.students.{name}': '{name}' is also a student or ensemble; rename one")
+        unknown = [t for t in spec.tasks if t != MAIN and t not in mt.tasks]
+        if unknown or not spec.tasks:
+            raise PipelineError(
+                f"params.yaml: '{k}' names {unknown or 'no task'}: name '{MAIN}' or tasks under 'multitask.tasks' "
+                f"(have: {[MAIN, *mt.tasks]}), each with a weight, e.g. {{{MAIN}: 1.0}}"
+            )
+        bad = {t: w for t, w in spec.tasks.items() if not w > 0}
+        if bad:
+            raise PipelineError(f"params.yaml: '{k}' weights must be > 0, got {bad}; drop a task instead of weighting it 0")
+        cfg, _ = params.distill_for(name)
+        if cfg.teachers != ["teacher"] or cfg.nproc != 1:
+            raise PipelineError(
+                f"params.yaml: 'multitask.students.{name}': a multi-task student learns from each task's own teacher "
+                "in one process; leave its teachers at [teacher] and nproc at 1"
+            )
+
+
 def validate(params: Params) -> Params:
     """The checks that span keys: non-empty lists, student names and shapes, ensemble members."""
     if not params.extract.layers:
@@ -221,6 +252,7 @@ def validate(params: Params) -> Params:
                 "(a GPU wants thousands), or null for batch_size rows per batch"
             )
     _validate_teachers(params)
+    _validate_multitask(params.multitask, params)
     for name, ens in params.ensembles.items():
         if not MODEL_NAME.match(name) or name in params.students or name == "teacher":
             raise PipelineError(
@@ -281,6 +313,8 @@ def params_reference() -> str:
         ("distill (per student: any of these keys under `students.<name>` overrides it for that student)", "distill", None),
         ("students.<name>", None, StudentSpec),
         ("ensembles.<name>", None, EnsembleSpec),
+        ("multitask (one student, several task caches)", "multitask", None),
+        ("multitask.students.<name> (the keys of students.<name>, and:)", None, MultiTaskStudent),
         ("evaluate", "evaluate", None),
         ("export (every model also as ONNX fp32 and int8, scored by evaluate)", "export", None),
         ("token_classification (read with task: token_classification)", "token_classification", None),
@@ -292,11 +326,9 @@ def params_reference() -> str:
         cls = cls or hints[attr]
         lines += [f"## {title}", "", "| key | default | allowed | what it does |", "|---|---|---|---|"]
         for f in dataclasses.fields(cls):
-            if (
-                f.name == "overrides"
-                or dataclasses.is_dataclass(typing.get_type_hints(cls).get(f.name))
-                or typing.get_origin(typing.get_type_hints(cls).get(f.name)) is dict
-            ):
+            hint = typing.get_type_hints(cls).get(f.name)
+            nested = typing.get_args(hint)[-1] if typing.get_origin(hint) is dict else hint  # sections of their own
+            if f.name == "overrides" or (cls is MultiTaskStudent and f.name != "tasks") or dataclasses.is_dataclass(nested):
                 continue
             if f.default is not dataclasses.MISSING:
                 default = f"`{yaml.safe_dump(f.default, default_flow_style=True).strip().removesuffix('...').strip()}`"

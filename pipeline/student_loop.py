@@ -122,6 +122,7 @@ class StudentLoop:
         metrics: dict | None = None,
         checkpoints: Checkpoints | None = None,
         callbacks=(),
+        batches=None,
     ):
         gpu = torch.cuda.is_available()
         self.cfg, self.seed, self.core, self.dev = cfg, seed, module, dev
@@ -130,7 +131,9 @@ class StudentLoop:
         acc = self.accelerator
         per_process = cfg.batch_size // acc.num_processes
         lengths = [int(n) for n in lengths]
-        if cfg.batch_tokens:
+        if batches is not None:  # a batch sampler of its own (pipeline.multitask's): one process, its batches as drawn
+            self.sampler = batches
+        elif cfg.batch_tokens:
             self.sampler = TokenBudgetBatchSampler(lengths, cfg.batch_tokens // acc.num_processes, per_process, seed)
             batches = self.sampler
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -93,3 +94,11 @@ def scratch_dir():
     """Trainer needs an output_dir; stages save through save_pretrained, so it is scratch, removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="kd-trainer-") as scratch:
         yield scratch
+
+
+def write_training_record(result: dict, name: str, plots_root: Path, metrics_root: Path) -> None:
+    """A student stage's records: its loss history as <plots_root>/<name>.csv, its summary as train_<name>.json."""
+    write_history_csv(result["history"], Path(plots_root) / f"{name}.csv")
+    metrics = Path(metrics_root) / f"train_{name}.json"
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text(json.dumps(result["summary"], indent=2) + "\n")

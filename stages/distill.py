@@ -1,13 +1,12 @@
 """distill@<student> (stage two): train one student from the cache alone (once per seed), save it with its tokenizer."""
 
-import json
 from pathlib import Path
 
 from pipeline.cli import run_stage
 from pipeline.distill import distill_seeds
 from pipeline.distributed import ranks, relaunch_under_torchrun
 from pipeline.errors import PipelineError
-from pipeline.trainer import write_history_csv
+from pipeline.trainer import write_training_record
 
 
 def main(params, args):
@@ -31,10 +30,7 @@ def main(params, args):
     )
     if not ranks().main:
         return  # rank 0 writes the history and the summary
-    write_history_csv(result["history"], Path(args.plots_root) / f"{args.student}.csv")
-    metrics = Path(args.metrics_root) / f"train_{args.student}.json"
-    metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics.write_text(json.dumps(result["summary"], indent=2) + "\n")
+    write_training_record(result, args.student, Path(args.plots_root), Path(args.metrics_root))
     print(f"distill {args.student}: {result['summary']}")
 
 

@@ -1,0 +1,96 @@
+"""dvc.yaml's generated stages for multi-task distillation (`multitask` in params.yaml): each other task's pipeline
+once (`task-<t>-prepare`, `-teacher`, `-extract`, `-evaluate_teacher`, run with that task's params file and writing
+under data/tasks/<t> and artifacts/tasks/<t>), and per multi-task student one `distill_multitask-<s>` stage that
+depends on exactly the caches (and teachers) of its tasks, then one `evaluate_multitask-<s>-<t>` per task it learns.
+Code deps are filled in by `pipeline.dvcgraph` like any stage's."""
+
+from __future__ import annotations
+
+from pipeline.config import Params
+from pipeline.specs import MAIN
+
+PREFIXES = ("task-", "distill_multitask-", "evaluate_multitask-")
+
+
+def _task_paths(t: str) -> dict[str, str]:
+    if t == MAIN:
+        return {"cache": "artifacts/cache", "teacher": "artifacts/teacher", "metrics": "artifacts/metrics"}
+    return {
+        "cache": f"artifacts/tasks/{t}/cache",
+        "teacher": f"artifacts/tasks/{t}/teacher",
+        "metrics": f"artifacts/tasks/{t}/metrics",
+    }
+
+
+def _params_of(stage: dict) -> list:
+    """A main stage's params keys (those of params.yaml itself), to name in a task's own params file."""
+    return [p for p in stage["params"] if isinstance(p, str)]
+
+
+def task_stages(t: str, path: str, stages: dict) -> dict[str, dict]:
+    """Task `t`'s prepare, teacher, extract and teacher evaluation: the main stages' shapes, its params file, its paths."""
+    data, tasks = f"data/tasks/{t}", f"artifacts/tasks/{t}"
+    args = f"--params {path}"
+    return {
+        f"task-{t}-prepare": {
+            "cmd": f"python stages/prepare.py {args} --out {data}/prepared --transfer-out {data}/transfer",
+            "deps": ["stages/prepare.py", "data/raw"],
+            "params": [{path: _params_of(stages["prepare"])}],
+            "outs": [f"{data}/prepared", f"{data}/transfer"],
+        },
+        f"task-{t}-teacher": {
+            "cmd": f"python stages/teacher.py {args} --prepared {data}/prepared --out {tasks}/teacher "
+            f"--metrics {tasks}/metrics/teacher_train.json --plots {tasks}/plots/teacher.csv",
+            "deps": ["stages/teacher.py", f"{data}/prepared"],
+            "params": [{path: _params_of(stages["teacher"])}],
+            "outs": [f"{tasks}/teacher", {f"{tasks}/metrics/teacher_train.json": {"cache": False}}],
+            "plots": [{f"{tasks}/plots/teacher.csv": {"cache": False, "x": "step", "y": "loss"}}],
+        },
+        f"task-{t}-extract": {
+            "cmd": f"python stages/extract.py {args} --prepared {data}/prepared --transfer {data}/transfer "
+            f"--teacher {tasks}/teacher --out {tasks}/cache --metrics {tasks}/metrics/extract.json",
+            "deps": ["stages/extract.py", f"{data}/prepared", f"{data}/transfer", f"{tasks}/teacher"],
+            "params": [{path: _params_of(stages["extract"])}],
+            "outs": [f"{tasks}/cache", {f"{tasks}/metrics/extract.json": {"cache": False}}],
+        },
+        f"task-{t}-evaluate_teacher": {
+            "cmd": f"python stages/evaluate.py {args} --model {tasks}/teacher --name teacher --cache {tasks}/cache "
+            f"--metrics-root {tasks}/metrics",
+            "deps": ["stages/evaluate.py", f"{tasks}/teacher", f"{tasks}/cache"],
+            "params": [{path: ["evaluate"]}],
+            "metrics": [{f"{tasks}/metrics/teacher.json": {"cache": False}}],
+        },
+    }
+
+
+def student_stages(name: str, params: Params) -> dict[str, dict]:
+    """One multi-task student's training (on exactly its tasks' caches and teachers) and its evaluation per task."""
+    spec, files = params.multitask.students[name], params.multitask.tasks
+    own = [p for t in spec.tasks for p in (_task_paths(t)["cache"], _task_paths(t)["teacher"])]
+    task_keys = ["data.max_length", "data.label_names", "extract.rank", "teacher.model", "task"]
+    keyed = [
+        "seed", "distill", "multitask.sampling", "multitask.temperature", f"multitask.students.{name}",
+        *(task_keys if MAIN in spec.tasks else ["data.max_length", "teacher.model"]),
+    ]  # fmt: skip
+    stages = {
+        f"distill_multitask-{name}": {
+            "cmd": f"python stages/distill_multitask.py --student {name} --cache artifacts/cache --teacher artifacts/teacher "
+            "--tasks-root artifacts/tasks --out-root artifacts/students --metrics-root artifacts/metrics "
+            "--plots-root artifacts/plots",
+            "deps": ["stages/distill_multitask.py", *own],
+            "params": [*keyed, *({files[t]: task_keys} for t in spec.tasks if t != MAIN)],
+            "outs": [f"artifacts/students/{name}", {f"artifacts/metrics/train_{name}.json": {"cache": False}}],
+            "plots": [{f"artifacts/plots/{name}.csv": {"cache": False, "x": "step", "y": "loss"}}],
+        }
+    }
+    for t in spec.tasks:
+        paths = _task_paths(t)
+        args = "" if t == MAIN else f"--params {files[t]} "
+        stages[f"evaluate_multitask-{name}-{t}"] = {
+            "cmd": f"python stages/evaluate.py {args}--model artifacts/students/{name}/{t} --name {name} "
+            f"--cache {paths['cache']} --teacher-metrics {paths['metrics']}/teacher.json --metrics-root {paths['metrics']}",
+            "deps": ["stages/evaluate.py", f"artifacts/students/{name}", paths["cache"], f"{paths['metrics']}/teacher.json"],
+            "params": ["evaluate"] if t == MAIN else [{files[t]: ["evaluate"]}],
+            "metrics": [{f"{paths['metrics']}/{name}.json": {"cache": False}}],
+        }
+    return stages

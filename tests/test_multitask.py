@@ -1,0 +1,315 @@
+"""Multi-task distillation: the batch mix across tasks (deterministic, matching the weights over an epoch), one tiny
+student trained from an SST-2 cache and a CoNLL cache with no teacher in memory, its per-task checkpoints read back
+with plain transformers, each task's loss equal to the single-task loss, and the mistakes a user can make."""
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertTokenizerFast,
+)
+
+from pipeline.config import DistillConfig, ExtractConfig
+from pipeline.distill import prepare_run
+from pipeline.errors import PipelineError
+from pipeline.extract import extract_cache
+from pipeline.multitask import (
+    SUMMARY,
+    MultiTaskModule,
+    TaskBatches,
+    TaskSource,
+    _runs,
+    distill_multitask_seeds,
+    task_order,
+    task_shares,
+)
+from pipeline.params import params_from_dict
+from pipeline.specs import MultiTaskStudent
+from pipeline.tasks.data import task_data
+from pipeline.tasks.heads import head_of
+from tests.conftest import ROOT, SAMPLES, make_tokenizer, tiny_bert_config
+
+TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+SST2_LABELS = ["negative", "positive"]
+
+
+# ---- the batch mix --------------------------------------------------------------------------------------------------
+def _lengths(sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {t: rng.integers(3, 30, size=n) for t, n in sizes.items()}
+
+
+@pytest.mark.parametrize("rule", ["proportional", "temperature", "round_robin"])
+def test_task_batches_are_a_function_of_the_seed_and_keep_to_one_task(rule):
+    lengths = _lengths({"main": 100, "ner": 37})
+    a, b, c = (TaskBatches(lengths, 8, {"main": 1.0, "ner": 1.0}, rule, 2.0, seed) for seed in (0, 0, 1))
+    for epoch in (0, 1):
+        for s in (a, b, c):
+            s.set_epoch(epoch)
+        assert list(a) == list(b)
+    first = list(a)
+    assert len(first) == len(a) == 13 + 5  # an epoch: as many batches as the tasks' own epochs together
+    for batch in first:
+        owners = {"main" if i < 100 else "ner" for i in batch}
+        assert len(owners) == 1
+    if rule != "round_robin":
+        assert first != list(c)
+
+
+def test_the_counts_over_an_epoch_match_the_weights_and_rule():
+    own = {"main": 300, "ner": 100}
+    assert task_shares(own, {"main": 1.0, "ner": 1.0}, "proportional", 2.0) == {"main": 300, "ner": 100}
+    assert task_shares(own, {"main": 1.0, "ner": 3.0}, "proportional", 2.0) == {"main": 200, "ner": 200}
+    assert task_shares(own, {"main": 1.0, "ner": 1.0}, "round_robin", 2.0) == {"main": 200, "ner": 200}
+    # temperature 2: shares as sqrt(300) : sqrt(100)
+    shares = task_shares(own, {"main": 1.0, "ner": 1.0}, "temperature", 2.0)
+    assert sum(shares.values()) == 400 and shares["main"] == round(400 * 3**0.5 / (3**0.5 + 1))
+    lengths = _lengths({"main": 160, "ner": 40})
+    sampler = TaskBatches(lengths, 8, {"main": 1.0, "ner": 1.0}, "round_robin", 2.0, 0)
+    tasks = ["main" if b[0] < 160 else "ner" for b in sampler]
+    assert Counter(tasks) == Counter(sampler.counts) == {"main": 13, "ner": 12}
+    assert all(tasks[i] != tasks[i + 1] for i in range(len(tasks) - 2))  # interleaved evenly
+    assert task_order({"a": 2, "b": 2}, "round_robin", 0, 0) == ["a", "b", "a", "b"]
+
+
+def test_a_task_drawn_more_than_its_size_runs_on_through_its_rows_before_repeating_any():
+    lengths = _lengths({"main": 16, "ner": 64})
+    sampler = TaskBatches(lengths, 8, {"main": 1.0, "ner": 1.0}, "round_robin", 2.0, 0)
+    assert sampler.counts == {"main": 5, "ner": 5}  # main's 2 own batches drawn 5 times an epoch
+    seen = []
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        seen += [sorted(b) for b in sampler if b[0] < 16]
+    rows = [i for b in seen for i in b]
+    for start in range(0, 80, 16):  # every 2 batches: each of main's 16 rows once
+        assert sorted(rows[start : start + 16]) == list(range(16))
+
+
+# ---- a tiny multi-task run ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ner_cache(tmp_path_factory, tiny_teacher):
+    """A CoNLL cache whose teacher uses the SST-2 teacher's tokenizer (the tasks share one)."""
+    root = tmp_path_factory.mktemp("mt-ner")
+    tokenizer = BertTokenizerFast.from_pretrained(tiny_teacher)
+    return _ner_cache(root, tokenizer)
+
+
+def _ner_cache(root: Path, tokenizer) -> Path:
+    from pipeline.config import DataConfig
+
+    torch.manual_seed(0)
+    teacher = root / "teacher"
+    BertForTokenClassification(
+        tiny_bert_config(len(tokenizer), **head_of("token_classification").head_config(TAGS))
+    ).save_pretrained(teacher)
+    tokenizer.save_pretrained(teacher)
+    conll = SAMPLES / "conll2003"
+    data = DataConfig(
+        train=str(conll / "train.txt"), dev=str(conll / "dev.txt"), label_names=TAGS, max_train_examples=96,
+        max_length=32, transfer=None, val_examples=0,
+    )  # fmt: skip
+    splits, info = task_data("token_classification").prepare(data, tokenizer, 0)
+    extract_cache(
+        teacher, splits, root / "cache", ExtractConfig(layers=[2, 4], dtype="float16", rank=None, device="cpu"), info=info
+    )
+    return root / "cache"
+
+
+def _sources(tiny_cache, ner_cache) -> dict[str, TaskSource]:
+    return {
+        "main": TaskSource(tiny_cache, None, 32, SST2_LABELS, None),
+        "ner": TaskSource(ner_cache, None, 32, TAGS, None),
+    }
+
+
+CFG = DistillConfig(epochs=1, batch_size=16, logging_steps=2, checkpoint_steps=0, transfer=False)
+SPEC = MultiTaskStudent(
+    num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64, init="random", tasks={"main": 1.0, "ner": 1.0}
+)
+
+
+@pytest.fixture(scope="module")
+def mt_run(tmp_path_factory, tiny_cache, ner_cache):
+    out = tmp_path_factory.mktemp("mt") / "mt"
+    real = (BertForSequenceClassification.from_pretrained, BertForTokenClassification.from_pretrained)
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("stage two built a model from a checkpoint: no teacher may be in memory")
+
+    BertForSequenceClassification.from_pretrained = BertForTokenClassification.from_pretrained = no_teacher
+    try:
+        result = distill_multitask_seeds(_sources(tiny_cache, ner_cache), out, SPEC, CFG, "proportional", 2.0, seeds=[0, 1])
+    finally:
+        BertForSequenceClassification.from_pretrained, BertForTokenClassification.from_pretrained = real
+    return out, result
+
+
+def test_one_student_learns_both_tasks_from_their_caches_alone(mt_run):
+    out, result = mt_run
+    summary = result["summary"]
+    tasks = summary["tasks"]
+    assert summary["steps"] == tasks["main"]["batches_per_epoch"] + tasks["ner"]["batches_per_epoch"]
+    assert {h["step"] for h in result["history"] if "loss_ner_ce" in h or "loss_main_ce" in h}
+    assert summary["params"] < sum(summary["params_per_task"].values())  # one encoder, two heads
+    assert summary["params"] == sum(summary["params_per_task"].values()) - summary["shared_encoder_params"]
+    assert (out / SUMMARY).is_file() and (out / "main" / "seeds" / "1" / "config.json").is_file()
+    assert not (out / ".seed").exists()
+
+
+def test_each_task_checkpoint_loads_with_plain_transformers_and_shares_the_encoder(mt_run, tiny_cache):
+    out, _ = mt_run
+    cls = AutoModelForSequenceClassification.from_pretrained(out / "main").eval()
+    tok = AutoModelForTokenClassification.from_pretrained(out / "ner").eval()
+    assert cls.config.id2label[1] == "positive" and tok.config.num_labels == len(TAGS)
+    for (name, a), b in zip(cls.bert.encoder.state_dict().items(), tok.bert.encoder.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(cls.bert.embeddings.word_embeddings.weight, tok.bert.embeddings.word_embeddings.weight)
+    ids = torch.tensor([[2, 10, 11, 12, 3]])
+    with torch.no_grad():
+        hidden_cls = cls.bert(input_ids=ids).last_hidden_state
+        hidden_tok = tok.bert(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(hidden_cls, hidden_tok)
+
+
+def test_a_task_batch_gives_the_single_task_loss(tiny_cache, ner_cache):
+    sources = _sources(tiny_cache, ner_cache)
+    runs = _runs(sources, SPEC, CFG, seed=0)
+    multi = MultiTaskModule({t: r.module for t, r in runs.items()}).eval()
+    single = prepare_run(
+        ner_cache, SPEC, CFG, seed=5, teacher_dir=None, max_length=32, label_names=TAGS, rank=None, task_config=None
+    )
+    single.student.load_state_dict(runs["ner"].student.state_dict())
+    single.module.eval()
+    from pipeline.collate import CacheCollator
+
+    collate = CacheCollator(single.plan.hidden_layers, 0, task=single.module.task)
+    batch = collate(single.train.__getitems__(list(range(8))))
+    with torch.no_grad():
+        want = single.module(**batch)["loss"]
+        got = multi(task="ner", **batch)["loss"]
+    torch.testing.assert_close(got, want)
+    multi.train()(task="ner", **batch)
+    assert multi.running and all(k.startswith("ner_") for k in multi.running)  # logged per task
+
+
+def test_a_cache_of_another_tokenizer_is_refused_by_task_name(tmp_path, tiny_cache):
+    other = _ner_cache(tmp_path, make_tokenizer(tmp_path / "tok", ROOT / "data" / "raw" / "sst2"))
+    with pytest.raises(PipelineError, match=r"task 'ner' was cached with another tokenizer than task 'main'"):
+        _runs(_sources(tiny_cache, other), SPEC, CFG, seed=0)
+
+
+STUDENTS = {"l3": {"num_layers": 3, "hidden_size": 384}}
+
+
+# ---- params ---------------------------------------------------------------------------------------------------------
+def _params(tmp_path, tasks=None, student_tasks=None, **task_file):
+    conll = {"task": "token_classification", "data": {"max_length": 64, "label_names": TAGS}, "students": STUDENTS, **task_file}
+    import yaml
+
+    (tmp_path / "conll.yaml").write_text(yaml.safe_dump(conll))
+    student = {"num_layers": 2, "hidden_size": 384, "tasks": student_tasks or {"main": 1.0, "conll2003": 1.0}}
+    return params_from_dict(
+        {
+            "students": STUDENTS,
+            "multitask": {
+                "tasks": tasks if tasks is not None else {"conll2003": str(tmp_path / "conll.yaml")},
+                "students": {"mt": student},
+            },
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "student_tasks, message",
+    [
+        ({"main": 1.0, "conl2003": 1.0}, r"'multitask.students.mt.tasks' names \['conl2003'\].*have: \['main', 'conll2003'\]"),
+        ({"main": 1.0, "conll2003": 0.0}, r"'multitask.students.mt.tasks' weights must be > 0, got \{'conll2003': 0.0\}"),
+        ({"main": -1.0}, r"weights must be > 0"),
+    ],
+)
+def test_a_student_naming_an_unknown_task_or_a_weight_of_zero_is_one_line(tmp_path, student_tasks, message):
+    with pytest.raises(PipelineError, match=message):
+        _params(tmp_path, student_tasks=student_tasks)
+
+
+def test_tasks_that_disagree_on_max_length_or_tokenizer_are_refused(tmp_path):
+    from pipeline.multitask_params import task_sources
+
+    params = _params(tmp_path, data={"max_length": 128, "label_names": TAGS})  # params.yaml's: 64
+    with pytest.raises(PipelineError, match=r"conll.yaml: task 'conll2003' has data.max_length 128, params.yaml 64; .*same"):
+        task_sources(params, "mt", cache=tmp_path, teacher=tmp_path, tasks_root=tmp_path)
+    params = _params(tmp_path, teacher={"model": "bert-base-cased"})
+    with pytest.raises(PipelineError, match=r"task 'conll2003' has teacher.model 'bert-base-cased'.*set the same teacher.model"):
+        task_sources(params, "mt", cache=tmp_path, teacher=tmp_path, tasks_root=tmp_path)
+    missing = _params(tmp_path, tasks={"conll2003": str(tmp_path / "nope.yaml")})
+    with pytest.raises(PipelineError, match=r"'multitask.tasks.conll2003' names .*nope.yaml, which is not a file"):
+        task_sources(missing, "mt", cache=tmp_path, teacher=tmp_path, tasks_root=tmp_path)
+
+
+# ---- the stage graph ------------------------------------------------------------------------------------------------
+def test_each_task_gets_its_stages_once_and_a_student_depends_on_exactly_the_caches_it_reads(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from pipeline.dvcgraph import stale, write
+    from tests.conftest import copy_project
+
+    root = copy_project(tmp_path)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["multitask"]["tasks"] = {"conll2003": "params/conll2003.yaml"}
+    three = {"num_layers": 3, "hidden_size": 384, "init": "teacher"}
+    params["multitask"]["students"] = {
+        "mt": {**three, "tasks": {"main": 1.0, "conll2003": 1.0}},
+        "ner_l3": {**three, "tasks": {"conll2003": 1.0}},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "task-conll2003-extract" in stale(root)
+    write(root)
+    assert stale(root) == []
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    for step in ("prepare", "teacher", "extract", "evaluate_teacher"):
+        assert "--params params/conll2003.yaml" in stages[f"task-conll2003-{step}"]["cmd"]
+    assert stages["task-conll2003-extract"]["outs"][0] == "artifacts/tasks/conll2003/cache"
+    assert {"params/conll2003.yaml": ["seed", "teacher"]} in stages["task-conll2003-teacher"]["params"]
+    data = lambda s: [d for d in stages[s]["deps"] if d.startswith("artifacts/")]  # noqa: E731
+    assert data("distill_multitask-mt") == [
+        "artifacts/cache",
+        "artifacts/teacher",
+        "artifacts/tasks/conll2003/cache",
+        "artifacts/tasks/conll2003/teacher",
+    ]
+    assert data("distill_multitask-ner_l3") == ["artifacts/tasks/conll2003/cache", "artifacts/tasks/conll2003/teacher"]
+    assert "pipeline/multitask.py" in stages["distill_multitask-mt"]["deps"]
+    assert "pipeline/multitask.py" not in stages["distill"]["do"]["deps"]  # single-task students: untouched
+    assert set(n for n in stages if n.startswith("evaluate_multitask-")) == {
+        "evaluate_multitask-mt-main",
+        "evaluate_multitask-mt-conll2003",
+        "evaluate_multitask-ner_l3-conll2003",
+    }
+    ner = stages["evaluate_multitask-mt-conll2003"]
+    assert "--model artifacts/students/mt/conll2003 --name mt --cache artifacts/tasks/conll2003/cache" in ner["cmd"]
+    assert ner["metrics"] == [{"artifacts/tasks/conll2003/metrics/mt.json": {"cache": False}}]
+    # DVC reads the graph: every generated stage, its params in the task's own file
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    listed = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=root, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    for name in ("task-conll2003-prepare", "distill_multitask-mt", "evaluate_multitask-ner_l3-conll2003"):
+        assert name in listed.stdout
+
+
+def test_each_task_checkpoint_is_scored_by_evaluate_on_its_own_cache_with_its_seeds(mt_run, tiny_cache, ner_cache):
+    from pipeline.evaluation import evaluate_saved_model
+
+    out, _ = mt_run
+    for task, cache, metric in (("main", tiny_cache, "accuracy"), ("ner", ner_cache, "f1")):
+        result = evaluate_saved_model(out / task, cache, batch_size=32, latency_batch_sizes=[1], latency_repeats=1)
+        assert 0.0 <= result[metric] <= 1.0 and result["seeds"] == [0, 1], (task, result)
