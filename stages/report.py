@@ -4,11 +4,13 @@ from pathlib import Path
 
 from pipeline.cli import run_stage
 from pipeline.report import render_report
+from pipeline.specs import MAIN
 
 
 def main(params, args):
     extra = [f"teacher-{t}" for t in params.teachers] + (["teacher-ensemble"] if params.teachers else [])
-    names = ["teacher", *extra, *params.students, *params.ensembles]
+    multitask = [s for s, spec in params.multitask.students.items() if MAIN in spec.tasks]  # scored on this file's task
+    names = ["teacher", *extra, *params.students, *multitask, *params.ensembles]
     md = render_report(Path(args.metrics), Path(args.plots), Path(args.out), {n: params.role(n) for n in names})
     print(md.split("\n\n")[1])
 
