@@ -1,0 +1,83 @@
+"""P7, one student for several tasks: each task's dev metric of the multi-task student against that task's
+single-task KD student (and its hard-label baseline) at equal total steps; parameters, latency and training time of
+the one student against the single-task students it replaces.
+
+Reads the scores `dvc repro` (or `dvc exp run -S distill.seeds=3`) wrote for params/multitask.yaml: the main task's in
+artifacts/metrics, each other task's in artifacts/tasks/<task>/metrics; training summaries train_<name>.json.
+
+    python bench/p7_multitask.py [--student mt] [--single main=l3 conll2003=ner_l3] [--baseline main=l3_hard conll2003=ner_l3_hard]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pipeline.params import load_params
+from pipeline.specs import MAIN
+
+from common import ROOT, save
+
+
+def _scores(task: str, name: str) -> dict:
+    root = ROOT / "artifacts" / "metrics" if task == MAIN else ROOT / "artifacts" / "tasks" / task / "metrics"
+    path = root / f"{name}.json"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no scores; run the multi-task example first (README 'Several tasks, one student')")
+    return json.loads(path.read_text())
+
+
+def _headline(scores: dict) -> tuple[float, float, int]:
+    key = scores["headline"]
+    return scores.get(f"{key}_mean", scores[key]), scores.get(f"{key}_std", 0.0), len(scores.get("seeds", [1]))
+
+
+def _train(name: str) -> dict:
+    return json.loads((ROOT / "artifacts" / "metrics" / f"train_{name}.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--student", default="mt")
+    parser.add_argument("--single", nargs="+", default=["main=l3", "conll2003=ner_l3"], help="task=single-task KD student")
+    parser.add_argument("--baseline", nargs="*", default=["main=l3_hard", "conll2003=ner_l3_hard"], help="task=its baseline")
+    args = parser.parse_args()
+    single, baseline = dict(s.split("=") for s in args.single), dict(s.split("=") for s in args.baseline)
+    spec = load_params(ROOT / "params.yaml").multitask.students[args.student]
+    tasks, replaced = {}, {"params": 0, "latency_ms_b1": 0.0, "latency_ms_b32": 0.0, "train_seconds": 0.0}
+    for task in spec.tasks:
+        mt, one = _scores(task, args.student), _scores(task, single[task])
+        (m, m_sd, n), (s, s_sd, n_single) = _headline(mt), _headline(one)
+        row = {
+            "metric": mt["headline"],
+            "multitask": f"{100 * m:.2f} ± {100 * m_sd:.2f} ({n} seeds)",
+            "single_task": f"{100 * s:.2f} ± {100 * s_sd:.2f} ({n_single} seeds, {single[task]})",
+            "kept": round(m / s, 4),
+            "goal_kept": 0.99,
+            "met": m / s >= 0.99,
+        }
+        if task in baseline:
+            b, b_sd, _ = _headline(_scores(task, baseline[task]))
+            row["hard_label_baseline"] = f"{100 * b:.2f} ± {100 * b_sd:.2f} ({baseline[task]})"
+        row["latency_ms_b1"] = {"multitask": mt["latency_ms_b1"], "single": one["latency_ms_b1"]}
+        tasks[task] = row
+        replaced["params"] += one["params"]
+        replaced["latency_ms_b1"] += one["latency_ms_b1"]
+        replaced["latency_ms_b32"] += one["latency_ms_b32"]
+        replaced["train_seconds"] += _train(single[task])["seconds"]
+    train = _train(args.student)
+    result = {
+        "student": args.student,
+        "tasks": tasks,
+        "steps": train["steps"],
+        "batches_per_task": {t: v["batches_per_epoch"] for t, v in train["tasks"].items()},
+        "one_student": {"params": train["params"], "encoders": 1, "train_seconds": train["seconds"]},
+        "replaced": {**replaced, "encoders": len(spec.tasks)},
+        "params_ratio": round(train["params"] / replaced["params"], 4),
+        "note": "latency per task: each task's checkpoint alone; serving every task from one encoder pass is not timed here",
+    }
+    save("p7_multitask", result)
+
+
+if __name__ == "__main__":
+    main()
