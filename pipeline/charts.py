@@ -74,11 +74,12 @@ MODELS_CSV = "models.csv"  # one row per model: what dvc.yaml's scatter plots dr
 
 
 def write_charts(
-    models: dict[str, dict], order: list[str], shipped: dict[str, dict], plots_dir: Path, out_dir: Path, label: str, choice: str
-) -> None:
+    models: dict[str, dict], order: list[str], shipped: dict[str, dict], histories: dict[str, Path], out_dir: Path, label: str,
+    choice: str,
+) -> None:  # fmt: skip
     """The report's four SVG charts and models.csv (the headline metric on the choice split, in %, against parameters
     and batch-32 latency): a row per model (ensembles included) and, for models exported, one per runtime
-    (`shipped`: '<name> · <runtime>' -> scores)."""
+    (`shipped`: '<name> · <runtime>' -> scores); learning curves from each model's training history (`histories`)."""
     rows = {n: models[n] for n in order}
     rows.update({n: m for n, m in shipped.items() if "runtime" in m})
     with open(out_dir / MODELS_CSV, "w", newline="") as f:
@@ -105,7 +106,7 @@ def write_charts(
         lines=False,
     )
     svg_chart(
-        {n: curve(Path(plots_dir) / f"{n}.csv", "loss") for n in order},
+        {n: curve(histories[n], "loss") for n in order},
         out_dir / "training_loss.svg",
         x_label="step",
         y_label="training loss",
@@ -113,7 +114,7 @@ def write_charts(
     )
     key = models["teacher"]["headline"]
     svg_chart(
-        {n: curve(Path(plots_dir) / f"{n}.csv", f"eval_{key}") for n in order},
+        {n: curve(histories[n], f"eval_{key}") for n in order},
         out_dir / "dev_accuracy.svg",
         x_label="step",
         y_label=choice,

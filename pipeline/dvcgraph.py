@@ -20,7 +20,7 @@ from pathlib import Path
 from ruamel.yaml import YAML
 
 from pipeline.dvcgraph_tasks import PREFIXES as TASK_PREFIXES
-from pipeline.dvcgraph_tasks import student_stages, task_stages
+from pipeline.dvcgraph_tasks import report_stages, student_stages, task_stages
 from pipeline.params import load_params
 
 CODE_ROOTS = ("pipeline/", "stages/")
@@ -212,6 +212,7 @@ def expected_graph(root: Path) -> dict:
     tasks = {k: v for t, path in params.multitask.tasks.items() for k, v in task_stages(t, path, stages).items()}
     _insert_after(stages, "evaluate_teacher", tasks)
     students = {k: v for s in params.multitask.students for k, v in student_stages(s, params).items()}
+    students.update(report_stages(params))
     stages_at = list(stages).index("report") if "report" in stages else len(stages)
     for offset, (name, body) in enumerate(students.items()):
         stages.insert(stages_at + offset, name, body)

@@ -1,7 +1,8 @@
 """dvc.yaml's generated stages for multi-task distillation (`multitask` in params.yaml): each other task's pipeline
 once (`task-<t>-prepare`, `-teacher`, `-extract`, `-evaluate_teacher`, run with that task's params file and writing
 under data/tasks/<t> and artifacts/tasks/<t>), and per multi-task student one `distill_multitask-<s>` stage that
-depends on exactly the caches (and teachers) of its tasks, then one `evaluate_multitask-<s>-<t>` per task it learns.
+depends on exactly the caches (and teachers) of its tasks, then one `evaluate_multitask-<s>-<t>` per task it learns
+(the first also times all its tasks served from one encoder); `task-<t>-report` reports each other task's models.
 Code deps are filled in by `pipeline.dvcgraph` like any stage's."""
 
 from __future__ import annotations
@@ -83,14 +84,40 @@ def student_stages(name: str, params: Params) -> dict[str, dict]:
             "plots": [{f"artifacts/plots/{name}.csv": {"cache": False, "x": "step", "y": "loss"}}],
         }
     }
-    for t in spec.tasks:
+    for i, t in enumerate(spec.tasks):
         paths = _task_paths(t)
         args = "" if t == MAIN else f"--params {files[t]} "
+        if i == 0 and len(spec.tasks) > 1:  # the first task's evaluation also times all tasks from one encoder pass
+            args += f"--one-encoder {','.join(spec.tasks)} "
         stages[f"evaluate_multitask-{name}-{t}"] = {
             "cmd": f"python stages/evaluate.py {args}--model artifacts/students/{name}/{t} --name {name} "
             f"--cache {paths['cache']} --teacher-metrics {paths['metrics']}/teacher.json --metrics-root {paths['metrics']}",
             "deps": ["stages/evaluate.py", f"artifacts/students/{name}", paths["cache"], f"{paths['metrics']}/teacher.json"],
             "params": ["evaluate"] if t == MAIN else [{files[t]: ["evaluate"]}],
             "metrics": [{f"{paths['metrics']}/{name}.json": {"cache": False}}],
+        }
+    return stages
+
+
+def report_stages(params: Params) -> dict[str, dict]:
+    """The report of each other task the multi-task students learn: its teacher and every student scored on it."""
+    stages = {}
+    for t in params.multitask.tasks:
+        learners = [s for s, spec in params.multitask.students.items() if t in spec.tasks]
+        if not learners:
+            continue
+        tasks = f"artifacts/tasks/{t}"
+        stages[f"task-{t}-report"] = {
+            "cmd": f"python stages/report.py --task {t} --metrics {tasks}/metrics --train-metrics artifacts/metrics "
+            f"--plots artifacts/plots --teacher-plots {tasks}/plots --out {tasks}/report",
+            "deps": [
+                "stages/report.py",
+                f"{tasks}/metrics",
+                f"{tasks}/plots/teacher.csv",
+                *(f"artifacts/metrics/train_{s}.json" for s in learners),
+                *(f"artifacts/plots/{s}.csv" for s in learners),
+            ],
+            "params": ["multitask.students"],
+            "outs": [{f"{tasks}/report": {"cache": False}}],
         }
     return stages

@@ -12,14 +12,16 @@ from pipeline.scores import choice_split, headline, key, mean_key, mean_score, p
 from pipeline.splits import DEV, TUNE
 
 
-def load_metrics(metrics_dir: Path) -> dict[str, dict]:
-    """name -> scores (+ 'train' with the training summary when there is one)."""
+def load_metrics(metrics_dir: Path, train_dir: Path | None = None) -> dict[str, dict]:
+    """name -> scores (+ 'train' with the training summary when there is one: the teacher's beside its scores, the
+    students' in `train_dir`, by default the same dir)."""
     models = {}
     for path in sorted(Path(metrics_dir).glob("*.json")):
         if path.stem.startswith(("train_", "extract")) or path.stem == "teacher_train":
             continue
         models[path.stem] = read_scores(path)
-        train = Path(metrics_dir) / ("teacher_train.json" if path.stem == "teacher" else f"train_{path.stem}.json")
+        own = Path(metrics_dir) if path.stem == "teacher" else Path(train_dir or metrics_dir)
+        train = own / ("teacher_train.json" if path.stem == "teacher" else f"train_{path.stem}.json")
         if train.is_file():
             models[path.stem]["train"] = json.loads(train.read_text())
     return models
@@ -122,6 +124,39 @@ def _table(models: dict, order: list[str], kinds: dict[str, str], tuned: bool, l
     return rows
 
 
+MULTITASK = "multi-task student"  # the role of a student of several tasks (`stages/report.py`)
+
+
+def _multitask_lines(models: dict, kinds: dict[str, str], choice: str) -> list[str]:
+    """Each multi-task student against the best single-task student of its shape on this task (kept = its score ÷
+    theirs), and what serving its tasks from one encoder saves, when this task's evaluation measured it."""
+    lines = []
+    for n in (n for n in models if kinds.get(n, "").startswith(MULTITASK)):
+        m, k = models[n], headline(models[n])
+        rivals = [r for r in models if kinds.get(r) == "student" and same_shape(models[r], m)]
+        if rivals:
+            r = most_accurate(models, rivals)
+            lines.append(
+                f"- Multi-task **{n}** ({kinds[n].split('(')[-1].rstrip(')')}) keeps "
+                f"{100 * mean_score(m) / mean_score(models[r]):.1f}% of the best single-task student of its shape, "
+                f"**{r}**, on {choice} ({_pm(m, key(k, choice_split(m)))} vs {_pm(models[r], key(k, choice_split(m)))}); "
+                f"dev {_pm(m, k)} vs {_pm(models[r], k)}."
+            )
+        one = m.get("one_encoder")
+        if one:
+            lat = "; ".join(
+                f"batch {bs}: {one[f'latency_ms_b{bs}']:.2f} ms vs {one[f'latency_ms_b{bs}_separate']:.2f} ms"
+                for bs in (1, 32)
+                if f"latency_ms_b{bs}" in one
+            )
+            lines.append(
+                f"- **{n}** serves {', '.join(one['tasks'])} from one encoder: {one['params'] / 1e6:.1f} M parameters "
+                f"against {one['params_separate'] / 1e6:.1f} M for its per-task models separately (each the shape of a "
+                f"single-task student); all tasks per batch {lat} (CPU, timed interleaved on this task's dev rows)."
+            )
+    return lines
+
+
 def _deployed_table(shipped: dict[str, dict], teacher: dict, tuned: bool, label: str, choice: str) -> list[str]:
     """Every model in every runtime it was measured in: size on disk, quality, latency and speedup over the PyTorch
     teacher (`decisions.deployments`)."""
@@ -177,12 +212,18 @@ def _per_seed(models: dict, order: list[str], tuned: bool, label: str, choice: s
     return lines + [""]
 
 
-def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict[str, str]) -> str:
+def render_report(
+    metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict[str, str], *, train_dir: Path | None = None,
+    teacher_plots: Path | None = None, title: str = "Distillation report",
+) -> str:  # fmt: skip
     """Write report.md and its charts to `out_dir`; returns the markdown. `kinds` maps a model name to its role.
-    Accuracy, F1, retention and training time are mean ± sample std over a student's seed runs when it has several."""
+    Accuracy, F1, retention and training time are mean ± sample std over a student's seed runs when it has several.
+    The students' training records and histories are in `train_dir` (default: `metrics_dir`) and `plots_dir`, the
+    teacher's beside its scores and in `teacher_plots` (default: `plots_dir`): a multi-task student's other tasks."""
     out_dir.mkdir(parents=True, exist_ok=True)
     # only the models params name: a metrics file left by a student since removed from params is not reported
-    models = {n: m for n, m in load_metrics(metrics_dir).items() if not kinds or n in kinds or n == "teacher"}
+    loaded = load_metrics(metrics_dir, train_dir)
+    models = {n: m for n, m in loaded.items() if not kinds or n in kinds or n == "teacher"}
     if "teacher" not in models:
         raise FileNotFoundError(f"{metrics_dir}/teacher.json: no teacher metrics; run evaluate_teacher first")
     teacher = models["teacher"]
@@ -226,13 +267,16 @@ def render_report(metrics_dir: Path, plots_dir: Path, out_dir: Path, kinds: dict
             + "; ".join(f"{n} {_pm(models[n], choice_key)} ({100 * (mean_score(models[n]) - t_choice):+.2f})" for n in teachers)
             + f" ({choice}; the teacher ensemble averages their logits)."
         )
-    write_charts(models, order, shipped, Path(plots_dir), out_dir, label, choice)
+    advice += _multitask_lines(models, kinds, choice)
+    histories = {n: Path(plots_dir) / f"{n}.csv" for n in order}
+    histories["teacher"] = Path(teacher_plots or plots_dir) / "teacher.csv"
+    write_charts(models, order, shipped, histories, out_dir, label, choice)
     metric = (
         [f"Quality metric: {teacher['metric']} on the cached dev rows (the '{label}' column).", ""] if "metric" in teacher else []
     )
     md = "\n".join(
         [
-            "# Distillation report",
+            f"# {title}",
             "",
             *metric,
             (

@@ -1,6 +1,6 @@
 """evaluate: dev accuracy, macro-F1, size and CPU latency of the teacher or a student (every seed run: mean +- std)
 and of its ONNX fp32 and int8 exports; retention vs the teacher, speedup vs a teacher-shaped model timed interleaved
-in the same process."""
+in the same process; for a multi-task student, all its tasks served from one encoder pass against separately."""
 
 import json
 from pathlib import Path
@@ -8,6 +8,7 @@ from pathlib import Path
 from pipeline.cli import run_stage
 from pipeline.errors import PipelineError
 from pipeline.evaluation import compare_to_teacher, evaluate_saved_model
+from pipeline.multitask_serving import one_encoder_scores
 
 
 def main(params, args):
@@ -26,6 +27,11 @@ def main(params, args):
         if not path.is_file():
             raise PipelineError(f"{path}: teacher metrics not found; run `dvc repro evaluate_teacher` first")
         result.update(compare_to_teacher(result, json.loads(path.read_text())))
+    if args.one_encoder:
+        model = Path(args.model)
+        result["one_encoder"] = one_encoder_scores(
+            model.parent, args.one_encoder.split(","), Path(args.cache), cfg.latency_batch_sizes, cfg.latency_repeats
+        )
     out = Path(args.metrics_root) / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -43,6 +49,11 @@ def configure(p):
     )
     p.add_argument("--metrics-root", required=True, help="where <name>.json goes")
     p.add_argument("--export", default=None, help="the model's export dir: its ONNX fp32 and int8 models are scored too")
+    p.add_argument(
+        "--one-encoder",
+        default=None,
+        help="TASK,TASK,...: --model is one task of a multi-task student; also time all these tasks from one encoder",
+    )
 
 
 if __name__ == "__main__":

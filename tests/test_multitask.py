@@ -298,11 +298,21 @@ def test_each_task_gets_its_stages_once_and_a_student_depends_on_exactly_the_cac
     ner = stages["evaluate_multitask-mt-conll2003"]
     assert "--model artifacts/students/mt/conll2003 --name mt --cache artifacts/tasks/conll2003/cache" in ner["cmd"]
     assert ner["metrics"] == [{"artifacts/tasks/conll2003/metrics/mt.json": {"cache": False}}]
+    assert "--one-encoder main,conll2003 " in stages["evaluate_multitask-mt-main"]["cmd"] and "--one-encoder" not in ner["cmd"]
+    assert "--one-encoder" not in stages["evaluate_multitask-ner_l3-conll2003"]["cmd"]  # one task: nothing to share
+    report = stages["task-conll2003-report"]
+    assert "--task conll2003 --metrics artifacts/tasks/conll2003/metrics" in report["cmd"]
+    assert {"artifacts/metrics/train_mt.json", "artifacts/metrics/train_ner_l3.json"} <= set(report["deps"])
     # DVC reads the graph: every generated stage, its params in the task's own file
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     listed = subprocess.run([sys.executable, "-m", "dvc", "stage", "list"], cwd=root, capture_output=True, text=True)
     assert listed.returncode == 0, listed.stderr
-    for name in ("task-conll2003-prepare", "distill_multitask-mt", "evaluate_multitask-ner_l3-conll2003"):
+    for name in (
+        "task-conll2003-prepare",
+        "distill_multitask-mt",
+        "evaluate_multitask-ner_l3-conll2003",
+        "task-conll2003-report",
+    ):
         assert name in listed.stdout
 
 
@@ -313,3 +323,54 @@ def test_each_task_checkpoint_is_scored_by_evaluate_on_its_own_cache_with_its_se
     for task, cache, metric in (("main", tiny_cache, "accuracy"), ("ner", ner_cache, "f1")):
         result = evaluate_saved_model(out / task, cache, batch_size=32, latency_batch_sizes=[1], latency_repeats=1)
         assert 0.0 <= result[metric] <= 1.0 and result["seeds"] == [0, 1], (task, result)
+
+
+def test_one_encoder_pass_answers_every_task_as_its_checkpoint_alone_does(mt_run, tiny_cache):
+    from pipeline.multitask_serving import OneEncoder, Separately, load_task_models, one_encoder_scores
+
+    out, _ = mt_run
+    alone = Separately(load_task_models(out, ["main", "ner"]))
+    one = OneEncoder(load_task_models(out, ["main", "ner"]))
+    calls = []
+    one._once[1].inner.register_forward_hook(lambda *a: calls.append(1))  # the transformer layers
+    ids = torch.tensor([[2, 10, 11, 12, 3, 0], [2, 13, 14, 3, 0, 0]])
+    mask = (ids != 0).long()
+    got, want = one(input_ids=ids, attention_mask=mask), alone(input_ids=ids, attention_mask=mask)
+    assert len(calls) == 1  # one encoder pass for both tasks
+    torch.testing.assert_close(got["main"].logits, want["main"].logits)
+    torch.testing.assert_close(got["ner"].logits, want["ner"].logits)
+    one(input_ids=ids[:1], attention_mask=mask[:1])  # nothing carried over from the last call
+    assert len(calls) == 2
+    scores = one_encoder_scores(out, ["main", "ner"], tiny_cache, [1], 2)
+    encoder = sum(p.numel() for part in ("embeddings", "encoder") for p in getattr(alone.models["ner"].bert, part).parameters())
+    assert scores["params"] == scores["params_separate"] - encoder
+    assert scores["latency_ms_b1"] > 0 and scores["latency_ms_b1_separate"] > 0
+
+
+def test_checkpoints_of_different_encoders_are_not_served_as_one(mt_run):
+    from pipeline.multitask_serving import load_task_models, share_encoder
+
+    out, _ = mt_run
+    models = load_task_models(out, ["main", "ner"])
+    with torch.no_grad():
+        models["ner"].bert.encoder.layer[0].output.dense.weight.add_(0.1)
+    with pytest.raises(PipelineError, match="task ner: its encoder differ from task main's"):
+        share_encoder(models)
+    with pytest.raises(PipelineError, match="no checkpoint for task"):
+        load_task_models(out, ["main", "qa"])
+
+
+def test_the_readme_serves_a_multi_task_student_from_one_encoder(mt_run):
+    import re
+
+    out, _ = mt_run
+    snippet = re.search(r"one encoder \*pass\* for all tasks.*?```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    code = snippet.group(1).replace("artifacts/students/mt", str(out)).replace('"conll2003"', '"ner"')
+    code = code.replace("/conll2003", "/ner")
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    inputs = {k: scope["inputs"][k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        torch.testing.assert_close(scope["out"]["main"].logits, scope["sst"](**inputs).logits)
+        torch.testing.assert_close(scope["out"]["ner"].logits, scope["ner"](**inputs).logits)
+    assert scope["ner"].bert.encoder is scope["sst"].bert.encoder

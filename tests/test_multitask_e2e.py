@@ -50,7 +50,7 @@ def test_one_student_for_sst2_and_conll_through_dvc_repro(tmp_path):
     ran = _ran(_run([sys.executable, "-m", "dvc", "repro"], repo).stdout)
     conll = {f"task-conll2003-{s}" for s in ("prepare", "teacher", "extract", "evaluate_teacher")}
     assert conll | {"prepare", "teacher", "extract", "distill_multitask-mt", "evaluate_multitask-mt-main"} <= ran
-    assert {"evaluate_multitask-mt-conll2003", "evaluate_multitask-ner_l3-conll2003", "report"} <= ran
+    assert {"evaluate_multitask-mt-conll2003", "evaluate_multitask-ner_l3-conll2003", "report", "task-conll2003-report"} <= ran
     cache = json.loads((repo / "artifacts/tasks/conll2003/cache/manifest.json").read_text())
     assert cache["task"] == "token_classification"
     train = json.loads((repo / "artifacts/metrics/train_mt.json").read_text())
@@ -62,7 +62,12 @@ def test_one_student_for_sst2_and_conll_through_dvc_repro(tmp_path):
     assert ner["headline"] == single["headline"] == "f1" and 0 <= ner["f1"] <= 1 and ner["entities"] > 100
     config = json.loads((repo / "artifacts/students/mt/conll2003/config.json").read_text())
     assert config["architectures"] == ["BertForTokenClassification"] and config["num_hidden_layers"] == 3
+    one = main["one_encoder"]  # both tasks from one encoder pass, timed against the two per-task models
+    assert one["tasks"] == ["main", "conll2003"] and one["params"] < one["params_separate"] and one["latency_ms_b1"] > 0
     assert "| mt |" in (repo / "artifacts/report/report.md").read_text()
+    task_report = (repo / "artifacts/tasks/conll2003/report/report.md").read_text()
+    assert "| mt | multi-task student (main+conll2003) |" in task_report and "| ner_l3 | student |" in task_report
+    assert "keeps" in task_report and "of the best single-task student of its shape, **ner_l3**" in task_report
     assert "up to date" in _run([sys.executable, "-m", "dvc", "status"], repo).stdout
     # one task's teacher changes: its stages and the students of its cache rerun, SST-2's pipeline and l3 do not
     task_file = yaml.safe_load((repo / "params/conll2003.yaml").read_text())

@@ -212,3 +212,28 @@ def test_same_speed_students_are_told_apart_by_accuracy(tmp_path):
     md = render_report(metrics, plots, tmp_path / "out", kinds)
     assert "Fastest within 1 point of the teacher: **kd** in PyTorch (1.96× faster than the PyTorch teacher at batch 32" in md
     assert "speedups within 5% count as one" in md
+
+
+def test_a_task_report_weighs_a_multi_task_student_against_the_single_task_one_and_gives_one_encoder_savings(tmp_path):
+    metrics, plots, teacher_plots, train = (tmp_path / d for d in ("metrics", "plots", "tplots", "train"))
+    for d in (metrics, plots, teacher_plots, train):
+        d.mkdir()
+    one = {"tasks": ["main", "ner"], "params": 13_000_000, "params_separate": 22_000_000}
+    one.update({"latency_ms_b1": 4.0, "latency_ms_b1_separate": 7.5, "latency_ms_b32": 40.0, "latency_ms_b32_separate": 79.0})
+    _metrics(metrics, "teacher", 0.90, 22_000_000, 50.0, layers=6)
+    _metrics(metrics, "mt", 0.88, 11_000_000, 25.0, one_encoder=one)
+    _metrics(metrics, "single", 0.89, 11_000_000, 25.0)
+    _metrics(metrics, "hard", 0.85, 11_000_000, 25.0)
+    (train / "train_mt.json").write_text(json.dumps({"seconds": 321.0}))
+    (metrics / "train_mt.json").write_text(json.dumps({"seconds": 1.0}))  # not the students' dir: not read
+    (metrics / "teacher_train.json").write_text(json.dumps({"seconds": 99.0}))
+    (teacher_plots / "teacher.csv").write_text("step,epoch,loss\n1,0.5,0.9\n2,1.0,0.5\n")
+    kinds = {"mt": "multi-task student (main+ner)", "single": "student", "hard": "baseline (hard labels)"}
+    md = render_report(metrics, plots, tmp_path / "r", kinds, train_dir=train, teacher_plots=teacher_plots, title="Task ner")
+    assert md.startswith("# Task ner")
+    assert "Multi-task **mt** (main+ner) keeps 98.9% of the best single-task student of its shape, **single**" in md
+    assert "serves main, ner from one encoder: 13.0 M parameters against 22.0 M" in md
+    assert "batch 1: 4.00 ms vs 7.50 ms; batch 32: 40.00 ms vs 79.00 ms" in md
+    assert "| mt | multi-task student (main+ner) |" in md and "321 s" in md and "| 99 s |" in md
+    assert "Distillation vs the hard-label baseline **hard** (same shape): best KD student **single**" in md
+    assert "no data" not in (tmp_path / "r" / "training_loss.svg").read_text()  # the teacher's curve, from its dir
