@@ -25,6 +25,7 @@ from pipeline.checkpoints import Checkpoints, files_digest, train_work_dir, trai
 from pipeline.collate import CacheCollator, keep_freed_host_memory
 from pipeline.config import DistillConfig
 from pipeline.distill import prepare_run, save_student
+from pipeline.distributed import ranks
 from pipeline.errors import PipelineError
 from pipeline.models import PROVENANCE, SEEDS_DIR, tokenizer_fingerprint
 from pipeline.scoring import count_parameters
@@ -76,8 +77,11 @@ class TaskBatches(torch.utils.data.Sampler):
     rows of one task, the tasks mixed as `task_shares` and `task_order` say. A task's own batches run on from epoch
     to epoch, so a task drawn more often than its size starts its next pass instead of repeating one."""
 
-    def __init__(self, lengths: dict[str, np.ndarray], batch_size: int, weights, rule: str, temperature: float, seed: int):
-        self.batch_size, self.rule, self.seed, self.epoch = batch_size, rule, seed, 0
+    def __init__(
+        self, lengths: dict[str, np.ndarray], batch_size: int, weights, rule: str, temperature: float, seed: int, world: int = 1
+    ):
+        # the rows per global batch; no `batch_size` attribute: Accelerate would take the parts for batches of that size
+        self.rows, self.rule, self.seed, self.epoch, self.world = batch_size, rule, seed, 0, world
         self.samplers = {t: EpochLengthGroupedSampler(batch_size, [int(n) for n in v], seed) for t, v in lengths.items()}
         self.offsets = dict(zip(lengths, np.cumsum([0] + [len(v) for v in lengths.values()])[:-1].tolist()))
         self.own = {t: math.ceil(len(v) / batch_size) for t, v in lengths.items()}
@@ -87,7 +91,7 @@ class TaskBatches(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return sum(self.counts.values())
+        return sum(self.counts.values()) * self.world
 
     def _batches(self, task: str) -> list[list[int]]:
         """This epoch's batches of `task`: batches [e c, (e + 1) c) of its endless run of own passes."""
@@ -97,14 +101,22 @@ class TaskBatches(torch.utils.data.Sampler):
         for p in range(first // own, (last - 1) // own + 1):
             sampler.set_epoch(p)
             order = list(sampler)
-            out += [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            out += [order[i : i + self.rows] for i in range(0, len(order), self.rows)]
         start = first - (first // own) * own
         return [[self.offsets[task] + i for i in b] for b in out[start : start + count]]
 
     def __iter__(self):
         batches = {t: iter(self._batches(t)) for t in self.counts}
         for task in task_order(self.counts, self.rule, self.seed, self.epoch):
-            yield next(batches[task])
+            yield from self._split(next(batches[task]))
+
+    def _split(self, batch: list[int]) -> list[list[int]]:
+        """Under DDP (`world` processes): a batch as `world` consecutive parts, which Accelerate deals out one per
+        process, so every process trains on the same task in a step; a batch of fewer rows than processes repeats rows."""
+        if self.world == 1:
+            return [batch]
+        rows = (batch * self.world)[: max(len(batch), self.world)]
+        return [part.tolist() for part in np.array_split(np.array(rows), self.world)]
 
 
 class TaskRows(torch.utils.data.Dataset):
@@ -206,7 +218,12 @@ def distill_multitask(
             "params.yaml: a multi-task student batches batch_size rows of one task and trains in float; set its "
             "batch_tokens to null and quantization_aware to false"
         )
-    start = time.perf_counter()
+    start, who = time.perf_counter(), ranks()
+    if cfg.batch_size % who.world:
+        raise PipelineError(
+            f"params.yaml: distill.batch_size {cfg.batch_size} is the global batch and must split evenly over "
+            f"{who.world} processes (nproc); use a multiple of {who.world}"
+        )
     keep_freed_host_memory()
     runs = _runs(sources, spec, cfg, seed)
     module = MultiTaskModule({t: r.module for t, r in runs.items()})
@@ -215,7 +232,7 @@ def distill_multitask(
         for t, r in runs.items()
     }
     lengths = {t: r.train.lengths() for t, r in runs.items()}
-    batches = TaskBatches(lengths, cfg.batch_size, spec.tasks, rule, temperature, seed)
+    batches = TaskBatches(lengths, cfg.batch_size, spec.tasks, rule, temperature, seed, world=who.world)
     checkpoints = None
     if work is not None:
         key = training_key(
@@ -228,11 +245,14 @@ def distill_multitask(
         checkpoints = Checkpoints(work, key, cfg.checkpoint_steps, f"student {Path(out_dir).name} (seed {seed})")
     train = TaskRows({t: r.train for t, r in runs.items()})
     loop = StudentLoop(
-        module, train, TaskCollator(collators), [], cfg, seed, checkpoints=checkpoints, callbacks=callbacks, batches=batches
-    )
+        module, train, TaskCollator(collators), [], cfg, seed, checkpoints=checkpoints, callbacks=callbacks,
+        batches=batches, unused_parameters=len(runs) > 1,
+    )  # fmt: skip
     history = loop.fit()
-    for t, r in runs.items():
-        save_student(r.student, r.tokenizer, Path(out_dir) / t, sources[t].max_length, kept=work)
+    if who.main:
+        for t, r in runs.items():
+            save_student(r.student, r.tokenizer, Path(out_dir) / t, sources[t].max_length, kept=work)
+    who.barrier()
     encoder = runs[next(iter(runs))].student.base_model
     summary = {
         "seconds": round(time.perf_counter() - start, 1),
@@ -247,6 +267,7 @@ def distill_multitask(
             for t, r in runs.items()
         },  # fmt: skip
         "sampling": rule,
+        "processes": who.world,
         "steps": loop.max_steps,
         "params": count_parameters(module),  # the shared encoder once, and every head
         "params_per_task": {t: count_parameters(r.student) for t, r in runs.items()},
@@ -261,25 +282,27 @@ def distill_multitask(
 def distill_multitask_seeds(sources: dict[str, TaskSource], out_dir: Path, spec, cfg, rule, temperature, *, seeds) -> dict:
     """Once per seed: the first seed's checkpoints are `out_dir/<task>/`, the others `out_dir/<task>/seeds/<seed>/`,
     the layout evaluate reads a single-task student's seeds from; each task folder records the seeds."""
-    out_dir = Path(out_dir)
+    out_dir, who = Path(out_dir), ranks()
     work = train_work_dir(out_dir)
     runs = []
     for i, seed in enumerate(seeds):
         result = distill_multitask(
             sources, out_dir / ".seed", spec, cfg, rule, temperature, seed=seed, work=work / f"seed-{seed}"
         )
-        for t in sources:
+        for t in sources if who.main else ():  # rank 0 saved them
             target = out_dir / t if i == 0 else out_dir / t / SEEDS_DIR / str(seed)
             if target.exists():
                 shutil.rmtree(target)
             target.parent.mkdir(parents=True, exist_ok=True)
             (out_dir / ".seed" / t).rename(target)
         runs.append((seed, result))
-    shutil.rmtree(out_dir / ".seed", ignore_errors=True)
-    shutil.rmtree(work, ignore_errors=True)
-    for t in sources:
-        (out_dir / t / PROVENANCE).write_text(json.dumps({"seed": seeds[0], "seeds": list(seeds)}, indent=2) + "\n")
+    who.barrier()
     primary = runs[0][1]
     summary = dict(primary["summary"], seed=seeds[0], seeds=list(seeds), seed_seconds=[r["summary"]["seconds"] for _, r in runs])
-    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    if who.main:
+        shutil.rmtree(out_dir / ".seed", ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+        for t in sources:
+            (out_dir / t / PROVENANCE).write_text(json.dumps({"seed": seeds[0], "seeds": list(seeds)}, indent=2) + "\n")
+        (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     return {"summary": summary, "history": primary["history"]}

@@ -219,10 +219,10 @@ def _validate_multitask(mt: MultiTaskConfig, params: Params) -> None:
         if bad:
             raise PipelineError(f"params.yaml: '{k}' weights must be > 0, got {bad}; drop a task instead of weighting it 0")
         cfg, _ = params.distill_for(name)
-        if cfg.teachers != ["teacher"] or cfg.nproc != 1:
+        if cfg.teachers != ["teacher"]:
             raise PipelineError(
-                f"params.yaml: 'multitask.students.{name}': a multi-task student learns from each task's own teacher "
-                "in one process; leave its teachers at [teacher] and nproc at 1"
+                f"params.yaml: 'multitask.students.{name}': a multi-task student learns from each task's own teacher; "
+                "leave its teachers at [teacher]"
             )
 
 

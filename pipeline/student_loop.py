@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 from transformers import TrainerControl, TrainerState, get_scheduler
 from transformers.trainer_pt_utils import get_parameter_names, nested_concat
@@ -93,12 +93,15 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def accelerator() -> Accelerator:
+def accelerator(unused_parameters: bool = False) -> Accelerator:
     """The device and precision a student trains with: bf16 autocast on a GPU that has it, fp32 on the CPU; DDP when
-    started under torchrun. (Accelerate keeps one state per process, so per-student choices such as compiling are
-    made outside it.)"""
+    started under torchrun, told when some parameters get no gradient in a step (a multi-task student's other heads).
+    (Accelerate keeps one state per process, so per-student choices such as compiling are made outside it.)"""
     gpu = torch.cuda.is_available()
-    return Accelerator(cpu=not gpu, mixed_precision="bf16" if gpu and torch.cuda.is_bf16_supported() else "no")
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if unused_parameters else []
+    return Accelerator(
+        cpu=not gpu, mixed_precision="bf16" if gpu and torch.cuda.is_bf16_supported() else "no", kwargs_handlers=handlers
+    )
 
 
 class StudentLoop:
@@ -123,15 +126,16 @@ class StudentLoop:
         checkpoints: Checkpoints | None = None,
         callbacks=(),
         batches=None,
+        unused_parameters: bool = False,
     ):
         gpu = torch.cuda.is_available()
         self.cfg, self.seed, self.core, self.dev = cfg, seed, module, dev
         self.metrics, self.checkpoints, self.callbacks = metrics or {}, checkpoints, list(callbacks)
-        self.accelerator = accelerator()
+        self.accelerator = accelerator(unused_parameters)
         acc = self.accelerator
         per_process = cfg.batch_size // acc.num_processes
         lengths = [int(n) for n in lengths]
-        if batches is not None:  # a batch sampler of its own (pipeline.multitask's): one process, its batches as drawn
+        if batches is not None:  # a batch sampler of its own (pipeline.multitask's): per-process batches, dealt in turn
             self.sampler = batches
         elif cfg.batch_tokens:
             self.sampler = TokenBudgetBatchSampler(lengths, cfg.batch_tokens // acc.num_processes, per_process, seed)

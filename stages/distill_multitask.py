@@ -4,6 +4,7 @@ caches its `tasks` name (no teacher in memory), once per seed; save a checkpoint
 from pathlib import Path
 
 from pipeline.cli import run_stage
+from pipeline.distributed import ranks, relaunch_under_torchrun
 from pipeline.errors import PipelineError
 from pipeline.multitask import distill_multitask_seeds
 from pipeline.multitask_params import task_sources
@@ -22,11 +23,16 @@ def main(params, args):
         teacher=Path(args.teacher),
         tasks_root=args.tasks_root and Path(args.tasks_root),
     )
+    key = f"multitask.students.{args.student}.nproc (or distill.nproc)"
+    if (code := relaunch_under_torchrun(cfg.nproc, key=key)) is not None:
+        raise SystemExit(code)  # DDP processes trained the student (and printed any error)
     mt = params.multitask
     spec = mt.students[args.student]
     result = distill_multitask_seeds(
         sources, Path(args.out_root) / args.student, spec, cfg, mt.sampling, mt.temperature, seeds=params.seeds_for(args.student)
     )
+    if not ranks().main:
+        return  # rank 0 writes the history and the summary
     write_training_record(result, args.student, Path(args.plots_root), Path(args.metrics_root))
     print(f"distill_multitask {args.student}: {result['summary']}")
 

@@ -93,6 +93,18 @@ def test_a_task_drawn_more_than_its_size_runs_on_through_its_rows_before_repeati
 
 
 # ---- a tiny multi-task run ------------------------------------------------------------------------------------------
+def test_under_ddp_each_batch_is_dealt_out_in_parts_so_every_process_trains_one_task_per_step():
+    lengths = _lengths({"a": 100, "b": 45})
+    one = TaskBatches(lengths, 16, {"a": 1.0, "b": 1.0}, "proportional", 2.0, seed=3)
+    two = TaskBatches(lengths, 16, {"a": 1.0, "b": 1.0}, "proportional", 2.0, seed=3, world=2)
+    whole, parts = list(one), list(two)
+    assert len(two) == 2 * len(one) == len(parts)
+    for batch, (p0, p1) in zip(whole, zip(parts[::2], parts[1::2])):  # Accelerate gives part 2k to rank 0, 2k+1 to rank 1
+        assert p0 + p1 == batch and abs(len(p0) - len(p1)) <= 1
+    tiny = TaskBatches({"a": np.array([5])}, 16, {"a": 1.0}, "proportional", 2.0, seed=0, world=2)
+    assert list(tiny) == [[0], [0]]  # fewer rows than processes: a row repeats, no process gets an empty batch
+
+
 @pytest.fixture(scope="module")
 def ner_cache(tmp_path_factory, tiny_teacher):
     """A CoNLL cache whose teacher uses the SST-2 teacher's tokenizer (the tasks share one)."""
@@ -374,3 +386,48 @@ def test_the_readme_serves_a_multi_task_student_from_one_encoder(mt_run):
         torch.testing.assert_close(scope["out"]["main"].logits, scope["sst"](**inputs).logits)
         torch.testing.assert_close(scope["out"]["ner"].logits, scope["ner"](**inputs).logits)
     assert scope["ner"].bert.encoder is scope["sst"].bert.encoder
+
+
+# Trains the tiny two-task student with distill_multitask_seeds in each process torchrun starts (or alone); rank 0
+# prints the summary and the optimizer steps taken.
+MULTITASK_JOB = r"""
+import json, sys
+from pathlib import Path
+
+from pipeline.config import DistillConfig
+from pipeline.distributed import ranks
+from pipeline.multitask import TaskSource, distill_multitask_seeds
+from pipeline.specs import MultiTaskStudent
+
+sst, ner, out = (Path(a) for a in sys.argv[1:4])
+tags = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+sources = {"main": TaskSource(sst, None, 32, ["negative", "positive"], None), "ner": TaskSource(ner, None, 32, tags, None)}
+spec = MultiTaskStudent(num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64, init="random", tasks={"main": 1.0, "ner": 1.0})
+cfg = DistillConfig(epochs=1, batch_size=16, logging_steps=2, checkpoint_steps=4, transfer=False)
+result = distill_multitask_seeds(sources, out, spec, cfg, "proportional", 2.0, seeds=[0])
+if ranks().main:
+    print(json.dumps({"summary": result["summary"], "steps": max(h["step"] for h in result["history"])}))
+"""
+
+
+def test_two_process_ddp_multi_task_student_takes_the_one_process_steps_and_saves_each_task_once(tmp_path, tiny_cache, ner_cache):
+    import json
+    import sys
+
+    from tests.test_distributed import _run, _torchrun
+
+    script = tmp_path / "mt_job.py"
+    script.write_text(MULTITASK_JOB)
+    args = [str(script), str(tiny_cache), str(ner_cache)]
+    one = _run([sys.executable, *args, str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-12000:]
+    two = _run(_torchrun(2, *args, str(tmp_path / "two")))
+    assert two.returncode == 0, two.stderr[-12000:]
+    single, ddp = (json.loads(p.stdout.strip().splitlines()[-1]) for p in (one, two))
+    assert single["summary"]["processes"] == 1 and ddp["summary"]["processes"] == 2
+    assert ddp["steps"] == single["steps"] == single["summary"]["steps"]  # batch_size is the global batch
+    assert ddp["summary"]["tasks"] == single["summary"]["tasks"]
+    for run in ("one", "two"):
+        assert sorted(p.name for p in (tmp_path / run).iterdir()) == sorted(["main", "ner", SUMMARY])
+        assert AutoModelForTokenClassification.from_pretrained(tmp_path / run / "ner").config.num_labels == len(TAGS)
+    assert not list(tmp_path.glob("**/checkpoint-*")) and not list(tmp_path.glob("**/.seed"))
