@@ -46,6 +46,11 @@ def _fmt(value, spec: str, unit: str = "") -> str:
     return "—" if value is None else f"{value:{spec}}{unit}"
 
 
+def _pct(part, whole) -> float | None:
+    """100 × part ÷ whole, or None where there is no whole to be a share of (a teacher that scored 0 on a tiny set)."""
+    return None if part is None or not whole else 100 * part / whole
+
+
 def _pm(m: dict, k: str, scale: float = 100.0, spec: str = ".2f") -> str:
     """'84.21 ± 0.30' over seed runs, or the single run's value ('—' for a figure the model does not have)."""
     if k not in m:
@@ -105,9 +110,9 @@ def _table(models: dict, order: list[str], kinds: dict[str, str], tuned: bool, l
         if n == "teacher":
             ret = "—"
         elif seed_count(m) > 1:
-            ret = f"{100 * m[mean_key(k)] / teacher[k]:.1f} ± {100 * m[std_key(k)] / teacher[k]:.1f}%"
+            ret = f"{_fmt(_pct(m[mean_key(k)], teacher[k]), '.1f')} ± {_fmt(_pct(m[std_key(k)], teacher[k]), '.1f', '%')}"
         else:
-            ret = f"{100 * m[k] / teacher[k]:.1f}%"
+            ret = _fmt(_pct(m[k], teacher[k]), ".1f", "%")
         speed = "1.00×" if n == "teacher" else _fmt(speedup(m, teacher), ".2f", "×")
         lat = f"{_fmt(m.get('latency_ms_b1'), '.2f')} / {_fmt(m.get('latency_ms_b32'), '.1f')}"
         t_time = (
@@ -138,7 +143,7 @@ def _multitask_lines(models: dict, kinds: dict[str, str], choice: str) -> list[s
             r = most_accurate(models, rivals)
             lines.append(
                 f"- Multi-task **{n}** ({kinds[n].split('(')[-1].rstrip(')')}) keeps "
-                f"{100 * mean_score(m) / mean_score(models[r]):.1f}% of the best single-task student of its shape, "
+                f"{_fmt(_pct(mean_score(m), mean_score(models[r])), '.1f', '%')} of the best single-task student of its shape, "
                 f"**{r}**, on {choice} ({_pm(m, key(k, choice_split(m)))} vs {_pm(models[r], key(k, choice_split(m)))}); "
                 f"dev {_pm(m, k)} vs {_pm(models[r], k)}."
             )
@@ -179,7 +184,7 @@ def _deployed_table(shipped: dict[str, dict], teacher: dict, tuned: bool, label:
         speed_b1 = 1.0 if n == "teacher · pytorch" else speedup(m, teacher, 1)
         speed_b32 = 1.0 if n == "teacher · pytorch" else speedup(m, teacher, 32)
         lines.append(
-            f"| {n} | {_fmt(size, '.1f', ' MB')} | {quality} | {_fmt(100 * m[k] / teacher[k] if k in m else None, '.1f', '%')} "
+            f"| {n} | {_fmt(size, '.1f', ' MB')} | {quality} | {_fmt(_pct(m.get(k), teacher[k]), '.1f', '%')} "
             f"| {_fmt(m.get('latency_ms_b1'), '.2f')} / {_fmt(m.get('latency_ms_b32'), '.1f')} "
             f"| {_fmt(speed_b1, '.2f', '×')} / {_fmt(speed_b32, '.2f', '×')} |"
         )
@@ -242,7 +247,7 @@ def render_report(
     t_choice = mean_score(teacher)
     advice = [
         f"- Most accurate: **{best}** ({choice} {_pm(models[best], choice_key)}, "
-        f"{100 * mean_score(models[best]) / t_choice:.1f}% of the teacher; dev for the record: {_pm(models[best], k)})."
+        f"{_fmt(_pct(mean_score(models[best]), t_choice), '.1f', '%')} of the teacher; dev for the record: {_pm(models[best], k)})."
         if best
         else "- No students yet."
     ]

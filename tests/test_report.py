@@ -237,3 +237,19 @@ def test_a_task_report_weighs_a_multi_task_student_against_the_single_task_one_a
     assert "| mt | multi-task student (main+ner) |" in md and "321 s" in md and "| 99 s |" in md
     assert "Distillation vs the hard-label baseline **hard** (same shape): best KD student **single**" in md
     assert "no data" not in (tmp_path / "r" / "training_loss.svg").read_text()  # the teacher's curve, from its dir
+
+
+def test_a_teacher_that_scored_zero_gives_no_retention_rather_than_a_crash(tmp_path):
+    # a tiny smoke run's NER teacher can find no entity at all: retention is undefined, shown as "—"
+    metrics, plots = tmp_path / "metrics", tmp_path / "plots"
+    metrics.mkdir()
+    plots.mkdir()
+    _metrics(metrics, "teacher", 0.0, 22_000_000, 50.0, layers=6)
+    _metrics(metrics, "small", 0.30, 17_000_000, 25.0)
+    _metrics(metrics, "multi", 0.20, 17_000_000, 25.0)
+    kinds = {"small": "student", "multi": "multi-task student (a+b)"}
+    md = render_report(metrics, plots, tmp_path / "report", kinds)
+    small = next(row for row in md.splitlines() if row.startswith("| small |"))
+    assert "| 30.00 |" in small and "| — |" in small
+    assert "Most accurate: **small** (dev acc 30.00, — of the teacher" in md
+    assert "keeps 66.7% of the best single-task student of its shape, **small**" in md
