@@ -1,8 +1,10 @@
 """dvc.yaml's generated stages for multi-task distillation (`multitask` in params.yaml): each other task's pipeline
 once (`task-<t>-prepare`, `-teacher`, `-extract`, `-evaluate_teacher`, run with that task's params file and writing
 under data/tasks/<t> and artifacts/tasks/<t>), and per multi-task student one `distill_multitask-<s>` stage that
-depends on exactly the caches (and teachers) of its tasks, then one `evaluate_multitask-<s>-<t>` per task it learns
-(the first also times all its tasks served from one encoder); `task-<t>-report` reports each other task's models.
+depends on exactly the caches (and teachers) of its tasks, then per task it learns one `export_multitask-<s>-<t>`
+(that task's checkpoint as ONNX fp32 and int8, by params.yaml's `export`, as every student ships) and one
+`evaluate_multitask-<s>-<t>` (PyTorch and ONNX; the first also times all its tasks served from one encoder);
+`task-<t>-report` reports each other task's models.
 Code deps are filled in by `pipeline.dvcgraph` like any stage's."""
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from pipeline.config import Params
 from pipeline.specs import MAIN
 
-PREFIXES = ("task-", "distill_multitask-", "evaluate_multitask-")
+PREFIXES = ("task-", "distill_multitask-", "export_multitask-", "evaluate_multitask-")
 
 
 def _task_paths(t: str) -> dict[str, str]:
@@ -65,7 +67,7 @@ def task_stages(t: str, path: str, stages: dict) -> dict[str, dict]:
 
 
 def student_stages(name: str, params: Params) -> dict[str, dict]:
-    """One multi-task student's training (on exactly its tasks' caches and teachers) and its evaluation per task."""
+    """One multi-task student's training (on exactly its tasks' caches and teachers), its export and evaluation per task."""
     spec, files = params.multitask.students[name], params.multitask.tasks
     own = [p for t in spec.tasks for p in (_task_paths(t)["cache"], _task_paths(t)["teacher"])]
     task_keys = ["data.max_length", "data.label_names", "extract.rank", "teacher.model", "task"]
@@ -85,14 +87,26 @@ def student_stages(name: str, params: Params) -> dict[str, dict]:
         }
     }
     for i, t in enumerate(spec.tasks):
-        paths = _task_paths(t)
+        paths, model, export = _task_paths(t), f"artifacts/students/{name}/{t}", f"artifacts/exports/{name}/{t}"
+        stages[f"export_multitask-{name}-{t}"] = {  # the student's own export settings: one product, shipped alike
+            "cmd": f"python stages/export.py --model {model} --out {export}",
+            "deps": ["stages/export.py", f"artifacts/students/{name}"],
+            "params": ["export"],
+            "outs": [export],
+        }
         args = "" if t == MAIN else f"--params {files[t]} "
         if i == 0 and len(spec.tasks) > 1:  # the first task's evaluation also times all tasks from one encoder pass
             args += f"--one-encoder {','.join(spec.tasks)} "
         stages[f"evaluate_multitask-{name}-{t}"] = {
-            "cmd": f"python stages/evaluate.py {args}--model artifacts/students/{name}/{t} --name {name} "
+            "cmd": f"python stages/evaluate.py {args}--model {model} --name {name} --export {export} "
             f"--cache {paths['cache']} --teacher-metrics {paths['metrics']}/teacher.json --metrics-root {paths['metrics']}",
-            "deps": ["stages/evaluate.py", f"artifacts/students/{name}", paths["cache"], f"{paths['metrics']}/teacher.json"],
+            "deps": [
+                "stages/evaluate.py",
+                f"artifacts/students/{name}",
+                export,
+                paths["cache"],
+                f"{paths['metrics']}/teacher.json",
+            ],
             "params": ["evaluate"] if t == MAIN else [{files[t]: ["evaluate"]}],
             "metrics": [{f"{paths['metrics']}/{name}.json": {"cache": False}}],
         }

@@ -308,7 +308,13 @@ def test_each_task_gets_its_stages_once_and_a_student_depends_on_exactly_the_cac
         "evaluate_multitask-ner_l3-conll2003",
     }
     ner = stages["evaluate_multitask-mt-conll2003"]
-    assert "--model artifacts/students/mt/conll2003 --name mt --cache artifacts/tasks/conll2003/cache" in ner["cmd"]
+    assert "--model artifacts/students/mt/conll2003 --name mt --export artifacts/exports/mt/conll2003 " in ner["cmd"]
+    assert "--cache artifacts/tasks/conll2003/cache" in ner["cmd"] and "artifacts/exports/mt/conll2003" in ner["deps"]
+    # each task's checkpoint ships as every student does: ONNX fp32 and int8 by params.yaml's export section
+    export = stages["export_multitask-mt-conll2003"]
+    assert export["cmd"] == "python stages/export.py --model artifacts/students/mt/conll2003 --out artifacts/exports/mt/conll2003"
+    assert export["outs"] == ["artifacts/exports/mt/conll2003"] and export["params"] == ["export"]
+    assert "pipeline/exporting.py" in export["deps"] and "pipeline/multitask.py" not in export["deps"]
     assert ner["metrics"] == [{"artifacts/tasks/conll2003/metrics/mt.json": {"cache": False}}]
     assert "--one-encoder main,conll2003 " in stages["evaluate_multitask-mt-main"]["cmd"] and "--one-encoder" not in ner["cmd"]
     assert "--one-encoder" not in stages["evaluate_multitask-ner_l3-conll2003"]["cmd"]  # one task: nothing to share
@@ -322,6 +328,7 @@ def test_each_task_gets_its_stages_once_and_a_student_depends_on_exactly_the_cac
     for name in (
         "task-conll2003-prepare",
         "distill_multitask-mt",
+        "export_multitask-mt-main",
         "evaluate_multitask-ner_l3-conll2003",
         "task-conll2003-report",
     ):

@@ -51,6 +51,7 @@ def test_one_student_for_sst2_and_conll_through_dvc_repro(tmp_path):
     conll = {f"task-conll2003-{s}" for s in ("prepare", "teacher", "extract", "evaluate_teacher")}
     assert conll | {"prepare", "teacher", "extract", "distill_multitask-mt", "evaluate_multitask-mt-main"} <= ran
     assert {"evaluate_multitask-mt-conll2003", "evaluate_multitask-ner_l3-conll2003", "report", "task-conll2003-report"} <= ran
+    assert {"export_multitask-mt-main", "export_multitask-mt-conll2003", "export_multitask-ner_l3-conll2003"} <= ran
     cache = json.loads((repo / "artifacts/tasks/conll2003/cache/manifest.json").read_text())
     assert cache["task"] == "token_classification"
     train = json.loads((repo / "artifacts/metrics/train_mt.json").read_text())
@@ -60,6 +61,9 @@ def test_one_student_for_sst2_and_conll_through_dvc_repro(tmp_path):
     single = json.loads((repo / "artifacts/tasks/conll2003/metrics/ner_l3.json").read_text())
     assert main["headline"] == "accuracy" and 0 <= main["accuracy"] <= 1 and "retention" in main
     assert ner["headline"] == single["headline"] == "f1" and 0 <= ner["f1"] <= 1 and ner["entities"] > 100
+    # each task's checkpoint shipped and scored as deployed (export.quantize none here: ONNX fp32 only)
+    assert (repo / "artifacts/exports/mt/conll2003/model.onnx").is_file() and abs(ner["onnx.f1"] - ner["f1"]) < 0.01
+    assert "onnx.accuracy" in main and "onnx.latency_ms_b32" in single
     config = json.loads((repo / "artifacts/students/mt/conll2003/config.json").read_text())
     assert config["architectures"] == ["BertForTokenClassification"] and config["num_hidden_layers"] == 3
     one = main["one_encoder"]  # both tasks from one encoder pass, timed against the two per-task models
