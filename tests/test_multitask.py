@@ -438,3 +438,50 @@ def test_two_process_ddp_multi_task_student_takes_the_one_process_steps_and_save
         assert sorted(p.name for p in (tmp_path / run).iterdir()) == sorted(["main", "ner", SUMMARY])
         assert AutoModelForTokenClassification.from_pretrained(tmp_path / run / "ner").config.num_labels == len(TAGS)
     assert not list(tmp_path.glob("**/checkpoint-*")) and not list(tmp_path.glob("**/.seed"))
+
+
+def test_extractive_qa_is_a_third_task_of_the_same_student(tmp_path, tiny_teacher, tiny_cache, ner_cache):
+    # SST-2, CoNLL and SQuAD: the QA head trains through its own Task facet and ships as a plain QA checkpoint
+    from transformers import AutoModelForQuestionAnswering, BertForQuestionAnswering
+
+    from pipeline.config import DataConfig
+    from pipeline.evaluation import evaluate_saved_model
+    from pipeline.tasks.question_answering import QuestionAnsweringConfig
+
+    tokenizer = BertTokenizerFast.from_pretrained(tiny_teacher)  # the tasks share one tokenizer
+    torch.manual_seed(0)
+    teacher = tmp_path / "qa-teacher"
+    BertForQuestionAnswering(tiny_bert_config(len(tokenizer), architectures=["BertForQuestionAnswering"])).save_pretrained(
+        teacher
+    )
+    tokenizer.save_pretrained(teacher)
+    qa = QuestionAnsweringConfig(doc_stride=16)
+    squad = SAMPLES / "squad"
+    data = DataConfig(
+        train=str(squad / "train.json"),
+        dev=str(squad / "dev.json"),
+        max_train_examples=40,
+        max_dev_examples=12,
+        max_length=64,
+        transfer=None,
+        val_examples=0,
+    )  # the tiny tokenizer's questions need 64 tokens; each task's checkpoint keeps its own max_length
+    splits, info = task_data("question_answering", qa).prepare(data, tokenizer, 0)
+    cache = tmp_path / "qa-cache"
+    extract_cache(teacher, splits, cache, ExtractConfig(layers=[2, 4], dtype="float16", rank=None, device="cpu"), info=info)
+    sources = {**_sources(tiny_cache, ner_cache), "qa": TaskSource(cache, None, 64, None, None, qa)}
+    spec = MultiTaskStudent(
+        num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64, init="random",
+        tasks={"main": 1.0, "ner": 1.0, "qa": 1.0},
+    )  # fmt: skip
+    out = tmp_path / "mt3"
+    summary = distill_multitask_seeds(sources, out, spec, CFG, "proportional", 2.0, seeds=[0])["summary"]
+    assert list(summary["tasks"]) == ["main", "ner", "qa"] and summary["tasks"]["qa"]["task"] == "question_answering"
+    assert summary["steps"] == sum(t["batches_per_epoch"] for t in summary["tasks"].values())
+    assert summary["params"] == sum(summary["params_per_task"].values()) - 2 * summary["shared_encoder_params"]
+    reader = AutoModelForQuestionAnswering.from_pretrained(out / "qa").eval()
+    tagger = AutoModelForTokenClassification.from_pretrained(out / "ner").eval()
+    for (name, a), b in zip(reader.bert.state_dict().items(), tagger.bert.state_dict().values()):
+        assert torch.equal(a, b), name
+    scores = evaluate_saved_model(out / "qa", cache, batch_size=8, latency_batch_sizes=[1], latency_repeats=1)
+    assert scores["headline"] == "f1" and 0 <= scores["f1"] <= 1 and "exact_match" in scores
