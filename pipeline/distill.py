@@ -278,6 +278,14 @@ def save_student(student, tokenizer, out_dir: Path, max_length: int, kept: Path 
     save_atomically(out_dir, write, kept=kept)
 
 
+def seconds_spread(seconds: list[float]) -> dict:
+    """A training's wall time over its seed runs: mean and sample std (0 for one run), as the report gives it."""
+    return {
+        "seconds_mean": round(statistics.mean(seconds), 1),
+        "seconds_std": round(statistics.stdev(seconds), 1) if len(seconds) > 1 else 0.0,
+    }
+
+
 def distill_seeds(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: DistillConfig, *, seeds: list[int], **kwargs) -> dict:
     """Train the student once per seed: the first seed is the shipped checkpoint in `out_dir`, the others go to
     `out_dir/seeds/<seed>/` so evaluate and report can give mean +- std. `out_dir/distill.json` records the seeds."""
@@ -312,9 +320,7 @@ def distill_seeds(cache_dir: Path, out_dir: Path, spec: StudentSpec, cfg: Distil
             for s, r in runs
         ],
     )
-    seconds = [r["summary"]["seconds"] for _, r in runs]
-    summary["seconds_mean"] = round(statistics.mean(seconds), 1)
-    summary["seconds_std"] = round(statistics.stdev(seconds), 1) if len(seconds) > 1 else 0.0
+    summary.update(seconds_spread([r["summary"]["seconds"] for _, r in runs]))
     if who.main:
         (out_dir / PROVENANCE).write_text(json.dumps({"seed": seeds[0], "seeds": seeds}, indent=2) + "\n")
     return {"summary": summary, "history": primary["history"]}

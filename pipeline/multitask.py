@@ -24,7 +24,7 @@ from pipeline.cache.schema import MANIFEST
 from pipeline.checkpoints import Checkpoints, files_digest, train_work_dir, training_key
 from pipeline.collate import CacheCollator, keep_freed_host_memory
 from pipeline.config import DistillConfig
-from pipeline.distill import prepare_run, save_student
+from pipeline.distill import prepare_run, save_student, seconds_spread
 from pipeline.distributed import ranks
 from pipeline.errors import PipelineError
 from pipeline.models import PROVENANCE, SEEDS_DIR, tokenizer_fingerprint
@@ -298,7 +298,8 @@ def distill_multitask_seeds(sources: dict[str, TaskSource], out_dir: Path, spec,
         runs.append((seed, result))
     who.barrier()
     primary = runs[0][1]
-    summary = dict(primary["summary"], seed=seeds[0], seeds=list(seeds), seed_seconds=[r["summary"]["seconds"] for _, r in runs])
+    seconds = [r["summary"]["seconds"] for _, r in runs]
+    summary = dict(primary["summary"], seed=seeds[0], seeds=list(seeds), seed_seconds=seconds, **seconds_spread(seconds))
     if who.main:
         shutil.rmtree(out_dir / ".seed", ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)

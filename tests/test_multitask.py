@@ -172,6 +172,7 @@ def test_one_student_learns_both_tasks_from_their_caches_alone(mt_run):
     assert summary["params"] < sum(summary["params_per_task"].values())  # one encoder, two heads
     assert summary["params"] == sum(summary["params_per_task"].values()) - summary["shared_encoder_params"]
     assert (out / SUMMARY).is_file() and (out / "main" / "seeds" / "1" / "config.json").is_file()
+    assert summary["seeds"] == [0, 1] and summary["seconds_mean"] > 0 and summary["seconds_std"] >= 0  # the report's
     assert not (out / ".seed").exists()
 
 
