@@ -486,3 +486,13 @@ def test_extractive_qa_is_a_third_task_of_the_same_student(tmp_path, tiny_teache
         assert torch.equal(a, b), name
     scores = evaluate_saved_model(out / "qa", cache, batch_size=8, latency_batch_sizes=[1], latency_repeats=1)
     assert scores["headline"] == "f1" and 0 <= scores["f1"] <= 1 and "exact_match" in scores
+    # the three tasks from one encoder pass equal each checkpoint alone: QA's start and end logits too
+    from pipeline.multitask_serving import OneEncoder, Separately, load_task_models
+
+    ids = torch.tensor([[2, 10, 11, 12, 3, 0], [2, 13, 14, 3, 0, 0]])
+    mask = (ids != 0).long()
+    got = OneEncoder(load_task_models(out, ["main", "ner", "qa"]))(input_ids=ids, attention_mask=mask)
+    want = Separately(load_task_models(out, ["main", "ner", "qa"]))(input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(got["qa"].start_logits, want["qa"].start_logits)
+    torch.testing.assert_close(got["qa"].end_logits, want["qa"].end_logits)
+    torch.testing.assert_close(got["ner"].logits, want["ner"].logits)
