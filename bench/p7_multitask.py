@@ -6,6 +6,8 @@ Reads the scores `dvc repro` (or `dvc exp run -S distill.seeds=3`) wrote for par
 artifacts/metrics, each other task's in artifacts/tasks/<task>/metrics; training summaries train_<name>.json.
 
     python bench/p7_multitask.py [--student mt] [--single main=l3 conll2003=ner_l3] [--baseline main=l3_hard conll2003=ner_l3_hard]
+    python bench/p7_multitask.py --student mt3 --single main=l3 conll2003=ner_l3 squad=qa_l3 --baseline --name p7_multitask_qa
+      (SQuAD as a third task: its pipeline's settings are in docs/findings.md, "Multi-task students")
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def main() -> None:
     parser.add_argument("--student", default="mt")
     parser.add_argument("--single", nargs="+", default=["main=l3", "conll2003=ner_l3"], help="task=single-task KD student")
     parser.add_argument("--baseline", nargs="*", default=["main=l3_hard", "conll2003=ner_l3_hard"], help="task=its baseline")
+    parser.add_argument("--name", default="p7_multitask", help="results file: bench/results/<name>.json")
     args = parser.parse_args()
     single, baseline = dict(s.split("=") for s in args.single), dict(s.split("=") for s in args.baseline)
     spec = load_params(ROOT / "params.yaml").multitask.students[args.student]
@@ -114,7 +117,7 @@ def main() -> None:
         "note": "latency_ms_b1 per task: each task's checkpoint alone (its own evaluate stage); one_encoder_pass: all "
         "tasks from one encoder pass against the per-task models one after the other, timed interleaved",
     }
-    save("p7_multitask", result)
+    save(args.name, result)
 
 
 if __name__ == "__main__":
