@@ -3,7 +3,7 @@
 Each knob is a dataclass field made by `knob`, carrying its default (the value params.yaml ships), its help, and its
 bounds or choices; `pipeline.params` reads params.yaml into these classes and checks every value against that metadata.
 A student's overrides of the distill section are a mapping checked against `DistillConfig`, not a second copy of it.
-`docs/params.md` is generated from here (`python -m pipeline.params --reference`); a test keeps it and params.yaml in step.
+`docs/params.md` is generated from here (`python -m pipeline.params_reference`); a test keeps it and params.yaml in step.
 """
 
 from __future__ import annotations

@@ -148,14 +148,17 @@ class TaskCollator:
 
 
 class MultiTaskModule(nn.Module):
-    """Each task's `DistillationModule`, their students sharing the first one's embeddings and encoder; a batch goes
-    to the module of its task. The loss parts are logged per task (`loss_<task>_<part>`)."""
+    """Each task's `DistillationModule`, their students sharing the first one's embeddings and encoder (as built, or
+    `encoder_init` average: every task's averaged into it); a batch goes to the module of its task. The loss parts
+    are logged per task (`loss_<task>_<part>`)."""
 
-    def __init__(self, modules: dict[str, nn.Module]):
+    def __init__(self, modules: dict[str, nn.Module], encoder_init: str = "first"):
         super().__init__()
         self.tasks = nn.ModuleDict(modules)
         first = next(iter(modules.values()))
         shared = first.student.base_model
+        if encoder_init == "average":
+            average_encoders([m.student.base_model for m in modules.values()])
         for module in list(modules.values())[1:]:
             base = module.student.base_model
             base.embeddings, base.encoder = shared.embeddings, shared.encoder
@@ -180,13 +183,22 @@ class MultiTaskModule(nn.Module):
         return out
 
 
+@torch.no_grad()
+def average_encoders(bases: list[nn.Module]) -> None:
+    """The first base model's embeddings and encoder become the mean of every base model's (same shapes: the
+    tasks' students share one spec); for students built from their tasks' teachers, the teachers' layers averaged."""
+    parts = [dict(nn.ModuleList([b.embeddings, b.encoder]).named_parameters()) for b in bases]
+    for name, param in parts[0].items():
+        param.copy_(torch.stack([p[name] for p in parts]).mean(0))
+
+
 def _runs(sources: dict[str, TaskSource], spec: MultiTaskStudent, cfg: DistillConfig, seed: int) -> dict:
     """Each task's set-up (cache checked, student built, loss module), the tokenizers checked to be one."""
     runs = {
         t: prepare_run(
             s.cache_dir,
             spec,
-            cfg,
+            spec.task_distill(cfg, t),
             seed=seed,
             teacher_dir=s.teacher_dir,
             max_length=s.max_length,
@@ -226,7 +238,7 @@ def distill_multitask(
         )
     keep_freed_host_memory()
     runs = _runs(sources, spec, cfg, seed)
-    module = MultiTaskModule({t: r.module for t, r in runs.items()})
+    module = MultiTaskModule({t: r.module for t, r in runs.items()}, spec.encoder_init)
     collators = {
         t: CacheCollator(r.plan.hidden_layers, r.tokenizer.pad_token_id or 0, *r.plan.stored_relations, task=r.module.task)
         for t, r in runs.items()
@@ -273,6 +285,8 @@ def distill_multitask(
         "params_per_task": {t: count_parameters(r.student) for t, r in runs.items()},
         "shared_encoder_params": count_parameters(encoder.embeddings) + count_parameters(encoder.encoder),
         "init": runs[next(iter(runs))].init_info.get("init"),
+        "encoder_init": spec.encoder_init,
+        "task_overrides": spec.task_overrides,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "resumed_from_step": checkpoints.resumed_step if checkpoints is not None else None,
     }

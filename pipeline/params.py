@@ -1,10 +1,9 @@
 """Reading params.yaml into `pipeline.config`'s classes: types, the bounds and choices declared there, and the checks that
-span several keys. Every mistake is refused with its dotted key. `python -m pipeline.params --reference` prints the
-params reference (docs/params.md) from the declarations."""
+span several keys. Every mistake is refused with its dotted key. The params reference (docs/params.md) is printed from
+the same declarations by `python -m pipeline.params_reference`."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import re
@@ -15,10 +14,10 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import DistillConfig, EnsembleSpec, Params, StudentSpec, TeacherConfig, TeacherSpec
+from pipeline.config import DistillConfig, Params, StudentSpec, TeacherConfig, TeacherSpec
 from pipeline.errors import PipelineError
-from pipeline.knobs import bounds_text, check_bounds
-from pipeline.specs import MAIN, MultiTaskConfig, MultiTaskStudent
+from pipeline.knobs import check_bounds
+from pipeline.specs import MAIN, TASK_LOSS_KEYS, MultiTaskConfig, MultiTaskStudent
 
 # Letters, digits, '_' and '-': DVC reads a '.' in a stage key as nesting (students.l3.v2 would be a missing param).
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -118,7 +117,25 @@ def _build_student(raw: dict, prefix: str, cls: type = StudentSpec) -> StudentSp
         if key not in shape and key not in distill_keys:
             raise _unknown(str(key), shape + distill_keys, prefix)
     overrides = _kwargs(DistillConfig, {k: v for k, v in raw.items() if k not in shape}, prefix)
-    return cls(**_kwargs(cls, raw, prefix, skip=("overrides",)), overrides=overrides)
+    if cls is not MultiTaskStudent:
+        return cls(**_kwargs(cls, raw, prefix, skip=("overrides",)), overrides=overrides)
+    per_task = raw.get("task_overrides") or {}
+    if not isinstance(per_task, dict):
+        raise PipelineError(f"params.yaml: '{prefix}.task_overrides' must map task names to loss keys, got {per_task!r}")
+    tasks = {}
+    for task, keys in per_task.items():
+        k = f"{prefix}.task_overrides.{task}"
+        if not isinstance(keys, dict):
+            raise PipelineError(f"params.yaml: '{k}' must be a mapping of loss keys, e.g. {{gamma: 0.0}}, got {keys!r}")
+        for key in keys:
+            if key not in TASK_LOSS_KEYS:
+                raise PipelineError(
+                    f"params.yaml: '{k}.{key}' cannot differ by task (allowed: {', '.join(TASK_LOSS_KEYS)}); set it "
+                    f"for the whole student under '{prefix}'"
+                )
+        tasks[str(task)] = _kwargs(DistillConfig, keys, k)
+    skip = ("overrides", "task_overrides")
+    return cls(**_kwargs(cls, raw, prefix, skip=skip), overrides=overrides, task_overrides=tasks)
 
 
 def _build_teacher(raw: dict, prefix: str) -> TeacherSpec:
@@ -215,6 +232,19 @@ def _validate_multitask(mt: MultiTaskConfig, params: Params) -> None:
                 f"params.yaml: '{k}' names {unknown or 'no task'}: name '{MAIN}' or tasks under 'multitask.tasks' "
                 f"(have: {[MAIN, *mt.tasks]}), each with a weight, e.g. {{{MAIN}: 1.0}}"
             )
+        for task, keys in spec.task_overrides.items():
+            pairs = keys.get("layer_pairs")
+            if pairs is not None and any(len(pair) != 2 for pair in pairs):
+                raise PipelineError(
+                    f"params.yaml: 'multitask.students.{name}.task_overrides.{task}.layer_pairs' must be a list of "
+                    f"[student_layer, teacher_layer] pairs, got {pairs}"
+                )
+        stray = [t for t in spec.task_overrides if t not in spec.tasks]
+        if stray:
+            raise PipelineError(
+                f"params.yaml: 'multitask.students.{name}.task_overrides' names {stray}, not among its tasks "
+                f"{list(spec.tasks)}; name one of those or remove it"
+            )
         bad = {t: w for t, w in spec.tasks.items() if not w > 0}
         if bad:
             raise PipelineError(f"params.yaml: '{k}' weights must be > 0, got {bad}; drop a task instead of weighting it 0")
@@ -293,56 +323,3 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if raw is not None and not isinstance(raw, dict):
         raise PipelineError(f"{path}: top level must be a mapping of sections")
     return params_from_dict(raw)
-
-
-def params_reference() -> str:
-    """The params reference as markdown, one table per section, from the knob declarations."""
-    lines = [
-        "# Params reference",
-        "",
-        "Generated from the knob declarations (`pipeline/config.py`, each task package's `__init__`) by `python -m pipeline.params --reference > "
-        "docs/params.md`; a test fails when this file is stale. Defaults are the values params.yaml ships.",
-        "",
-    ]
-    sections = [
-        ("top level", None, Params),
-        ("data", "data", None),
-        ("teacher", "teacher", None),
-        ("teachers.<name> (extra teachers: any `teacher` key set here overrides it for that teacher)", None, TeacherSpec),
-        ("extract", "extract", None),
-        ("distill (per student: any of these keys under `students.<name>` overrides it for that student)", "distill", None),
-        ("students.<name>", None, StudentSpec),
-        ("ensembles.<name>", None, EnsembleSpec),
-        ("multitask (one student, several task caches)", "multitask", None),
-        ("multitask.students.<name> (the keys of students.<name>, and:)", None, MultiTaskStudent),
-        ("evaluate", "evaluate", None),
-        ("export (every model also as ONNX fp32 and int8, scored by evaluate)", "export", None),
-        ("token_classification (read with task: token_classification)", "token_classification", None),
-        ("question_answering (read with task: question_answering)", "question_answering", None),
-        ("masked_lm (read with task: masked_lm)", "masked_lm", None),
-    ]
-    hints = typing.get_type_hints(Params)
-    for title, attr, cls in sections:
-        cls = cls or hints[attr]
-        lines += [f"## {title}", "", "| key | default | allowed | what it does |", "|---|---|---|---|"]
-        for f in dataclasses.fields(cls):
-            hint = typing.get_type_hints(cls).get(f.name)
-            nested = typing.get_args(hint)[-1] if typing.get_origin(hint) is dict else hint  # sections of their own
-            if f.name == "overrides" or (cls is MultiTaskStudent and f.name != "tasks") or dataclasses.is_dataclass(nested):
-                continue
-            if f.default is not dataclasses.MISSING:
-                default = f"`{yaml.safe_dump(f.default, default_flow_style=True).strip().removesuffix('...').strip()}`"
-            elif f.default_factory is not dataclasses.MISSING:
-                default = f"`{yaml.safe_dump(f.default_factory(), default_flow_style=True).strip()}`"
-            else:
-                default = "required"
-            lines.append(f"| `{f.name}` | {default} | {bounds_text(f.metadata)} | {f.metadata.get('help', '')} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--reference", action="store_true", help="print the params reference (markdown)")
-    if parser.parse_args().reference:
-        print(params_reference(), end="")

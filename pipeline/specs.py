@@ -12,6 +12,13 @@ from pipeline.knobs import knob
 
 MAIN = "main"  # the top-level pipeline (params.yaml's own task, data, teacher and cache) in a student's `tasks`
 SAMPLING = ("proportional", "temperature", "round_robin")
+ENCODER_INITS = ("first", "average")
+# distill keys a multi-task student may set for one task's batches: each task's loss is its own module's; the
+# optimizer, schedule, batch size and temperature are the student's, one for every task
+TASK_LOSS_KEYS = (
+    "alpha", "beta", "gamma", "attention_weight", "attention_loss", "value_weight", "logit_loss", "hidden_loss",
+    "layer_map", "layer_pairs", "transfer",
+)  # fmt: skip
 
 
 @dataclass
@@ -60,6 +67,23 @@ class MultiTaskStudent(StudentSpec):
         "student of that task's cache",
         factory=dict,
     )
+    encoder_init: str = knob(
+        "first",
+        "the shared encoder (embeddings and layers) at the start: the first task's student's (its teacher's layers for "
+        "init teacher), or the average of every task's (for init teacher: the tasks' teachers' layers averaged)",
+        choices=ENCODER_INITS,
+    )
+    task_overrides: dict[str, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "loss keys of the distill section set for one task's batches, e.g. {conll2003: {gamma: 0.0}} "
+            f"(allowed: {', '.join(TASK_LOSS_KEYS)}); the optimizer and schedule stay the student's"
+        },
+    )
+
+    def task_distill(self, cfg, task: str):
+        """The distill settings task `task`'s batches train with: `cfg` with this student's overrides for it."""
+        return dataclasses.replace(cfg, **self.task_overrides.get(task, {}))
 
 
 @dataclass

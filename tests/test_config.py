@@ -8,7 +8,8 @@ import yaml
 
 from pipeline.config import Params
 from pipeline.errors import PipelineError
-from pipeline.params import load_params, params_from_dict, params_reference
+from pipeline.params import load_params, params_from_dict
+from pipeline.params_reference import params_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,7 +148,7 @@ def test_params_yaml_ships_exactly_the_declared_defaults(section):
 
 def test_the_params_reference_is_generated_from_the_declarations():
     assert (ROOT / "docs" / "params.md").read_text() == params_reference(), (
-        "run: python -m pipeline.params --reference > docs/params.md"
+        "run: python -m pipeline.params_reference > docs/params.md"
     )
 
 

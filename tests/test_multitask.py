@@ -2,6 +2,7 @@
 student trained from an SST-2 cache and a CoNLL cache with no teacher in memory, its per-task checkpoints read back
 with plain transformers, each task's loss equal to the single-task loss, and the mistakes a user can make."""
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -191,13 +192,18 @@ def test_each_task_checkpoint_loads_with_plain_transformers_and_shares_the_encod
     torch.testing.assert_close(hidden_cls, hidden_tok)
 
 
-def test_a_task_batch_gives_the_single_task_loss(tiny_cache, ner_cache):
+@pytest.mark.parametrize("overrides", [{}, {"ner": {"alpha": 1.0, "beta": 0.0, "gamma": 0.0}}])
+def test_a_task_batch_gives_the_single_task_loss(tiny_cache, ner_cache, overrides):
+    """With task_overrides, a task's batches train with its own loss settings: the single-task loss under them."""
+    spec = dataclasses.replace(SPEC, task_overrides=overrides)
     sources = _sources(tiny_cache, ner_cache)
-    runs = _runs(sources, SPEC, CFG, seed=0)
+    runs = _runs(sources, spec, CFG, seed=0)
     multi = MultiTaskModule({t: r.module for t, r in runs.items()}).eval()
+    assert runs["main"].module.cfg == CFG
     single = prepare_run(
-        ner_cache, SPEC, CFG, seed=5, teacher_dir=None, max_length=32, label_names=TAGS, rank=None, task_config=None
-    )
+        ner_cache, SPEC, spec.task_distill(CFG, "ner"), seed=5, teacher_dir=None, max_length=32, label_names=TAGS,
+        rank=None, task_config=None,
+    )  # fmt: skip
     single.student.load_state_dict(runs["ner"].student.state_dict())
     single.module.eval()
     from pipeline.collate import CacheCollator
@@ -210,6 +216,23 @@ def test_a_task_batch_gives_the_single_task_loss(tiny_cache, ner_cache):
     torch.testing.assert_close(got, want)
     multi.train()(task="ner", **batch)
     assert multi.running and all(k.startswith("ner_") for k in multi.running)  # logged per task
+    assert ("ner_hidden" in multi.running) == (not overrides)  # gamma 0 for ner: no hidden-state loss
+
+
+def test_encoder_init_average_starts_the_shared_encoder_from_the_mean_of_the_tasks(tiny_cache, ner_cache):
+    runs = _runs(_sources(tiny_cache, ner_cache), SPEC, CFG, seed=0)
+    bases = [r.student.base_model for r in runs.values()]
+    with torch.no_grad():
+        for p in bases[1].encoder.parameters():  # as if built from another teacher
+            p.add_(1.0)
+    want = {
+        k: (a + b) / 2
+        for (k, a), b in zip(bases[0].encoder.state_dict().items(), bases[1].encoder.state_dict().values())
+    }  # fmt: skip
+    MultiTaskModule({t: r.module for t, r in runs.items()}, "average")
+    for k, v in bases[1].encoder.state_dict().items():
+        torch.testing.assert_close(v, want[k])  # shared, and the mean of the two
+    assert bases[0].encoder is bases[1].encoder
 
 
 def test_a_cache_of_another_tokenizer_is_refused_by_task_name(tmp_path, tiny_cache):
@@ -250,6 +273,37 @@ def _params(tmp_path, tasks=None, student_tasks=None, **task_file):
 def test_a_student_naming_an_unknown_task_or_a_weight_of_zero_is_one_line(tmp_path, student_tasks, message):
     with pytest.raises(PipelineError, match=message):
         _params(tmp_path, student_tasks=student_tasks)
+
+
+def _student_params(tmp_path, **student):
+    import yaml
+
+    (tmp_path / "conll.yaml").write_text(
+        yaml.safe_dump({"task": "token_classification", "data": {"max_length": 64, "label_names": TAGS}, "students": STUDENTS})
+    )
+    mt = {"num_layers": 2, "hidden_size": 384, "tasks": {"main": 1.0, "conll2003": 1.0}, **student}
+    tasks = {"conll2003": str(tmp_path / "conll.yaml")}
+    return params_from_dict({"students": STUDENTS, "multitask": {"tasks": tasks, "students": {"mt": mt}}})
+
+
+def test_task_overrides_and_encoder_init_are_read_and_checked(tmp_path):
+    params = _student_params(tmp_path, encoder_init="average", task_overrides={"conll2003": {"gamma": 0, "alpha": 1}})
+    spec = params.multitask.students["mt"]
+    assert spec.encoder_init == "average" and spec.task_overrides == {"conll2003": {"gamma": 0.0, "alpha": 1.0}}
+    cfg, _ = params.distill_for("mt")
+    assert spec.task_distill(cfg, "conll2003").gamma == 0.0 and spec.task_distill(cfg, "main") == cfg
+    for student, message in [
+        ({"task_overrides": {"conl2003": {"gamma": 0.0}}}, r"task_overrides' names \['conl2003'\], not among its tasks"),
+        (
+            {"task_overrides": {"conll2003": {"learning_rate": 1e-3}}},
+            r"task_overrides.conll2003.learning_rate' cannot differ by task",
+        ),
+        ({"task_overrides": {"conll2003": {"gamma": "no"}}}, r"'multitask.students.mt.task_overrides.conll2003.gamma' must be"),
+        ({"task_overrides": {"conll2003": 0.0}}, r"task_overrides.conll2003' must be a mapping of loss keys"),
+        ({"encoder_init": "mean"}, r"encoder_init"),
+    ]:
+        with pytest.raises(PipelineError, match=message):
+            _student_params(tmp_path, **student)
 
 
 def test_tasks_that_disagree_on_max_length_or_tokenizer_are_refused(tmp_path):
