@@ -495,6 +495,49 @@ def test_two_process_ddp_multi_task_student_takes_the_one_process_steps_and_save
     assert not list(tmp_path.glob("**/checkpoint-*")) and not list(tmp_path.glob("**/.seed"))
 
 
+def test_the_stage_relaunches_under_torchrun_and_a_rank_error_is_one_line(tmp_path, tiny_cache, ner_cache):
+    """`python stages/distill_multitask.py` as dvc runs it, with the student's nproc 2: trained by two processes; a
+    batch that does not split over them is refused in the ranks, and the stage prints that one line and exits 2."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.test_distributed import ONE_THREAD
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(max_length=32, label_names=SST2_LABELS)
+    params["extract"]["rank"] = None
+    ner = {"task": "token_classification", "data": {"max_length": 32, "label_names": TAGS}, "extract": {"rank": None}}
+    (tmp_path / "ner.yaml").write_text(yaml.safe_dump({**ner, "students": STUDENTS}))
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "ner").symlink_to(ner_cache.parent)  # its cache/ and teacher/
+    student = {"num_layers": 2, "hidden_size": 32, "num_heads": 4, "init": "random", "tasks": {"main": 1.0, "ner": 1.0}}
+    student.update(nproc=2, batch_size=16, epochs=1, transfer=False, checkpoint_steps=0)
+
+    def stage(**overrides) -> subprocess.CompletedProcess:
+        params["multitask"] = {"tasks": {"ner": str(tmp_path / "ner.yaml")}, "students": {"mtiny": {**student, **overrides}}}
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        cmd = [sys.executable, str(ROOT / "stages" / "distill_multitask.py"), "--params", str(tmp_path / "params.yaml")]
+        cmd += ["--student", "mtiny", "--cache", str(tiny_cache), "--teacher", str(tmp_path / "none")]
+        cmd += ["--tasks-root", str(tmp_path / "tasks"), "--out-root", str(tmp_path / "students")]
+        cmd += ["--metrics-root", str(tmp_path / "metrics"), "--plots-root", str(tmp_path / "plots")]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=ONE_THREAD)
+
+    done = stage()
+    assert done.returncode == 0, done.stderr[-12000:]
+    summary = json.loads((tmp_path / "metrics" / "train_mtiny.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == sum(t["batches_per_epoch"] for t in summary["tasks"].values())
+    for task in ("main", "ner"):
+        assert (tmp_path / "students" / "mtiny" / task / "model.safetensors").is_file()
+    refused = stage(batch_size=15)
+    assert refused.returncode == 2, refused.stderr[-4000:]
+    errors = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert errors[-1].startswith("error: ") and "distill.batch_size 15 is the global batch" in errors[-1]
+    assert "Traceback" not in refused.stderr and "ChildFailedError" not in refused.stderr
+
+
 def test_extractive_qa_is_a_third_task_of_the_same_student(tmp_path, tiny_teacher, tiny_cache, ner_cache):
     # SST-2, CoNLL and SQuAD: the QA head trains through its own Task facet and ships as a plain QA checkpoint
     from transformers import AutoModelForQuestionAnswering, BertForQuestionAnswering
