@@ -56,6 +56,7 @@ def test_one_student_for_sst2_and_conll_through_dvc_repro(tmp_path):
     assert cache["task"] == "token_classification"
     train = json.loads((repo / "artifacts/metrics/train_mt.json").read_text())
     assert set(train["tasks"]) == {"main", "conll2003"} and train["params"] < sum(train["params_per_task"].values())
+    assert train["task_overrides"] == {"conll2003": {"gamma": 0.0}}  # the example's CoNLL batches: its own recipe
     main = json.loads((repo / "artifacts/metrics/mt.json").read_text())
     ner = json.loads((repo / "artifacts/tasks/conll2003/metrics/mt.json").read_text())
     single = json.loads((repo / "artifacts/tasks/conll2003/metrics/ner_l3.json").read_text())
