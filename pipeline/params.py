@@ -208,9 +208,12 @@ def _validate_student(name: str, spec: StudentSpec) -> None:
             f"params.yaml: '{k}.init_layers' names {len(spec.init_layers)} teacher layers for "
             f"{spec.num_layers} student layers; give exactly one per student layer"
         )
-    pairs = spec.overrides.get("layer_pairs")
+    _check_layer_pairs(spec.overrides.get("layer_pairs"), f"{k}.layer_pairs")
+
+
+def _check_layer_pairs(pairs, key: str) -> None:
     if pairs is not None and any(len(pair) != 2 for pair in pairs):
-        raise PipelineError(f"params.yaml: '{k}.layer_pairs' must be a list of [student_layer, teacher_layer] pairs, got {pairs}")
+        raise PipelineError(f"params.yaml: '{key}' must be a list of [student_layer, teacher_layer] pairs, got {pairs}")
 
 
 def _validate_multitask(mt: MultiTaskConfig, params: Params) -> None:
@@ -233,12 +236,7 @@ def _validate_multitask(mt: MultiTaskConfig, params: Params) -> None:
                 f"(have: {[MAIN, *mt.tasks]}), each with a weight, e.g. {{{MAIN}: 1.0}}"
             )
         for task, keys in spec.task_overrides.items():
-            pairs = keys.get("layer_pairs")
-            if pairs is not None and any(len(pair) != 2 for pair in pairs):
-                raise PipelineError(
-                    f"params.yaml: 'multitask.students.{name}.task_overrides.{task}.layer_pairs' must be a list of "
-                    f"[student_layer, teacher_layer] pairs, got {pairs}"
-                )
+            _check_layer_pairs(keys.get("layer_pairs"), f"multitask.students.{name}.task_overrides.{task}.layer_pairs")
         stray = [t for t in spec.task_overrides if t not in spec.tasks]
         if stray:
             raise PipelineError(
